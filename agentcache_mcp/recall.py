@@ -1,0 +1,292 @@
+"""Hybrid ranking: keyword (FTS5 BM25) and vector (cosine) candidates fused into one list.
+
+Pure functions over (id, score) lists, so the fusion can be measured and tested without a database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+# A standard English stop-word list (the NLTK list minus a few words that carry meaning in memories,
+# such as "not" and "no"). Dropping them keeps BM25 from rewarding turns that merely share "the" or "did".
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "aren't",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "couldn't",
+        "did",
+        "didn't",
+        "do",
+        "does",
+        "doesn't",
+        "doing",
+        "don't",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "hadn't",
+        "has",
+        "hasn't",
+        "have",
+        "haven't",
+        "having",
+        "he",
+        "he'd",
+        "he'll",
+        "he's",
+        "her",
+        "here",
+        "here's",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "how's",
+        "i",
+        "i'd",
+        "i'll",
+        "i'm",
+        "i've",
+        "if",
+        "in",
+        "into",
+        "is",
+        "isn't",
+        "it",
+        "it's",
+        "its",
+        "itself",
+        "let's",
+        "me",
+        "more",
+        "most",
+        "mustn't",
+        "my",
+        "myself",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "ought",
+        "our",
+        "ours",
+        "ourselves",
+        "out",
+        "over",
+        "own",
+        "same",
+        "shan't",
+        "she",
+        "she'd",
+        "she'll",
+        "she's",
+        "should",
+        "shouldn't",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "that's",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "there's",
+        "these",
+        "they",
+        "they'd",
+        "they'll",
+        "they're",
+        "they've",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "wasn't",
+        "we",
+        "we'd",
+        "we'll",
+        "we're",
+        "we've",
+        "were",
+        "weren't",
+        "what",
+        "what's",
+        "when",
+        "when's",
+        "where",
+        "where's",
+        "which",
+        "while",
+        "who",
+        "who's",
+        "whom",
+        "why",
+        "why's",
+        "with",
+        "won't",
+        "would",
+        "wouldn't",
+        "you",
+        "you'd",
+        "you'll",
+        "you're",
+        "you've",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+        "s",
+        "t",
+        "d",
+        "ll",
+        "m",
+        "re",
+        "ve",
+    ]
+)
+
+_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-cased word tokens of a query, stop-words dropped (kept if nothing else is left)."""
+    tokens = [t.lower() for t in _TOKEN_RE.findall(query)]
+    # \w matches "_" too; FTS5's unicode61 tokenizer splits on it, so split the same way.
+    tokens = [part for t in tokens for part in t.split("_") if part]
+    kept = [t for t in tokens if t not in STOP_WORDS]
+    return list(dict.fromkeys(kept or tokens))
+
+
+def fts_match_expression(query: str) -> str | None:
+    """A safe FTS5 MATCH expression for free text: each term quoted, OR-ed. None if no terms.
+
+    User text never reaches MATCH raw: quoting turns AND/OR/NOT/NEAR, '*', '^', ':' and braces into plain
+    words, and the tokenizer regex leaves no quote characters inside a term.
+    """
+    terms = query_terms(query)
+    if not terms:
+        return None
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+@dataclass(frozen=True, slots=True)
+class FusionParams:
+    """How keyword and vector scores become one ranking."""
+
+    method: Literal["weighted", "rrf", "keyword", "vector"] = "weighted"
+    keyword_weight: float = 0.5
+    """weighted: the keyword share of the fused score; the vector share is 1 - keyword_weight."""
+    rrf_k: float = 60.0
+    candidates: int = 100
+    """How many candidates each retriever contributes; every candidate then gets its exact cosine."""
+    rerank_depth: int = 50
+    """How many of the best fused candidates (and their neighbours) are re-scored with neighbour context."""
+    context_weight: float = 0.4
+    """BM25 weight of the preceding memory's words (indexed with each memory) relative to its own."""
+    neighbour_weight: float = 0.2
+    """Share of the better neighbour's fused score (the memory written just before or after) added to a
+    memory's own: an answer often sits next to the memory that matches the question's words."""
+
+
+def _scaled(scores: dict[int, float]) -> dict[int, float]:
+    """Divide by the best score, so each retriever's top hit scores 1 and the rest keep their ratio."""
+    best = max(scores.values(), default=0.0)
+    if best <= 0:
+        return dict.fromkeys(scores, 0.0)
+    return {pk: max(s, 0.0) / best for pk, s in scores.items()}
+
+
+def fuse(keyword: dict[int, float], vector: dict[int, float], params: FusionParams) -> dict[int, float]:
+    """One score per memory from keyword (BM25) and vector (cosine) scores; a missing score counts as none.
+
+    weighted: keyword_weight x BM25/best BM25 + (1 - keyword_weight) x cosine/best cosine. Measured on
+    LoCoMo against RRF, min-max and z-score normalisation (bench/RESULTS.md); RRF discards the score gaps
+    that make BM25 strong here and scored below BM25 alone.
+    """
+    if params.method == "keyword":
+        return dict(keyword)
+    if params.method == "vector":
+        return dict(vector)
+    if not vector:
+        return _scaled(keyword)
+    if not keyword:
+        return _scaled(vector)
+    fused: dict[int, float] = {}
+    if params.method == "rrf":
+        for scores in (keyword, vector):
+            ranking = sorted(scores, key=lambda pk: -scores[pk])
+            for rank, pk in enumerate(ranking):
+                fused[pk] = fused.get(pk, 0.0) + 1.0 / (params.rrf_k + rank + 1)
+        return fused
+    w = params.keyword_weight
+    for pk, s in _scaled(keyword).items():
+        fused[pk] = fused.get(pk, 0.0) + w * s
+    for pk, s in _scaled(vector).items():
+        fused[pk] = fused.get(pk, 0.0) + (1.0 - w) * s
+    return fused
+
+
+def ranked(scores: dict[int, float]) -> list[tuple[int, float]]:
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+def smooth_with_neighbours(
+    scores: dict[int, float], neighbours: dict[int, tuple[int | None, int | None]], weight: float
+) -> dict[int, float]:
+    """Add weight x the better neighbour's score to each memory's own.
+
+    `neighbours` maps every memory to be ranked (candidates and their neighbours) to (before, after).
+    """
+    out: dict[int, float] = {}
+    for pk, (before, after) in neighbours.items():
+        context = max(scores.get(before, 0.0) if before else 0.0, scores.get(after, 0.0) if after else 0.0)
+        out[pk] = scores.get(pk, 0.0) + weight * context
+    return out

@@ -1,0 +1,167 @@
+"""Input validation shared by the engine and the MCP tools.
+
+Everything a caller hands us passes through here before it reaches SQLite, FTS5 or the embedder, so one
+place decides what a namespace, a tag or a metadata value may be.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+
+MAX_NAMESPACE_CHARS = 128
+MAX_TAGS = 32
+MAX_TAG_CHARS = 64
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 4096
+MAX_LIMIT = 100
+
+MetadataValue = str | int | float | bool
+
+# Letters, digits and a few separators; no slashes, backslashes, NUL or whitespace, so a namespace can
+# never be read as a path or smuggle anything into a log line.
+_NAMESPACE_RE = re.compile(r"^[^\W][\w.:@+-]*$", re.UNICODE)
+
+
+class InvalidInput(ValueError):
+    """Input the caller can fix: the message says what is wrong and what is allowed."""
+
+
+def _check_text_chars(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid Unicode (unpaired surrogate at {exc.start})") from None
+
+
+def validate_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise InvalidInput("namespace must be a string")
+    _check_text_chars(namespace, "namespace")
+    if not namespace:
+        raise InvalidInput("namespace must not be empty")
+    if len(namespace) > MAX_NAMESPACE_CHARS:
+        raise InvalidInput(f"namespace is longer than {MAX_NAMESPACE_CHARS} characters")
+    if ".." in namespace or not _NAMESPACE_RE.match(namespace):
+        raise InvalidInput(
+            f"invalid namespace {namespace!r}: use letters, digits and . _ - : @ +, starting with a letter or "
+            "digit; no slashes, spaces or '..'"
+        )
+    return namespace
+
+
+def validate_text(text: object, max_bytes: int) -> str:
+    if not isinstance(text, str):
+        raise InvalidInput("text must be a string")
+    _check_text_chars(text, "text")
+    if not text.strip():
+        raise InvalidInput("text must not be empty")
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidInput(f"text is {size} bytes; the limit is {max_bytes} bytes")
+    return text
+
+
+def validate_query(query: object, max_bytes: int) -> str:
+    if not isinstance(query, str):
+        raise InvalidInput("query must be a string")
+    _check_text_chars(query, "query")
+    if not query.strip():
+        raise InvalidInput("query must not be empty")
+    size = len(query.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidInput(f"query is {size} bytes; the limit is {max_bytes} bytes")
+    return query
+
+
+def validate_tags(tags: Iterable[object] | None) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise InvalidInput("tags must be a list of strings")
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise InvalidInput("each tag must be a string")
+        _check_text_chars(tag, "a tag")
+        tag = tag.strip()
+        if not tag:
+            raise InvalidInput("tags must not be empty strings")
+        if len(tag) > MAX_TAG_CHARS:
+            raise InvalidInput(f"tag {tag[:20]!r}... is longer than {MAX_TAG_CHARS} characters")
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags are allowed, got {len(out)}")
+    return out
+
+
+def validate_importance(importance: object) -> float:
+    if isinstance(importance, bool) or not isinstance(importance, int | float):
+        raise InvalidInput("importance must be a number between 0 and 1")
+    value = float(importance)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"importance must be between 0 and 1, got {importance}")
+    return value
+
+
+def validate_positive_days(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name} must be a positive number of days")
+    days = float(value)
+    if not math.isfinite(days) or days <= 0 or days > 365_000:
+        raise InvalidInput(f"{name} must be a positive number of days (at most 365000), got {value}")
+    return days
+
+
+def validate_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be from 1 to {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput("metadata must be a flat JSON object")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidInput(f"metadata may have at most {MAX_METADATA_KEYS} keys")
+    out: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("metadata keys must be non-empty strings")
+        _check_text_chars(key, "a metadata key")
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise InvalidInput(f"metadata key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
+        if isinstance(value, bool | int):
+            if not isinstance(value, bool) and abs(value) > 2**63 - 1:
+                raise InvalidInput(f"metadata value for {key!r} is out of the 64-bit integer range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidInput(f"metadata value for {key!r} must be a finite number")
+        elif isinstance(value, str):
+            _check_text_chars(value, f"metadata value for {key!r}")
+            if len(value) > MAX_METADATA_VALUE_CHARS:
+                raise InvalidInput(f"metadata value for {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
+        else:
+            raise InvalidInput(
+                f"metadata value for {key!r} must be a string, number or boolean (metadata is flat), "
+                f"got {type(value).__name__}"
+            )
+        out[key] = value
+    return out
+
+
+def normalise_text(text: str) -> str:
+    """The form two texts must share to count as the same memory: NFKC, case-folded, whitespace folded."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())

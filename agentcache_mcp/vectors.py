@@ -1,0 +1,146 @@
+"""In-memory vector index: one normalised float32 matrix per namespace, exact cosine top-k with numpy.
+
+Derived from the store: loaded from the embedding BLOBs at start and kept current through the change log.
+Exact search is fast enough at this scale (100k x 384 is one 150 MB matrix-vector product) and, unlike an
+approximate index, never misses a memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+def to_blob(vector: Vector) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> Vector:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+@dataclass
+class _Block:
+    """The vectors of one namespace: rows [0, size) of matrix are live; position[pk] finds a row."""
+
+    dim: int
+    matrix: Vector = field(init=False)
+    pks: npt.NDArray[np.int64] = field(init=False)
+    size: int = 0
+    position: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.matrix = np.zeros((16, self.dim), dtype=np.float32)
+        self.pks = np.zeros(16, dtype=np.int64)
+
+    def upsert(self, pk: int, vector: Vector) -> None:
+        row = self.position.get(pk)
+        if row is None:
+            if self.size == len(self.pks):
+                self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
+                self.pks = np.concatenate([self.pks, np.zeros_like(self.pks)])
+            row = self.size
+            self.size += 1
+            self.position[pk] = row
+            self.pks[row] = pk
+        self.matrix[row] = vector
+
+    def remove(self, pk: int) -> None:
+        row = self.position.pop(pk, None)
+        if row is None:
+            return
+        last = self.size - 1
+        if row != last:  # move the last row into the hole
+            moved = int(self.pks[last])
+            self.matrix[row] = self.matrix[last]
+            self.pks[row] = moved
+            self.position[moved] = row
+        self.size = last
+
+
+class VectorIndex:
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._blocks: dict[str, _Block] = {}
+        self._namespace_of: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._namespace_of)
+
+    def __contains__(self, pk: int) -> bool:
+        return pk in self._namespace_of
+
+    def upsert(self, pk: int, namespace: str, vector: Vector) -> None:
+        vector = _normalised(vector, self.dim)
+        with self._lock:
+            old = self._namespace_of.get(pk)
+            if old is not None and old != namespace:
+                self._blocks[old].remove(pk)
+            block = self._blocks.get(namespace)
+            if block is None:
+                block = self._blocks[namespace] = _Block(self.dim)
+            block.upsert(pk, vector)
+            self._namespace_of[pk] = namespace
+
+    def remove(self, pk: int) -> None:
+        with self._lock:
+            namespace = self._namespace_of.pop(pk, None)
+            if namespace is not None:
+                self._blocks[namespace].remove(pk)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._namespace_of.clear()
+
+    def vectors(self, namespace: str) -> tuple[npt.NDArray[np.int64], Vector]:
+        """A copy of (pks, matrix) for one namespace."""
+        with self._lock:
+            block = self._blocks.get(namespace)
+            if block is None:
+                return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
+            return block.pks[: block.size].copy(), block.matrix[: block.size].copy()
+
+    def search(self, namespace: str, query: Vector, k: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        """Top-k (pk, cosine) in namespace, best first; restricted to `allowed` pks when given."""
+        query = _normalised(query, self.dim)
+        with self._lock:
+            block = self._blocks.get(namespace)
+            if block is None or block.size == 0:
+                return []
+            scores = block.matrix[: block.size] @ query
+            pks = block.pks[: block.size]
+            if allowed is not None:
+                mask = np.fromiter((int(p) in allowed for p in pks), dtype=bool, count=len(pks))
+                scores = np.where(mask, scores, -np.inf)
+            k = min(k, len(scores))
+            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return [(int(pks[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+    def scores_for(self, namespace: str, query: Vector, pks: list[int]) -> dict[int, float]:
+        """Exact cosine of the query with each given memory that has a vector in namespace."""
+        query = _normalised(query, self.dim)
+        with self._lock:
+            block = self._blocks.get(namespace)
+            if block is None:
+                return {}
+            rows = [(pk, block.position[pk]) for pk in pks if pk in block.position]
+            if not rows:
+                return {}
+            sims = block.matrix[[r for _, r in rows]] @ query
+            return {pk: float(s) for (pk, _), s in zip(rows, sims, strict=True)}
+
+
+def _normalised(vector: Vector, dim: int) -> Vector:
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if v.shape[0] != dim:
+        raise ValueError(f"vector has {v.shape[0]} dimensions, the index {dim}")
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
