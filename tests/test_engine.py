@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HashEmbedder
 
 from agentcache_mcp.config import Settings
 from agentcache_mcp.engine import MemoryEngine
 from agentcache_mcp.validation import InvalidInput
+
+from conftest import HashEmbedder
 
 
 def ids(hits) -> list[str]:  # type: ignore[no-untyped-def]

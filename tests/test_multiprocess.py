@@ -8,10 +8,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import HashEmbedder
 
 from agentcache_mcp.config import Settings
 from agentcache_mcp.engine import MemoryEngine
+
+from conftest import HashEmbedder
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,216 @@
+"""The MCP server: three tools and a stats resource, each a thin adapter over the engine.
+
+`build_server(settings)` builds everything and imports nothing heavy, so a host's `initialize` and
+`tools/list` are answered while torch and the model load in the background.
+"""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .config import Settings
+from .embeddings import Embedder
+from .store import StoreError
+from .validation import MAX_LIMIT, MAX_TAGS, InvalidInput
+from .workers import App, open_app
+
+T = TypeVar("T")
+
+MetadataValue = str | int | float | bool
+
+INSTRUCTIONS = """\
+Long-term memory that persists across conversations. Use `remember` to store durable facts worth knowing
+later: the user's preferences, decisions, project facts, names, dates, and outcomes. One fact per memory,
+written so it makes sense on its own ("Alice prefers tabs over spaces in Python", not "she prefers tabs").
+Use `recall` before answering anything that may depend on earlier conversations. Use `forget` when the user
+asks to delete something or a memory is wrong."""
+
+
+class RememberResult(BaseModel):
+    id: str = Field(description="The memory's id (use it with forget).")
+    namespace: str
+    deduplicated: bool = Field(description="True if the same text was already stored; its id is returned.")
+
+
+class MemoryHit(BaseModel):
+    id: str
+    text: str
+    namespace: str
+    tags: list[str]
+    importance: float
+    metadata: dict[str, MetadataValue]
+    created_at: str = Field(description="ISO 8601, UTC.")
+    score: float = Field(description="Relevance; higher is better. Comparable within one result list only.")
+
+
+class RecallResult(BaseModel):
+    results: list[MemoryHit]
+
+
+class ForgetResult(BaseModel):
+    deleted: list[str] = Field(description="Ids deleted, or with dry_run the ids that would be deleted.")
+    dry_run: bool
+
+
+def _app(ctx: Context) -> App:
+    return ctx.request_context.lifespan_context  # type: ignore[no-any-return]
+
+
+async def _call(app: App, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run engine work off the loop; expected refusals become ToolError (is_error, no traceback logged)."""
+    try:
+        return await app.run(fn, *args, **kwargs)
+    except InvalidInput as exc:
+        raise ToolError(str(exc)) from None
+    except StoreError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def build_server(
+    settings: Settings | None = None,
+    *,
+    app: App | None = None,
+    embedder: Embedder | None = None,
+) -> MCPServer[App]:
+    """An MCPServer for these settings. With `app`, tools use that running app (the CLI owns it, so HTTP
+    sessions share one store and one set of workers); without, each connection's lifespan opens its own."""
+    settings = settings or Settings.from_env()
+
+    # Static resources get no Context in the SDK, so the stats resource reads the running app from here.
+    running: list[App] = [app] if app is not None else []
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[App]) -> AsyncIterator[App]:
+        if app is not None:
+            yield app
+            return
+        async with open_app(settings, embedder=embedder) as opened:
+            running.append(opened)
+            try:
+                yield opened
+            finally:
+                running.remove(opened)
+
+    server: MCPServer[App] = MCPServer(
+        name="agentcache",
+        title="agentcache memory",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        lifespan=lifespan,
+    )
+    default_ns = settings.namespace
+
+    @server.tool(
+        title="Remember",
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
+        ),
+    )
+    async def remember(
+        text: Annotated[str, Field(description="The memory: one self-contained fact, decision or preference.")],
+        ctx: Context,
+        namespace: Annotated[
+            str | None, Field(description=f"Memory space, e.g. a project name. Default: {default_ns!r}.")
+        ] = None,
+        tags: Annotated[list[str], Field(description=f"Short labels for filtering (at most {MAX_TAGS}).")] = [],  # noqa: B006
+        importance: Annotated[float, Field(description="0..1; low-importance memories are forgotten sooner.")] = 0.5,
+        ttl_days: Annotated[
+            float | None, Field(description="Forget automatically after this many days. Default: never.")
+        ] = None,
+        metadata: Annotated[
+            dict[str, MetadataValue], Field(description="Flat JSON object of strings, numbers and booleans.")
+        ] = {},  # noqa: B006
+    ) -> RememberResult:
+        """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
+        outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory."""
+        result = await _call(
+            _app(ctx), _app(ctx).engine.remember, text, namespace or default_ns, tags, importance, ttl_days, metadata
+        )
+        return RememberResult(id=result.id, namespace=result.namespace, deduplicated=result.deduplicated)
+
+    @server.tool(
+        title="Recall",
+        annotations=ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False),
+    )
+    async def recall(
+        query: Annotated[
+            str, Field(description="What you want to know, as a question or key words: 'Which editor does Alice use?'")
+        ],
+        ctx: Context,
+        namespace: Annotated[str | None, Field(description=f"Memory space to search. Default: {default_ns!r}.")] = None,
+        tags: Annotated[list[str], Field(description="Only memories carrying all of these tags.")] = [],  # noqa: B006
+        limit: Annotated[int, Field(description=f"How many results, 1..{MAX_LIMIT}.")] = 10,
+        since: Annotated[str | None, Field(description="Only memories created at or after this ISO 8601 time.")] = None,
+        until: Annotated[
+            str | None, Field(description="Only memories created at or before this ISO 8601 time.")
+        ] = None,
+    ) -> RecallResult:
+        """Search long-term memory, best match first. Ask about one thing at a time and include the names and
+        specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
+        hits = await _call(
+            _app(ctx), _app(ctx).engine.recall, query, namespace or default_ns, tags, limit, since, until
+        )
+        return RecallResult(
+            results=[
+                MemoryHit(
+                    id=h.id,
+                    text=h.text,
+                    namespace=h.namespace,
+                    tags=h.tags,
+                    importance=h.importance,
+                    metadata=h.metadata,
+                    created_at=h.created_at,
+                    score=h.score,
+                )
+                for h in hits
+            ]
+        )
+
+    @server.tool(
+        title="Forget",
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False),
+    )
+    async def forget(
+        ctx: Context,
+        ids: Annotated[list[str], Field(description="Ids of memories to delete now.")] = [],  # noqa: B006
+        namespace: Annotated[str | None, Field(description="Filter: only this namespace.")] = None,
+        tags: Annotated[list[str], Field(description="Filter: only memories with all of these tags.")] = [],  # noqa: B006
+        older_than_days: Annotated[float | None, Field(description="Filter: only memories older than this.")] = None,
+        dry_run: Annotated[
+            bool | None,
+            Field(description="List without deleting. Default: false with ids, true with a filter."),
+        ] = None,
+    ) -> ForgetResult:
+        """Delete memories: by ids (immediately), or by filter (namespace, tags, older_than_days). A filter
+        forget is a dry run unless dry_run=false: check the listed ids, then call again to delete."""
+        result = await _call(_app(ctx), _app(ctx).engine.forget, ids, namespace, tags, older_than_days, dry_run)
+        return ForgetResult(deleted=result.deleted, dry_run=result.dry_run)
+
+    @server.resource(
+        "agentcache://stats",
+        name="stats",
+        title="Memory statistics",
+        description="Counts per namespace, pending embeddings, model, database path and index state.",
+        mime_type="application/json",
+    )
+    async def stats() -> str:
+        if not running:
+            raise ResourceError("the memory store is not open")
+        app_ = running[-1]
+        data = await app_.run(app_.engine.stats)
+        data["auto_forget"] = {
+            "enabled": settings.auto_forget_enabled,
+            "interval_s": settings.auto_forget_interval_s,
+            "sweeps": app_.sweeps,
+            "last_sweep": app_.last_sweep,
+        }
+        return json.dumps(data, indent=2)
+
+    return server

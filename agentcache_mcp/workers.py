@@ -1,0 +1,176 @@
+"""Background work, owned by one anyio task group: the origin daemon's worker threads, restructured.
+
+- index sync: at start, check the keyword index and the vectors against the store and rebuild what is
+  missing (the origin's verify_index_sync_on_boot / rebuild_index), then load the embedding model;
+- embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
+- auto-forget: a first sweep shortly after start, then one every interval.
+
+Shutdown (stdin EOF, SIGTERM, SIGINT) cancels the loops, then - shielded and bounded - flushes pending
+embeddings, checkpoints the WAL (TRUNCATE, so the -wal file is left empty) and closes the store. Anything the
+bound cut off is still pending in the store and is picked up by the next start's sync check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from .config import Settings
+from .embeddings import Embedder, EmbeddingModelError
+from .engine import MemoryEngine
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EMBED_DEBOUNCE_S = 0.05
+EMBED_POLL_S = 30.0
+"""Also look for pending rows this often: rows another process wrote and did not embed before it died."""
+
+
+@dataclass
+class App:
+    """What the MCP tools reach through the lifespan context."""
+
+    settings: Settings
+    engine: MemoryEngine
+    embed_wakeup: anyio.Event = field(default_factory=anyio.Event)
+    sweeps: int = 0
+    last_sweep: dict[str, Any] | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking engine work in a worker thread, off the event loop."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    def wake_embedder(self) -> None:
+        self.embed_wakeup.set()
+
+    # -- workers
+
+    async def index_sync(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            report = await self.run(self.engine.verify_index)
+            log.info(
+                "index sync: %d memories, %d vectors loaded, %d waiting for embeddings%s (%.2f s)",
+                report.memories,
+                report.vectors_loaded,
+                report.pending_embeddings,
+                ", keyword index rebuilt" if report.fts_rebuilt else "",
+                report.seconds,
+            )
+        except Exception:
+            log.exception("index sync check failed; recall uses what is loaded")
+        try:
+            await self.run(self.engine.embedder.load)
+        except EmbeddingModelError as exc:
+            log.error("%s -- recall continues by keyword only", exc)
+            return
+        self.wake_embedder()
+
+    async def embedding_writer(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.engine.on_remember.append(self.wake_embedder_threadsafe)
+        task_status.started()
+        while True:
+            with anyio.move_on_after(EMBED_POLL_S):
+                await self.embed_wakeup.wait()
+            self.embed_wakeup = anyio.Event()
+            await anyio.sleep(EMBED_DEBOUNCE_S)  # let a burst of remembers form one batch
+            if not self.engine.embedder.ready:
+                continue
+            try:
+                while True:
+                    written = await self.run(self.engine.embed_pending, max_batches=1)
+                    if not written:
+                        break
+                    log.debug("embedded %d memories", written)
+            except Exception:
+                log.exception("embedding batch failed; the rows stay pending and are retried")
+                await anyio.sleep(1.0)
+
+    def wake_embedder_threadsafe(self) -> None:
+        # on_remember callbacks run in the worker thread that served remember.
+        try:
+            anyio.from_thread.run_sync(self.embed_wakeup.set)
+        except RuntimeError:
+            self.embed_wakeup.set()  # already on the event loop thread
+
+    async def auto_forget_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep(self.settings.auto_forget_first_delay_s)
+        while True:
+            await self.sweep()
+            await anyio.sleep(self.settings.auto_forget_interval_s)
+
+    async def sweep(self) -> None:
+        """One auto-forget sweep; a failure is logged and the next interval tries again."""
+        started = time.monotonic()
+        try:
+            report = await self.run(self.engine.auto_forget)
+            await self.run(self.engine.store.prune_changes)
+        except Exception:
+            log.exception("auto-forget sweep failed; retrying next interval")
+            return
+        self.sweeps += 1
+        self.last_sweep = {**report.counts, "seconds": round(time.monotonic() - started, 3)}
+        log.info("auto-forget sweep: %s", self.last_sweep)
+
+    # -- shutdown
+
+    async def flush(self, timeout_s: float) -> int:
+        """Embed what is pending, batch by batch, until done or the time is up; returns rows written."""
+        deadline = time.monotonic() + timeout_s
+        written = 0
+        if not self.engine.embedder.ready:
+            return 0  # loading the model now could take longer than the bound; the next start does it
+        while time.monotonic() < deadline:
+            n = await self.run(self.engine.embed_pending, max_batches=1)
+            if not n:
+                break
+            written += n
+        return written
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[App]:
+    """The composition root: open the store, start the workers, and shut all down in order."""
+    engine = MemoryEngine(settings, embedder=embedder)
+    app = App(settings, engine)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.index_sync)
+            await tg.start(app.embedding_writer)
+            if settings.auto_forget_enabled:
+                await tg.start(app.auto_forget_loop)
+            try:
+                yield app
+            finally:
+                tg.cancel_scope.cancel()  # stop the loops first
+    finally:
+        await _shutdown(app)
+
+
+async def _shutdown(app: App) -> None:
+    settings = app.settings
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.move_on_after(settings.shutdown_flush_timeout_s + 5):
+                written = await app.flush(settings.shutdown_flush_timeout_s)
+                pending = await app.run(app.engine.pending_embeddings)
+                log.info("shutdown: flushed %d embeddings, %d left for the next start", written, pending)
+        except Exception:
+            log.exception("flushing embeddings at shutdown failed; they stay pending")
+        try:
+            with anyio.move_on_after(10):
+                await app.run(app.engine.close)
+        except Exception:
+            log.exception("closing the store failed")
