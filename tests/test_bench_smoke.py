@@ -1,0 +1,48 @@
+"""A tiny run of the LoCoMo harness, so it never rots (the full run is `python bench/locomo.py`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+def test_gold_normalisation() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from locomo import normalise_gold
+    finally:
+        sys.path.pop(0)
+    valid = {"D8:6", "D9:17", "D11:26", "D30:5"}
+    assert normalise_gold(["D8:6; D9:17"], valid) == {"D8:6", "D9:17"}
+    assert normalise_gold(["D:11:26", "D30:05", "D", "D99:1"], valid) == {"D11:26", "D30:5"}
+
+
+@pytest.mark.skipif(not DATA.is_file(), reason="needs ../shared/bench/locomo/locomo_dev.json beside the repo")
+def test_locomo_harness_runs_on_a_slice() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "locomo.py"),
+            str(DATA),
+            "--limit-conversations",
+            "1",
+            "--questions",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert {"bm25", "dense", "hybrid"} <= set(rows)
+    r10 = float(rows["hybrid"].split("|")[3])
+    assert 0.0 < r10 <= 1.0
