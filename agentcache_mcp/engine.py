@@ -235,12 +235,13 @@ class MemoryEngine:
     ) -> list[tuple[int, float]]:
         assert self.vectors is not None
         if filters.active:
+            extra, params = filters.sql()
             allowed = {
                 pk
                 for pk, _ in self.store.select_pks(
                     "m.namespace = ? AND m.superseded_by IS NULL AND (m.expires_at IS NULL OR m.expires_at > ?)"
-                    + filters.sql()[0],
-                    [namespace, now, *filters.sql()[1]],
+                    + extra,
+                    [namespace, now, *params],
                 )
             }
             return self.vectors.search(namespace, query_vector, k, allowed)

@@ -153,7 +153,8 @@ def auto_forget(
         "m.importance <= ? AND m.access_count = 0 AND m.created_at < ?",
         [settings.low_importance, now - settings.low_importance_age_days * DAY],
     )
-    stale = [(pk, i) for pk, i in stale if i not in set(report.expired)]
+    already_deleted = set(report.expired)
+    stale = [(pk, i) for pk, i in stale if i not in already_deleted]
     report.low_importance = [i for _, i in stale]
     if not dry_run:
         store.delete_pks([pk for pk, _ in stale])

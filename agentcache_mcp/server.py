@@ -133,7 +133,7 @@ def build_server(
         result = await _call(
             _app(ctx), _app(ctx).engine.remember, text, namespace or default_ns, tags, importance, ttl_days, metadata
         )
-        return RememberResult(id=result.id, namespace=result.namespace, deduplicated=result.deduplicated)
+        return RememberResult.model_validate(result, from_attributes=True)
 
     @server.tool(
         title="Recall",
@@ -157,21 +157,7 @@ def build_server(
         hits = await _call(
             _app(ctx), _app(ctx).engine.recall, query, namespace or default_ns, tags, limit, since, until
         )
-        return RecallResult(
-            results=[
-                MemoryHit(
-                    id=h.id,
-                    text=h.text,
-                    namespace=h.namespace,
-                    tags=h.tags,
-                    importance=h.importance,
-                    metadata=h.metadata,
-                    created_at=h.created_at,
-                    score=h.score,
-                )
-                for h in hits
-            ]
-        )
+        return RecallResult(results=[MemoryHit.model_validate(h, from_attributes=True) for h in hits])
 
     @server.tool(
         title="Forget",
@@ -191,7 +177,7 @@ def build_server(
         """Delete memories: by ids (immediately), or by filter (namespace, tags, older_than_days). A filter
         forget is a dry run unless dry_run=false: check the listed ids, then call again to delete."""
         result = await _call(_app(ctx), _app(ctx).engine.forget, ids, namespace, tags, older_than_days, dry_run)
-        return ForgetResult(deleted=result.deleted, dry_run=result.dry_run)
+        return ForgetResult.model_validate(result, from_attributes=True)
 
     @server.resource(
         "agentcache://stats",
