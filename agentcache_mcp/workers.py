@@ -35,6 +35,7 @@ T = TypeVar("T")
 EMBED_DEBOUNCE_S = 0.05
 EMBED_POLL_S = 30.0
 """Also look for pending rows this often: rows another process wrote and did not embed before it died."""
+PROGRESS_LOG_S = 5.0
 
 
 @dataclass
@@ -88,14 +89,27 @@ class App:
             if not self.engine.embedder.ready:
                 continue
             try:
-                while True:
-                    written = await self.run(self.engine.embed_pending, max_batches=1)
-                    if not written:
-                        break
-                    log.debug("embedded %d memories", written)
+                await self._embed_backlog()
             except Exception:
                 log.exception("embedding batch failed; the rows stay pending and are retried")
                 await anyio.sleep(1.0)
+
+    async def _embed_backlog(self) -> None:
+        """Embed until nothing is pending; a large backlog (a rebuild) logs its progress every few seconds."""
+        backlog = await self.run(self.engine.pending_embeddings)
+        done = 0
+        started = last_log = time.monotonic()
+        while True:
+            written = await self.run(self.engine.embed_pending, max_batches=1)
+            if not written:
+                break
+            done += written
+            if time.monotonic() - last_log >= PROGRESS_LOG_S:
+                last_log = time.monotonic()
+                rate = done / (last_log - started)
+                log.info("embedding: %d of %d done (%.0f/s)", done, max(backlog, done), rate)
+        if done and time.monotonic() - started >= PROGRESS_LOG_S:
+            log.info("embedding: %d memories embedded in %.1f s", done, time.monotonic() - started)
 
     def wake_embedder_threadsafe(self) -> None:
         # on_remember callbacks run in the worker thread that served remember.
