@@ -17,7 +17,7 @@ from typing import Any
 from .config import Settings, default_db_path
 from .embeddings import Embedder, EmbeddingModelError, SentenceTransformerEmbedder
 from .forgetting import AutoForgetReport, ForgetResult, auto_forget, forget
-from .recall import FusionParams, fts_match_expression, fuse, smooth_with_neighbours
+from .recall import FusionParams, fuse, match_expression, query_terms, smooth_with_neighbours
 from .recall import ranked as ranked_list
 from .store import Filters, MemoryRow, Store
 from .validation import (
@@ -179,7 +179,10 @@ class MemoryEngine:
         now = time.time()
 
         keyword: dict[int, float] = {}
-        match = fts_match_expression(query)
+        terms = query_terms(query)
+        if terms and fusion.context_weight > 0:
+            terms = self.store.informative_terms(terms)
+        match = match_expression(terms)
         if match is not None and fusion.method != "vector":
             keyword = dict(
                 self.store.keyword_search(

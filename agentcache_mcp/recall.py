@@ -211,7 +211,11 @@ def fts_match_expression(query: str) -> str | None:
     User text never reaches MATCH raw: quoting turns AND/OR/NOT/NEAR, '*', '^', ':' and braces into plain
     words, and the tokenizer regex leaves no quote characters inside a term.
     """
-    terms = query_terms(query)
+    return match_expression(query_terms(query))
+
+
+def match_expression(terms: list[str]) -> str | None:
+    """Quoted terms OR-ed; the terms come from query_terms (word characters only, so quoting is safe)."""
     if not terms:
         return None
     return " OR ".join(f'"{t}"' for t in terms)

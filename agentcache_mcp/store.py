@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 BUSY_RETRY_S = 60.0
+PRUNE_TERMS_FROM_ROWS = 1000
 
 
 class StoreError(RuntimeError):
@@ -63,6 +64,11 @@ def new_id() -> str:
         _last_id[0], _last_id[1] = millis, rand
     value = (millis << 80) | (rand & ((1 << 80) - 1))
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -5, -5))
+
+
+def namespace_token(namespace: str) -> str:
+    """The single FTS5 token that stands for a namespace (same as the trigger's 'ns' || lower(hex(...)))."""
+    return "ns" + namespace.encode("utf-8").hex()
 
 
 def content_hash(text: str) -> str:
@@ -192,11 +198,17 @@ _SCHEMA_1 = [
     CREATE INDEX memories_namespace ON memories(namespace)
     """,
     """
+    CREATE INDEX memories_maybe_hidden ON memories(namespace)
+    WHERE superseded_by IS NOT NULL OR expires_at IS NOT NULL
+    """,
+    """
     -- A memory is indexed with the memory written just before it in its namespace ("context", weighted
     -- lower at query time): agents write in streams, and the words that make a memory findable are often
     -- in the one before it. This lifted LoCoMo keyword recall@10 from 0.62 to 0.70 (bench/RESULTS.md).
-    -- The table keeps its own copy of the text so a row can be deleted by rowid alone.
-    CREATE VIRTUAL TABLE memories_fts USING fts5(text, context, tokenize='porter unicode61')
+    -- The table keeps its own copy of the text so a row can be deleted by rowid alone. `ns` holds one token
+    -- naming the namespace ('ns' + hex of its UTF-8), so a search is confined to its namespace inside FTS5
+    -- and never has to join and score other namespaces' matches.
+    CREATE VIRTUAL TABLE memories_fts USING fts5(text, context, ns, tokenize='porter unicode61')
     """,
     """
     -- Every process replays this log before it serves a recall, so vectors written or deleted by
@@ -213,13 +225,14 @@ _SCHEMA_1 = [
     """,
     """
     CREATE TRIGGER memories_ai AFTER INSERT ON memories BEGIN
-        INSERT INTO memories_fts(rowid, text, context) VALUES (
+        INSERT INTO memories_fts(rowid, text, context, ns) VALUES (
             new.pk,
             new.text,
             coalesce(
                 (SELECT text FROM memories WHERE namespace = new.namespace AND pk < new.pk ORDER BY pk DESC LIMIT 1),
                 ''
-            )
+            ),
+            'ns' || lower(hex(new.namespace))
         );
     END
     """,
@@ -497,9 +510,11 @@ class Store:
         return self.read(q)
 
     def live_pks(self, namespace: str, pks: Sequence[int], filters: Filters, now: float) -> set[int]:
-        """The subset of pks that a recall in namespace may return now."""
+        """The subset of pks (all of them memories of this namespace) that a recall may return now."""
         if not pks:
             return set()
+        if not filters.active and not self._may_hide(namespace):
+            return set(pks)  # nothing in the namespace is superseded or has an expiry: all are live
         extra, params = filters.sql()
 
         def q(db: sqlite3.Connection) -> set[int]:
@@ -518,6 +533,18 @@ class Store:
 
         return self.read(q)
 
+    def _may_hide(self, namespace: str) -> bool:
+        return self.read(
+            lambda db: (
+                db.execute(
+                    "SELECT 1 FROM memories WHERE namespace = ? "
+                    "AND (superseded_by IS NOT NULL OR expires_at IS NOT NULL) LIMIT 1",
+                    (namespace,),
+                ).fetchone()
+                is not None
+            )
+        )
+
     def keyword_search(
         self, namespace: str, match: str, limit: int, filters: Filters, now: float, context_weight: float = 0.4
     ) -> list[tuple[int, float]]:
@@ -525,22 +552,59 @@ class Store:
 
         context_weight is the BM25 column weight of the preceding memory's text (the memory's own is 1).
         """
+        terms = f"text : ({match})" if context_weight == 0 else f"({match})"  # 0: own words only, plain BM25
+        match = f'ns : "{namespace_token(namespace)}" AND {terms}'
+        weights = (1.0, float(context_weight), 0.0)
+        if not filters.active:
+            # Rank inside FTS5 alone, then drop the rare superseded or expired rows; only if that left the
+            # page short while more matches may exist, fall back to filtering every match.
+            ranked = self.read(
+                lambda db: db.execute(
+                    "SELECT rowid, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
+                    "WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
+                    [*weights, match, limit],
+                ).fetchall()
+            )
+            live = self.live_pks(namespace, [pk for pk, _ in ranked], filters, now)
+            if len(live) == len(ranked) or len(ranked) < limit:
+                return [(pk, -score) for pk, score in ranked if pk in live]
         extra, params = filters.sql()
-        if context_weight == 0:
-            match = f"text : ({match})"  # the memory's own words only, as a plain BM25 index would
 
         def q(db: sqlite3.Connection) -> list[tuple[int, float]]:
             return [
                 (pk, -score)
                 for pk, score in db.execute(
-                    "SELECT m.pk, bm25(memories_fts, 1.0, ?) AS score FROM memories_fts "
+                    "SELECT m.pk, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
                     "JOIN memories m ON m.pk = memories_fts.rowid "
                     "WHERE memories_fts MATCH ? AND m.namespace = ? AND m.superseded_by IS NULL "
                     f"AND (m.expires_at IS NULL OR m.expires_at > ?){extra} "
                     "ORDER BY score LIMIT ?",
-                    [float(context_weight), match, namespace, now, *params, limit],
+                    [*weights, match, namespace, now, *params, limit],
                 )
             ]
+
+        return self.read(q)
+
+    def informative_terms(self, terms: list[str]) -> list[str]:
+        """Drop terms found in more than half of all memories, unless that would drop them all.
+
+        FTS5's BM25 gives such a term an IDF of 1e-6 (its idf formula is clamped at zero), so it barely
+        changes a score, yet it makes the OR query match and score most of the index: at 10k memories the
+        common words of a query made it match 63% of rows. Small stores keep every term: there a memory
+        matching only a common word may be the only keyword match there is.
+        """
+
+        def q(db: sqlite3.Connection) -> list[str]:
+            total = db.execute("SELECT count(*) FROM memories").fetchone()[0]
+            if total < PRUNE_TERMS_FROM_ROWS:
+                return terms
+            kept = [
+                t
+                for t in terms
+                if db.execute("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (f'"{t}"',)).fetchone()[0]
+                <= total / 2
+            ]
+            return kept or terms
 
         return self.read(q)
 
@@ -702,8 +766,9 @@ class Store:
         def txn(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM memories_fts")
             db.execute(
-                "INSERT INTO memories_fts(rowid, text, context) SELECT pk, text, "
-                "coalesce(lag(text) OVER (PARTITION BY namespace ORDER BY pk), '') FROM memories"
+                "INSERT INTO memories_fts(rowid, text, context, ns) SELECT pk, text, "
+                "coalesce(lag(text) OVER (PARTITION BY namespace ORDER BY pk), ''), "
+                "'ns' || lower(hex(namespace)) FROM memories"
             )
 
         self.write(txn)
@@ -712,16 +777,15 @@ class Store:
         """For each pk, the memories written just before and just after it in its namespace."""
 
         def q(db: sqlite3.Connection) -> dict[int, tuple[int | None, int | None]]:
-            out: dict[int, tuple[int | None, int | None]] = {}
-            for pk in pks:
-                before = db.execute(
-                    "SELECT max(pk) FROM memories WHERE namespace = ? AND pk < ?", (namespace, pk)
-                ).fetchone()[0]
-                after = db.execute(
-                    "SELECT min(pk) FROM memories WHERE namespace = ? AND pk > ?", (namespace, pk)
-                ).fetchone()[0]
-                out[pk] = (before, after)
-            return out
+            # One statement for all pks: the correlated lookups run inside SQLite on the namespace index.
+            rows = db.execute(
+                "SELECT j.value, "
+                "(SELECT max(pk) FROM memories WHERE namespace = ?1 AND pk < j.value), "
+                "(SELECT min(pk) FROM memories WHERE namespace = ?1 AND pk > j.value) "
+                "FROM json_each(?2) AS j",
+                (namespace, json.dumps([int(pk) for pk in pks])),
+            )
+            return {pk: (before, after) for pk, before, after in rows}
 
         return self.read(q)
 

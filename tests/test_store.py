@@ -220,3 +220,40 @@ def test_integrity_check_ok(engine) -> None:  # type: ignore[no-untyped-def]
 def test_sqlite_has_fts5() -> None:
     db = sqlite3.connect(":memory:")
     db.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+
+
+def test_keyword_search_falls_back_when_the_best_matches_are_not_live(engine) -> None:  # type: ignore[no-untyped-def]
+    import time as _time
+
+    best = engine.remember("apple apple apple", namespace="ns")
+    second = engine.remember("apple pie", namespace="ns")
+    engine.remember("apple orchard and a long sentence about other things", namespace="ns")
+    engine.store.write(lambda db: db.execute("UPDATE memories SET expires_at = 1 WHERE id = ?", (best.id,)))
+    match = fts_match_expression("apple") or ""
+    [(pk, _)] = engine.store.keyword_search("ns", match, 1, Filters(), _time.time())
+    assert engine.store.get_by_pks([pk])[pk].id == second.id
+
+
+def test_keyword_search_is_confined_to_its_namespace_inside_fts(engine) -> None:  # type: ignore[no-untyped-def]
+    # Namespaces that tokenise alike ("a-b" and "a.b") must still be told apart.
+    engine.remember("shared words here", namespace="a-b")
+    other = engine.remember("shared words here too", namespace="a.b")
+    match = fts_match_expression("shared words") or ""
+    hits = engine.store.keyword_search("a.b", match, 10, Filters(), 0.0)
+    assert [engine.store.get_by_pks([pk])[pk].id for pk, _ in hits] == [other.id]
+
+
+def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path) -> None:
+    from agentcache_mcp.store import PRUNE_TERMS_FROM_ROWS
+
+    store = Store(db_path)
+    try:
+        for i in range(PRUNE_TERMS_FROM_ROWS):
+            text = f"common word entry {i}" + (" rare" if i % 100 == 0 else "")
+            store.insert_or_merge(namespace="ns", text=text, tags=[], importance=0.5, metadata={}, expires_at=None)
+        assert store.informative_terms(["common", "rare"]) == ["rare"]
+        assert store.informative_terms(["common", "word"]) == ["common", "word"]  # never drops every term
+        store.write(lambda db: db.execute("DELETE FROM memories WHERE pk > 10"))
+        assert store.informative_terms(["common", "rare"]) == ["common", "rare"]  # small store: exact
+    finally:
+        store.close()
