@@ -197,10 +197,13 @@ class MemoryEngine:
                 vector.update(self._cosines(query_vector, namespace, [pk for pk in keyword if pk not in vector]))
 
         scores = fuse(keyword, vector, fusion)
-        if fusion.neighbour_weight > 0 and scores:
+        width = len(fusion.neighbour_weights)
+        if width and scores:
             top = dict(ranked_list(scores)[: max(fusion.rerank_depth, limit)])
-            neighbours = self.store.neighbours(namespace, list(top))
-            adjacent = {pk for pair in neighbours.values() for pk in pair if pk is not None and pk not in top}
+            neighbours = self.store.neighbours(namespace, list(top), width)
+            adjacent = {
+                pk for pairs in neighbours.values() for pair in pairs for pk in pair if pk is not None and pk not in top
+            }
             live = self.store.live_pks(namespace, list(adjacent), filters, now)
             if query_vector is not None and live:
                 extra = {
@@ -208,8 +211,8 @@ class MemoryEngine:
                 }
                 vector.update(extra)
                 scores = fuse(keyword, vector, fusion)
-            neighbours.update(self.store.neighbours(namespace, list(live)))
-            scores = smooth_with_neighbours(scores, neighbours, fusion.neighbour_weight)
+            neighbours.update(self.store.neighbours(namespace, list(live), width))
+            scores = smooth_with_neighbours(scores, neighbours, fusion.neighbour_weights)
         ranking = ranked_list(scores)[:limit]
         rows = self.store.get_by_pks([pk for pk, _ in ranking])
         hits = [_hit(rows[pk], score) for pk, score in ranking if pk in rows]
@@ -309,11 +312,9 @@ class MemoryEngine:
             seq = self.store.last_change()
             index: VectorIndex | None = None
             for batch in self.store.iter_embeddings(self.embedder.model_id):
-                for pk, namespace, blob in batch:
-                    vector = from_blob(blob)
-                    if index is None:
-                        index = VectorIndex(len(vector))
-                    index.upsert(pk, namespace, vector)
+                if index is None:
+                    index = VectorIndex(len(batch[0][2]) // 4)  # float32 blobs
+                index.add_batch(batch)
             self.vectors = index
             self._seen_seq = seq
             self.index_state.loaded = True

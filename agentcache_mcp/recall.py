@@ -235,9 +235,10 @@ class FusionParams:
     """How many of the best fused candidates (and their neighbours) are re-scored with neighbour context."""
     context_weight: float = 0.4
     """BM25 weight of the preceding memory's words (indexed with each memory) relative to its own."""
-    neighbour_weight: float = 0.2
-    """Share of the better neighbour's fused score (the memory written just before or after) added to a
-    memory's own: an answer often sits next to the memory that matches the question's words."""
+    neighbour_weights: tuple[float, ...] = (0.3, 0.2, 0.1)
+    """Share of the best fused score k memories away (k = 1, 2, ...; written just before or after, in the
+    namespace) added to a memory's own: an answer often sits next to the memory that matches the question's
+    words. Empty: no neighbour re-scoring."""
 
 
 def _scaled(scores: dict[int, float]) -> dict[int, float]:
@@ -283,14 +284,17 @@ def ranked(scores: dict[int, float]) -> list[tuple[int, float]]:
 
 
 def smooth_with_neighbours(
-    scores: dict[int, float], neighbours: dict[int, tuple[int | None, int | None]], weight: float
+    scores: dict[int, float], neighbours: dict[int, list[tuple[int | None, int | None]]], weights: tuple[float, ...]
 ) -> dict[int, float]:
-    """Add weight x the better neighbour's score to each memory's own.
+    """Add, for each distance k, weights[k-1] x the better score of the two memories k away.
 
-    `neighbours` maps every memory to be ranked (candidates and their neighbours) to (before, after).
+    `neighbours` maps every memory to be ranked (candidates and their neighbours) to its (before, after)
+    pair at distance 1, 2, ...
     """
     out: dict[int, float] = {}
-    for pk, (before, after) in neighbours.items():
-        context = max(scores.get(before, 0.0) if before else 0.0, scores.get(after, 0.0) if after else 0.0)
-        out[pk] = scores.get(pk, 0.0) + weight * context
+    for pk, pairs in neighbours.items():
+        score = scores.get(pk, 0.0)
+        for weight, (before, after) in zip(weights, pairs, strict=False):
+            score += weight * max(scores.get(before, 0.0) if before else 0.0, scores.get(after, 0.0) if after else 0.0)
+        out[pk] = score
     return out

@@ -773,19 +773,25 @@ class Store:
 
         self.write(txn)
 
-    def neighbours(self, namespace: str, pks: Sequence[int]) -> dict[int, tuple[int | None, int | None]]:
-        """For each pk, the memories written just before and just after it in its namespace."""
+    def neighbours(
+        self, namespace: str, pks: Sequence[int], width: int = 1
+    ) -> dict[int, list[tuple[int | None, int | None]]]:
+        """For each pk, the memories written 1..width places before and after it in its namespace."""
+        if width < 1 or not pks:
+            return {int(pk): [] for pk in pks}
+        # One statement for all pks: the correlated lookups run inside SQLite on the namespace index.
+        lookups = ", ".join(
+            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk < j.value ORDER BY pk DESC LIMIT 1 OFFSET {k}), "
+            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk > j.value ORDER BY pk LIMIT 1 OFFSET {k})"
+            for k in range(width)
+        )
 
-        def q(db: sqlite3.Connection) -> dict[int, tuple[int | None, int | None]]:
-            # One statement for all pks: the correlated lookups run inside SQLite on the namespace index.
+        def q(db: sqlite3.Connection) -> dict[int, list[tuple[int | None, int | None]]]:
             rows = db.execute(
-                "SELECT j.value, "
-                "(SELECT max(pk) FROM memories WHERE namespace = ?1 AND pk < j.value), "
-                "(SELECT min(pk) FROM memories WHERE namespace = ?1 AND pk > j.value) "
-                "FROM json_each(?2) AS j",
+                f"SELECT j.value, {lookups} FROM json_each(?2) AS j",
                 (namespace, json.dumps([int(pk) for pk in pks])),
             )
-            return {pk: (before, after) for pk, before, after in rows}
+            return {row[0]: [(row[1 + 2 * k], row[2 + 2 * k]) for k in range(width)] for row in rows}
 
         return self.read(q)
 

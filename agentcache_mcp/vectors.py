@@ -50,6 +50,21 @@ class _Block:
             self.pks[row] = pk
         self.matrix[row] = vector
 
+    def extend(self, pks: npt.NDArray[np.int64], vectors: Vector) -> None:
+        """Append rows for pks not yet in the block (a bulk load)."""
+        needed = self.size + len(pks)
+        if needed > len(self.pks):
+            capacity = max(needed, 2 * len(self.pks))
+            matrix = np.zeros((capacity, self.dim), dtype=np.float32)
+            matrix[: self.size] = self.matrix[: self.size]
+            ids = np.zeros(capacity, dtype=np.int64)
+            ids[: self.size] = self.pks[: self.size]
+            self.matrix, self.pks = matrix, ids
+        self.matrix[self.size : needed] = vectors
+        self.pks[self.size : needed] = pks
+        self.position.update(zip(pks.tolist(), range(self.size, needed), strict=True))
+        self.size = needed
+
     def remove(self, pk: int) -> None:
         row = self.position.pop(pk, None)
         if row is None:
@@ -77,16 +92,44 @@ class VectorIndex:
         return pk in self._namespace_of
 
     def upsert(self, pk: int, namespace: str, vector: Vector) -> None:
-        vector = _normalised(vector, self.dim)
         with self._lock:
-            old = self._namespace_of.get(pk)
-            if old is not None and old != namespace:
-                self._blocks[old].remove(pk)
-            block = self._blocks.get(namespace)
-            if block is None:
-                block = self._blocks[namespace] = _Block(self.dim)
-            block.upsert(pk, vector)
-            self._namespace_of[pk] = namespace
+            self._upsert_locked(pk, namespace, vector)
+
+    def _upsert_locked(self, pk: int, namespace: str, vector: Vector) -> None:
+        vector = _normalised(vector, self.dim)
+        old = self._namespace_of.get(pk)
+        if old is not None and old != namespace:
+            self._blocks[old].remove(pk)
+        block = self._blocks.get(namespace)
+        if block is None:
+            block = self._blocks[namespace] = _Block(self.dim)
+        block.upsert(pk, vector)
+        self._namespace_of[pk] = namespace
+
+    def add_batch(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Add (pk, namespace, float32 blob) rows in bulk: loading 100k vectors one by one holds the GIL
+        long enough to delay the server's first answers."""
+        if not rows:
+            return
+        matrix = np.frombuffer(b"".join(blob for _, _, blob in rows), dtype="<f4").astype(np.float32)
+        matrix = matrix.reshape(len(rows), self.dim)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix = matrix / np.where(norms > 0, norms, 1.0)
+        by_namespace: dict[str, list[int]] = {}
+        for i, (_, namespace, _) in enumerate(rows):
+            by_namespace.setdefault(namespace, []).append(i)
+        with self._lock:
+            for namespace, indices in by_namespace.items():
+                pks = np.array([rows[i][0] for i in indices], dtype=np.int64)
+                if any(int(pk) in self._namespace_of for pk in pks):
+                    for i in indices:  # rare: a reload over rows we hold already
+                        self._upsert_locked(rows[i][0], namespace, matrix[i])
+                    continue
+                block = self._blocks.get(namespace)
+                if block is None:
+                    block = self._blocks[namespace] = _Block(self.dim)
+                block.extend(pks, matrix[indices])
+                self._namespace_of.update(dict.fromkeys(pks.tolist(), namespace))
 
     def remove(self, pk: int) -> None:
         with self._lock:

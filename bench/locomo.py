@@ -117,8 +117,8 @@ def mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 RETRIEVERS: dict[str, FusionParams | None] = {
     # The baselines of ../shared/bench/locomo/README.md: each retriever alone, on the memory's own text.
-    "bm25": FusionParams(method="keyword", context_weight=0.0, neighbour_weight=0.0),
-    "dense": FusionParams(method="vector", neighbour_weight=0.0),
+    "bm25": FusionParams(method="keyword", context_weight=0.0, neighbour_weights=()),
+    "dense": FusionParams(method="vector", neighbour_weights=()),
     "hybrid": None,  # the shipped default
 }
 
@@ -202,14 +202,20 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME:FIELD=VALUE,...",
-        help="score a further fusion setting too, e.g. 'wide:candidates=200,neighbour_weight=0.3'",
+        help="score a further fusion setting too, e.g. 'wide:candidates=200,neighbour_weights=0.3/0.1' (tuples with /)",
     )
     args = parser.parse_args()
     retrievers = args.retrievers.split(",")
     for spec in args.variant:
         name, _, fields = spec.partition(":")
         defaults = FusionParams()
-        values = {k: type(getattr(defaults, k))(v) for k, v in (f.split("=") for f in fields.split(",") if f)}
+        values: dict[str, Any] = {}
+        for key, value in (f.split("=") for f in fields.split(",") if f):
+            default = getattr(defaults, key)
+            if isinstance(default, tuple):
+                values[key] = tuple(float(x) for x in value.split("/") if x)
+            else:
+                values[key] = type(default)(value)
         RETRIEVERS[name] = dataclasses.replace(FusionParams(), **values)
         retrievers.append(name)
     if not args.data.is_file():

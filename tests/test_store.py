@@ -257,3 +257,15 @@ def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path
         assert store.informative_terms(["common", "rare"]) == ["common", "rare"]  # small store: exact
     finally:
         store.close()
+
+
+def test_neighbours_within_a_namespace_at_each_distance(engine) -> None:  # type: ignore[no-untyped-def]
+    ids = [engine.remember(f"memory {i}", namespace="ns").id for i in range(5)]
+    engine.remember("other namespace in between", namespace="other")
+    ids.append(engine.remember("memory 5", namespace="ns").id)
+    pk = {r.id: r.pk for r in engine.store.get_by_ids(ids)}
+    p = [pk[i] for i in ids]
+    got = engine.store.neighbours("ns", [p[0], p[2], p[5]], width=2)
+    assert got[p[0]] == [(None, p[1]), (None, p[2])]
+    assert got[p[2]] == [(p[1], p[3]), (p[0], p[4])]
+    assert got[p[5]] == [(p[4], None), (p[3], None)]  # skips the other namespace's row
