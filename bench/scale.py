@@ -186,7 +186,7 @@ def main() -> None:
     n_remember, n_recall = (50, 50) if args.quick else (500, 300)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or Path(tmp)
+        workdir = args.workdir or Path(tmp) / "built"
         workdir.mkdir(parents=True, exist_ok=True)
         empty = Path(tmp) / "empty.db"
         results["empty"] = measure_process(empty, 0)

@@ -47,3 +47,28 @@ def test_locomo_harness_runs_on_a_slice() -> None:
     assert {"bm25", "dense", "hybrid"} <= set(rows)
     r10 = float(rows["hybrid"].split("|")[3])
     assert 0.0 < r10 <= 1.0
+
+
+def test_scale_harness_runs_small() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", "300", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert "recall p50 / floor" in rows and "peak RSS (MiB)" in rows
+    ratio = float(rows["recall p50 / floor"].split("|")[2].strip().rstrip("x"))
+    assert ratio > 0
+
+
+def test_load_harness_runs_briefly() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "load.py"), "--clients", "2", "--seconds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "errors 0" in out.stdout, out.stdout

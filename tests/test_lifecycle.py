@@ -181,10 +181,12 @@ def test_http_rejects_requests_without_the_bearer_token(db_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=5)
         assert info.value.code == 401
+        info.value.close()
         request.add_header("Authorization", "Bearer wrong")
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=5)
         assert info.value.code == 401
+        info.value.close()
 
         async def run() -> None:
             from mcp.client.streamable_http import streamable_http_client
