@@ -101,10 +101,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db_path: Path, port: int, transport: str = "streamable-http") -> subprocess.Popen[bytes]:
+def start_server(
+    db_path: Path, port: int, transport: str = "streamable-http", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A server subprocess on 127.0.0.1:port, returned once it accepts connections."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentcache_mcp", "serve", "--transport", transport, "--port", str(port)],
-        env={**os.environ, "AGENTCACHE_DB": str(db_path), "AUTO_FORGET_ENABLED": "false"},
+        env={**os.environ, "AGENTCACHE_DB": str(db_path), "AUTO_FORGET_ENABLED": "false", **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

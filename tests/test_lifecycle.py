@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,9 @@ from mcp import Client
 from mcp.client.sse import sse_client
 
 from stdio_helper import StdioServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from load import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -99,39 +101,12 @@ def test_stdin_eof_exits_0(db_path: Path) -> None:
     assert count_rows(db_path)[0] == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_http(db_path: Path, transport: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentcache_mcp", "serve", "--transport", transport, "--port", str(port)],
-        env={**os.environ, "AGENTCACHE_DB": str(db_path), "AUTO_FORGET_ENABLED": "false", **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError(f"{transport} server did not listen: {proc.stderr.read() if proc.stderr else ''}")
+    return start_server(db_path, port, transport, env)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stderr:
-            proc.stderr.close()
+    assert stop_server(proc) == 0
 
 
 async def exercise(client: Client) -> None:
