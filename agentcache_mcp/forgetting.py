@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 DAY = 86_400.0
 MAX_FORGET_IDS = 1000
 DEDUP_WATERMARK_KEY = "auto_forget_dedup_checked_pk"
+DEDUP_BLOCK_ROWS = 128
+"""New memories compared per matrix product: 128 x 100k similarities is a 51 MB block, so the first sweep
+over a large store does not add hundreds of MB to the server's memory."""
 
 
 @dataclass(slots=True)
@@ -190,8 +193,8 @@ def _near_duplicates(
         pks, matrix = pks[keep], matrix[keep]
         new_rows = np.nonzero((pks > checked) & (pks <= mark))[0]
         superseded: set[int] = set()
-        for start in range(0, len(new_rows), 512):
-            rows = new_rows[start : start + 512]
+        for start in range(0, len(new_rows), DEDUP_BLOCK_ROWS):
+            rows = new_rows[start : start + DEDUP_BLOCK_ROWS]
             sims = matrix[rows] @ matrix.T
             for r_local, r in enumerate(rows):
                 sims[r_local, r] = -1.0  # not a duplicate of itself
