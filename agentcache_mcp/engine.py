@@ -179,11 +179,11 @@ class MemoryEngine:
         now = time.time()
 
         keyword: dict[int, float] = {}
-        terms = query_terms(query)
+        terms = query_terms(query) if fusion.method != "vector" else []
         if terms and fusion.context_weight > 0:
             terms = self.store.informative_terms(terms)
         match = match_expression(terms)
-        if match is not None and fusion.method != "vector":
+        if match is not None:
             keyword = dict(
                 self.store.keyword_search(
                     namespace, match, max(fusion.candidates, limit), filters, now, fusion.context_weight

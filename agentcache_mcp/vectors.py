@@ -100,11 +100,14 @@ class VectorIndex:
         old = self._namespace_of.get(pk)
         if old is not None and old != namespace:
             self._blocks[old].remove(pk)
+        self._block(namespace).upsert(pk, vector)
+        self._namespace_of[pk] = namespace
+
+    def _block(self, namespace: str) -> _Block:
         block = self._blocks.get(namespace)
         if block is None:
             block = self._blocks[namespace] = _Block(self.dim)
-        block.upsert(pk, vector)
-        self._namespace_of[pk] = namespace
+        return block
 
     def add_batch(self, rows: list[tuple[int, str, bytes]]) -> None:
         """Add (pk, namespace, float32 blob) rows in bulk: loading 100k vectors one by one holds the GIL
@@ -125,10 +128,7 @@ class VectorIndex:
                     for i in indices:  # rare: a reload over rows we hold already
                         self._upsert_locked(rows[i][0], namespace, matrix[i])
                     continue
-                block = self._blocks.get(namespace)
-                if block is None:
-                    block = self._blocks[namespace] = _Block(self.dim)
-                block.extend(pks, matrix[indices])
+                self._block(namespace).extend(pks, matrix[indices])
                 self._namespace_of.update(dict.fromkeys(pks.tolist(), namespace))
 
     def remove(self, pk: int) -> None:

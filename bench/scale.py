@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the server's CLI does, before numpy loads
 
+from load import percentile  # noqa: E402  (bench/load.py, beside this script)
 from mcp import Client  # noqa: E402
 
 from agentcache_mcp.config import Settings  # noqa: E402
@@ -57,11 +58,6 @@ class Corpus:
 
     def query(self) -> str:
         return self.sentence(3, 6)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def build_db(path: Path, n: int, corpus: Corpus) -> dict[str, float]:
