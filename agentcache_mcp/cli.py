@@ -6,8 +6,6 @@ Only protocol goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -20,19 +18,9 @@ import anyio.to_thread
 
 from . import __version__
 from .config import Settings
+from .transports import bind_refusal, guard, parse_allowed_host
 
 log = logging.getLogger("agentcache_mcp")
-
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +32,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
     serve.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME[:PORT]",
+        help="also accept this name in the Host/Origin headers, e.g. a reverse proxy's (repeatable; "
+        "replaces $AGENTCACHE_ALLOWED_HOSTS)",
+    )
     serve.add_argument("--db", default=None, help="database file (default: $AGENTCACHE_DB or the user data dir)")
     stats = sub.add_parser("stats", help="print memory statistics as JSON")
     stats.add_argument("--db", default=None)
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment and the parsed flags (flags win); ValueError if invalid."""
+    allowed = getattr(args, "allowed_host", None)
+    settings = Settings.from_env(
+        db_path=getattr(args, "db", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        allowed_hosts=tuple(allowed) if allowed is not None else None,
+    )
+    for entry in settings.allowed_hosts:
+        parse_allowed_host(entry)  # a typo must stop the start, not silently refuse every request later
+    return settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,24 +70,19 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     command = args.command or "serve"
+    transport = getattr(args, "transport", "stdio")
     try:
-        settings = Settings.from_env(
-            db_path=getattr(args, "db", None), host=getattr(args, "host", None), port=getattr(args, "port", None)
-        )
+        settings = _settings(args)
     except ValueError as exc:
         sys.exit(f"agentcache-mcp: invalid configuration: {exc}")
-    from .store import StoreError
+    if command == "serve" and transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
+        sys.exit(f"agentcache-mcp: {refusal}")
+    from .memory.ports import StoreError
 
     try:
         if command == "stats":
             print(json.dumps(stats(settings), indent=2))
             return
-        transport = getattr(args, "transport", "stdio")
-        if transport != "stdio" and not is_loopback(settings.host) and not settings.auth_token:
-            sys.exit(
-                f"agentcache-mcp: refusing to serve on non-loopback address {settings.host} without "
-                "AGENTCACHE_AUTH_TOKEN set: anyone who can reach it could read and delete memories"
-            )
         anyio.run(serve, settings, transport)
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")
@@ -90,14 +95,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def stats(settings: Settings) -> dict[str, Any]:
-    from .engine import MemoryEngine
+    from .app import open_memory
 
-    engine = MemoryEngine(settings)
+    memory = open_memory(settings)
     try:
-        engine.load_vectors()
-        return engine.stats()
+        memory.load_vectors()
+        return memory.stats()
     finally:
-        engine.close(checkpoint=False)
+        memory.close(checkpoint=False)
 
 
 async def serve(settings: Settings, transport: str) -> None:
@@ -160,47 +165,29 @@ async def _cancel_on_signal(scope: anyio.CancelScope, uv: Any) -> None:
 
 def _http_server(server: Any, settings: Settings, transport: str) -> Any:
     import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
 
+    if (refusal := bind_refusal(settings)) is not None:
+        raise ValueError(refusal)  # main checks first; this keeps any other caller from skipping it
+    # The SDK's own Host/Origin check covers only binds spelled 127.0.0.1/localhost/::1 and a fixed host
+    # list, so it would refuse names our guard admits (--allowed-host, 127.0.0.2) and protect nothing else.
+    # transports.guard is the check for every request of both transports; the SDK's is switched off.
+    sdk_security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if transport == "sse":
-        asgi = server.sse_app(host=settings.host, max_request_body_size=settings.max_request_bytes)
+        asgi = server.sse_app(
+            host=settings.host, max_request_body_size=settings.max_request_bytes, transport_security=sdk_security
+        )
     else:
-        asgi = server.streamable_http_app(host=settings.host, max_request_body_size=settings.max_request_bytes)
-    if settings.auth_token:
-        asgi = BearerAuth(asgi, settings.auth_token)
+        asgi = server.streamable_http_app(
+            host=settings.host, max_request_body_size=settings.max_request_bytes, transport_security=sdk_security
+        )
+    asgi = guard(asgi, settings)
 
     class Server(uvicorn.Server):
-        def capture_signals(self):  # type: ignore[no-untyped-def,override]  # we handle signals: flush first
+        def capture_signals(self) -> Any:  # we handle signals ourselves: flush first, then exit
             import contextlib
 
             return contextlib.nullcontext()
 
     config = uvicorn.Config(asgi, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
     return Server(config)
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (constant-time compare)."""
-
-    def __init__(self, app: Any, token: str):
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = b'{"error": "unauthorized: send Authorization: Bearer <AGENTCACHE_AUTH_TOKEN>"}'
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b"Bearer"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)

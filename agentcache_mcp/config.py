@@ -46,6 +46,7 @@ class Settings(BaseModel):
     auth_token: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
+    allowed_hosts: tuple[str, ...] = ()  # extra Host/Origin names for the HTTP transports (NAME[:PORT])
     max_text_bytes: int = Field(default=32 * 1024, gt=0)
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     # auto_forget thresholds
@@ -55,6 +56,8 @@ class Settings(BaseModel):
     # background embedding
     embed_batch_size: int = Field(default=64, gt=0)
     shutdown_flush_timeout_s: float = Field(default=10.0, ge=0)
+    access_flush_interval_s: float = Field(default=10.0, gt=0)
+    """How often recall access stats (count, last access) are written; a crash loses at most this much."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -73,6 +76,8 @@ class Settings(BaseModel):
             values["auto_forget_interval_s"] = float(env["AUTO_FORGET_INTERVAL_S"])
         if env.get("AGENTCACHE_AUTH_TOKEN"):
             values["auth_token"] = env["AGENTCACHE_AUTH_TOKEN"]
+        if env.get("AGENTCACHE_ALLOWED_HOSTS"):
+            values["allowed_hosts"] = tuple(h.strip() for h in env["AGENTCACHE_ALLOWED_HOSTS"].split(",") if h.strip())
         if env.get("AGENTCACHE_MAX_TEXT_BYTES"):
             values["max_text_bytes"] = int(env["AGENTCACHE_MAX_TEXT_BYTES"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import DEFAULT_MODEL
-from .vectors import Vector
+from .memory.ports import Vector
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ class SentenceTransformerEmbedder:
                 self._error = EmbeddingModelError(f"cannot load embedding model {self.model_name!r}: {exc}")
                 raise self._error from exc
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-            self._dim = int(get_dim())
+            dim = get_dim()
+            if dim is None:
+                raise EmbeddingModelError(f"embedding model {self.model_name!r} does not say its dimension")
+            self._dim = int(dim)
             self._model = model
             log.info(
                 "embedding model %s loaded in %.1f s (dim %d)", self.model_id, time.monotonic() - started, self._dim

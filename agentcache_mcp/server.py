@@ -1,4 +1,4 @@
-"""The MCP server: three tools and a stats resource, each a thin adapter over the engine.
+"""The MCP server: three tools and a stats resource, each a thin adapter over MemoryService.
 
 `build_server(settings)` builds everything and imports nothing heavy, so a host's `initialize` and
 `tools/list` are answered while torch and the model load in the background.
@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .config import Settings
 from .embeddings import Embedder
-from .store import StoreError
-from .validation import MAX_LIMIT, MAX_TAGS, InvalidInput
+from .memory.ports import StoreError
+from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput
 from .workers import App, open_app
 
 T = TypeVar("T")
@@ -57,14 +57,18 @@ class RecallResult(BaseModel):
 class ForgetResult(BaseModel):
     deleted: list[str] = Field(description="Ids deleted, or with dry_run the ids that would be deleted.")
     dry_run: bool
+    not_found: list[str] = Field(
+        default_factory=list, description="Ids asked for that are not memories of this namespace; untouched."
+    )
 
 
 def _app(ctx: Context) -> App:
-    return ctx.request_context.lifespan_context  # type: ignore[no-any-return]
+    app: App = ctx.request_context.lifespan_context  # type: ignore[assignment]
+    return app
 
 
 async def _call(app: App, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run engine work off the loop; expected refusals become ToolError (is_error, no traceback logged)."""
+    """Run service work off the loop; expected refusals become ToolError (is_error, no traceback logged)."""
     try:
         return await app.run(fn, *args, **kwargs)
     except InvalidInput as exc:
@@ -110,7 +114,7 @@ def build_server(
     @server.tool(
         title="Remember",
         annotations=ToolAnnotations(
-            readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
     )
     async def remember(
@@ -131,13 +135,15 @@ def build_server(
         """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
         outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory."""
         result = await _call(
-            _app(ctx), _app(ctx).engine.remember, text, namespace or default_ns, tags, importance, ttl_days, metadata
+            _app(ctx), _app(ctx).memory.remember, text, namespace, tags, importance, ttl_days, metadata
         )
         return RememberResult.model_validate(result, from_attributes=True)
 
     @server.tool(
         title="Recall",
-        annotations=ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False),
+        annotations=ToolAnnotations(
+            read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        ),
     )
     async def recall(
         query: Annotated[
@@ -154,19 +160,22 @@ def build_server(
     ) -> RecallResult:
         """Search long-term memory, best match first. Ask about one thing at a time and include the names and
         specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
-        hits = await _call(
-            _app(ctx), _app(ctx).engine.recall, query, namespace or default_ns, tags, limit, since, until
-        )
+        hits = await _call(_app(ctx), _app(ctx).memory.recall, query, namespace, tags, limit, since, until)
         return RecallResult(results=[MemoryHit.model_validate(h, from_attributes=True) for h in hits])
 
     @server.tool(
         title="Forget",
-        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False),
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
     )
     async def forget(
         ctx: Context,
         ids: Annotated[list[str], Field(description="Ids of memories to delete now.")] = [],  # noqa: B006
-        namespace: Annotated[str | None, Field(description="Filter: only this namespace.")] = None,
+        namespace: Annotated[
+            str | None,
+            Field(description=f"Memory space to act in (only this one). Default: {default_ns!r}."),
+        ] = None,
         tags: Annotated[list[str], Field(description="Filter: only memories with all of these tags.")] = [],  # noqa: B006
         older_than_days: Annotated[float | None, Field(description="Filter: only memories older than this.")] = None,
         dry_run: Annotated[
@@ -174,9 +183,10 @@ def build_server(
             Field(description="List without deleting. Default: false with ids, true with a filter."),
         ] = None,
     ) -> ForgetResult:
-        """Delete memories: by ids (immediately), or by filter (namespace, tags, older_than_days). A filter
-        forget is a dry run unless dry_run=false: check the listed ids, then call again to delete."""
-        result = await _call(_app(ctx), _app(ctx).engine.forget, ids, namespace, tags, older_than_days, dry_run)
+        """Delete memories of one namespace: by ids (immediately), or by filter (tags, older_than_days, or a
+        named namespace as a whole). A filter forget is a dry run unless dry_run=false: check the listed ids,
+        then call again to delete. Ids that are not memories of the namespace are listed as not_found."""
+        result = await _call(_app(ctx), _app(ctx).memory.forget, ids, namespace, tags, older_than_days, dry_run)
         return ForgetResult.model_validate(result, from_attributes=True)
 
     @server.resource(
@@ -190,7 +200,7 @@ def build_server(
         if not running:
             raise ResourceError("the memory store is not open")
         app_ = running[-1]
-        data = await app_.run(app_.engine.stats)
+        data = await app_.run(app_.memory.stats)
         data["auto_forget"] = {
             "enabled": settings.auto_forget_enabled,
             "interval_s": settings.auto_forget_interval_s,

@@ -3,10 +3,12 @@
 - index sync: at start, check the keyword index and the vectors against the store and rebuild what is
   missing (the origin's verify_index_sync_on_boot / rebuild_index), then load the embedding model;
 - embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
+- access stats: recalls buffer them in memory; this loop writes them every few seconds;
 - auto-forget: a first sweep shortly after start, then one every interval.
 
 Shutdown (stdin EOF, SIGTERM, SIGINT) cancels the loops, then - shielded and bounded - flushes pending
-embeddings, checkpoints the WAL (TRUNCATE, so the -wal file is left empty) and closes the store. Anything the
+embeddings, writes the buffered access stats, checkpoints the WAL (TRUNCATE, so the -wal file is left empty)
+and closes the store. Anything the
 bound cut off is still pending in the store and is picked up by the next start's sync check.
 """
 
@@ -24,9 +26,10 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
+from .app import open_memory
 from .config import Settings
 from .embeddings import Embedder, EmbeddingModelError
-from .engine import MemoryEngine
+from .memory.service import MemoryService
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class App:
     """What the MCP tools reach through the lifespan context."""
 
     settings: Settings
-    engine: MemoryEngine
+    memory: MemoryService
     embed_wakeup: anyio.Event = field(default_factory=anyio.Event)
     sweeps: int = 0
     last_sweep: dict[str, Any] | None = None
@@ -60,7 +63,7 @@ class App:
     async def index_sync(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            report = await self.run(self.engine.verify_index)
+            report = await self.run(self.memory.verify_index)
             log.info(
                 "index sync: %d memories, %d vectors loaded, %d waiting for embeddings%s (%.2f s)",
                 report.memories,
@@ -72,21 +75,21 @@ class App:
         except Exception:
             log.exception("index sync check failed; recall uses what is loaded")
         try:
-            await self.run(self.engine.embedder.load)
+            await self.run(self.memory.embedder.load)
         except EmbeddingModelError as exc:
             log.error("%s -- recall continues by keyword only", exc)
             return
         self.wake_embedder()
 
     async def embedding_writer(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self.engine.on_remember.append(self.wake_embedder_threadsafe)
+        self.memory.on_remember.append(self.wake_embedder_threadsafe)
         task_status.started()
         while True:
             with anyio.move_on_after(EMBED_POLL_S):
                 await self.embed_wakeup.wait()
             self.embed_wakeup = anyio.Event()
             await anyio.sleep(EMBED_DEBOUNCE_S)  # let a burst of remembers form one batch
-            if not self.engine.embedder.ready:
+            if not self.memory.embedder.ready:
                 continue
             try:
                 await self._embed_backlog()
@@ -96,11 +99,11 @@ class App:
 
     async def _embed_backlog(self) -> None:
         """Embed until nothing is pending; a large backlog (a rebuild) logs its progress every few seconds."""
-        backlog = await self.run(self.engine.pending_embeddings)
+        backlog = await self.run(self.memory.pending_embeddings)
         done = 0
         started = last_log = time.monotonic()
         while True:
-            written = await self.run(self.engine.embed_pending, max_batches=1)
+            written = await self.run(self.memory.embed_pending, max_batches=1)
             if not written:
                 break
             done += written
@@ -118,6 +121,16 @@ class App:
         except RuntimeError:
             self.embed_wakeup.set()  # already on the event loop thread
 
+    async def access_flush_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write the access stats recalls buffered; the last interval's are written at shutdown."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self.settings.access_flush_interval_s)
+            try:
+                await self.run(self.memory.flush_accesses)
+            except Exception:
+                log.exception("writing access stats failed; they are kept for the next flush")
+
     async def auto_forget_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await anyio.sleep(self.settings.auto_forget_first_delay_s)
@@ -129,8 +142,8 @@ class App:
         """One auto-forget sweep; a failure is logged and the next interval tries again."""
         started = time.monotonic()
         try:
-            report = await self.run(self.engine.auto_forget)
-            await self.run(self.engine.store.prune_changes)
+            report = await self.run(self.memory.auto_forget)
+            await self.run(self.memory.backend.maintenance)
         except Exception:
             log.exception("auto-forget sweep failed; retrying next interval")
             return
@@ -144,10 +157,10 @@ class App:
         """Embed what is pending, batch by batch, until done or the time is up; returns rows written."""
         deadline = time.monotonic() + timeout_s
         written = 0
-        if not self.engine.embedder.ready:
+        if not self.memory.embedder.ready:
             return 0  # loading the model now could take longer than the bound; the next start does it
         while time.monotonic() < deadline:
-            n = await self.run(self.engine.embed_pending, max_batches=1)
+            n = await self.run(self.memory.embed_pending, max_batches=1)
             if not n:
                 break
             written += n
@@ -157,12 +170,13 @@ class App:
 @asynccontextmanager
 async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[App]:
     """The composition root: open the store, start the workers, and shut all down in order."""
-    engine = MemoryEngine(settings, embedder=embedder)
-    app = App(settings, engine)
+    memory = open_memory(settings, embedder=embedder)
+    app = App(settings, memory)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(app.index_sync)
             await tg.start(app.embedding_writer)
+            await tg.start(app.access_flush_loop)
             if settings.auto_forget_enabled:
                 await tg.start(app.auto_forget_loop)
             try:
@@ -179,12 +193,12 @@ async def _shutdown(app: App) -> None:
         try:
             with anyio.move_on_after(settings.shutdown_flush_timeout_s + 5):
                 written = await app.flush(settings.shutdown_flush_timeout_s)
-                pending = await app.run(app.engine.pending_embeddings)
+                pending = await app.run(app.memory.pending_embeddings)
                 log.info("shutdown: flushed %d embeddings, %d left for the next start", written, pending)
         except Exception:
             log.exception("flushing embeddings at shutdown failed; they stay pending")
         try:
             with anyio.move_on_after(10):
-                await app.run(app.engine.close)
+                await app.run(app.memory.close)
         except Exception:
             log.exception("closing the store failed")

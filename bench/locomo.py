@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the server's CLI does, before numpy loads
 
+from agentcache_mcp.app import open_memory  # noqa: E402
 from agentcache_mcp.config import Settings  # noqa: E402
-from agentcache_mcp.engine import MemoryEngine  # noqa: E402
-from agentcache_mcp.recall import FusionParams  # noqa: E402
+from agentcache_mcp.memory.fusion import FusionParams  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"
 CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -128,7 +128,7 @@ def run(data: Path, max_conversations: int | None, max_questions: int | None, re
     if max_questions:
         questions = questions[:max_questions]
     with tempfile.TemporaryDirectory() as tmp:
-        engine = MemoryEngine(Settings(db_path=Path(tmp) / "locomo.db"))
+        engine = open_memory(Settings(db_path=Path(tmp) / "locomo.db"))
         started = time.perf_counter()
         for namespace, conv_turns in conversations.items():
             for dia_id, text, date in conv_turns:

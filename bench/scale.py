@@ -33,8 +33,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the server's CLI does, 
 from load import percentile  # noqa: E402  (bench/load.py, beside this script)
 from mcp import Client  # noqa: E402
 
+from agentcache_mcp.app import open_memory  # noqa: E402
 from agentcache_mcp.config import Settings  # noqa: E402
-from agentcache_mcp.engine import MemoryEngine  # noqa: E402
 from agentcache_mcp.server import build_server  # noqa: E402
 
 SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ["a", "e", "i", "o", "u", "ai", "ou"]]
@@ -62,18 +62,11 @@ class Corpus:
 
 def build_db(path: Path, n: int, corpus: Corpus) -> dict[str, float]:
     """n memories in one namespace, all embedded with the real model; returns build timings."""
-    engine = MemoryEngine(Settings(db_path=path, embed_batch_size=128))
+    engine = open_memory(Settings(db_path=path, embed_batch_size=128))
     started = time.perf_counter()
-    with engine.store.atomic():
+    with engine.backend.db.atomic():  # one transaction: building the store is not what is measured
         for i in range(n):
-            engine.store.insert_or_merge(
-                namespace="bench",
-                text=f"{corpus.sentence()} #{i}",
-                tags=[],
-                importance=0.5,
-                metadata={},
-                expires_at=None,
-            )
+            engine.remember(f"{corpus.sentence()} #{i}", namespace="bench")
     insert_s = time.perf_counter() - started
     engine.embedder.load()
     started = time.perf_counter()

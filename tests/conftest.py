@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.engine import MemoryEngine
+from agentcache_mcp.memory.service import MemoryService
 
 DIM = 64
 
@@ -60,7 +61,7 @@ def settings(db_path: Path) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings) -> Iterator[MemoryEngine]:
-    eng = MemoryEngine(settings, embedder=HashEmbedder())
+def engine(settings: Settings) -> Iterator[MemoryService]:
+    eng = open_memory(settings, embedder=HashEmbedder())
     yield eng
     eng.close()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.engine import MemoryEngine
-from agentcache_mcp.validation import InvalidInput
+from agentcache_mcp.memory.service import MemoryService
+from agentcache_mcp.memory.validation import InvalidInput
 
 from conftest import HashEmbedder
 
@@ -18,7 +19,7 @@ def ids(hits) -> list[str]:  # type: ignore[no-untyped-def]
     return [h.id for h in hits]
 
 
-def test_remember_then_recall_by_keyword_before_any_embedding(engine: MemoryEngine) -> None:
+def test_remember_then_recall_by_keyword_before_any_embedding(engine: MemoryService) -> None:
     r = engine.remember("The deploy key lives in the team vault", namespace="work", tags=["ops"])
     assert engine.pending_embeddings() == 1
     hits = engine.recall("where is the deploy key?", namespace="work")
@@ -29,7 +30,7 @@ def test_remember_then_recall_by_keyword_before_any_embedding(engine: MemoryEngi
     assert hit.created_at.endswith("Z") and hit.score > 0
 
 
-def test_dedup_returns_existing_id_and_merges(engine: MemoryEngine) -> None:
+def test_dedup_returns_existing_id_and_merges(engine: MemoryService) -> None:
     first = engine.remember("Alice prefers tea", namespace="ns", tags=["a"], importance=0.3)
     second = engine.remember("  alice   PREFERS tea ", namespace="ns", tags=["b"], importance=0.9)
     assert second.id == first.id and second.deduplicated and not first.deduplicated
@@ -39,14 +40,14 @@ def test_dedup_returns_existing_id_and_merges(engine: MemoryEngine) -> None:
     assert other.id != first.id and not other.deduplicated
 
 
-def test_namespace_isolation(engine: MemoryEngine) -> None:
+def test_namespace_isolation(engine: MemoryService) -> None:
     engine.remember("project phoenix launches in may", namespace="alpha")
     engine.embed_pending()
     assert engine.recall("phoenix launch", namespace="beta") == []
     assert len(engine.recall("phoenix launch", namespace="alpha")) == 1
 
 
-def test_vector_recall_finds_a_memory_keywords_miss(engine: MemoryEngine) -> None:
+def test_vector_recall_finds_a_memory_keywords_miss(engine: MemoryService) -> None:
     # The fake embedder maps shared words to shared dimensions; make the query share no indexed *term*
     # with the target (stemmed keyword search misses) but share words with it after lower-casing.
     target = engine.remember("zebra crossing outside office", namespace="ns")
@@ -59,7 +60,7 @@ def test_vector_recall_finds_a_memory_keywords_miss(engine: MemoryEngine) -> Non
     assert vector_only and vector_only[0].id == target.id
 
 
-def test_recall_filters_tags_and_time(engine: MemoryEngine) -> None:
+def test_recall_filters_tags_and_time(engine: MemoryService) -> None:
     a = engine.remember("meeting notes about budget", namespace="ns", tags=["work", "q3"])
     engine.remember("budget for holiday trip", namespace="ns", tags=["personal"])
     engine.embed_pending()
@@ -72,7 +73,7 @@ def test_recall_filters_tags_and_time(engine: MemoryEngine) -> None:
         engine.recall("budget", namespace="ns", since="yesterday")
 
 
-def test_limit_is_validated_and_respected(engine: MemoryEngine) -> None:
+def test_limit_is_validated_and_respected(engine: MemoryService) -> None:
     for i in range(15):
         engine.remember(f"note number {i} about cats", namespace="ns")
     assert len(engine.recall("cats", namespace="ns", limit=3)) == 3
@@ -81,11 +82,14 @@ def test_limit_is_validated_and_respected(engine: MemoryEngine) -> None:
             engine.recall("cats", namespace="ns", limit=bad)
 
 
-def test_recall_updates_access_stats(engine: MemoryEngine) -> None:
+def test_recall_buffers_access_stats_and_the_flush_writes_them(engine: MemoryService) -> None:
     r = engine.remember("the wifi password is on the fridge", namespace="ns")
     engine.recall("wifi password", namespace="ns")
     engine.recall("wifi password", namespace="ns")
-    [row] = engine.store.get_by_ids([r.id])
+    [row] = engine.backend.memories.get(None, [r.id])
+    assert row.access_count == 0  # a recall writes nothing: no disk sync on the read path
+    assert engine.flush_accesses() == 1
+    [row] = engine.backend.memories.get(None, [r.id])
     assert row.access_count == 2 and row.last_accessed_at is not None
 
 
@@ -114,85 +118,86 @@ def test_recall_updates_access_stats(engine: MemoryEngine) -> None:
         ({"metadata": ["not", "a", "dict"]}, "object"),
     ],
 )
-def test_remember_rejects_bad_input_clearly(engine: MemoryEngine, kwargs: dict, message: str) -> None:
+def test_remember_rejects_bad_input_clearly(engine: MemoryService, kwargs: dict, message: str) -> None:
     args = {"text": "valid text", "namespace": "ns", **kwargs}
     with pytest.raises(InvalidInput, match=message):
         engine.remember(**args)
 
 
-def test_metadata_is_returned_as_given(engine: MemoryEngine) -> None:
+def test_metadata_is_returned_as_given(engine: MemoryService) -> None:
     meta = {"dia_id": "D1:3", "n": 3, "ratio": 0.25, "flag": True, "unicode": "ça va 🙂"}
     engine.remember("metadata carrier", namespace="ns", metadata=meta)
     [hit] = engine.recall("metadata carrier", namespace="ns")
     assert hit.metadata == meta
 
 
-def test_forget_by_ids_leaves_no_trace(engine: MemoryEngine) -> None:
+def test_forget_by_ids_leaves_no_trace(engine: MemoryService) -> None:
     r = engine.remember("secret launch codes", namespace="ns")
     engine.embed_pending()
-    assert engine.vectors is not None and len(engine.vectors) == 1
-    result = engine.forget(ids=[r.id])
+    assert len(engine.backend.vectors) == 1
+    result = engine.forget(ids=[r.id], namespace="ns")
     assert result.deleted == [r.id] and not result.dry_run
     assert engine.recall("secret launch codes", namespace="ns") == []
-    assert engine.store.read(lambda db: db.execute("SELECT count(*) FROM memories_fts").fetchone()[0]) == 0
+    assert engine.backend.db.read(lambda db: db.execute("SELECT count(*) FROM memories_fts").fetchone()[0]) == 0
     assert (
-        engine.store.read(
+        engine.backend.db.read(
             lambda db: db.execute("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'secret'").fetchone()[0]
         )
         == 0
     )
-    assert len(engine.vectors) == 0
-    assert engine.forget(ids=[r.id]).deleted == []  # already gone: nothing to delete, no error
+    assert len(engine.backend.vectors) == 0
+    again = engine.forget(ids=[r.id], namespace="ns")  # already gone: nothing to delete, no error
+    assert again.deleted == [] and again.not_found == [r.id]
 
 
-def test_forget_by_filter_defaults_to_dry_run(engine: MemoryEngine) -> None:
+def test_forget_by_filter_defaults_to_dry_run(engine: MemoryService) -> None:
     keep = engine.remember("keep me", namespace="ns", tags=["keep"])
     drop = engine.remember("drop me", namespace="ns", tags=["tmp"])
     preview = engine.forget(namespace="ns", tags=["tmp"])
     assert preview.dry_run and preview.deleted == [drop.id]
-    assert len(engine.store.get_by_ids([drop.id])) == 1
+    assert len(engine.backend.memories.get(None, [drop.id])) == 1
     done = engine.forget(namespace="ns", tags=["tmp"], dry_run=False)
     assert done.deleted == [drop.id] and not done.dry_run
-    assert engine.store.get_by_ids([drop.id]) == []
-    assert len(engine.store.get_by_ids([keep.id])) == 1
+    assert engine.backend.memories.get(None, [drop.id]) == []
+    assert len(engine.backend.memories.get(None, [keep.id])) == 1
 
 
-def test_forget_older_than_days(engine: MemoryEngine) -> None:
+def test_forget_older_than_days(engine: MemoryService) -> None:
     old = engine.remember("ancient history", namespace="ns")
-    engine.store.write(
+    engine.backend.db.write(
         lambda db: db.execute("UPDATE memories SET created_at = ? WHERE id = ?", (time.time() - 40 * 86400, old.id))
     )
     engine.remember("fresh news", namespace="ns")
     assert engine.forget(namespace="ns", older_than_days=30).deleted == [old.id]
 
 
-def test_forget_needs_ids_or_a_filter(engine: MemoryEngine) -> None:
+def test_forget_needs_ids_or_a_filter(engine: MemoryService) -> None:
     with pytest.raises(InvalidInput, match="needs ids"):
         engine.forget()
     with pytest.raises(InvalidInput, match="not both"):
         engine.forget(ids=["x"], tags=["a"])
 
 
-def test_auto_forget_expired_rule(engine: MemoryEngine) -> None:
+def test_auto_forget_expired_rule(engine: MemoryService) -> None:
     r = engine.remember("temporary code 1234", namespace="ns", ttl_days=1)
     engine.remember("permanent fact", namespace="ns")
     later = time.time() + 2 * 86400
     dry = engine.auto_forget(dry_run=True, now=later)
-    assert dry.expired == [r.id] and len(engine.store.get_by_ids([r.id])) == 1
+    assert dry.expired == [r.id] and len(engine.backend.memories.get(None, [r.id])) == 1
     done = engine.auto_forget(now=later)
-    assert done.expired == [r.id] and engine.store.get_by_ids([r.id]) == []
+    assert done.expired == [r.id] and engine.backend.memories.get(None, [r.id]) == []
 
 
-def test_expired_memories_are_never_recalled(engine: MemoryEngine) -> None:
+def test_expired_memories_are_never_recalled(engine: MemoryService) -> None:
     r = engine.remember("short lived token", namespace="ns", ttl_days=1)
-    engine.store.write(
+    engine.backend.db.write(
         lambda db: db.execute("UPDATE memories SET expires_at = ? WHERE id = ?", (time.time() - 1, r.id))
     )
     engine.embed_pending()
     assert engine.recall("short lived token", namespace="ns") == []
 
 
-def test_auto_forget_near_duplicate_rule(engine: MemoryEngine) -> None:
+def test_auto_forget_near_duplicate_rule(engine: MemoryService) -> None:
     older = engine.remember("the office wifi password is hunter2", namespace="ns")
     newer = engine.remember("the office wifi password is hunter2!", namespace="ns")  # same words: cosine 1
     other = engine.remember("lunch is at noon on fridays", namespace="ns")
@@ -202,7 +207,7 @@ def test_auto_forget_near_duplicate_rule(engine: MemoryEngine) -> None:
     assert {h.id for h in engine.recall("wifi password", namespace="ns", limit=2)} == {older.id, newer.id}
     done = engine.auto_forget()
     assert done.superseded == [older.id]
-    [row] = engine.store.get_by_ids([older.id])
+    [row] = engine.backend.memories.get(None, [older.id])
     assert row.superseded_by == newer.id  # marked, not deleted
     after = [h.id for h in engine.recall("wifi password", namespace="ns")]
     assert after[0] == newer.id and older.id not in after
@@ -210,74 +215,73 @@ def test_auto_forget_near_duplicate_rule(engine: MemoryEngine) -> None:
     assert engine.auto_forget().superseded == []  # already checked: the next sweep has nothing new
 
 
-def test_near_duplicates_in_other_namespaces_are_not_superseded(engine: MemoryEngine) -> None:
+def test_near_duplicates_in_other_namespaces_are_not_superseded(engine: MemoryService) -> None:
     engine.remember("same words here", namespace="a")
     engine.remember("same words here!", namespace="b")
     engine.embed_pending()
     assert engine.auto_forget().superseded == []
 
 
-def test_auto_forget_low_importance_rule(engine: MemoryEngine) -> None:
+def test_auto_forget_low_importance_rule(engine: MemoryService) -> None:
     stale = engine.remember("trivia nobody asked for", namespace="ns", importance=0.1)
     recalled = engine.remember("trivia someone asked for", namespace="ns", importance=0.1)
     important = engine.remember("important old fact", namespace="ns", importance=0.9)
     assert engine.recall("someone", namespace="ns", limit=1)[0].id == recalled.id
     old = time.time() - 200 * 86400
-    engine.store.write(lambda db: db.execute("UPDATE memories SET created_at = ?", (old,)))
+    engine.backend.db.write(lambda db: db.execute("UPDATE memories SET created_at = ?, updated_at = ?", (old, old)))
     dry = engine.auto_forget(dry_run=True)
     assert dry.low_importance == [stale.id]
     assert engine.auto_forget().low_importance == [stale.id]
-    remaining = {r.id for r in engine.store.get_by_ids([stale.id, recalled.id, important.id])}
+    remaining = {r.id for r in engine.backend.memories.get(None, [stale.id, recalled.id, important.id])}
     assert remaining == {recalled.id, important.id}
 
 
 def test_thresholds_are_configurable(db_path: Path) -> None:
-    eng = MemoryEngine(
-        Settings(db_path=db_path, low_importance=0.5, low_importance_age_days=1), embedder=HashEmbedder()
-    )
+    eng = open_memory(Settings(db_path=db_path, low_importance=0.5, low_importance_age_days=1), embedder=HashEmbedder())
     try:
         r = eng.remember("middling note", namespace="ns", importance=0.4)
-        eng.store.write(lambda db: db.execute("UPDATE memories SET created_at = ?", (time.time() - 2 * 86400,)))
+        old = time.time() - 2 * 86400
+        eng.backend.db.write(lambda db: db.execute("UPDATE memories SET created_at = ?, updated_at = ?", (old, old)))
         assert eng.auto_forget().low_importance == [r.id]
     finally:
         eng.close()
 
 
 def test_second_engine_on_same_file_sees_writes_and_vectors(db_path: Path) -> None:
-    a = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
-    b = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
+    a = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    b = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     try:
         b.load_vectors()
         r = a.remember("kiwi orchard in the south", namespace="ns")
         assert ids(b.recall("kiwi orchard", namespace="ns")) == [r.id]  # keyword, before any vector
         a.embed_pending()
         assert r.id in ids(b.recall("KIWI", namespace="ns"))
-        assert b.vectors is not None and len(b.vectors) == 1
-        a.forget(ids=[r.id])
+        assert len(b.backend.vectors) == 1
+        a.forget(ids=[r.id], namespace="ns")
         assert b.recall("kiwi orchard", namespace="ns") == []
-        assert len(b.vectors) == 0  # the delete reached b's vector index through the change log
+        assert len(b.backend.vectors) == 0  # the delete reached b's vector index through the change log
     finally:
         a.close()
         b.close()
 
 
 def test_pruned_change_log_triggers_full_reload(db_path: Path) -> None:
-    a = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
-    b = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
+    a = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    b = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     try:
         b.load_vectors()
         for i in range(5):
             a.remember(f"memory {i} about rivers", namespace="ns")
         a.embed_pending()
-        a.store.prune_changes(keep_last=1)
+        a.backend.changes.prune(keep_last=1)
         b.sync_vectors()
-        assert b.vectors is not None and len(b.vectors) == 5
+        assert len(b.backend.vectors) == 5
     finally:
         a.close()
         b.close()
 
 
-def test_verify_index_reports_and_loads(engine: MemoryEngine) -> None:
+def test_verify_index_reports_and_loads(engine: MemoryService) -> None:
     engine.remember("one", namespace="ns")
     engine.remember("two", namespace="ns")
     report = engine.verify_index()
@@ -287,7 +291,7 @@ def test_verify_index_reports_and_loads(engine: MemoryEngine) -> None:
 
 
 def test_vectors_from_another_model_are_not_mixed(db_path: Path) -> None:
-    a = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
+    a = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     a.remember("model switch test", namespace="ns")
     a.embed_pending()
     a.close()
@@ -295,17 +299,17 @@ def test_vectors_from_another_model_are_not_mixed(db_path: Path) -> None:
     class OtherModel(HashEmbedder):
         model_id = "another-model"
 
-    b = MemoryEngine(Settings(db_path=db_path), embedder=OtherModel(dim=32))
+    b = open_memory(Settings(db_path=db_path), embedder=OtherModel(dim=32))
     try:
         report = b.verify_index()
         assert report.vectors_loaded == 0 and report.pending_embeddings == 1
         assert b.embed_pending() == 1
-        assert b.vectors is not None and b.vectors.dim == 32 and len(b.vectors) == 1
+        assert b.backend.vectors.dim == 32 and len(b.backend.vectors) == 1
     finally:
         b.close()
 
 
-def test_stats(engine: MemoryEngine) -> None:
+def test_stats(engine: MemoryService) -> None:
     engine.remember("a", namespace="x")
     engine.remember("b", namespace="y")
     engine.remember("c", namespace="y")
@@ -313,3 +317,17 @@ def test_stats(engine: MemoryEngine) -> None:
     assert stats["memories"] == 3 and stats["namespaces"] == {"x": 1, "y": 2}
     assert stats["pending_embeddings"] == 3 and stats["embedding_model"] == "test-hash-embedder"
     assert stats["db_path"].endswith("memory.db")
+
+
+def test_namespace_with_a_trailing_newline_is_refused(engine: MemoryService) -> None:
+    with pytest.raises(InvalidInput, match="namespace"):
+        engine.remember("text", namespace="ns\n")
+
+
+def test_a_date_only_until_covers_that_whole_day(engine: MemoryService) -> None:
+    from datetime import UTC, datetime
+
+    r = engine.remember("a note written today", namespace="ns")
+    today = datetime.now(UTC).date().isoformat()
+    assert ids(engine.recall("note", namespace="ns", until=today)) == [r.id]
+    assert ids(engine.recall("note", namespace="ns", since=today, until=today)) == [r.id]

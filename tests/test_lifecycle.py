@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import sqlean as sqlite3
 from mcp import Client
 from mcp.client.sse import sse_client
 
@@ -29,7 +29,7 @@ def count_rows(db_path: Path) -> tuple[int, int]:
     db = sqlite3.connect(db_path)
     try:
         total = db.execute("SELECT count(*) FROM memories").fetchone()[0]
-        embedded = db.execute("SELECT count(*) FROM memories WHERE embedding IS NOT NULL").fetchone()[0]
+        embedded = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
         return total, embedded
     finally:
         db.close()
@@ -117,7 +117,7 @@ async def exercise(client: Client) -> None:
     found = await client.call_tool("recall", {"query": "staging database port"})
     assert found.structured_content["results"][0]["id"] == memory_id  # type: ignore[index]
     gone = await client.call_tool("forget", {"ids": [memory_id]})
-    assert gone.structured_content == {"deleted": [memory_id], "dry_run": False}
+    assert gone.structured_content == {"deleted": [memory_id], "dry_run": False, "not_found": []}
 
 
 def test_streamable_http_smoke(db_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
 from agentcache_mcp.embeddings import (
     BUNDLED_MODEL_SHA256,
@@ -17,7 +18,6 @@ from agentcache_mcp.embeddings import (
     sha256_file,
     verify_bundled_model,
 )
-from agentcache_mcp.engine import MemoryEngine
 
 pytestmark = pytest.mark.model
 
@@ -58,7 +58,7 @@ def test_embeddings_are_unit_float32(model: SentenceTransformerEmbedder) -> None
 
 
 def test_semantic_recall_with_the_real_model(tmp_path: Path, model: SentenceTransformerEmbedder) -> None:
-    engine = MemoryEngine(Settings(db_path=tmp_path / "m.db"), embedder=model)
+    engine = open_memory(Settings(db_path=tmp_path / "m.db"), embedder=model)
     try:
         target = engine.remember("Caroline adopted a small dog from the animal shelter", namespace="ns")
         engine.remember("The quarterly report is due on Friday", namespace="ns")

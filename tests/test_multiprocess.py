@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.engine import MemoryEngine
 
 from conftest import HashEmbedder
 
@@ -22,9 +22,9 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from pathlib import Path
     from agentcache_mcp.config import Settings
-    from agentcache_mcp.engine import MemoryEngine
+    from agentcache_mcp.app import open_memory
     from conftest import HashEmbedder
-    eng = MemoryEngine(Settings(db_path=Path(sys.argv[1])), embedder=HashEmbedder())
+    eng = open_memory(Settings(db_path=Path(sys.argv[1])), embedder=HashEmbedder())
     ids = [eng.remember(f"process two note {i} about lighthouses", namespace="shared").id for i in range(20)]
     eng.embed_pending()
     seen = [h.id for h in eng.recall("harbours", namespace="shared", limit=1)]
@@ -36,7 +36,7 @@ WRITER = textwrap.dedent(
 
 
 def test_two_processes_share_one_file(db_path: Path) -> None:
-    here = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
+    here = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     try:
         mine = here.remember("process one note about harbours", namespace="shared")
         here.embed_pending()
@@ -58,6 +58,6 @@ def test_two_processes_share_one_file(db_path: Path) -> None:
         # No restart: keyword hits immediately, and their vectors reached our index via the change log.
         hits = here.recall("lighthouses", namespace="shared", limit=50)
         assert set(theirs) <= {h.id for h in hits}
-        assert here.vectors is not None and len(here.vectors) == 21
+        assert len(here.backend.vectors) == 21
     finally:
         here.close()

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,15 +22,16 @@ from typing import Any
 
 import anyio
 import pytest
+import sqlean as sqlite3
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.engine import MemoryEngine
+from agentcache_mcp.memory.ports import StoreError, StoreFullError
 from agentcache_mcp.server import build_server
-from agentcache_mcp.store import StoreError, StoreFullError
 
 from conftest import HashEmbedder
 from stdio_helper import StdioServer
@@ -230,7 +230,7 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
 def test_read_only_directory_is_a_clear_error_at_start(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "ro,size=1m") as directory:
         with pytest.raises(StoreError, match="not writable"):
-            MemoryEngine(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
+            open_memory(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
         out = subprocess.run(
             [sys.executable, "-m", "agentcache_mcp", "stats", "--db", str(directory / "memory.db")],
             capture_output=True,
@@ -243,7 +243,7 @@ def test_read_only_directory_is_a_clear_error_at_start(tmp_path: Path) -> None:
 def test_existing_database_on_a_read_only_mount_is_refused_untouched(tmp_path: Path) -> None:
     directory = tmp_path / "data"
     directory.mkdir()
-    engine = MemoryEngine(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
+    engine = open_memory(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
     engine.remember("kept safe", namespace="ns")
     engine.close()
     before = (directory / "memory.db").read_bytes()
@@ -252,7 +252,7 @@ def test_existing_database_on_a_read_only_mount_is_refused_untouched(tmp_path: P
         pytest.skip(f"cannot bind-mount read-only here ({done.stderr.decode().strip()}); needs root")
     try:
         with pytest.raises(StoreError):
-            MemoryEngine(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
+            open_memory(Settings(db_path=directory / "memory.db"), embedder=HashEmbedder())
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
     assert (directory / "memory.db").read_bytes() == before
@@ -277,15 +277,15 @@ def test_corrupted_database_is_refused_at_server_start_and_left_untouched(tmp_pa
 
 
 def test_full_database_refuses_the_write_and_keeps_what_was_stored(db_path: Path) -> None:
-    engine = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder(), max_page_count=40)
+    engine = open_memory(Settings(db_path=db_path), embedder=HashEmbedder(), max_page_count=40)
     stored: list[str] = []
     try:
         with pytest.raises(StoreFullError, match="full"):
             for i in range(5000):
                 stored.append(engine.remember(f"filling memory {i} " + "padding " * 40, namespace="ns").id)
         assert stored
-        assert len(engine.store.get_by_ids(stored)) == len(stored)
-        assert engine.store.integrity_check() == "ok"
+        assert len(engine.backend.memories.get(None, stored)) == len(stored)
+        assert engine.backend.db.integrity_check() == "ok"
         hits = engine.recall("filling memory 3", namespace="ns", limit=100)
         assert stored[3] in {h.id for h in hits}
     finally:
@@ -329,7 +329,7 @@ def test_http_checks_host_and_origin_and_limits_body_size(db_path: Path) -> None
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
     try:
-        for extra, status in [({"Host": "evil.example:80"}, 421), ({"Origin": "http://evil.example"}, 403)]:
+        for extra, status in [({"Host": "evil.example:80"}, 403), ({"Origin": "http://evil.example"}, 403)]:
             request = urllib.request.Request(url, data=body, headers={**headers, **extra}, method="POST")
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(request, timeout=5)

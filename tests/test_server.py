@@ -82,10 +82,10 @@ async def test_remember_recall_forget_round_trip(client: Client) -> None:
     assert set(hit) == {"id", "text", "namespace", "tags", "importance", "metadata", "created_at", "score"}
 
     preview = await call(client, "forget", namespace="proj", tags=["editor"])
-    assert preview == {"deleted": [r["id"]], "dry_run": True}
+    assert preview == {"deleted": [r["id"]], "dry_run": True, "not_found": []}
     assert len((await call(client, "recall", query="editor Alice"))["results"]) == 1
     gone = await call(client, "forget", ids=[r["id"]])
-    assert gone == {"deleted": [r["id"]], "dry_run": False}
+    assert gone == {"deleted": [r["id"]], "dry_run": False, "not_found": []}
     assert (await call(client, "recall", query="editor Alice"))["results"] == []
 
 

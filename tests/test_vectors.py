@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentcache_mcp.recall import FusionParams, fuse, ranked, smooth_with_neighbours
-from agentcache_mcp.vectors import VectorIndex, to_blob
+from agentcache_mcp.backends.sqlite.matrix import VectorMatrix
+from agentcache_mcp.backends.sqlite.repository import to_blob
+from agentcache_mcp.memory.fusion import FusionParams, fuse, ranked, smooth_with_neighbours
 
 
 def unit(*values: float) -> np.ndarray:
@@ -15,7 +16,7 @@ def unit(*values: float) -> np.ndarray:
 
 
 def test_search_is_exact_cosine_within_a_namespace() -> None:
-    index = VectorIndex(3)
+    index = VectorMatrix(3)
     index.upsert(1, "a", unit(1, 0, 0))
     index.upsert(2, "a", unit(1, 1, 0))
     index.upsert(3, "a", unit(0, 0, 1))
@@ -29,7 +30,7 @@ def test_search_is_exact_cosine_within_a_namespace() -> None:
 
 
 def test_remove_moves_the_last_row_into_the_hole() -> None:
-    index = VectorIndex(2)
+    index = VectorMatrix(2)
     for pk in range(1, 6):
         index.upsert(pk, "a", unit(1, pk))
     index.remove(2)
@@ -44,7 +45,7 @@ def test_remove_moves_the_last_row_into_the_hole() -> None:
 def test_bulk_load_matches_one_by_one() -> None:
     rng = np.random.default_rng(0)
     rows = [(pk, "ab"[pk % 2], to_blob(rng.normal(size=8).astype(np.float32))) for pk in range(1, 300)]
-    bulk, single = VectorIndex(8), VectorIndex(8)
+    bulk, single = VectorMatrix(8), VectorMatrix(8)
     bulk.add_batch(rows[:100])
     bulk.add_batch(rows[100:])
     for pk, ns, blob in rows:
@@ -60,7 +61,7 @@ def test_bulk_load_matches_one_by_one() -> None:
 
 def test_dimension_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="dimensions"):
-        VectorIndex(3).upsert(1, "a", unit(1, 0))
+        VectorMatrix(3).upsert(1, "a", unit(1, 0))
 
 
 def test_weighted_fusion_scales_each_retriever_by_its_best() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.engine import MemoryEngine
 from agentcache_mcp.workers import open_app
 
 from conftest import HashEmbedder
@@ -32,27 +32,27 @@ async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no
 
 async def test_embedding_writer_embeds_after_remember_returns(db_path: Path) -> None:
     async with open_app(Settings(db_path=db_path, auto_forget_enabled=False), embedder=HashEmbedder()) as app:
-        await app.run(app.engine.remember, "embedded in the background", "ns")
-        await wait_for(lambda: app.engine.pending_embeddings() == 0)
-        assert app.engine.vectors is not None and len(app.engine.vectors) == 1
+        await app.run(app.memory.remember, "embedded in the background", "ns")
+        await wait_for(lambda: app.memory.pending_embeddings() == 0)
+        assert app.memory.backend.vectors is not None and len(app.memory.backend.vectors) == 1
 
 
 async def test_start_up_sync_embeds_what_a_previous_run_left_pending(db_path: Path) -> None:
-    engine = MemoryEngine(Settings(db_path=db_path), embedder=HashEmbedder())
+    engine = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     for i in range(10):
         engine.remember(f"left pending {i}", namespace="ns")
     engine.close()
     async with open_app(Settings(db_path=db_path, auto_forget_enabled=False), embedder=HashEmbedder()) as app:
-        await wait_for(lambda: app.engine.pending_embeddings() == 0)
-        assert app.engine.vectors is not None and len(app.engine.vectors) == 10
+        await wait_for(lambda: app.memory.pending_embeddings() == 0)
+        assert app.memory.backend.vectors is not None and len(app.memory.backend.vectors) == 10
 
 
 async def test_shutdown_flushes_pending_embeddings_and_truncates_wal(db_path: Path) -> None:
     settings = Settings(db_path=db_path, auto_forget_enabled=False)
     async with open_app(settings, embedder=HashEmbedder()) as app:
         for i in range(50):
-            app.engine.remember(f"burst {i}", namespace="ns")  # on the loop thread: no wake-up reaches the writer
-    engine = MemoryEngine(settings, embedder=HashEmbedder())
+            app.memory.remember(f"burst {i}", namespace="ns")  # on the loop thread: no wake-up reaches the writer
+    engine = open_memory(settings, embedder=HashEmbedder())
     try:
         assert engine.pending_embeddings() == 0
     finally:
@@ -65,7 +65,7 @@ async def test_auto_forget_loop_sweeps_and_survives_a_failing_sweep(db_path: Pat
     settings = Settings(db_path=db_path, auto_forget_interval_s=0.05, auto_forget_first_delay_s=0)
     async with open_app(settings, embedder=HashEmbedder()) as app:
         calls = {"n": 0}
-        real = app.engine.auto_forget
+        real = app.memory.auto_forget
 
         def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
             calls["n"] += 1
@@ -73,11 +73,11 @@ async def test_auto_forget_loop_sweeps_and_survives_a_failing_sweep(db_path: Pat
                 raise RuntimeError("disk hiccup")
             return real(*args, **kwargs)
 
-        app.engine.auto_forget = flaky  # type: ignore[method-assign]
-        r = await app.run(app.engine.remember, "expires quickly", "ns", None, 0.5, 0.000001)
+        app.memory.auto_forget = flaky  # type: ignore[method-assign]
+        r = await app.run(app.memory.remember, "expires quickly", "ns", None, 0.5, 0.000001)
         await wait_for(lambda: app.sweeps >= 2)
         assert calls["n"] >= 3  # the failure was logged, and the loop kept going
-        await wait_for(lambda: app.engine.store.get_by_ids([r.id]) == [])
+        await wait_for(lambda: app.memory.backend.memories.get(None, [r.id]) == [])
         assert app.last_sweep is not None and "expired" in app.last_sweep
 
 

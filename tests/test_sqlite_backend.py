@@ -1,23 +1,49 @@
-"""The SQLite store: durability settings, migrations, dedup, the keyword index and its safety."""
+"""The SQLite backend: durability settings, migrations, dedup, the keyword index and its safety."""
 
 from __future__ import annotations
 
-import sqlite3
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import sqlean as sqlite3
 
+from agentcache_mcp.backends.sqlite import SqliteBackend
+from agentcache_mcp.backends.sqlite.keywords import PRUNE_TERMS_FROM_ROWS
+from agentcache_mcp.backends.sqlite.schema import SCHEMA_VERSION
 from agentcache_mcp.config import Settings, default_db_path
-from agentcache_mcp.recall import fts_match_expression, query_terms
-from agentcache_mcp.store import Filters, Store, StoreError, content_hash, new_id
+from agentcache_mcp.memory.fusion import query_terms
+from agentcache_mcp.memory.model import MemoryFilter, NewMemory, content_hash, new_id
+from agentcache_mcp.memory.ports import StoreError
+from agentcache_mcp.memory.service import merge_remembered
+
+MODEL = "test-hash-embedder"
+
+
+def Store(path: Path) -> SqliteBackend:
+    return SqliteBackend(path, MODEL)
+
+
+def put(store: SqliteBackend, namespace: str, text: str) -> str:
+    now = time.time()
+    new = NewMemory(new_id(), namespace, text, content_hash(text), [], 0.5, {}, now, None)
+    return store.memories.remember(new, merge_remembered)[0].id
+
+
+def keyword_search(
+    store: SqliteBackend, namespace: str, query: str, limit: int, now: float = 0.0
+) -> list[tuple[int, float]]:
+    return store.keywords.search(namespace, query_terms(query), limit, MemoryFilter(namespace, live_at=now), 0.4)
 
 
 def test_pragmas_wal_full_sync_and_busy_timeout(db_path: Path) -> None:
     store = Store(db_path)
     try:
-        assert store.read(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
-        assert store.read(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
-        assert store.read(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+        assert store.db.read(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        assert store.db.read(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        assert store.db.read(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+        assert store.db.read(lambda db: db.execute("PRAGMA secure_delete").fetchone()[0]) == 1
     finally:
         store.close()
 
@@ -26,9 +52,9 @@ def test_migrations_are_recorded_and_idempotent(db_path: Path) -> None:
     Store(db_path).close()
     store = Store(db_path)
     try:
-        rows = store.read(lambda db: db.execute("SELECT version FROM schema_migrations").fetchall())
-        assert rows == [(1,)]
-        assert store.schema_version == 1
+        rows = store.db.read(lambda db: db.execute("SELECT version FROM schema_migrations").fetchall())
+        assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+        assert store.schema_version == SCHEMA_VERSION
     finally:
         store.close()
 
@@ -106,9 +132,7 @@ def test_hostile_fts_strings_never_error(engine, query: str) -> None:  # type: i
     engine.remember("text context value start", namespace="ns")
     # Every one of these must be a valid query: a (possibly empty) result, never an exception.
     engine.recall(query, namespace="ns")
-    match = fts_match_expression(query)
-    if match is not None:
-        engine.store.keyword_search("ns", match, 10, Filters(), 0.0)
+    keyword_search(engine.backend, "ns", query, 10)
 
 
 def test_query_terms_drop_stop_words_but_keep_something() -> None:
@@ -120,14 +144,14 @@ def test_query_terms_drop_stop_words_but_keep_something() -> None:
 def test_keyword_index_lives_in_the_same_transaction(db_path: Path) -> None:
     store = Store(db_path)
     try:
-        with pytest.raises(RuntimeError), store.atomic() as db:
+        with pytest.raises(RuntimeError), store.db.atomic() as db:
             db.execute(
                 "INSERT INTO memories (id, namespace, text, content_hash, created_at, updated_at) "
                 "VALUES ('x', 'ns', 'rolled back words', 'h', 0, 0)"
             )
             raise RuntimeError("abort")
-        assert store.keyword_search("ns", '"rolled"', 10, Filters(), 0.0) == []
-        assert store.fts_ok()
+        assert keyword_search(store, "ns", "rolled", 10) == []
+        assert store.keywords.check()
     finally:
         store.close()
 
@@ -135,11 +159,11 @@ def test_keyword_index_lives_in_the_same_transaction(db_path: Path) -> None:
 def test_fts_rebuild_repairs_a_damaged_index(engine) -> None:  # type: ignore[no-untyped-def]
     engine.remember("alpha memory about apples", namespace="ns")
     engine.remember("beta memory about bananas", namespace="ns")
-    engine.store.write(lambda db: db.execute("DELETE FROM memories_fts"))
-    assert not engine.store.fts_ok()
+    engine.backend.db.write(lambda db: db.execute("DELETE FROM memories_fts"))
+    assert not engine.backend.keywords.check()
     report = engine.verify_index()
     assert report.fts_rebuilt
-    assert engine.store.fts_ok()
+    assert engine.backend.keywords.check()
     assert engine.recall("bananas", namespace="ns")[0].text == "beta memory about bananas"
 
 
@@ -169,14 +193,12 @@ def test_bm25_ranking_agrees_with_rank_bm25(db_path: Path) -> None:
     store = Store(db_path)
     try:
         for i, text in enumerate(corpus):
-            store.insert_or_merge(namespace=f"d{i}", text=text, tags=[], importance=0.5, metadata={}, expires_at=None)
+            put(store, f"d{i}", text)
         reference = BM25Okapi([t.split() for t in corpus])
         for query in ["apple pie", "walnut", "red wine", "orchard autumn", "cake"]:
-            match = fts_match_expression(query) or ""
-            ours = [hit for i in range(len(corpus)) for hit in store.keyword_search(f"d{i}", match, 20, Filters(), 0.0)]
-            ours.sort(key=lambda hit: -hit[1])
-            rows = store.get_by_pks([pk for pk, _ in ours])
-            ours_texts = [rows[pk].text for pk, _ in ours]
+            ours = [(f"d{i}", hit) for i in range(len(corpus)) for hit in keyword_search(store, f"d{i}", query, 20)]
+            ours.sort(key=lambda hit: -hit[1][1])
+            ours_texts = [store.memories.get_by_keys(ns, [key])[key].text for ns, (key, _) in ours]
             ref_scores = reference.get_scores(query.split())
             ref_texts = [
                 corpus[i] for i in sorted(range(len(corpus)), key=lambda i: -ref_scores[i]) if ref_scores[i] > 0
@@ -192,12 +214,10 @@ def test_concurrent_writers_in_one_process_never_see_locked(db_path: Path) -> No
     stores = [Store(db_path) for _ in range(4)]
     errors: list[BaseException] = []
 
-    def work(store: Store, n: int) -> None:
+    def work(store: SqliteBackend, n: int) -> None:
         try:
             for i in range(50):
-                store.insert_or_merge(
-                    namespace="ns", text=f"writer {n} memory {i}", tags=[], importance=0.5, metadata={}, expires_at=None
-                )
+                put(store, "ns", f"writer {n} memory {i}")
         except BaseException as exc:  # pragma: no cover - the assertion below reports it
             errors.append(exc)
 
@@ -207,14 +227,14 @@ def test_concurrent_writers_in_one_process_never_see_locked(db_path: Path) -> No
     for t in threads:
         t.join()
     assert not errors
-    assert stores[0].counts_by_namespace() == {"ns": 200}
+    assert stores[0].memories.counts_by_namespace() == {"ns": 200}
     for s in stores:
         s.close()
 
 
 def test_integrity_check_ok(engine) -> None:  # type: ignore[no-untyped-def]
     engine.remember("something", namespace="ns")
-    assert engine.store.integrity_check() == "ok"
+    assert engine.backend.db.integrity_check() == "ok"
 
 
 def test_sqlite_has_fts5() -> None:
@@ -228,33 +248,30 @@ def test_keyword_search_falls_back_when_the_best_matches_are_not_live(engine) ->
     best = engine.remember("apple apple apple", namespace="ns")
     second = engine.remember("apple pie", namespace="ns")
     engine.remember("apple orchard and a long sentence about other things", namespace="ns")
-    engine.store.write(lambda db: db.execute("UPDATE memories SET expires_at = 1 WHERE id = ?", (best.id,)))
-    match = fts_match_expression("apple") or ""
-    [(pk, _)] = engine.store.keyword_search("ns", match, 1, Filters(), _time.time())
-    assert engine.store.get_by_pks([pk])[pk].id == second.id
+    engine.backend.db.write(lambda db: db.execute("UPDATE memories SET expires_at = 1 WHERE id = ?", (best.id,)))
+    [(key, _)] = keyword_search(engine.backend, "ns", "apple", 1, _time.time())
+    assert engine.backend.memories.get_by_keys("ns", [key])[key].id == second.id
 
 
 def test_keyword_search_is_confined_to_its_namespace_inside_fts(engine) -> None:  # type: ignore[no-untyped-def]
     # Namespaces that tokenise alike ("a-b" and "a.b") must still be told apart.
     engine.remember("shared words here", namespace="a-b")
     other = engine.remember("shared words here too", namespace="a.b")
-    match = fts_match_expression("shared words") or ""
-    hits = engine.store.keyword_search("a.b", match, 10, Filters(), 0.0)
-    assert [engine.store.get_by_pks([pk])[pk].id for pk, _ in hits] == [other.id]
+    hits = keyword_search(engine.backend, "a.b", "shared words", 10)
+    assert [engine.backend.memories.get_by_keys("a.b", [key])[key].id for key, _ in hits] == [other.id]
 
 
 def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path) -> None:
-    from agentcache_mcp.store import PRUNE_TERMS_FROM_ROWS
-
     store = Store(db_path)
     try:
-        for i in range(PRUNE_TERMS_FROM_ROWS):
-            text = f"common word entry {i}" + (" rare" if i % 100 == 0 else "")
-            store.insert_or_merge(namespace="ns", text=text, tags=[], importance=0.5, metadata={}, expires_at=None)
-        assert store.informative_terms(["common", "rare"]) == ["rare"]
-        assert store.informative_terms(["common", "word"]) == ["common", "word"]  # never drops every term
-        store.write(lambda db: db.execute("DELETE FROM memories WHERE pk > 10"))
-        assert store.informative_terms(["common", "rare"]) == ["common", "rare"]  # small store: exact
+        with store.db.atomic():
+            for i in range(PRUNE_TERMS_FROM_ROWS):
+                put(store, "ns", f"common word entry {i}" + (" rare" if i % 100 == 0 else ""))
+        assert store.keywords.informative_terms("ns", ["common", "rare"]) == ["rare"]
+        assert store.keywords.informative_terms("ns", ["common", "word"]) == ["common", "word"]  # never drops all
+        assert store.keywords.informative_terms("other", ["common", "rare"]) == ["common", "rare"]  # per namespace
+        store.memories.delete(MemoryFilter("ns", key_after=10))
+        assert store.keywords.informative_terms("ns", ["common", "rare"]) == ["common", "rare"]  # small: exact
     finally:
         store.close()
 
@@ -263,9 +280,59 @@ def test_neighbours_within_a_namespace_at_each_distance(engine) -> None:  # type
     ids = [engine.remember(f"memory {i}", namespace="ns").id for i in range(5)]
     engine.remember("other namespace in between", namespace="other")
     ids.append(engine.remember("memory 5", namespace="ns").id)
-    pk = {r.id: r.pk for r in engine.store.get_by_ids(ids)}
-    p = [pk[i] for i in ids]
-    got = engine.store.neighbours("ns", [p[0], p[2], p[5]], width=2)
+    key = {m.id: m.key for m in engine.backend.memories.get("ns", ids)}
+    p = [key[i] for i in ids]
+    got = engine.backend.memories.neighbours("ns", [p[0], p[2], p[5]], 2)
     assert got[p[0]] == [(None, p[1]), (None, p[2])]
     assert got[p[2]] == [(p[1], p[3]), (p[0], p[4])]
     assert got[p[5]] == [(p[4], None), (p[3], None)]  # skips the other namespace's row
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(db_path: Path) -> None:
+    Store(db_path).close()
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match="newer agentcache-mcp"):
+        Store(db_path)
+    assert db_path.read_bytes() == before
+
+
+def test_schema_1_database_is_migrated_with_its_memories_and_vectors(db_path: Path) -> None:
+    """A store written by the first release: rows, vectors and a deleted row whose pk the old schema would
+    reuse. Migration keeps every memory and vector, rebuilds the keyword index with context, and new keys
+    start above every key the old store ever handed out."""
+    from agentcache_mcp.backends.sqlite.connection import Database
+    from agentcache_mcp.backends.sqlite.schema import MIGRATIONS
+
+    old = Database(db_path)
+    old.write(lambda db: db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"))
+    old.write(MIGRATIONS[0])
+    old.write(lambda db: db.execute("INSERT INTO schema_migrations VALUES (1, 0)"))
+    vector = np.ones(4, dtype="<f4").tobytes()
+    for pk, text in [(1, "first old memory about lighthouses"), (2, "second old memory"), (3, "third, deleted")]:
+        old.write(
+            lambda db, pk=pk, text=text: db.execute(
+                "INSERT INTO memories (pk, id, namespace, text, content_hash, created_at, updated_at, embedding, "
+                "embedding_model) VALUES (?, ?, 'ns', ?, ?, 0, 0, ?, ?)",
+                (pk, f"ID{pk}", text, content_hash(text), vector, MODEL if pk < 3 else ""),
+            )
+        )
+    old.write(lambda db: db.execute("DELETE FROM memories WHERE pk = 3"))
+    old.close()
+
+    store = Store(db_path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [m.id for m in store.memories.find(MemoryFilter("ns"))] == ["ID1", "ID2"]
+        assert store.vectors.load() == 2
+        assert store.embeddings.count_pending(MODEL) == 0
+        assert store.keywords.check()
+        hits = keyword_search(store, "ns", "lighthouses", 10)
+        assert [key for key, _ in hits] == [1, 2]  # memory 2 matches through its context
+        new_key = store.memories.get("ns", [put(store, "ns", "a new memory")])[0].key
+        assert new_key > 3
+    finally:
+        store.close()

@@ -1,15 +1,17 @@
-"""Input validation shared by the engine and the MCP tools.
+"""Input validation: every check on what a caller hands us, in one place.
 
-Everything a caller hands us passes through here before it reaches SQLite, FTS5 or the embedder, so one
-place decides what a namespace, a tag or a metadata value may be.
+Everything passes through here before it reaches a backend or the embedder, so one place decides what a
+namespace, a tag, an id, a time or a metadata value may be.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from .model import MetadataValue
 
 MAX_NAMESPACE_CHARS = 128
 MAX_TAGS = 32
@@ -18,12 +20,13 @@ MAX_METADATA_KEYS = 64
 MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_CHARS = 4096
 MAX_LIMIT = 100
-
-MetadataValue = str | int | float | bool
+MAX_IDS = 1000
+MAX_ID_CHARS = 64
 
 # Letters, digits and a few separators; no slashes, backslashes, NUL or whitespace, so a namespace can
-# never be read as a path or smuggle anything into a log line.
-_NAMESPACE_RE = re.compile(r"^[^\W][\w.:@+-]*$", re.UNICODE)
+# never be read as a path or smuggle anything into a log line. Matched with fullmatch: `$` would accept a
+# trailing newline.
+_NAMESPACE_RE = re.compile(r"[^\W][\w.:@+-]*", re.UNICODE)
 
 
 class InvalidInput(ValueError):
@@ -47,7 +50,7 @@ def validate_namespace(namespace: object) -> str:
         raise InvalidInput("namespace must not be empty")
     if len(namespace) > MAX_NAMESPACE_CHARS:
         raise InvalidInput(f"namespace is longer than {MAX_NAMESPACE_CHARS} characters")
-    if ".." in namespace or not _NAMESPACE_RE.match(namespace):
+    if ".." in namespace or not _NAMESPACE_RE.fullmatch(namespace):
         raise InvalidInput(
             f"invalid namespace {namespace!r}: use letters, digits and . _ - : @ +, starting with a letter or "
             "digit; no slashes, spaces or '..'"
@@ -162,6 +165,47 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
     return out
 
 
-def normalise_text(text: str) -> str:
-    """The form two texts must share to count as the same memory: NFKC, case-folded, whitespace folded."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+def validate_ids(ids: object) -> list[str]:
+    """A list of memory ids, duplicates dropped, order kept."""
+    if ids is None:
+        return []
+    if isinstance(ids, str) or not isinstance(ids, list | tuple):
+        raise InvalidInput("ids must be a list of memory ids")
+    if len(ids) > MAX_IDS:
+        raise InvalidInput(f"at most {MAX_IDS} ids per call, got {len(ids)}")
+    for memory_id in ids:
+        if not isinstance(memory_id, str) or not memory_id or len(memory_id) > MAX_ID_CHARS or "\x00" in memory_id:
+            raise InvalidInput(f"not a memory id: {str(memory_id)[:70]!r}")
+    return list(dict.fromkeys(ids))
+
+
+def parse_time(value: object, name: str, *, end_of_day: bool = False) -> float | None:
+    """An ISO 8601 date or date-time (UTC if no offset), a datetime, or epoch seconds.
+
+    A date alone means the start of that day (UTC), or with end_of_day the last instant of it, so
+    `until="2026-01-31"` covers all of January 31st.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidInput(f"{name} must be a finite time")
+        return float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(f"{name} must be an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
+        if end_of_day and _DATE_ONLY_RE.fullmatch(text):
+            dt = dt + timedelta(days=1) - timedelta(microseconds=1)
+    else:
+        raise InvalidInput(f"{name} must be an ISO 8601 date or date-time string")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_DATE_ONLY_RE = re.compile(r"\d{4}-?\d{2}-?\d{2}")

@@ -1,6 +1,6 @@
-"""Hybrid ranking: keyword (FTS5 BM25) and vector (cosine) candidates fused into one list.
+"""Ranking maths: query terms, the fusion of keyword (BM25) and vector (cosine) scores, neighbour smoothing.
 
-Pure functions over (id, score) lists, so the fusion can be measured and tested without a database.
+Pure functions over {key: score} maps, so the fusion can be measured and tested without a database.
 """
 
 from __future__ import annotations
@@ -203,22 +203,6 @@ def query_terms(query: str) -> list[str]:
     tokens = [part for t in tokens for part in t.split("_") if part]
     kept = [t for t in tokens if t not in STOP_WORDS]
     return list(dict.fromkeys(kept or tokens))
-
-
-def fts_match_expression(query: str) -> str | None:
-    """A safe FTS5 MATCH expression for free text: each term quoted, OR-ed. None if no terms.
-
-    User text never reaches MATCH raw: quoting turns AND/OR/NOT/NEAR, '*', '^', ':' and braces into plain
-    words, and the tokenizer regex leaves no quote characters inside a term.
-    """
-    return match_expression(query_terms(query))
-
-
-def match_expression(terms: list[str]) -> str | None:
-    """Quoted terms OR-ed; the terms come from query_terms (word characters only, so quoting is safe)."""
-    if not terms:
-        return None
-    return " OR ".join(f'"{t}"' for t in terms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
-"""In-memory vector index: one normalised float32 matrix per namespace, exact cosine top-k with numpy.
+"""In-memory vectors: one normalised float32 matrix per namespace, exact cosine top-k with numpy.
 
-Derived from the store: loaded from the embedding BLOBs at start and kept current through the change log.
+Derived from the store: loaded from the embeddings table at start and kept current through the change log.
 Exact search is fast enough at this scale (100k x 384 is one 150 MB matrix-vector product) and, unlike an
 approximate index, never misses a memory.
 """
@@ -14,14 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
-
-
-def to_blob(vector: Vector) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def from_blob(blob: bytes) -> Vector:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 @dataclass
@@ -78,7 +70,7 @@ class _Block:
         self.size = last
 
 
-class VectorIndex:
+class VectorMatrix:
     def __init__(self, dim: int):
         self.dim = dim
         self._blocks: dict[str, _Block] = {}
@@ -117,7 +109,7 @@ class VectorIndex:
         matrix = np.frombuffer(b"".join(blob for _, _, blob in rows), dtype="<f4").astype(np.float32)
         matrix = matrix.reshape(len(rows), self.dim)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = matrix / np.where(norms > 0, norms, 1.0)
+        matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         by_namespace: dict[str, list[int]] = {}
         for i, (_, namespace, _) in enumerate(rows):
             by_namespace.setdefault(namespace, []).append(i)

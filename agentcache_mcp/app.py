@@ -1,0 +1,46 @@
+"""The composition root: settings in, a MemoryService over the backend AGENTCACHE_DB names, out."""
+
+from __future__ import annotations
+
+from .backends.sqlite import SqliteBackend
+from .config import Settings, default_db_path
+from .embeddings import Embedder, SentenceTransformerEmbedder
+from .memory.forgetting import AutoForgetPolicy
+from .memory.fusion import FusionParams
+from .memory.ports import StorageBackend
+from .memory.service import MemoryService, ServiceLimits
+
+
+def open_backend(settings: Settings, model_id: str, *, max_page_count: int | None = None) -> StorageBackend:
+    """The store AGENTCACHE_DB / --db names: a SQLite file path (the only backend so far)."""
+    return SqliteBackend(
+        settings.db_path,
+        model_id,
+        create_parent=settings.db_path == default_db_path(),
+        max_page_count=max_page_count,
+    )
+
+
+def open_memory(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    fusion: FusionParams | None = None,
+    max_page_count: int | None = None,
+) -> MemoryService:
+    embedder = embedder or SentenceTransformerEmbedder(settings.embedding_model, batch_size=settings.embed_batch_size)
+    return MemoryService(
+        open_backend(settings, embedder.model_id, max_page_count=max_page_count),
+        embedder,
+        limits=ServiceLimits(
+            namespace=settings.namespace,
+            max_text_bytes=settings.max_text_bytes,
+            embed_batch_size=settings.embed_batch_size,
+        ),
+        policy=AutoForgetPolicy(
+            duplicate_cosine=settings.duplicate_cosine,
+            low_importance=settings.low_importance,
+            low_importance_age_days=settings.low_importance_age_days,
+        ),
+        fusion=fusion,
+    )

@@ -1,0 +1,1 @@
+"""Storage backends behind the ports of agentcache_mcp.memory.ports."""

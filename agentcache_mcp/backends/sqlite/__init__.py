@@ -1,0 +1,52 @@
+"""The SQLite backend: one file (WAL) holds the memories, the FTS5 keyword index, the vectors and the change
+log. The embedded default for one person's hosts; several processes may share the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...memory.ports import StoreError
+from .connection import Database, DatabaseError
+from .keywords import Fts5Keywords
+from .repository import SqliteEmbeddings, SqliteMemories
+from .schema import migrate
+from .vectors import ChangeLog, MatrixVectors
+
+__all__ = ["SqliteBackend"]
+
+
+class SqliteBackend:
+    def __init__(self, path: Path, model_id: str, *, create_parent: bool = False, max_page_count: int | None = None):
+        self.path = path
+        self.db = Database(path, create_parent=create_parent, max_page_count=max_page_count)
+        try:
+            self.schema_version = migrate(self.db)
+        except StoreError:
+            self.db.close()
+            raise
+        except DatabaseError as exc:
+            self.db.close()
+            raise self.db.unusable(exc) from None
+        self.memories = SqliteMemories(self.db)
+        self.embeddings = SqliteEmbeddings(self.db)
+        self.keywords = Fts5Keywords(self.db, self.memories)
+        self.changes = ChangeLog(self.db)
+        self.vectors = MatrixVectors(self.db, self.memories, self.embeddings, self.changes, model_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "sqlite",
+            "db_path": str(self.path),
+            "schema_version": self.schema_version,
+            "keyword_index": "fts5 (in the database, always current)",
+        }
+
+    def maintenance(self) -> None:
+        self.changes.prune()
+
+    def checkpoint(self) -> None:
+        self.db.checkpoint()
+
+    def close(self) -> None:
+        self.db.close()

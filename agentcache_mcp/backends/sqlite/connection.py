@@ -1,0 +1,201 @@
+"""One SQLite connection: pragmas, transactions, busy retries, and errors a person can act on.
+
+SQLite comes from the `sqlean.py` wheel (SQLite 3.50, with FTS5) rather than the interpreter's own build:
+forgetting must erase, and FTS5's `secure-delete` option, which removes a deleted row's tokens from the
+index instead of leaving them until a merge, needs SQLite 3.42+ (Python 3.11 here links 3.40.1).
+
+Durability: WAL with `synchronous=FULL`. Every commit fsyncs the WAL before `remember` returns, so neither
+a killed process nor a power cut loses an acknowledged write (measured cost: ~0.2 ms per commit on this
+class of disk). `secure_delete=ON` zeroes deleted cells and freed pages, so a deleted memory's bytes do not
+linger in the file; the WAL is truncated by the checkpoint at shutdown.
+
+Concurrency: several processes may share the file. Writes take the write lock up front (`BEGIN IMMEDIATE`)
+so SQLite's busy handler waits for it instead of failing a half-done transaction; a bounded retry loop
+covers the rare SQLITE_BUSY the handler cannot wait out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import sqlite3  # sqlean mirrors the standard module's API and ships no type stubs
+else:
+    import sqlean as sqlite3
+
+from ...memory.ports import StoreError, StoreFullError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+BUSY_RETRY_S = 60.0
+
+Connection = sqlite3.Connection
+DatabaseError = sqlite3.DatabaseError
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "full" in str(exc).lower()  # SQLITE_FULL
+
+
+class Database:
+    """One connection, serialised by a lock, so the event loop and worker threads can share it."""
+
+    def __init__(self, path: Path | str, *, create_parent: bool = False, max_page_count: int | None = None):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self._check_location(create_parent)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the memory database {self.path}: {exc}") from None
+        try:
+            self._configure(max_page_count)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise self.unusable(exc) from None
+
+    def _check_location(self, create_parent: bool) -> None:
+        parent = self.path.parent
+        if not parent.exists():
+            if not create_parent:
+                raise StoreError(
+                    f"the directory for the memory database does not exist: {parent} "
+                    "(create it, or point AGENTCACHE_DB / --db somewhere else)"
+                )
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the data directory {parent}: {exc.strerror}") from None
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StoreError(f"the memory database {self.path} is not readable and writable by this user")
+        if not self.path.exists() and not os.access(parent, os.W_OK):
+            raise StoreError(f"cannot create the memory database: directory {parent} is not writable")
+
+    def unusable(self, exc: Exception) -> StoreError:
+        return StoreError(
+            f"cannot use the memory database {self.path}: {exc}. The file was left untouched; if it is "
+            "damaged, move it aside (keep a copy) and restart, or restore it from a backup."
+        )
+
+    def _configure(self, max_page_count: int | None) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = self.retry(lambda: db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        if str(mode).lower() != "wal" and str(self.path) != ":memory:":
+            raise StoreError(f"could not switch {self.path} to WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA secure_delete = ON")
+        db.execute("PRAGMA temp_store = MEMORY")
+        if max_page_count is not None:
+            db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+
+    # -- transactions
+
+    def retry(self, fn: Callable[[], T]) -> T:
+        """Run fn, retrying while another process holds a lock the busy handler could not wait out."""
+        deadline = time.monotonic() + BUSY_RETRY_S
+        delay = 0.005
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE), or a savepoint when nested."""
+        with self._lock:
+            db = self._db
+            if db.in_transaction:
+                name = f"sp_{secrets.token_hex(4)}"
+                db.execute(f"SAVEPOINT {name}")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute(f"ROLLBACK TO {name}")
+                    db.execute(f"RELEASE {name}")
+                    raise
+                db.execute(f"RELEASE {name}")
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one write transaction, retried as a whole if the database is busy."""
+
+        def attempt() -> T:
+            with self.atomic() as db:
+                return fn(db)
+
+        try:
+            return self.retry(attempt)
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise StoreFullError(
+                    f"the memory database {self.path} is full (disk or page limit); nothing was written"
+                ) from None
+            raise
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        def attempt() -> T:
+            with self._lock:
+                return fn(self._db)
+
+        return self.retry(attempt)
+
+    def execute_outside_transaction(self, sql: str) -> None:
+        """For statements SQLite refuses inside a transaction (VACUUM)."""
+        with self._lock:
+            self.retry(lambda: self._db.execute(sql))
+
+    # -- maintenance
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database and truncate it to zero bytes."""
+        return self.read(lambda db: tuple(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
+
+    def integrity_check(self) -> str:
+        return self.read(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def chunks(items: list[T], size: int = 500) -> Iterator[list[T]]:
+    """Slices of at most `size`, for `IN (...)` lists under SQLite's variable limit."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,151 @@
+"""The keyword index: SQLite FTS5 (`porter unicode61`), written by triggers in the row's transaction.
+
+Each memory's FTS5 row holds its own text, the text of the memory written just before it in its namespace
+("context", weighted lower), and one token naming the namespace, so a search is confined to its namespace
+inside FTS5 and ranked there before any join.
+
+What stays global: FTS5's BM25 takes its IDF (document counts) and average row length over the whole table,
+every namespace together; a namespace's size therefore shifts the weights of terms in another namespace's
+ranking (never which memories match). The common-term filter below counts per namespace and by own text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ...memory.model import MemoryFilter
+from .connection import Connection, Database, DatabaseError
+from .repository import SqliteMemories, filter_sql
+
+log = logging.getLogger(__name__)
+
+PRUNE_TERMS_FROM_ROWS = 1000
+"""Namespaces smaller than this keep every query term: there a memory matching only a common word may be the
+only keyword match there is."""
+
+
+def namespace_token(namespace: str) -> str:
+    """The single FTS5 token that stands for a namespace (same as the trigger's 'ns' || lower(hex(...)))."""
+    return "ns" + namespace.encode("utf-8").hex()
+
+
+def match_expression(terms: list[str]) -> str | None:
+    """Quoted terms OR-ed; the terms come from query_terms (word characters only, so quoting is safe).
+
+    User text never reaches MATCH raw: quoting turns AND/OR/NOT/NEAR, '*', '^', ':' and braces into plain
+    words.
+    """
+    if not terms:
+        return None
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+class Fts5Keywords:
+    def __init__(self, database: Database, memories: SqliteMemories):
+        self.db = database
+        self.memories = memories
+
+    def informative_terms(self, namespace: str, terms: list[str]) -> list[str]:
+        """Drop terms found in more than half of the namespace's memories (own text), unless all would go.
+
+        FTS5's BM25 gives such a term an IDF of ~0, yet it makes the OR query match and score most of the
+        namespace: at 10k memories the common words of a query made it match 63% of rows.
+        """
+        if not terms:
+            return terms
+        ns = namespace_token(namespace)
+
+        def q(db: Connection) -> list[str]:
+            total = db.execute("SELECT count(*) FROM memories WHERE namespace = ?", (namespace,)).fetchone()[0]
+            if total < PRUNE_TERMS_FROM_ROWS:
+                return terms
+            kept = []
+            for term in terms:
+                # The count over every namespace bounds this namespace's: only a term that common overall
+                # needs the (dearer) count confined to the namespace.
+                anywhere = db.execute(
+                    "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (f'text : "{term}"',)
+                ).fetchone()[0]
+                if anywhere * 2 > total:
+                    here = db.execute(
+                        "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?",
+                        (f'ns : "{ns}" AND text : "{term}"',),
+                    ).fetchone()[0]
+                    if here * 2 > total:
+                        continue
+                kept.append(term)
+            return kept or terms
+
+        return self.db.read(q)
+
+    def search(
+        self, namespace: str, terms: list[str], limit: int, where: MemoryFilter, context_weight: float
+    ) -> list[tuple[int, float]]:
+        """FTS5 BM25 within a namespace; (key, score) with higher scores better.
+
+        context_weight is the BM25 column weight of the preceding memory's text (the memory's own is 1); 0
+        searches the memory's own words only (plain BM25).
+        """
+        expression = match_expression(terms)
+        if expression is None:
+            return []
+        scope = f"text : ({expression})" if context_weight == 0 else f"({expression})"
+        match = f'ns : "{namespace_token(namespace)}" AND {scope}'
+        weights = (1.0, float(context_weight), 0.0)
+        if not where.narrows_recall:
+            # Rank inside FTS5 alone, then drop the rare superseded or expired rows; only if that left the
+            # page short while more matches may exist, fall back to filtering every match.
+            ranked = self.db.read(
+                lambda db: db.execute(
+                    "SELECT rowid, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
+                    "WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
+                    [*weights, match, limit],
+                ).fetchall()
+            )
+            live = self.memories.live_keys(namespace, [pk for pk, _ in ranked], where)
+            if len(live) == len(ranked) or len(ranked) < limit:
+                return [(pk, -score) for pk, score in ranked if pk in live]
+        sql, params = filter_sql(where)
+        return self.db.read(
+            lambda db: [
+                (pk, -score)
+                for pk, score in db.execute(
+                    "SELECT m.pk, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
+                    f"JOIN memories m ON m.pk = memories_fts.rowid WHERE memories_fts MATCH ? AND {sql} "
+                    "ORDER BY score LIMIT ?",
+                    [*weights, match, *params, limit],
+                )
+            ]
+        )
+
+    def check(self) -> bool:
+        """The index is internally sound and holds exactly the stored memories."""
+
+        def q(db: Connection) -> bool:
+            db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
+            missing = db.execute(
+                "SELECT count(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM memories_fts f WHERE f.rowid = m.pk)"
+            ).fetchone()[0]
+            extra = db.execute(
+                "SELECT count(*) FROM memories_fts f WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.pk = f.rowid)"
+            ).fetchone()[0]
+            return missing == 0 and extra == 0
+
+        try:
+            return self.db.read(q)
+        except DatabaseError as exc:
+            log.warning("keyword index check failed: %s", exc)
+            return False
+
+    def rebuild(self) -> None:
+        """Rebuild the keyword index from the memories table (the source of truth)."""
+
+        def txn(db: Connection) -> None:
+            db.execute("DELETE FROM memories_fts")
+            db.execute(
+                "INSERT INTO memories_fts(rowid, text, context, ns) SELECT pk, text, "
+                "coalesce(lag(text) OVER (PARTITION BY namespace ORDER BY pk), ''), "
+                "'ns' || lower(hex(namespace)) FROM memories"
+            )
+
+        self.db.write(txn)

@@ -1,0 +1,348 @@
+"""The memories table and the embeddings table: SQLite's MemoryRepository and EmbeddingStore."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ...memory.model import Memory, MemoryFilter, NewMemory
+from ...memory.ports import Merge, Vector
+from .connection import Connection, Database, chunks
+
+_COLUMNS = (
+    "m.pk, m.id, m.namespace, m.text, m.tags, m.importance, m.metadata, m.created_at, m.updated_at, "
+    "m.last_accessed_at, m.access_count, m.expires_at, m.superseded_by, m.content_hash"
+)
+
+
+def _memory(r: Sequence[Any]) -> Memory:
+    return Memory(
+        key=r[0],
+        id=r[1],
+        namespace=r[2],
+        text=r[3],
+        tags=json.loads(r[4]),
+        importance=r[5],
+        metadata=json.loads(r[6]),
+        created_at=r[7],
+        updated_at=r[8],
+        last_accessed_at=r[9],
+        access_count=r[10],
+        expires_at=r[11],
+        superseded_by=r[12],
+        content_hash=r[13],
+    )
+
+
+def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
+    """The one translation of a MemoryFilter into a WHERE clause (with its parameters)."""
+    a = alias
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.namespace is not None:
+        clauses.append(f"{a}.namespace = ?")
+        params.append(where.namespace)
+    if where.ids is not None:
+        clauses.append(f"{a}.id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(where.ids)))
+    if where.key_after is not None:
+        clauses.append(f"{a}.pk > ?")
+        params.append(where.key_after)
+    if where.key_upto is not None:
+        clauses.append(f"{a}.pk <= ?")
+        params.append(where.key_upto)
+    for tag in where.tags:
+        clauses.append(f"EXISTS (SELECT 1 FROM json_each({a}.tags) WHERE json_each.value = ?)")
+        params.append(tag)
+    if where.created_since is not None:
+        clauses.append(f"{a}.created_at >= ?")
+        params.append(where.created_since)
+    if where.created_until is not None:
+        clauses.append(f"{a}.created_at <= ?")
+        params.append(where.created_until)
+    if where.created_before is not None:
+        clauses.append(f"{a}.created_at < ?")
+        params.append(where.created_before)
+    if where.expired_at is not None:
+        clauses.append(f"{a}.expires_at IS NOT NULL AND {a}.expires_at <= ?")
+        params.append(where.expired_at)
+    if where.max_importance is not None:
+        clauses.append(f"{a}.importance <= ?")
+        params.append(where.max_importance)
+    if where.unused_since is not None:
+        clauses.append(f"max({a}.updated_at, coalesce({a}.last_accessed_at, 0)) < ?")
+        params.append(where.unused_since)
+    if where.live_at is not None:
+        # Live: not expired, and not superseded by a memory that is still there and unexpired.
+        clauses.append(
+            f"({a}.expires_at IS NULL OR {a}.expires_at > ?) AND ({a}.superseded_by IS NULL OR NOT EXISTS ("
+            f"SELECT 1 FROM memories s WHERE s.id = {a}.superseded_by AND (s.expires_at IS NULL OR s.expires_at > ?)))"
+        )
+        params.extend([where.live_at, where.live_at])
+    return (" AND ".join(clauses) or "1"), params
+
+
+class SqliteMemories:
+    def __init__(self, database: Database):
+        self.db = database
+
+    def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
+        def txn(db: Connection) -> tuple[Memory, bool]:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = ? AND m.content_hash = ?",
+                (new.namespace, new.content_hash),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO memories (id, namespace, text, content_hash, tags, importance, metadata, "
+                    "created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.id,
+                        new.namespace,
+                        new.text,
+                        new.content_hash,
+                        json.dumps(new.tags, ensure_ascii=False),
+                        new.importance,
+                        json.dumps(new.metadata, ensure_ascii=False),
+                        new.created_at,
+                        new.created_at,
+                        new.expires_at,
+                    ),
+                )
+                return _memory(
+                    db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.id = ?", (new.id,)).fetchone()
+                ), False
+            existing = _memory(row)
+            update = merge(existing, new)
+            db.execute(
+                "UPDATE memories SET tags = ?, importance = ?, metadata = ?, updated_at = ?, expires_at = ?, "
+                "superseded_by = ? WHERE pk = ?",
+                (
+                    json.dumps(update.tags, ensure_ascii=False),
+                    update.importance,
+                    json.dumps(update.metadata, ensure_ascii=False),
+                    update.updated_at,
+                    update.expires_at,
+                    update.superseded_by,
+                    existing.key,
+                ),
+            )
+            return _memory(
+                db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.pk = ?", (existing.key,)).fetchone()
+            ), True
+
+        return self.db.write(txn)
+
+    def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
+        return self.find(MemoryFilter(namespace=namespace, ids=tuple(ids)))
+
+    def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]:
+        def q(db: Connection) -> dict[int, Memory]:
+            out: dict[int, Memory] = {}
+            for chunk in chunks(list(keys)):
+                marks = ",".join("?" * len(chunk))
+                for r in db.execute(
+                    f"SELECT {_COLUMNS} FROM memories m WHERE m.pk IN ({marks}) AND m.namespace = ?",
+                    [*chunk, namespace],
+                ):
+                    out[r[0]] = _memory(r)
+            return out
+
+        return self.db.read(q) if keys else {}
+
+    def find(self, where: MemoryFilter) -> list[Memory]:
+        sql, params = filter_sql(where)
+        return self.db.read(
+            lambda db: [
+                _memory(r) for r in db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {sql} ORDER BY m.pk", params)
+            ]
+        )
+
+    def delete(self, where: MemoryFilter) -> list[str]:
+        sql, params = filter_sql(where)
+
+        def txn(db: Connection) -> list[str]:
+            rows = db.execute(f"DELETE FROM memories AS m WHERE {sql} RETURNING pk, id", params).fetchall()
+            return [memory_id for _, memory_id in sorted(rows)]
+
+        return self.db.write(txn)
+
+    def live_keys(self, namespace: str, keys: Sequence[int], where: MemoryFilter) -> set[int]:
+        if not keys:
+            return set()
+        if not where.narrows_recall and not self._may_hide(namespace):
+            return set(keys)  # nothing in the namespace is superseded or has an expiry: all are live
+        sql, params = filter_sql(where)
+
+        def q(db: Connection) -> set[int]:
+            out: set[int] = set()
+            for chunk in chunks(list(keys)):
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    pk
+                    for (pk,) in db.execute(
+                        f"SELECT m.pk FROM memories m WHERE m.pk IN ({marks}) AND m.namespace = ? AND {sql}",
+                        [*chunk, namespace, *params],
+                    )
+                )
+            return out
+
+        return self.db.read(q)
+
+    def _may_hide(self, namespace: str) -> bool:
+        return self.db.read(
+            lambda db: (
+                db.execute(
+                    "SELECT 1 FROM memories WHERE namespace = ? AND (superseded_by IS NOT NULL OR expires_at IS NOT NULL) "
+                    "LIMIT 1",
+                    (namespace,),
+                ).fetchone()
+                is not None
+            )
+        )
+
+    def supersede(self, pairs: Sequence[tuple[str, str]]) -> int:
+        def txn(db: Connection) -> int:
+            return db.executemany(
+                "UPDATE memories SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL",
+                [(newer, older) for older, newer in pairs],
+            ).rowcount
+
+        return self.db.write(txn) if pairs else 0
+
+    def neighbours(
+        self, namespace: str, keys: Sequence[int], width: int
+    ) -> dict[int, list[tuple[int | None, int | None]]]:
+        if width < 1 or not keys:
+            return {int(k): [] for k in keys}
+        # One statement for all keys: the correlated lookups run inside SQLite on the namespace index.
+        lookups = ", ".join(
+            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk < j.value ORDER BY pk DESC LIMIT 1 OFFSET {k}), "
+            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk > j.value ORDER BY pk LIMIT 1 OFFSET {k})"
+            for k in range(width)
+        )
+
+        def q(db: Connection) -> dict[int, list[tuple[int | None, int | None]]]:
+            rows = db.execute(
+                f"SELECT j.value, {lookups} FROM json_each(?2) AS j", (namespace, json.dumps([int(k) for k in keys]))
+            )
+            return {row[0]: [(row[1 + 2 * k], row[2 + 2 * k]) for k in range(width)] for row in rows}
+
+        return self.db.read(q)
+
+    def record_access(self, accesses: Mapping[int, tuple[int, float]]) -> None:
+        if not accesses:
+            return
+
+        def txn(db: Connection) -> None:
+            db.executemany(
+                "UPDATE memories SET access_count = access_count + ?, "
+                "last_accessed_at = max(coalesce(last_accessed_at, 0), ?) WHERE pk = ?",
+                [(count, last, key) for key, (count, last) in accesses.items()],
+            )
+
+        self.db.write(txn)
+
+    def counts_by_namespace(self) -> dict[str, int]:
+        return self.db.read(
+            lambda db: dict(
+                db.execute("SELECT namespace, count(*) FROM memories GROUP BY namespace ORDER BY namespace")
+            )
+        )
+
+    def get_setting(self, name: str) -> str | None:
+        row = self.db.read(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def put_setting(self, name: str, value: str) -> None:
+        self.db.write(lambda db: db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (name, value)))
+
+
+_NOT_EMBEDDED = "NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.memory_pk = m.pk AND e.model = ?)"
+
+
+class SqliteEmbeddings:
+    def __init__(self, database: Database):
+        self.db = database
+
+    def pending(self, model_id: str, limit: int, after_key: int = 0) -> list[tuple[int, str, str]]:
+        return self.db.read(
+            lambda db: db.execute(
+                f"SELECT m.pk, m.text, m.content_hash FROM memories m WHERE m.pk > ? AND {_NOT_EMBEDDED} "
+                "ORDER BY m.pk LIMIT ?",
+                (after_key, model_id, limit),
+            ).fetchall()
+        )
+
+    def count_pending(self, model_id: str) -> int:
+        return self.db.read(
+            lambda db: db.execute(f"SELECT count(*) FROM memories m WHERE {_NOT_EMBEDDED}", (model_id,)).fetchone()[0]
+        )
+
+    def first_pending_key(self, model_id: str) -> int | None:
+        return self.db.read(
+            lambda db: db.execute(f"SELECT min(m.pk) FROM memories m WHERE {_NOT_EMBEDDED}", (model_id,)).fetchone()[0]
+        )
+
+    def max_key(self) -> int:
+        return self.db.read(lambda db: db.execute("SELECT coalesce(max(pk), 0) FROM memories").fetchone()[0])
+
+    def write(self, model_id: str, items: Sequence[tuple[int, str, Vector]]) -> int:
+        def txn(db: Connection) -> int:
+            written = 0
+            for key, digest, vector in items:
+                written += db.execute(
+                    "INSERT INTO embeddings (memory_pk, model, content_hash, vector) "
+                    "SELECT pk, ?, content_hash, ? FROM memories WHERE pk = ? AND content_hash = ? "
+                    "ON CONFLICT (memory_pk, model) DO UPDATE SET content_hash = excluded.content_hash, "
+                    "vector = excluded.vector",
+                    (model_id, to_blob(vector), key, digest),
+                ).rowcount
+            return written
+
+        return self.db.write(txn) if items else 0
+
+    def iter_vectors(self, model_id: str, batch: int = 5000) -> Iterator[list[tuple[int, str, bytes]]]:
+        """(key, namespace, float32 blob) of every memory embedded by model_id, in batches."""
+        last = 0
+
+        def page(db: Connection) -> list[tuple[int, str, bytes]]:
+            return db.execute(
+                "SELECT e.memory_pk, m.namespace, e.vector FROM embeddings e JOIN memories m ON m.pk = e.memory_pk "
+                "WHERE e.model = ? AND e.memory_pk > ? ORDER BY e.memory_pk LIMIT ?",
+                (model_id, last, batch),
+            ).fetchall()
+
+        while True:
+            rows = self.db.read(page)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def vectors_for(self, model_id: str, keys: Sequence[int]) -> list[tuple[int, str, bytes]]:
+        def q(db: Connection) -> list[tuple[int, str, bytes]]:
+            out: list[tuple[int, str, bytes]] = []
+            for chunk in chunks(list(keys)):
+                marks = ",".join("?" * len(chunk))
+                out.extend(
+                    db.execute(
+                        "SELECT e.memory_pk, m.namespace, e.vector FROM embeddings e JOIN memories m "
+                        f"ON m.pk = e.memory_pk WHERE e.memory_pk IN ({marks}) AND e.model = ?",
+                        [*chunk, model_id],
+                    ).fetchall()
+                )
+            return out
+
+        return self.db.read(q) if keys else []
+
+
+def to_blob(vector: Vector) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> Vector:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)

@@ -1,0 +1,192 @@
+"""The ports: what the core needs from a storage backend, stated as Protocols over value objects.
+
+A backend (SQLite today, PostgreSQL next) implements all four and passes tests/contract. The core never
+sees SQL, a connection or a cursor; it hands over `MemoryFilter`s, keys and vectors.
+
+Promises every backend keeps (each is a contract test):
+- keys increase with every insert and are never reused;
+- `delete(filter)` decides and deletes in one transaction, and returns exactly the ids it deleted;
+- a deleted memory leaves nothing behind: no keyword index entry (its own or as a neighbour's context), no
+  vector, and, once the backend's `checkpoint` ran, none of its text in the backend's files;
+- deleting a memory revives the memories it superseded;
+- every search, neighbour lookup and hydration is confined to the namespace it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .model import Memory, MemoryFilter, MemoryUpdate, NewMemory
+
+Vector = npt.NDArray[np.float32]
+Merge = Callable[[Memory, NewMemory], MemoryUpdate]
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used: the message says why and what to do."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or a configured size limit) is full; nothing was written."""
+
+
+class MemoryRepository(Protocol):
+    """The memories themselves: the source of truth."""
+
+    def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
+        """Insert `new`; if the namespace already holds the same content hash, apply `merge(existing, new)` to
+        it instead, in the same transaction. Returns the stored memory and whether it was merged. `merge` may
+        raise (InvalidInput): then nothing is written."""
+        ...
+
+    def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
+        """The memories with these ids (in namespace, unless None), in no particular order."""
+        ...
+
+    def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]: ...
+
+    def find(self, where: MemoryFilter) -> list[Memory]:
+        """Every memory matching the filter, oldest first."""
+        ...
+
+    def delete(self, where: MemoryFilter) -> list[str]:
+        """Delete every memory matching the filter, decided and done in one transaction; the ids deleted."""
+        ...
+
+    def live_keys(self, namespace: str, keys: Sequence[int], where: MemoryFilter) -> set[int]:
+        """The subset of keys (memories of namespace) that match `where` (normally with live_at set)."""
+        ...
+
+    def supersede(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Mark each (older id) as superseded by (newer id); returns how many were marked."""
+        ...
+
+    def neighbours(
+        self, namespace: str, keys: Sequence[int], width: int
+    ) -> dict[int, list[tuple[int | None, int | None]]]:
+        """For each key, the keys written 1..width places before and after it in its namespace."""
+        ...
+
+    def record_access(self, accesses: Mapping[int, tuple[int, float]]) -> None:
+        """Add (count, last time) of recalls to each memory's access stats."""
+        ...
+
+    def counts_by_namespace(self) -> dict[str, int]: ...
+
+    def get_setting(self, name: str) -> str | None:
+        """A small value the core keeps in the store (e.g. the auto-forget watermark)."""
+        ...
+
+    def put_setting(self, name: str, value: str) -> None: ...
+
+
+class KeywordIndex(Protocol):
+    """BM25 over the memories' words, kept in step with the repository by the backend."""
+
+    def informative_terms(self, namespace: str, terms: list[str]) -> list[str]:
+        """Drop terms found in more than half of the namespace's memories (by their own text), unless that
+        drops them all; namespaces under PRUNE_TERMS_FROM_ROWS memories keep every term."""
+        ...
+
+    def search(
+        self, namespace: str, terms: list[str], limit: int, where: MemoryFilter, context_weight: float
+    ) -> list[tuple[int, float]]:
+        """(key, score), best first, higher is better; terms are OR-ed; only memories matching `where`."""
+        ...
+
+    def check(self) -> bool:
+        """The index is sound and covers exactly the stored memories."""
+        ...
+
+    def rebuild(self) -> None: ...
+
+
+class VectorIndex(Protocol):
+    """Exact or approximate cosine search over the stored embeddings of one model."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def load(self) -> int:
+        """(Re)build whatever the backend keeps in memory; returns how many vectors are searchable."""
+        ...
+
+    def refresh(self) -> None:
+        """Catch up with writes and deletes made since the last call (by any process)."""
+        ...
+
+    def search(self, namespace: str, query: Vector, k: int, where: MemoryFilter) -> list[tuple[int, float]]:
+        """Top-k (key, cosine) in namespace among memories matching `where`, best first."""
+        ...
+
+    def scores_for(self, namespace: str, query: Vector, keys: Sequence[int]) -> dict[int, float]:
+        """Exact cosine of the query with each of these memories that has a vector."""
+        ...
+
+    def vectors(self, namespace: str) -> tuple[npt.NDArray[np.int64], Vector]:
+        """(keys, unit vectors) of one namespace, for the near-duplicate rule."""
+        ...
+
+
+class EmbeddingStore(Protocol):
+    """Vectors stored with the memories, keyed by model: several models can share one store."""
+
+    def pending(self, model_id: str, limit: int, after_key: int = 0) -> list[tuple[int, str, str]]:
+        """(key, text, content_hash) of memories with no vector from model_id, oldest first."""
+        ...
+
+    def count_pending(self, model_id: str) -> int: ...
+
+    def first_pending_key(self, model_id: str) -> int | None: ...
+
+    def max_key(self) -> int: ...
+
+    def write(self, model_id: str, items: Sequence[tuple[int, str, Vector]]) -> int:
+        """Store (key, content_hash, vector); a memory deleted or changed meanwhile is skipped."""
+        ...
+
+
+@dataclass(slots=True)
+class IndexCheck:
+    keyword_ok: bool
+    keyword_rebuilt: bool
+
+
+class StorageBackend(Protocol):
+    """One store: its repository, indexes and embeddings, and its lifecycle."""
+
+    @property
+    def memories(self) -> MemoryRepository: ...
+
+    @property
+    def keywords(self) -> KeywordIndex: ...
+
+    @property
+    def vectors(self) -> VectorIndex: ...
+
+    @property
+    def embeddings(self) -> EmbeddingStore: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What stats show about the store: kind, location, schema version."""
+        ...
+
+    def maintenance(self) -> None:
+        """Periodic housekeeping (e.g. pruning a change log); run after an auto-forget sweep."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Make everything committed durable in the main files and drop what deletes left behind."""
+        ...
+
+    def close(self) -> None: ...

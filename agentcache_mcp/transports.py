@@ -1,0 +1,283 @@
+"""Who may talk to the HTTP transports: the bind-address policy and the ASGI guards in front of both apps.
+
+- `is_loopback(bind)`: whether a bind address listens on loopback only. The CLI refuses any other bind
+  without a token.
+- `HostOriginGuard`: DNS-rebinding protection. The Host header must name a loopback host (`localhost`, any
+  127.x.y.z, `[::1]` in any spelling, IPv4-mapped `[::ffff:127.x.y.z]`) or an `--allowed-host` entry; an
+  Origin header, when sent, must be http(s) to such a host. Anything else gets 403 before the app sees it.
+- `BearerAuth`: `Authorization: Bearer <token>` (scheme case-insensitive, token compared in constant time).
+- `guard(asgi, settings)`: wraps an app in the guards the settings call for. Both transports go through
+  it, and the guards see every HTTP and WebSocket request, so a route added later is covered too.
+
+The SDK has its own Host/Origin check, but it fires only when the bind address is one of three exact
+strings and matches a fixed list of host strings, so it cannot be the guarantee; `guard` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .config import Settings
+
+log = logging.getLogger("agentcache_mcp")
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+"""The usual spellings of loopback; `is_loopback` also accepts every other one."""
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_HOSTNAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _ip(text: str) -> _IP | None:
+    """The address `text` spells exactly (no inet_aton shorthands), IPv4-mapped IPv6 unwrapped; else None."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1; the stdlib (3.11) does not call it loopback
+    return ip
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` listens on loopback only.
+
+    True for `localhost` (any case), every 127.0.0.0/8 address, `::1` in any spelling (`0:0:0:0:0:0:0:1`,
+    `::1%lo`) and IPv4-mapped loopback (`::ffff:127.0.0.1`). False for anything else: other hostnames (a
+    name can resolve anywhere), `localhost.` (a DNS name, not the hosts-file entry), unspecified addresses
+    (`0.0.0.0`, `::`), shorthands such as `127.1`, and the deprecated IPv4-compatible `::127.0.0.1`.
+    """
+    if host.lower() == "localhost":
+        return True
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+def _is_loopback_name(name: str) -> bool:
+    """`name` is a Host/Origin host as `split_host_port` returns it: lowercase, no brackets."""
+    if name == "localhost":
+        return True
+    ip = _ip(name)
+    return ip is not None and ip.is_loopback
+
+
+def _canonical(name: str) -> str:
+    ip = _ip(name)
+    return str(ip) if ip is not None else name.lower()
+
+
+def split_host_port(authority: str) -> tuple[str, int | None]:
+    """`name`, `name:port`, `[v6]` or `[v6]:port` -> (canonical name, port or None). ValueError if malformed.
+
+    The name is lower-cased, or for an IP literal written the one canonical way, so `[0:0:0:0:0:0:0:1]`
+    and `[::1]` compare equal. An IPv6 literal must be bracketed; an IPv4 literal must not.
+    """
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in {authority!r}")
+        name, rest = authority[1:end], authority[end + 1 :]
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in brackets: {authority!r}") from None
+    else:
+        name, colon, port_text = authority.partition(":")
+        rest = colon + port_text
+        if not _HOSTNAME.fullmatch(name):
+            raise ValueError(f"not a host name: {authority!r}")
+    port: int | None = None
+    if rest:
+        digits = rest[1:]
+        if not rest.startswith(":") or not (digits.isascii() and digits.isdigit()) or int(digits) > 65535:
+            raise ValueError(f"bad port in {authority!r}")
+        port = int(digits)
+    return _canonical(name), port
+
+
+def parse_allowed_host(entry: str) -> tuple[str, int | None]:
+    """An `--allowed-host` / AGENTCACHE_ALLOWED_HOSTS entry, `NAME[:PORT]` (IPv6 as `[ADDR][:PORT]`)."""
+    try:
+        return split_host_port(entry.strip())
+    except ValueError as exc:
+        raise ValueError(f"allowed host {entry!r} is not NAME[:PORT]: {exc}") from None
+
+
+async def _refuse(scope: dict[str, Any], send: Any, status: int, message: str, headers: Iterable = ()) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
+        return
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header_values(scope: dict[str, Any], name: bytes) -> list[bytes]:
+    return [value for key, value in scope.get("headers") or [] if key.lower() == name]
+
+
+class HostOriginGuard:
+    """ASGI middleware against DNS rebinding: every HTTP/WebSocket request needs an accepted Host header,
+    and an accepted Origin header if it sends one; otherwise 403 with a short JSON error.
+
+    Accepted hosts: every loopback host, with or without a port (`localhost`, any 127.x.y.z, `[::1]` and
+    its other spellings, `[::ffff:127.x.y.z]`), plus `allowed_hosts` entries `NAME[:PORT]`. An entry
+    without a port matches any port; one with a port matches that port, or a Host without a port when it is
+    80 or 443 (a proxy's default port), or an Origin whose scheme's default port it is. A missing or
+    repeated Host header, a repeated Origin header and `Origin: null` are refused.
+    """
+
+    def __init__(self, app: Any, allowed_hosts: Iterable[str] = ()):
+        self.app = app
+        self.allowed = tuple(parse_allowed_host(entry) for entry in allowed_hosts)
+
+    def _admits(self, name: str, port: int | None, default_port: int | None) -> bool:
+        if _is_loopback_name(name):
+            return True
+        for allowed_name, allowed_port in self.allowed:
+            if name != allowed_name:
+                continue
+            if allowed_port is None or allowed_port == port:
+                return True
+            if port is None and (allowed_port == default_port or (default_port is None and allowed_port in (80, 443))):
+                return True
+        return False
+
+    def admits_host(self, value: str) -> bool:
+        try:
+            name, port = split_host_port(value)
+        except ValueError:
+            return False
+        return self._admits(name, port, None)
+
+    def admits_origin(self, value: str) -> bool:
+        scheme, sep, authority = value.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in _DEFAULT_PORTS:
+            return False  # includes "null" (sandboxed frames, file: pages) and non-web schemes
+        try:
+            name, port = split_host_port(authority)
+        except ValueError:
+            return False  # a path, userinfo or junk: not an origin a browser sends
+        return self._admits(name, port, _DEFAULT_PORTS[scheme])
+
+    def problem(self, scope: dict[str, Any]) -> str | None:
+        """Why this request is refused, or None."""
+        hosts = _header_values(scope, b"host")
+        if len(hosts) != 1 or not self.admits_host(hosts[0].decode("latin-1")):
+            return "forbidden: Host header not allowed (see --allowed-host)"
+        origins = _header_values(scope, b"origin")
+        if len(origins) > 1 or (origins and not self.admits_origin(origins[0].decode("latin-1"))):
+            return "forbidden: Origin header not allowed (see --allowed-host)"
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            problem = self.problem(scope)
+            if problem is not None:
+                log.warning(
+                    "refused %s %s: %s (Host %r, Origin %r)",
+                    scope.get("method", "WEBSOCKET"),
+                    scope.get("path", ""),
+                    problem,
+                    b",".join(_header_values(scope, b"host")).decode("latin-1"),
+                    b",".join(_header_values(scope, b"origin")).decode("latin-1"),
+                )
+                await _refuse(scope, send, 403, problem)
+                return
+        await self.app(scope, receive, send)
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP/WebSocket request needs `Authorization: Bearer <token>`, else 401.
+
+    The scheme is case-insensitive (RFC 9110: `bearer`, `BEARER` are fine); the token is compared as SHA-256
+    digests with `hmac.compare_digest`, so the time taken reveals neither its content nor its length. A
+    missing, repeated or malformed header is refused.
+    """
+
+    def __init__(self, app: Any, token: str):
+        if not token:
+            raise ValueError("BearerAuth needs a non-empty token")
+        self.app = app
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    def authorized(self, scope: dict[str, Any]) -> bool:
+        values = _header_values(scope, b"authorization")
+        if len(values) != 1:
+            return False
+        scheme, sep, credentials = values[0].strip().partition(b" ")
+        credentials = credentials.lstrip(b" ")
+        if not sep or scheme.lower() != b"bearer" or not credentials:
+            return False
+        return hmac.compare_digest(hashlib.sha256(credentials).digest(), self._digest)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not self.authorized(scope):
+            await _refuse(
+                scope,
+                send,
+                401,
+                "unauthorized: send Authorization: Bearer <AGENTCACHE_AUTH_TOKEN>",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+def bind_refusal(settings: Settings) -> str | None:
+    """Why the HTTP transports must not start with these settings, or None: without a token, only a
+    loopback bind is allowed (Host/Origin checks then keep browsers' rebinding tricks out)."""
+    if not settings.auth_token and not is_loopback(settings.host):
+        return (
+            f"refusing to serve on non-loopback address {settings.host} without AGENTCACHE_AUTH_TOKEN set: "
+            "anyone who can reach it could read and delete memories"
+        )
+    return None
+
+
+def needs_host_check(settings: Settings) -> bool:
+    """Host/Origin checks apply on a loopback bind (always, token or not), without a token (which the CLI
+    allows only on loopback), and with a token on any other bind when allowed hosts are configured; a token
+    on a non-loopback bind with no allowed hosts is guarded by the token alone."""
+    return is_loopback(settings.host) or not settings.auth_token or bool(settings.allowed_hosts)
+
+
+def _bind_entries(host: str) -> list[str]:
+    """The bind address as an allowed-host entry, so clients may name the address they connect to; none for
+    a loopback bind (already accepted) or an unspecified one (`0.0.0.0`, `::` name no host)."""
+    if is_loopback(host):
+        return []
+    ip = _ip(host)
+    if ip is not None:
+        if ip.is_unspecified:
+            return []
+        return [f"[{ip}]" if ip.version == 6 else str(ip)]
+    return [host] if _HOSTNAME.fullmatch(host) else []
+
+
+def guard(asgi: Any, settings: Settings) -> Any:
+    """`asgi` behind the guards `settings` call for: Host/Origin first (outermost), then the bearer token."""
+    if settings.auth_token:
+        asgi = BearerAuth(asgi, settings.auth_token)
+    if needs_host_check(settings):
+        asgi = HostOriginGuard(asgi, [*_bind_entries(settings.host), *settings.allowed_hosts])
+    return asgi
