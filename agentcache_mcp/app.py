@@ -36,6 +36,7 @@ def open_memory(
             namespace=settings.namespace,
             max_text_bytes=settings.max_text_bytes,
             embed_batch_size=settings.embed_batch_size,
+            model_wait_s=settings.model_wait_s,
         ),
         policy=AutoForgetPolicy(
             duplicate_cosine=settings.duplicate_cosine,

@@ -11,27 +11,51 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.to_thread
 
 from . import __version__
-from .config import Settings
-from .transports import bind_refusal, guard, parse_allowed_host
+from .config import ConfigError, Settings
+from .transports import bind_refusal, guard
 
 log = logging.getLogger("agentcache_mcp")
 
 
+def _common_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> None:
+    """--db and --log-level, accepted before the subcommand and after it. The subcommand's copies default
+    to SUPPRESS, so they leave a value given before the subcommand alone unless given again (then they win)."""
+    parser.add_argument(
+        "--db",
+        default=argparse.SUPPRESS if subcommand else None,
+        metavar="PATH",
+        help="database file (default: $AGENTCACHE_DB, else the user data directory)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS if subcommand else "INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stderr log level (default INFO); DEBUG also shows the SDK's logs and one line per HTTP request",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentcache-mcp", description="Local-first memory server for MCP hosts.")
+    parser = argparse.ArgumentParser(
+        prog="agentcache-mcp",
+        description="Local-first memory server for MCP hosts. Without a subcommand: serve over stdio.",
+    )
     parser.add_argument("--version", action="version", version=f"agentcache-mcp {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _common_options(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the MCP server (default: stdio)")
+    _common_options(serve, subcommand=True)
     serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
     serve.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8765)")
+    # --port and --session-idle-timeout are strings here: Settings checks them with every other setting,
+    # so a bad value gets the same one-line error as a bad environment variable.
+    serve.add_argument("--port", default=None, metavar="PORT", help="HTTP port, 0..65535 (default 8765)")
     serve.add_argument(
         "--allowed-host",
         action="append",
@@ -40,24 +64,84 @@ def _parser() -> argparse.ArgumentParser:
         help="also accept this name in the Host/Origin headers, e.g. a reverse proxy's (repeatable; "
         "replaces $AGENTCACHE_ALLOWED_HOSTS)",
     )
-    serve.add_argument("--db", default=None, help="database file (default: $AGENTCACHE_DB or the user data dir)")
+    serve.add_argument(
+        "--stateful-http",
+        action="store_true",
+        default=None,
+        help="streamable HTTP: keep a session per client, closed after --session-idle-timeout idle seconds "
+        "(default: stateless, nothing kept between requests; $AGENTCACHE_STATEFUL_HTTP)",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="with --stateful-http: close a session idle this long (default 300; $AGENTCACHE_SESSION_IDLE_TIMEOUT_S)",
+    )
     stats = sub.add_parser("stats", help="print memory statistics as JSON")
-    stats.add_argument("--db", default=None)
+    _common_options(stats, subcommand=True)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment and the parsed flags (flags win); ValueError if invalid."""
+    """Settings from the environment and the parsed flags (flags win); ConfigError if any is invalid."""
     allowed = getattr(args, "allowed_host", None)
-    settings = Settings.from_env(
+    return Settings.from_env(
         db_path=getattr(args, "db", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         allowed_hosts=tuple(allowed) if allowed is not None else None,
+        stateful_http=getattr(args, "stateful_http", None),
+        session_idle_timeout_s=getattr(args, "session_idle_timeout", None),
     )
-    for entry in settings.allowed_hosts:
-        parse_allowed_host(entry)  # a typo must stop the start, not silently refuse every request later
+
+
+def _refuse_to_start(message: str) -> NoReturn:
+    """One line on stderr and exit 2 (a usage error): before anything is opened or any client served."""
+    print(f"agentcache-mcp: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _checked_settings(args: argparse.Namespace, command: str, transport: str) -> Settings:
+    """Every setting checked before the store is opened or a client served; on a bad one, `_refuse_to_start`."""
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        _refuse_to_start(f"invalid configuration: {exc}")
+    given_db = ("--db", args.db) if getattr(args, "db", None) else ("AGENTCACHE_DB", os.environ.get("AGENTCACHE_DB"))
+    if given_db[1] and not settings.db_path.parent.is_dir():
+        # the default location's directory is created; one the user named must exist (a typo is not a new home)
+        _refuse_to_start(
+            f"invalid configuration: {given_db[0]} {given_db[1]!r} is invalid: the directory "
+            f"{settings.db_path.parent} does not exist (create it, or name a file in an existing directory)"
+        )
+    if command == "serve" and transport != "streamable-http":
+        for flag in ("stateful_http", "session_idle_timeout"):
+            if getattr(args, flag, None) is not None:
+                option = "--" + flag.replace("_", "-")
+                _refuse_to_start(
+                    f"invalid configuration: {option} applies only to --transport streamable-http, "
+                    f"got --transport {transport}"
+                )
+    if command == "serve" and transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
+        _refuse_to_start(refusal)
     return settings
+
+
+QUIET_THIRD_PARTY = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the "Loading weights" bar sentence-transformers shows on load
+    "TQDM_DISABLE": "1",  # any other tqdm bar
+    "TRANSFORMERS_VERBOSITY": "error",  # transformers' advisory warnings
+}
+"""Environment defaults set before transformers can be imported: stderr is the host's log, not a terminal.
+A value the user set is kept."""
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The SDK logs an INFO line per streamable-HTTP session and per request; ours (transports.RequestLog)
+    # says the same at DEBUG. Below DEBUG the SDK keeps its warnings and errors only.
+    if level != "DEBUG":
+        logging.getLogger("mcp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,18 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     # machine (recall p50 went from 67 ms to 29 ms at 10k memories with one thread; bench/RESULTS.md). The
     # searches are matrix-vector products that gain nothing from more threads. Set before numpy loads.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    for name, value in QUIET_THIRD_PARTY.items():
+        os.environ.setdefault(name, value)
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log_level)
     command = args.command or "serve"
     transport = getattr(args, "transport", "stdio")
-    try:
-        settings = _settings(args)
-    except ValueError as exc:
-        sys.exit(f"agentcache-mcp: invalid configuration: {exc}")
-    if command == "serve" and transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
-        sys.exit(f"agentcache-mcp: {refusal}")
+    settings = _checked_settings(args, command, transport)
     from .memory.ports import StoreError
 
     try:
@@ -86,9 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         anyio.run(serve, settings, transport)
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")
-    if transport == "stdio":
-        # Shutdown is complete (embeddings flushed, WAL checkpointed, store closed). A stdin read abandoned by
-        # a signal may still block a worker thread, which would keep the interpreter from exiting: leave now.
+    if command == "serve":
+        # Shutdown is complete (access stats written, WAL checkpointed, store closed). Threads it abandoned (a
+        # stdin read, a model still loading, an embedding batch) would keep the interpreter waiting: leave now.
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -109,18 +189,34 @@ async def serve(settings: Settings, transport: str) -> None:
     from .server import build_server
     from .workers import open_app
 
-    async with open_app(settings) as app, anyio.create_task_group() as tg:
-        server = build_server(settings, app=app)
-        if transport == "stdio":
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope, None)
-            await _run_stdio(server)  # returns on stdin EOF
-        else:
-            uv = _http_server(server, settings, transport)
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv)
-            log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
-            await uv.serve()
-        tg.cancel_scope.cancel()
+    async with open_app(settings) as app:
+        async with anyio.create_task_group() as tg:
+            server = build_server(settings, app=app)
+            if transport == "stdio":
+                tg.start_soon(_cancel_on_signal, tg.cancel_scope, None)
+                await _run_stdio(server)  # returns on stdin EOF
+            else:
+                uv = _http_server(server, settings, transport)
+                tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv)
+                log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
+                await uv.serve()
+            tg.cancel_scope.cancel()
+        _hold_signals_during_shutdown()  # open_app's bounded shutdown runs next
     log.info("stopped")
+
+
+def _hold_signals_during_shutdown() -> None:
+    """Keep SIGTERM / SIGINT from killing the bounded shutdown that is already under way.
+
+    Hosts close stdin, wait about 2 s, then send SIGTERM. The signal receiver is gone by then (closing it
+    restores the default handlers), so without this a SIGTERM during the WAL checkpoint would kill us.
+    """
+
+    def note(signum: int, _frame: object) -> None:
+        log.info("received %s while shutting down; finishing the shutdown first", signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, note)
 
 
 async def _run_stdio(server: Any) -> None:
@@ -178,8 +274,14 @@ def _http_server(server: Any, settings: Settings, transport: str) -> Any:
             host=settings.host, max_request_body_size=settings.max_request_bytes, transport_security=sdk_security
         )
     else:
+        # Stateless by default: every request gets a fresh transport that ends with it, so nothing piles up
+        # per client (our tools need no session). --stateful-http keeps sessions, closed when idle.
         asgi = server.streamable_http_app(
-            host=settings.host, max_request_body_size=settings.max_request_bytes, transport_security=sdk_security
+            host=settings.host,
+            max_request_body_size=settings.max_request_bytes,
+            transport_security=sdk_security,
+            stateless_http=not settings.stateful_http,
+            session_idle_timeout=settings.session_idle_timeout_s,
         )
     asgi = guard(asgi, settings)
 

@@ -6,6 +6,7 @@ The model is loaded lazily in a worker thread (importing torch alone takes secon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -42,6 +43,11 @@ class Embedder(Protocol):
 
     def load(self) -> None:
         """Load the model (blocking); raises EmbeddingModelError."""
+        ...
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the model is loaded (starting the load if nobody has), at most `timeout` seconds;
+        True if embed() can now run without loading."""
         ...
 
     def embed(self, texts: list[str]) -> Vector:
@@ -92,6 +98,9 @@ class SentenceTransformerEmbedder:
         self._dim: int | None = None
         self._error: EmbeddingModelError | None = None
         self._lock = threading.Lock()
+        self._loading = False
+        self._settled = threading.Event()
+        """Set once a load finished, loaded or failed."""
 
     @property
     def ready(self) -> bool:
@@ -100,6 +109,27 @@ class SentenceTransformerEmbedder:
     @property
     def error(self) -> EmbeddingModelError | None:
         return self._error
+
+    @property
+    def state(self) -> str:
+        """'loaded', 'loading', 'failed' or 'not loaded'."""
+        if self._model is not None:
+            return "loaded"
+        if self._error is not None:
+            return "failed"
+        return "loading" if self._loading else "not loaded"
+
+    def wait_ready(self, timeout: float) -> bool:
+        if self._model is not None or self._error is not None:
+            return self._model is not None
+        if not self._loading:
+            threading.Thread(target=self._load_quietly, name="embedding model load", daemon=True).start()
+        self._settled.wait(timeout)
+        return self._model is not None
+
+    def _load_quietly(self) -> None:
+        with contextlib.suppress(EmbeddingModelError):  # kept in self.error; recall says keyword-only and why
+            self.load()
 
     @property
     def dim(self) -> int:
@@ -114,32 +144,38 @@ class SentenceTransformerEmbedder:
                 return
             if self._error is not None:
                 raise self._error
-            started = time.monotonic()
+            self._loading = True
             try:
-                if self.model_name == DEFAULT_MODEL:
-                    path = bundled_model_dir()
-                    verify_bundled_model(path)
-                    source = str(path)
-                else:
-                    source = self.model_name
-                from sentence_transformers import SentenceTransformer
+                self._load_locked()
+            finally:
+                self._loading = False
+                self._settled.set()
 
-                model = SentenceTransformer(source, device=self.device, local_files_only=True)
-            except EmbeddingModelError as exc:
-                self._error = exc
-                raise
-            except Exception as exc:  # anything the library raises: a missing path, bad config, no torch
-                self._error = EmbeddingModelError(f"cannot load embedding model {self.model_name!r}: {exc}")
-                raise self._error from exc
+    def _load_locked(self) -> None:
+        started = time.monotonic()
+        try:
+            if self.model_name == DEFAULT_MODEL:
+                path = bundled_model_dir()
+                verify_bundled_model(path)
+                source = str(path)
+            else:
+                source = self.model_name
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(source, device=self.device, local_files_only=True)
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             dim = get_dim()
             if dim is None:
                 raise EmbeddingModelError(f"embedding model {self.model_name!r} does not say its dimension")
-            self._dim = int(dim)
-            self._model = model
-            log.info(
-                "embedding model %s loaded in %.1f s (dim %d)", self.model_id, time.monotonic() - started, self._dim
-            )
+        except EmbeddingModelError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:  # anything the library raises: a missing path, bad config, no torch
+            self._error = EmbeddingModelError(f"cannot load embedding model {self.model_name!r}: {exc}")
+            raise self._error from exc
+        self._dim = int(dim)
+        self._model = model
+        log.info("embedding model %s loaded in %.1f s (dim %d)", self.model_id, time.monotonic() - started, self._dim)
 
     def embed(self, texts: list[str]) -> Vector:
         self.load()

@@ -1,4 +1,4 @@
-"""The MCP server: three tools and a stats resource, each a thin adapter over MemoryService.
+"""The MCP server: three tools and the browsing resources, each a thin adapter over MemoryService.
 
 `build_server(settings)` builds everything and imports nothing heavy, so a host's `initialize` and
 `tools/list` are answered while torch and the model load in the background.
@@ -7,7 +7,7 @@
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
@@ -17,8 +17,10 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .config import Settings
 from .embeddings import Embedder
+from .memory.model import Memory, iso
 from .memory.ports import StoreError
 from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput
+from .tool_arguments import check_arguments_humanely
 from .workers import App, open_app
 
 T = TypeVar("T")
@@ -47,11 +49,22 @@ class MemoryHit(BaseModel):
     importance: float
     metadata: dict[str, MetadataValue]
     created_at: str = Field(description="ISO 8601, UTC.")
+    updated_at: str = Field(description="When it was last remembered again (ISO 8601, UTC).")
+    expires_at: str | None = Field(description="When it will be forgotten (ISO 8601, UTC); null: never.")
     score: float = Field(description="Relevance; higher is better. Comparable within one result list only.")
 
 
 class RecallResult(BaseModel):
     results: list[MemoryHit]
+    retrieval: Literal["hybrid", "keyword"] = Field(
+        description="hybrid: ranked by meaning and keywords; keyword: by keywords only (see retrieval_note)."
+    )
+    retrieval_note: str | None = Field(default=None, description="Why the ranking was keyword-only.")
+
+
+class ForgetPreview(BaseModel):
+    id: str
+    preview: str = Field(description="The start of the memory's text.")
 
 
 class ForgetResult(BaseModel):
@@ -60,6 +73,30 @@ class ForgetResult(BaseModel):
     not_found: list[str] = Field(
         default_factory=list, description="Ids asked for that are not memories of this namespace; untouched."
     )
+    previews: list[ForgetPreview] = Field(
+        default_factory=list, description="With dry_run: each memory that would be deleted, with its text's start."
+    )
+
+
+NAMESPACE_PAGE = 50
+
+
+def memory_json(m: Memory) -> dict[str, Any]:
+    """A memory as the browsing resources show it: every field a person may want."""
+    return {
+        "id": m.id,
+        "namespace": m.namespace,
+        "text": m.text,
+        "tags": m.tags,
+        "importance": m.importance,
+        "metadata": m.metadata,
+        "created_at": iso(m.created_at),
+        "updated_at": iso(m.updated_at),
+        "last_accessed_at": None if m.last_accessed_at is None else iso(m.last_accessed_at),
+        "access_count": m.access_count,
+        "expires_at": None if m.expires_at is None else iso(m.expires_at),
+        "superseded_by": m.superseded_by,
+    }
 
 
 def _app(ctx: Context) -> App:
@@ -131,11 +168,19 @@ def build_server(
         metadata: Annotated[
             dict[str, MetadataValue], Field(description="Flat JSON object of strings, numbers and booleans.")
         ] = {},  # noqa: B006
+        supersedes: Annotated[
+            list[str],
+            Field(
+                description="Ids of memories (same namespace) this one corrects: they stop being recalled; "
+                "forgetting this one brings them back."
+            ),
+        ] = [],  # noqa: B006
     ) -> RememberResult:
         """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
-        outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory."""
+        outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory. To
+        correct a memory, remember the right version with supersedes=[the old id]."""
         result = await _call(
-            _app(ctx), _app(ctx).memory.remember, text, namespace, tags, importance, ttl_days, metadata
+            _app(ctx), _app(ctx).memory.remember, text, namespace, tags, importance, ttl_days, metadata, supersedes
         )
         return RememberResult.model_validate(result, from_attributes=True)
 
@@ -160,8 +205,12 @@ def build_server(
     ) -> RecallResult:
         """Search long-term memory, best match first. Ask about one thing at a time and include the names and
         specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
-        hits = await _call(_app(ctx), _app(ctx).memory.recall, query, namespace, tags, limit, since, until)
-        return RecallResult(results=[MemoryHit.model_validate(h, from_attributes=True) for h in hits])
+        outcome = await _call(_app(ctx), _app(ctx).memory.recall_outcome, query, namespace, tags, limit, since, until)
+        return RecallResult(
+            results=[MemoryHit.model_validate(h, from_attributes=True) for h in outcome.hits],
+            retrieval="hybrid" if outcome.retrieval == "hybrid" else "keyword",
+            retrieval_note=outcome.note,
+        )
 
     @server.tool(
         title="Forget",
@@ -187,7 +236,12 @@ def build_server(
         named namespace as a whole). A filter forget is a dry run unless dry_run=false: check the listed ids,
         then call again to delete. Ids that are not memories of the namespace are listed as not_found."""
         result = await _call(_app(ctx), _app(ctx).memory.forget, ids, namespace, tags, older_than_days, dry_run)
-        return ForgetResult.model_validate(result, from_attributes=True)
+        return ForgetResult(
+            deleted=result.deleted,
+            dry_run=result.dry_run,
+            not_found=result.not_found,
+            previews=[ForgetPreview(id=i, preview=p) for i, p in result.previews],
+        )
 
     @server.resource(
         "agentcache://stats",
@@ -209,4 +263,46 @@ def build_server(
         }
         return json.dumps(data, indent=2)
 
+    @server.resource(
+        "agentcache://memory/{memory_id}",
+        name="memory",
+        title="A memory",
+        description="One memory by id, with every field (any namespace).",
+        mime_type="application/json",
+    )
+    async def memory(memory_id: str, ctx: Context) -> str:
+        found = await _read(_app(ctx), _app(ctx).memory.get, memory_id)
+        if found is None:
+            raise ResourceError(f"no memory with id {memory_id!r}")
+        return json.dumps(memory_json(found), indent=2, ensure_ascii=False)
+
+    @server.resource(
+        "agentcache://namespace/{name}{?before}",
+        name="namespace",
+        title="A namespace's memories",
+        description=f"A namespace's memories, newest first, {NAMESPACE_PAGE} a page; `next` reads the next page.",
+        mime_type="application/json",
+    )
+    async def namespace(name: str, ctx: Context, before: str | None = None) -> str:
+        page = await _read(_app(ctx), _app(ctx).memory.recent, name, NAMESPACE_PAGE, before)
+        more = len(page) == NAMESPACE_PAGE
+        return json.dumps(
+            {
+                "namespace": name,
+                "memories": [memory_json(m) for m in page],
+                "next": f"agentcache://namespace/{name}?before={page[-1].id}" if more else None,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+
+    check_arguments_humanely(server)
     return server
+
+
+async def _read(app: App, fn: Callable[..., T], *args: Any) -> T:
+    """Resource reads: expected refusals become ResourceError with the reason."""
+    try:
+        return await app.run(fn, *args)
+    except (InvalidInput, StoreError) as exc:
+        raise ResourceError(str(exc)) from None

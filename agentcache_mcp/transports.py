@@ -8,6 +8,8 @@
 - `BearerAuth`: `Authorization: Bearer <token>` (scheme case-insensitive, token compared in constant time).
 - `guard(asgi, settings)`: wraps an app in the guards the settings call for. Both transports go through
   it, and the guards see every HTTP and WebSocket request, so a route added later is covered too.
+- `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
+- `bind_host_problem(host)`: the start-up check of `--host`.
 
 The SDK has its own Host/Origin check, but it fires only when the bind address is one of three exact
 strings and matches a fixed list of host strings, so it cannot be the guarantee; `guard` is.
@@ -21,6 +23,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,6 +104,15 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
             raise ValueError(f"bad port in {authority!r}")
         port = int(digits)
     return _canonical(name), port
+
+
+def bind_host_problem(host: str) -> str | None:
+    """Why `host` cannot be a bind address, or None: an IP address (IPv6 without brackets) or a host name."""
+    if _ip(host) is not None or _HOSTNAME.fullmatch(host):
+        return None
+    if host.startswith("[") and host.endswith("]") and _ip(host[1:-1]) is not None:
+        return f"write an IPv6 address without brackets, e.g. {host[1:-1]}"
+    return "expected an IP address (IPv6 without brackets) or a host name, e.g. 127.0.0.1, ::1, localhost"
 
 
 def parse_allowed_host(entry: str) -> tuple[str, int | None]:
@@ -274,10 +286,47 @@ def _bind_entries(host: str) -> list[str]:
     return [host] if _HOSTNAME.fullmatch(host) else []
 
 
+class RequestLog:
+    """ASGI middleware: one DEBUG line per HTTP request when it ends, `METHOD PATH STATUS (SECONDS s)`.
+
+    Outermost, so refused requests are logged too. The SDK's own per-session and per-request INFO lines
+    are turned down by the CLI unless --log-level DEBUG; this line is what remains at DEBUG. A request
+    that ends without a response (client gone) logs status `-`.
+    """
+
+    def __init__(self, app: Any, logger: logging.Logger = log):
+        self.app = app
+        self.log = logger
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.log.isEnabledFor(logging.DEBUG):
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def watch(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self.log.debug(
+                "%s %s %s (%.3f s)",
+                scope.get("method", "?"),
+                scope.get("path", ""),
+                status[0] if status else "-",
+                time.perf_counter() - start,
+            )
+
+
 def guard(asgi: Any, settings: Settings) -> Any:
-    """`asgi` behind the guards `settings` call for: Host/Origin first (outermost), then the bearer token."""
+    """`asgi` behind the guards `settings` call for: Host/Origin first, then the bearer token; the
+    request log outermost."""
     if settings.auth_token:
         asgi = BearerAuth(asgi, settings.auth_token)
     if needs_host_check(settings):
         asgi = HostOriginGuard(asgi, [*_bind_entries(settings.host), *settings.allowed_hosts])
-    return asgi
+    return RequestLog(asgi)

@@ -26,6 +26,7 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
+from . import __version__
 from .app import open_memory
 from .config import Settings
 from .embeddings import Embedder, EmbeddingModelError
@@ -52,8 +53,14 @@ class App:
     last_sweep: dict[str, Any] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking engine work in a worker thread, off the event loop."""
+        """Run quick blocking work (a transaction) in a worker thread; a cancel waits for it to finish."""
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def run_abandonable(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run slow blocking work (loading the model, embedding, a sweep, loading vectors) in a worker thread
+        that a cancel abandons, so shutdown never waits for it. Such work must leave the store consistent
+        wherever it is cut off: each of its writes is one transaction."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
 
     def wake_embedder(self) -> None:
         self.embed_wakeup.set()
@@ -63,7 +70,7 @@ class App:
     async def index_sync(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            report = await self.run(self.memory.verify_index)
+            report = await self.run_abandonable(self.memory.verify_index)
             log.info(
                 "index sync: %d memories, %d vectors loaded, %d waiting for embeddings%s (%.2f s)",
                 report.memories,
@@ -74,11 +81,17 @@ class App:
             )
         except Exception:
             log.exception("index sync check failed; recall uses what is loaded")
+
+    async def model_loader(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Load the embedding model from the start, beside the index sync; a shutdown abandons the load."""
+        task_status.started()
+        started = time.monotonic()
         try:
-            await self.run(self.memory.embedder.load)
+            await self.run_abandonable(self.memory.embedder.load)
         except EmbeddingModelError as exc:
-            log.error("%s -- recall continues by keyword only", exc)
+            log.error("%s -- recall continues by keyword only, and says so", exc)
             return
+        log.info("embedding model ready %.1f s after start", time.monotonic() - started)
         self.wake_embedder()
 
     async def embedding_writer(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -97,14 +110,24 @@ class App:
                 log.exception("embedding batch failed; the rows stay pending and are retried")
                 await anyio.sleep(1.0)
 
+    async def embed_one_batch(self, after_key: int = 0) -> tuple[int, int]:
+        """Embed the next pending batch after after_key: (rows written, last key seen; 0 if none pending).
+        The model runs abandonably (a shutdown does not wait for it); the write is one quick transaction."""
+        batch = await self.run(self.memory.embedding_batch, after_key)
+        if not batch:
+            return 0, 0
+        vectors = await self.run_abandonable(self.memory.embedder.embed, [text for _, text, _ in batch])
+        written = await self.run(self.memory.store_embeddings, batch, vectors)
+        return written, batch[-1][0]
+
     async def _embed_backlog(self) -> None:
         """Embed until nothing is pending; a large backlog (a rebuild) logs its progress every few seconds."""
         backlog = await self.run(self.memory.pending_embeddings)
-        done = 0
+        done = after = 0
         started = last_log = time.monotonic()
         while True:
-            written = await self.run(self.memory.embed_pending, max_batches=1)
-            if not written:
+            written, after = await self.embed_one_batch(after)
+            if not after:
                 break
             done += written
             if time.monotonic() - last_log >= PROGRESS_LOG_S:
@@ -142,7 +165,7 @@ class App:
         """One auto-forget sweep; a failure is logged and the next interval tries again."""
         started = time.monotonic()
         try:
-            report = await self.run(self.memory.auto_forget)
+            report = await self.run_abandonable(self.memory.auto_forget)
             await self.run(self.memory.backend.maintenance)
         except Exception:
             log.exception("auto-forget sweep failed; retrying next interval")
@@ -153,27 +176,36 @@ class App:
 
     # -- shutdown
 
-    async def flush(self, timeout_s: float) -> int:
-        """Embed what is pending, batch by batch, until done or the time is up; returns rows written."""
-        deadline = time.monotonic() + timeout_s
-        written = 0
+    async def flush(self) -> int:
+        """Embed what is pending, batch by batch, until done or cancelled; returns rows written."""
         if not self.memory.embedder.ready:
-            return 0  # loading the model now could take longer than the bound; the next start does it
-        while time.monotonic() < deadline:
-            n = await self.run(self.memory.embed_pending, max_batches=1)
-            if not n:
-                break
+            return 0  # loading the model now would take longer than the bound; the next start does it
+        written = after = 0
+        while True:
+            n, after = await self.embed_one_batch(after)
+            if not after:
+                return written
             written += n
-        return written
 
 
 @asynccontextmanager
 async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> AsyncIterator[App]:
     """The composition root: open the store, start the workers, and shut all down in order."""
     memory = open_memory(settings, embedder=embedder)
+    described = memory.backend.describe()
+    log.info(
+        "agentcache-mcp %s: %s store %s (schema %s); embedding model %s: %s, loading in the background",
+        __version__,
+        described.get("backend"),
+        described.get("db_path"),
+        described.get("schema_version"),
+        memory.embedder.model_id,
+        getattr(memory.embedder, "state", "ready" if memory.embedder.ready else "not loaded"),
+    )
     app = App(settings, memory)
     try:
         async with anyio.create_task_group() as tg:
+            await tg.start(app.model_loader)
             await tg.start(app.index_sync)
             await tg.start(app.embedding_writer)
             await tg.start(app.access_flush_loop)
@@ -188,17 +220,21 @@ async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> A
 
 
 async def _shutdown(app: App) -> None:
+    """Bounded: embed what fits in shutdown_flush_timeout_s (the rest stays pending for the next start), then
+    write the access stats, checkpoint the WAL and close. Work still running in abandoned threads (a model
+    load, an embedding batch, a sweep) is not waited for; each of its writes is a transaction."""
     settings = app.settings
     with anyio.CancelScope(shield=True):
+        written = 0
         try:
-            with anyio.move_on_after(settings.shutdown_flush_timeout_s + 5):
-                written = await app.flush(settings.shutdown_flush_timeout_s)
-                pending = await app.run(app.memory.pending_embeddings)
-                log.info("shutdown: flushed %d embeddings, %d left for the next start", written, pending)
+            with anyio.move_on_after(settings.shutdown_flush_timeout_s):
+                written = await app.flush()
         except Exception:
-            log.exception("flushing embeddings at shutdown failed; they stay pending")
+            log.exception("embedding at shutdown failed; the rows stay pending")
         try:
-            with anyio.move_on_after(10):
+            with anyio.move_on_after(5):
+                pending = await app.run(app.memory.pending_embeddings)
+                log.info("shutdown: embedded %d memories, %d left for the next start", written, pending)
                 await app.run(app.memory.close)
         except Exception:
             log.exception("closing the store failed")

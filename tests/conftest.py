@@ -38,6 +38,9 @@ class HashEmbedder:
     def load(self) -> None:
         pass
 
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
     def embed(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
         out = np.zeros((len(texts), self._dim), dtype=np.float32)

@@ -186,7 +186,9 @@ def test_non_loopback_bind_without_token_is_refused(host: str) -> None:
         cli._http_server(MCPServer("t"), Settings(host=host), "streamable-http")
 
 
-def test_cli_refuses_non_loopback_bind_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_refuses_non_loopback_bind_without_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("AGENTCACHE_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("AGENTCACHE_ALLOWED_HOSTS", raising=False)
 
@@ -197,7 +199,8 @@ def test_cli_refuses_non_loopback_bind_without_token(monkeypatch: pytest.MonkeyP
     for transport in ("sse", "streamable-http"):
         with pytest.raises(SystemExit) as exc:
             cli.main(["serve", "--transport", transport, "--host", "0.0.0.0"])
-        assert "refusing to serve on non-loopback address 0.0.0.0" in str(exc.value.code)
+        assert exc.value.code == 2
+        assert "refusing to serve on non-loopback address 0.0.0.0" in capsys.readouterr().err
 
 
 # --- 1. DNS rebinding: Host and Origin on a loopback bind without a token ---------------------------------
@@ -413,13 +416,16 @@ def test_allowed_hosts_env_var_is_comma_separated(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("entry", ["http://mem.example.com", "mem.example.com/mcp", "host:port", "[::1", "*", "a b"])
-def test_invalid_allowed_host_stops_the_start(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+def test_invalid_allowed_host_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], entry: str
+) -> None:
     monkeypatch.delenv("AGENTCACHE_ALLOWED_HOSTS", raising=False)
     with pytest.raises(ValueError, match="NAME"):
         parse_allowed_host(entry)
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", "--transport", "sse", "--allowed-host", entry])
-    assert "invalid configuration" in str(exc.value.code)
+    assert exc.value.code == 2
+    assert f"invalid configuration: --allowed-host {entry!r} is invalid" in capsys.readouterr().err
 
 
 def test_token_on_non_loopback_bind_without_allowed_hosts_is_guarded_by_the_token() -> None:

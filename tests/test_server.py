@@ -57,7 +57,10 @@ async def test_tools_are_listed_with_schemas_and_annotations(client: Client) -> 
         "importance",
         "ttl_days",
         "metadata",
+        "supersedes",
     }
+    for tool in tools.values():
+        assert tool.input_schema["additionalProperties"] is False
     assert set(tools["recall"].input_schema["properties"]) == {"query", "namespace", "tags", "limit", "since", "until"}
     assert set(tools["forget"].input_schema["properties"]) == {
         "ids",
@@ -79,13 +82,31 @@ async def test_remember_recall_forget_round_trip(client: Client) -> None:
     found = await call(client, "recall", query="Which editor does Alice use?")
     [hit] = found["results"]
     assert hit["id"] == r["id"] and hit["tags"] == ["editor"] and hit["metadata"] == {"src": "chat"}
-    assert set(hit) == {"id", "text", "namespace", "tags", "importance", "metadata", "created_at", "score"}
+    assert set(hit) == {
+        "id",
+        "text",
+        "namespace",
+        "tags",
+        "importance",
+        "metadata",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "score",
+    }
+    assert hit["expires_at"] is None and hit["updated_at"] >= hit["created_at"]
+    assert found["retrieval"] == "hybrid" and found["retrieval_note"] is None
 
     preview = await call(client, "forget", namespace="proj", tags=["editor"])
-    assert preview == {"deleted": [r["id"]], "dry_run": True, "not_found": []}
+    assert preview == {
+        "deleted": [r["id"]],
+        "dry_run": True,
+        "not_found": [],
+        "previews": [{"id": r["id"], "preview": "Alice uses vim with the gruvbox theme"}],
+    }
     assert len((await call(client, "recall", query="editor Alice"))["results"]) == 1
     gone = await call(client, "forget", ids=[r["id"]])
-    assert gone == {"deleted": [r["id"]], "dry_run": False, "not_found": []}
+    assert gone == {"deleted": [r["id"]], "dry_run": False, "not_found": [], "previews": []}
     assert (await call(client, "recall", query="editor Alice"))["results"] == []
 
 
@@ -113,6 +134,14 @@ async def test_namespaces_are_isolated_over_the_protocol(client: Client) -> None
         ("forget", {}, "needs ids"),
         ("forget", {"ids": "notalist"}, "ids"),
         ("nosuchtool", {}, "nosuchtool"),
+        ("remember", {"text": "ok", "importance": "high"}, "argument 'importance' must be a number; got 'high' (a string)"),
+        ("remember", {"text": "ok", "priority": "high"}, "unknown argument 'priority'; it accepts importance,"),
+        ("remember", {"importance": 0.5}, "argument 'text' is required"),
+        ("remember", {"text": "ok", "tags": "a"}, "argument 'tags' must be a list; got 'a' (a string)"),
+        ("remember", {"text": "ok", "tags": ["a", 3]}, "argument 'tags[1]' must be a string; got 3 (a number)"),
+        ("recall", {"query": "x", "limit": "ten"}, "argument 'limit' must be a whole number; got 'ten'"),
+        ("forget", {"ids": ["x"], "dry_run": "maybe"}, "argument 'dry_run' must be true or false"),
+        ("remember", {"text": "ok", "supersedes": ["NOSUCHID"]}, "supersedes names NOSUCHID"),
     ],
 )
 async def test_bad_input_is_a_clear_tool_error_and_the_server_stays_up(
@@ -120,7 +149,7 @@ async def test_bad_input_is_a_clear_tool_error_and_the_server_stays_up(
 ) -> None:
     message = await error(client, tool, **args)
     assert fragment in message
-    assert "Traceback" not in message
+    assert "Traceback" not in message and "pydantic" not in message and "http" not in message
     # still serving
     await call(client, "remember", text="still alive")
 
@@ -132,3 +161,51 @@ async def test_stats_resource(client: Client) -> None:
     stats = json.loads(result.contents[0].text)  # type: ignore[union-attr]
     assert stats["memories"] == 2 and stats["namespaces"] == {"a": 1, "b": 1}
     assert {"pending_embeddings", "embedding_model", "db_path", "index"} <= set(stats)
+
+
+async def test_remember_supersedes_corrects_a_memory_and_forgetting_the_correction_restores_it(
+    client: Client,
+) -> None:
+    old = (await call(client, "remember", text="The team standup is at 9:30 in room Hopper"))["id"]
+    new = (await call(client, "remember", text="The team standup moved to 10:00 in room Lovelace", supersedes=[old]))[
+        "id"
+    ]
+    found = [h["id"] for h in (await call(client, "recall", query="When and where is the team standup?"))["results"]]
+    assert found == [new]
+    await call(client, "forget", ids=[new])
+    found = [h["id"] for h in (await call(client, "recall", query="When and where is the team standup?"))["results"]]
+    assert found == [old]
+
+
+async def test_supersedes_refuses_ids_of_another_namespace_and_stores_nothing(client: Client) -> None:
+    theirs = (await call(client, "remember", text="their standup time", namespace="other"))["id"]
+    message = await error(client, "remember", text="our standup time is noon", supersedes=[theirs])
+    assert f"supersedes names {theirs}" in message and "nothing was stored" in message
+    assert (await call(client, "recall", query="standup noon"))["results"] == []
+    found = await call(client, "recall", query="their standup", namespace="other")
+    assert [h["id"] for h in found["results"]] == [theirs]
+
+
+async def test_memory_and_namespace_resources_browse_the_store(client: Client) -> None:
+    ids = [(await call(client, "remember", text=f"browsable note number {i}", tags=["b"]))["id"] for i in range(55)]
+    one = json.loads((await client.read_resource(f"agentcache://memory/{ids[3]}")).contents[0].text)  # type: ignore[union-attr]
+    assert one["id"] == ids[3] and one["text"] == "browsable note number 3" and one["namespace"] == "proj"
+    assert {"created_at", "updated_at", "expires_at", "access_count", "superseded_by", "tags"} <= set(one)
+
+    templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+    assert {"agentcache://memory/{memory_id}", "agentcache://namespace/{name}{?before}"} <= templates
+    first = json.loads((await client.read_resource("agentcache://namespace/proj")).contents[0].text)  # type: ignore[union-attr]
+    assert [m["id"] for m in first["memories"]] == ids[::-1][:50]  # newest first
+    second = json.loads((await client.read_resource(first["next"])).contents[0].text)  # type: ignore[union-attr]
+    assert [m["id"] for m in second["memories"]] == ids[::-1][50:] and second["next"] is None
+    empty = json.loads((await client.read_resource("agentcache://namespace/nobody")).contents[0].text)  # type: ignore[union-attr]
+    assert empty == {"namespace": "nobody", "memories": [], "next": None}
+
+
+async def test_unknown_memory_resource_is_a_clear_error(client: Client) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    with pytest.raises(MCPError, match="no memory with id 'NOPE'"):
+        await client.read_resource("agentcache://memory/NOPE")
+    with pytest.raises(MCPError, match="namespace"):
+        await client.read_resource("agentcache://namespace/bad%20name")

@@ -57,10 +57,10 @@ def forget(
         if tags or older_than_days is not None:
             raise InvalidInput("forget takes either ids or a filter (tags, older_than_days), not both")
         where = MemoryFilter(namespace=namespace, ids=tuple(ids))
-        dry = bool(dry_run)
-        deleted = [m.id for m in memories.find(where)] if dry else memories.delete(where)
-        found = set(deleted)
-        return ForgetResult(deleted, dry, [i for i in ids if i not in found])
+        result = _preview(memories, where) if dry_run else ForgetResult(memories.delete(where), False)
+        found = set(result.deleted)
+        result.not_found = [i for i in ids if i not in found]
+        return result
     if not namespace_given and not tags and older_than_days is None:
         raise InvalidInput(
             "forget needs ids, or a filter: tags, older_than_days, or namespace (to forget a whole namespace)"
@@ -70,10 +70,23 @@ def forget(
         tags=tuple(tags),
         created_before=None if older_than_days is None else now - older_than_days * DAY,
     )
-    dry = True if dry_run is None else bool(dry_run)
-    if dry:
-        return ForgetResult([m.id for m in memories.find(where)], True)
+    if dry_run is None or dry_run:
+        return _preview(memories, where)
     return ForgetResult(memories.delete(where), False)
+
+
+PREVIEW_CHARS = 80
+
+
+def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """The start of a memory's text on one line, for a person checking what a forget would delete."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def _preview(memories: MemoryRepository, where: MemoryFilter) -> ForgetResult:
+    found = memories.find(where)
+    return ForgetResult([m.id for m in found], True, previews=[(m.id, preview(m.text)) for m in found])
 
 
 @dataclass(slots=True, frozen=True)

@@ -56,6 +56,8 @@ class NewMemory:
     metadata: dict[str, MetadataValue]
     created_at: float
     expires_at: float | None
+    supersedes: tuple[str, ...] = ()
+    """Ids of memories of the same namespace this one replaces (a correction)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,7 +121,18 @@ class Hit:
     importance: float
     metadata: dict[str, Any]
     created_at: str
+    updated_at: str
+    expires_at: str | None
     score: float
+
+
+@dataclass(slots=True)
+class RecallOutcome:
+    hits: list[Hit]
+    retrieval: str
+    """'hybrid' (keywords and vectors) or 'keyword' (keywords only)."""
+    note: str | None = None
+    """Why recall was keyword-only, when it was."""
 
 
 @dataclass(slots=True)
@@ -135,6 +148,8 @@ class ForgetResult:
     """The ids deleted, or with dry_run the ids that would be."""
     dry_run: bool
     not_found: list[str] = field(default_factory=list)
+    previews: list[tuple[str, str]] = field(default_factory=list)
+    """With dry_run: (id, the start of its text) of each memory that would be deleted."""
     """Ids asked for that are not memories of this namespace (deleted already, never existed, or another
     namespace's): nothing was done to them."""
 

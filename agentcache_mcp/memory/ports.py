@@ -35,13 +35,22 @@ class StoreFullError(StoreError):
     """The disk (or a configured size limit) is full; nothing was written."""
 
 
+class UnknownMemories(LookupError):
+    """Ids a write refers to that are not memories of its namespace; nothing was written."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
 class MemoryRepository(Protocol):
     """The memories themselves: the source of truth."""
 
     def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
         """Insert `new`; if the namespace already holds the same content hash, apply `merge(existing, new)` to
         it instead, in the same transaction. Returns the stored memory and whether it was merged. `merge` may
-        raise (InvalidInput): then nothing is written."""
+        raise (InvalidInput): then nothing is written. The memories `new.supersedes` names (in the namespace)
+        are marked superseded by the stored one in the same transaction; UnknownMemories if any is missing."""
         ...
 
     def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
@@ -52,6 +61,10 @@ class MemoryRepository(Protocol):
 
     def find(self, where: MemoryFilter) -> list[Memory]:
         """Every memory matching the filter, oldest first."""
+        ...
+
+    def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
+        """A page of the namespace's memories, newest first, older than before_key if given."""
         ...
 
     def delete(self, where: MemoryFilter) -> list[str]:

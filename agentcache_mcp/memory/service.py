@@ -24,12 +24,13 @@ from .model import (
     MemoryFilter,
     MemoryUpdate,
     NewMemory,
+    RecallOutcome,
     RememberResult,
     content_hash,
     iso,
     new_id,
 )
-from .ports import StorageBackend, Vector
+from .ports import StorageBackend, UnknownMemories, Vector
 from .recall import RecallRequest
 from .recall import recall as run_recall
 from .validation import (
@@ -57,6 +58,9 @@ class ServiceLimits:
     """The namespace of every call that names none."""
     max_text_bytes: int = 32 * 1024
     embed_batch_size: int = 64
+    model_wait_s: float = 30.0
+    """How long a recall waits for the embedding model to finish loading before it answers by keyword only
+    (and says so)."""
 
 
 @dataclass(slots=True)
@@ -132,13 +136,17 @@ class MemoryService:
         importance: float = 0.5,
         ttl_days: float | None = None,
         metadata: dict[str, Any] | None = None,
+        supersedes: list[str] | None = None,
     ) -> RememberResult:
+        """Store a memory. `supersedes`: ids of memories of the same namespace this one corrects; they stop
+        coming back from recall, and forgetting this one brings them back."""
         text = validate_text(text, self.limits.max_text_bytes)
         namespace = self._namespace(namespace)
         clean_tags = validate_tags(tags)
         importance = validate_importance(importance)
         ttl = validate_positive_days(ttl_days, "ttl_days")
         clean_metadata = validate_metadata(metadata)
+        replaced = tuple(validate_ids(supersedes, "supersedes"))
         now = time.time()
         new = NewMemory(
             id=new_id(),
@@ -150,8 +158,15 @@ class MemoryService:
             metadata=clean_metadata,
             created_at=now,
             expires_at=None if ttl is None else now + ttl * DAY,
+            supersedes=replaced,
         )
-        stored, merged = self.backend.memories.remember(new, merge_remembered)
+        try:
+            stored, merged = self.backend.memories.remember(new, merge_remembered)
+        except UnknownMemories as exc:
+            raise InvalidInput(
+                f"supersedes names {', '.join(exc.ids)}, which are not memories of namespace {namespace!r}; "
+                "nothing was stored"
+            ) from None
         if not merged:
             for callback in self.on_remember:
                 callback()
@@ -171,6 +186,23 @@ class MemoryService:
         fusion: FusionParams | None = None,
         touch: bool = True,
     ) -> list[Hit]:
+        """The best memories for a query; see recall_outcome for which retrievers served it."""
+        return self.recall_outcome(query, namespace, tags, limit, since, until, fusion=fusion, touch=touch).hits
+
+    def recall_outcome(
+        self,
+        query: str,
+        namespace: str | None = None,
+        tags: list[str] | None = None,
+        limit: int = 10,
+        since: object = None,
+        until: object = None,
+        *,
+        fusion: FusionParams | None = None,
+        touch: bool = True,
+    ) -> RecallOutcome:
+        """Recall, and say whether vectors took part ('hybrid') or not ('keyword', with the reason). While the
+        embedding model loads, a recall waits for it up to model_wait_s rather than silently dropping vectors."""
         query = validate_query(query, self.limits.max_text_bytes)
         namespace = self._namespace(namespace)
         now = time.time()
@@ -183,19 +215,31 @@ class MemoryService:
         )
         request = RecallRequest(query, where, validate_limit(limit))
         fusion = fusion or self.fusion
-        query_vector = self._query_vector(query) if fusion.method != "keyword" else None
+        query_vector: Vector | None = None
+        note: str | None = "keyword-only ranking was asked for"
+        if fusion.method != "keyword":
+            query_vector, note = self._query_vector(query)
         ranked = run_recall(self.backend, request, query_vector, fusion)
         if touch and ranked:
             self._record_access([m.key for m, _ in ranked], now)
-        return [_hit(m, score) for m, score in ranked]
+        return RecallOutcome(
+            [_hit(m, score) for m, score in ranked], "keyword" if query_vector is None else "hybrid", note
+        )
 
-    def _query_vector(self, query: str) -> Vector | None:
-        if not self.embedder.ready:
-            return None  # the model is still loading (or failed): keyword results only
+    def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
+        """The query's embedding, or None and why not."""
+        if not self.embedder.wait_ready(self.limits.model_wait_s):
+            error = getattr(self.embedder, "error", None)
+            if error is not None:
+                return None, f"the embedding model is unavailable ({error}); keyword search only"
+            return (
+                None,
+                f"the embedding model was still loading after {self.limits.model_wait_s:g} s; keyword search only",
+            )
         try:
-            return self.embedder.embed([query])[0]
-        except EmbeddingModelError:
-            return None
+            return self.embedder.embed([query])[0], None
+        except EmbeddingModelError as exc:
+            return None, f"the embedding model failed ({exc}); keyword search only"
 
     def _record_access(self, keys: list[int], now: float) -> None:
         """Access stats are buffered and written by the background flush: a recall never waits on a disk sync."""
@@ -222,8 +266,22 @@ class MemoryService:
 
     # -- read one / browse
 
-    def get(self, ids: list[str], namespace: str | None = None) -> list[Memory]:
-        return self.backend.memories.get(self._namespace(namespace), validate_ids(ids))
+    def get(self, memory_id: str) -> Memory | None:
+        """One memory by id, in whichever namespace it is (for people browsing: hosts' resource views)."""
+        [checked] = validate_ids([memory_id])
+        found = self.backend.memories.get(None, [checked])
+        return found[0] if found else None
+
+    def recent(self, namespace: str, limit: int = 50, before: str | None = None) -> list[Memory]:
+        """A page of a namespace's memories, newest first; `before`: the id the previous page ended with."""
+        namespace = validate_namespace(namespace)
+        before_key = None
+        if before is not None:
+            anchor = self.backend.memories.get(namespace, validate_ids([before], "before"))
+            if not anchor:
+                raise InvalidInput(f"no memory {before!r} in namespace {namespace!r} to page from")
+            before_key = anchor[0].key
+        return self.backend.memories.recent(namespace, validate_limit(limit), before_key)
 
     # -- forget
 
@@ -259,23 +317,29 @@ class MemoryService:
 
     # -- embeddings and the vector index
 
-    def embed_pending(self, batch_size: int | None = None, max_batches: int | None = None) -> int:
-        """Embed memories that have no vector from the current model; returns how many were written."""
-        batch_size = batch_size or self.limits.embed_batch_size
-        model_id = self.embedder.model_id
-        written = batches = after = 0
-        while max_batches is None or batches < max_batches:
-            pending = self.backend.embeddings.pending(model_id, batch_size, after)
-            if not pending:
-                break
-            vectors = self.embedder.embed([text for _, text, _ in pending])
-            written += self.backend.embeddings.write(
-                model_id, [(key, digest, v) for (key, _, digest), v in zip(pending, vectors, strict=True)]
-            )
-            after = pending[-1][0]
-            batches += 1
+    def embedding_batch(self, after_key: int = 0, size: int | None = None) -> list[tuple[int, str, str]]:
+        """The next (key, text, content_hash) memories with no vector from the current model."""
+        return self.backend.embeddings.pending(self.embedder.model_id, size or self.limits.embed_batch_size, after_key)
+
+    def store_embeddings(self, batch: list[tuple[int, str, str]], vectors: Vector) -> int:
+        """Store the vectors of a batch from embedding_batch; returns how many were written."""
+        written = self.backend.embeddings.write(
+            self.embedder.model_id, [(key, digest, v) for (key, _, digest), v in zip(batch, vectors, strict=True)]
+        )
         if written:
             self.backend.vectors.refresh()
+        return written
+
+    def embed_pending(self, batch_size: int | None = None, max_batches: int | None = None) -> int:
+        """Embed memories that have no vector from the current model; returns how many were written."""
+        written = batches = after = 0
+        while max_batches is None or batches < max_batches:
+            batch = self.embedding_batch(after, batch_size)
+            if not batch:
+                break
+            written += self.store_embeddings(batch, self.embedder.embed([text for _, text, _ in batch]))
+            after = batch[-1][0]
+            batches += 1
         return written
 
     def pending_embeddings(self) -> int:
@@ -351,5 +415,7 @@ def _hit(memory: Memory, score: float) -> Hit:
         importance=memory.importance,
         metadata=memory.metadata,
         created_at=iso(memory.created_at),
+        updated_at=iso(memory.updated_at),
+        expires_at=None if memory.expires_at is None else iso(memory.expires_at),
         score=round(float(score), 6),
     )

@@ -165,17 +165,17 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
     return out
 
 
-def validate_ids(ids: object) -> list[str]:
+def validate_ids(ids: object, name: str = "ids") -> list[str]:
     """A list of memory ids, duplicates dropped, order kept."""
     if ids is None:
         return []
     if isinstance(ids, str) or not isinstance(ids, list | tuple):
-        raise InvalidInput("ids must be a list of memory ids")
+        raise InvalidInput(f"{name} must be a list of memory ids")
     if len(ids) > MAX_IDS:
-        raise InvalidInput(f"at most {MAX_IDS} ids per call, got {len(ids)}")
+        raise InvalidInput(f"at most {MAX_IDS} {name} per call, got {len(ids)}")
     for memory_id in ids:
         if not isinstance(memory_id, str) or not memory_id or len(memory_id) > MAX_ID_CHARS or "\x00" in memory_id:
-            raise InvalidInput(f"not a memory id: {str(memory_id)[:70]!r}")
+            raise InvalidInput(f"{name}: not a memory id: {str(memory_id)[:70]!r}")
     return list(dict.fromkeys(ids))
 
 

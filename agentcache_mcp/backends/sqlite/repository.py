@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...memory.model import Memory, MemoryFilter, NewMemory
-from ...memory.ports import Merge, Vector
+from ...memory.ports import Merge, UnknownMemories, Vector
 from .connection import Connection, Database, chunks
 
 _COLUMNS = (
@@ -112,9 +112,9 @@ class SqliteMemories:
                         new.expires_at,
                     ),
                 )
-                return _memory(
-                    db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.id = ?", (new.id,)).fetchone()
-                ), False
+                stored = _memory(db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.id = ?", (new.id,)).fetchone())
+                self._supersede_by(db, stored, new.supersedes)
+                return stored, False
             existing = _memory(row)
             update = merge(existing, new)
             db.execute(
@@ -130,11 +130,27 @@ class SqliteMemories:
                     existing.key,
                 ),
             )
-            return _memory(
+            stored = _memory(
                 db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.pk = ?", (existing.key,)).fetchone()
-            ), True
+            )
+            self._supersede_by(db, stored, new.supersedes)
+            return stored, True
 
         return self.db.write(txn)
+
+    @staticmethod
+    def _supersede_by(db: Connection, stored: Memory, ids: Sequence[str]) -> None:
+        targets = [i for i in ids if i != stored.id]
+        if not targets:
+            return
+        marked = db.execute(
+            "UPDATE memories SET superseded_by = ? WHERE namespace = ? AND id IN (SELECT value FROM json_each(?)) "
+            "RETURNING id",
+            (stored.id, stored.namespace, json.dumps(targets)),
+        ).fetchall()
+        missing = sorted(set(targets) - {i for (i,) in marked})
+        if missing:
+            raise UnknownMemories(missing)  # the transaction rolls back: nothing is written
 
     def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
         return self.find(MemoryFilter(namespace=namespace, ids=tuple(ids)))
@@ -158,6 +174,17 @@ class SqliteMemories:
         return self.db.read(
             lambda db: [
                 _memory(r) for r in db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {sql} ORDER BY m.pk", params)
+            ]
+        )
+
+    def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
+        return self.db.read(
+            lambda db: [
+                _memory(r)
+                for r in db.execute(
+                    f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = ? AND m.pk < ? ORDER BY m.pk DESC LIMIT ?",
+                    (namespace, before_key if before_key is not None else 2**63 - 1, limit),
+                )
             ]
         )
 

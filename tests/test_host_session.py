@@ -1,0 +1,112 @@
+"""What a desktop host does in the first seconds of a session, and how it ends one (stdio).
+
+Hosts spawn the server per session (one-shot hosts per call), handshake, call a few tools and close stdin;
+about 2 s later they send SIGTERM. So the server must answer at once, must not silently drop vectors while
+its model loads, and must be gone within 2 s of stdin closing, with the WAL checkpointed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from stdio_helper import StdioServer
+
+pytestmark = pytest.mark.slow
+
+HOST_GRACE_S = 2.0
+
+
+def close_like_a_host(server: StdioServer) -> float:
+    """Close stdin and wait as a host does; the seconds until the process was gone (it must exit 0)."""
+    assert server.proc.stdin is not None
+    server.proc.stdin.close()
+    started = time.monotonic()
+    code = server.proc.wait(timeout=60)
+    elapsed = time.monotonic() - started
+    assert code == 0, server.stderr_tail()
+    return elapsed
+
+
+def wal_size(db_path: Path) -> int:
+    wal = Path(f"{db_path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_three_host_sessions_on_one_file_each_exit_0_within_2_s_with_an_empty_wal(db_path: Path) -> None:
+    written: list[str] = []
+    for session in range(3):
+        server = StdioServer(db_path)
+        try:
+            server.initialize()  # right after start: the model is still loading
+            for i in range(5):
+                written.append(server.call("remember", text=f"session {session} fact {i}: kiwis nest in burrows")["id"])
+            elapsed = close_like_a_host(server)
+        finally:
+            server.close()
+        assert elapsed < HOST_GRACE_S, f"session {session} took {elapsed:.2f} s to exit"
+        assert wal_size(db_path) == 0
+    reader = StdioServer(db_path)
+    try:
+        reader.initialize()
+        found = reader.call("recall", query="kiwis nest in burrows", limit=100)["results"]
+        assert {h["id"] for h in found} == set(written)
+    finally:
+        reader.close()
+
+
+def test_exit_within_2_s_while_an_embedding_backlog_is_being_worked(db_path: Path) -> None:
+    server = StdioServer(db_path)
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        for i in range(200):
+            server.call("remember", text=f"backlog item {i} with enough words to keep the model busy for a while")
+        elapsed = close_like_a_host(server)
+    finally:
+        server.close()
+    assert elapsed < HOST_GRACE_S
+    assert wal_size(db_path) == 0
+
+
+def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_path: Path) -> None:
+    first = StdioServer(db_path)
+    try:
+        first.initialize()
+        target = first.call("remember", text="My daughter's birthday party is at the trampoline park on Saturday")
+        for text in [
+            "The quarterly budget review moved to the large meeting room",
+            "Rotate the database credentials before the audit",
+            "The office coffee machine needs descaling every month",
+        ]:
+            first.call("remember", text=text)
+        deadline = time.monotonic() + 120
+        while first.stats()["pending_embeddings"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        close_like_a_host(first)
+    finally:
+        first.close()
+
+    fresh = StdioServer(db_path)
+    try:
+        fresh.initialize()
+        found = fresh.call("recall", query="Where will the kid celebrate turning seven?")  # no shared keyword
+        assert found["retrieval"] == "hybrid", found
+        assert found["results"][0]["id"] == target["id"]
+    finally:
+        fresh.close()
+
+
+def test_keyword_only_recall_says_so_and_why(db_path: Path) -> None:
+    server = StdioServer(db_path, env={"AGENTCACHE_EMBEDDING_MODEL": str(db_path.parent / "no-such-model")})
+    try:
+        server.initialize()
+        server.call("remember", text="the spare key is under the blue flower pot")
+        found = server.call("recall", query="spare key")
+        assert found["retrieval"] == "keyword"
+        assert "embedding model" in found["retrieval_note"] and "keyword" in found["retrieval_note"]
+        assert found["results"][0]["text"] == "the spare key is under the blue flower pot"
+    finally:
+        server.close()
