@@ -331,3 +331,20 @@ def test_a_date_only_until_covers_that_whole_day(engine: MemoryService) -> None:
     today = datetime.now(UTC).date().isoformat()
     assert ids(engine.recall("note", namespace="ns", until=today)) == [r.id]
     assert ids(engine.recall("note", namespace="ns", since=today, until=today)) == [r.id]
+
+
+@pytest.mark.parametrize("until", ["9999-12-31", "2026-W05-6", "20260131", "0001-01-01"])
+def test_any_iso_date_is_a_valid_until(engine: MemoryService, until: str) -> None:
+    engine.recall("note", namespace="ns", until=until)  # a result, never an unhandled error
+
+
+def test_a_date_only_until_in_week_form_covers_the_day() -> None:
+    from agentcache_mcp.memory.validation import parse_time
+
+    assert parse_time("2026-W05-6", "until", end_of_day=True) == parse_time("2026-01-31T23:59:59.999999Z", "until")
+
+
+@pytest.mark.parametrize("since", ["10000-01-01", "2026-13-01", "yesterday"])
+def test_out_of_range_times_are_clear_errors(engine: MemoryService, since: str) -> None:
+    with pytest.raises(InvalidInput, match="ISO 8601"):
+        engine.recall("note", namespace="ns", since=since)

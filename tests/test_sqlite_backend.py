@@ -40,10 +40,13 @@ def keyword_search(
 def test_pragmas_wal_full_sync_and_busy_timeout(db_path: Path) -> None:
     store = Store(db_path)
     try:
-        assert store.db.read(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
-        assert store.db.read(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        writer = store.db.write  # the connection every write goes through
+        assert writer(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        assert writer(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        assert writer(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+        assert writer(lambda db: db.execute("PRAGMA secure_delete").fetchone()[0]) == 1
+        assert store.db.read(lambda db: db.execute("PRAGMA query_only").fetchone()[0]) == 1
         assert store.db.read(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
-        assert store.db.read(lambda db: db.execute("PRAGMA secure_delete").fetchone()[0]) == 1
     finally:
         store.close()
 
@@ -288,11 +291,13 @@ def test_neighbours_within_a_namespace_at_each_distance(engine) -> None:  # type
     assert got[p[5]] == [(p[4], None), (p[3], None)]  # skips the other namespace's row
 
 
-def test_a_database_from_a_newer_version_is_refused_untouched(db_path: Path) -> None:
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_a_database_from_a_newer_version_is_refused_untouched(db_path: Path, journal_mode: str) -> None:
     Store(db_path).close()
     db = sqlite3.connect(db_path)
     db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
     db.commit()
+    db.execute(f"PRAGMA journal_mode = {journal_mode}")
     db.close()
     before = db_path.read_bytes()
     with pytest.raises(StoreError, match="newer agentcache-mcp"):
@@ -334,5 +339,31 @@ def test_schema_1_database_is_migrated_with_its_memories_and_vectors(db_path: Pa
         assert [key for key, _ in hits] == [1, 2]  # memory 2 matches through its context
         new_key = store.memories.get("ns", [put(store, "ns", "a new memory")])[0].key
         assert new_key > 3
+    finally:
+        store.close()
+
+
+def test_a_read_does_not_wait_for_a_write_transaction(db_path: Path) -> None:
+    """Reads use their own connection: a write held open (here for 1 s) does not hold up a recall's reads."""
+    import threading
+
+    store = Store(db_path)
+    try:
+        put(store, "ns", "something to read")
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_write(db: object) -> None:
+            entered.set()
+            release.wait(5)
+
+        writer = threading.Thread(target=store.db.write, args=(slow_write,))
+        writer.start()
+        assert entered.wait(5)
+        started = time.monotonic()
+        assert store.memories.counts_by_namespace() == {"ns": 1}
+        waited = time.monotonic() - started
+        release.set()
+        writer.join()
+        assert waited < 0.5, waited
     finally:
         store.close()

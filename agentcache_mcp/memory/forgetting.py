@@ -118,9 +118,11 @@ def auto_forget(
     first_pending = embeddings.first_pending_key(vectors.model_id)
     mark = embeddings.max_key() if first_pending is None else first_pending - 1
     pairs = _near_duplicates(memories, vectors, policy.duplicate_cosine, checked, mark, gone, now)
-    report.superseded = [loser for loser, _ in pairs]
-    if not dry_run:
-        memories.supersede(pairs)
+    if dry_run:
+        report.superseded = [loser for loser, _ in pairs]
+    else:
+        # Re-checked when written: a memory re-remembered as more important meanwhile is not superseded.
+        report.superseded = memories.supersede(pairs, now)
         if mark > checked:
             memories.put_setting(DEDUP_WATERMARK_KEY, str(mark))
 

@@ -75,8 +75,10 @@ class MemoryRepository(Protocol):
         """The subset of keys (memories of namespace) that match `where` (normally with live_at set)."""
         ...
 
-    def supersede(self, pairs: Sequence[tuple[str, str]]) -> int:
-        """Mark each (older id) as superseded by (newer id); returns how many were marked."""
+    def supersede(self, pairs: Sequence[tuple[str, str]], now: float) -> list[str]:
+        """Mark each (id, by id) as superseded, in one transaction, where it still holds at write time that
+        the memory is not superseded yet and `by` is live at `now` and at least as important; returns the ids
+        marked."""
         ...
 
     def neighbours(

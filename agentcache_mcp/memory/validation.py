@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from .model import MetadataValue
 
@@ -197,15 +197,26 @@ def parse_time(value: object, name: str, *, end_of_day: bool = False) -> float |
         text = value.strip()
         try:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput(f"{name} must be an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
-        if end_of_day and _DATE_ONLY_RE.fullmatch(text):
-            dt = dt + timedelta(days=1) - timedelta(microseconds=1)
+            if end_of_day and _is_date_only(text):
+                dt = dt.replace(hour=23, minute=59, second=59, microsecond=999_999)
+        except (ValueError, OverflowError):
+            raise InvalidInput(
+                f"{name} must be an ISO 8601 date or date-time from year 1 to 9999, e.g. 2026-01-31T12:00:00Z"
+            ) from None
     else:
         raise InvalidInput(f"{name} must be an ISO 8601 date or date-time string")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    try:
+        return dt.timestamp()
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{name} is out of range") from None
 
 
-_DATE_ONLY_RE = re.compile(r"\d{4}-?\d{2}-?\d{2}")
+def _is_date_only(text: str) -> bool:
+    """A calendar, week or ordinal date with no time ("2026-01-31", "20260131", "2026-W05-6")."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

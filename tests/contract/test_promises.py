@@ -356,3 +356,36 @@ def test_two_models_share_a_store_without_re_embedding_each_other(harness: Harne
     finally:
         a.close()
         b.close()
+
+
+def test_forgotten_tokens_leave_no_trace_in_a_large_keyword_index(harness: Harness) -> None:
+    """Index structures of a large store (e.g. FTS5's leaf-page separator terms) must not keep a forgotten
+    token either: near-sequential tokens such as card numbers are where a separator is a whole token."""
+    memory = harness.open()
+    ids = {f"5550{n:04d}": memory.remember(f"card number 5550{n:04d} expires soon").id for n in range(1500)}
+    victims = [number for number in ids if 600 <= int(number[4:]) < 1000]
+    assert memory.forget(ids=[ids[v] for v in victims]).deleted == [ids[v] for v in victims]
+    memory.close()
+    stored = harness.stored_bytes()
+    assert [v for v in victims if v.encode() in stored] == []
+    assert b"55501200" in stored  # the others are still there
+
+
+def test_a_memory_made_more_important_during_a_sweep_is_not_superseded(
+    service: MemoryService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep decides from one read and writes later; a re-remember in between must win."""
+    older = service.remember("the backup key is in the grey cabinet").id
+    newer = service.remember("the backup key is in the grey cabinet!").id
+    service.embed_pending()
+    write = service.backend.memories.supersede
+
+    def re_remember_first(pairs: list[tuple[str, str]], now: float) -> list[str]:
+        assert pairs == [(older, newer)]
+        service.remember("the backup key is in the grey cabinet", importance=1.0)  # the sweep's loser, now vital
+        return write(pairs, now)
+
+    monkeypatch.setattr(service.backend.memories, "supersede", re_remember_first)
+    assert service.auto_forget().superseded == []
+    [m] = service.backend.memories.get(None, [older])
+    assert m.superseded_by is None and m.importance == 1.0

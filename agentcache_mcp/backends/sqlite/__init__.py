@@ -10,7 +10,7 @@ from ...memory.ports import StoreError
 from .connection import Database, DatabaseError
 from .keywords import Fts5Keywords
 from .repository import SqliteEmbeddings, SqliteMemories
-from .schema import migrate
+from .schema import migrate, refuse_newer_schema
 from .vectors import ChangeLog, MatrixVectors
 
 __all__ = ["SqliteBackend"]
@@ -19,6 +19,7 @@ __all__ = ["SqliteBackend"]
 class SqliteBackend:
     def __init__(self, path: Path, model_id: str, *, create_parent: bool = False, max_page_count: int | None = None):
         self.path = path
+        refuse_newer_schema(path)
         self.db = Database(path, create_parent=create_parent, max_page_count=max_page_count)
         try:
             self.schema_version = migrate(self.db)

@@ -54,7 +54,10 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 
 class Database:
-    """One connection, serialised by a lock, so the event loop and worker threads can share it."""
+    """Two connections to one file, each serialised by its own lock so the event loop and worker threads can
+    share them: one for write transactions, one (query-only) for reads. In WAL mode a reader never waits for
+    a writer, so a recall is not held up by a write of this process (a forget, an embedding batch, the
+    access-stats flush) nor by one waiting for another process's write lock."""
 
     def __init__(self, path: Path | str, *, create_parent: bool = False, max_page_count: int | None = None):
         self.path = Path(path)
@@ -69,9 +72,21 @@ class Database:
             raise StoreError(f"cannot open the memory database {self.path}: {exc}") from None
         try:
             self._configure(max_page_count)
+            self._reader, self._read_lock = self._open_reader()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise self.unusable(exc) from None
+
+    def _open_reader(self) -> tuple[Connection, threading.RLock]:
+        if str(self.path) == ":memory:":
+            return self._db, self._lock  # a second connection would be a second, empty database
+        reader = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        reader.execute("PRAGMA temp_store = MEMORY")
+        reader.execute("PRAGMA query_only = ON")
+        return reader, threading.RLock()
 
     def _check_location(self, create_parent: bool) -> None:
         parent = self.path.parent
@@ -170,28 +185,33 @@ class Database:
             raise
 
     def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn on the read connection: it sees what is committed, and never waits for a writer."""
+
         def attempt() -> T:
-            with self._lock:
-                return fn(self._db)
+            with self._read_lock:
+                return fn(self._reader)
 
         return self.retry(attempt)
 
     def execute_outside_transaction(self, sql: str) -> None:
         """For statements SQLite refuses inside a transaction (VACUUM)."""
-        with self._lock:
+        with self._lock, self._read_lock:
             self.retry(lambda: self._db.execute(sql))
 
     # -- maintenance
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy the WAL into the database and truncate it to zero bytes."""
-        return self.read(lambda db: tuple(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
+        with self._lock, self._read_lock:  # no read of ours may be open across it
+            return self.retry(lambda: tuple(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
 
     def integrity_check(self) -> str:
         return self.read(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            if self._reader is not self._db:
+                self._reader.close()
             self._db.close()
 
 

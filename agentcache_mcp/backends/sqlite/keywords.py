@@ -132,7 +132,7 @@ class Fts5Keywords:
             return missing == 0 and extra == 0
 
         try:
-            return self.db.read(q)
+            return self.db.write(q)  # FTS5's integrity-check is an INSERT: the read connection is query-only
         except DatabaseError as exc:
             log.warning("keyword index check failed: %s", exc)
             return False

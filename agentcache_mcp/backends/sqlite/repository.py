@@ -11,6 +11,7 @@ import numpy as np
 from ...memory.model import Memory, MemoryFilter, NewMemory
 from ...memory.ports import Merge, UnknownMemories, Vector
 from .connection import Connection, Database, chunks
+from .schema import purge_deleted_terms
 
 _COLUMNS = (
     "m.pk, m.id, m.namespace, m.text, m.tags, m.importance, m.metadata, m.created_at, m.updated_at, "
@@ -193,6 +194,8 @@ class SqliteMemories:
 
         def txn(db: Connection) -> list[str]:
             rows = db.execute(f"DELETE FROM memories AS m WHERE {sql} RETURNING pk, id", params).fetchall()
+            if rows:
+                purge_deleted_terms(db)
             return [memory_id for _, memory_id in sorted(rows)]
 
         return self.db.write(txn)
@@ -231,14 +234,23 @@ class SqliteMemories:
             )
         )
 
-    def supersede(self, pairs: Sequence[tuple[str, str]]) -> int:
-        def txn(db: Connection) -> int:
-            return db.executemany(
-                "UPDATE memories SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL",
-                [(newer, older) for older, newer in pairs],
-            ).rowcount
+    def supersede(self, pairs: Sequence[tuple[str, str]], now: float) -> list[str]:
+        def txn(db: Connection) -> list[str]:
+            marked: list[str] = []
+            for lose, keep in pairs:
+                marked += [
+                    i
+                    for (i,) in db.execute(
+                        "UPDATE memories SET superseded_by = ?1 WHERE id = ?2 AND superseded_by IS NULL AND EXISTS ("
+                        "SELECT 1 FROM memories k WHERE k.id = ?1 AND k.superseded_by IS NULL "
+                        "AND k.importance >= memories.importance AND (k.expires_at IS NULL OR k.expires_at > ?3)"
+                        ") RETURNING id",
+                        (keep, lose, now),
+                    )
+                ]
+            return marked
 
-        return self.db.write(txn) if pairs else 0
+        return self.db.write(txn) if pairs else []
 
     def neighbours(
         self, namespace: str, keys: Sequence[int], width: int

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ...memory.ports import StoreError
-from .connection import Connection, Database
+from .connection import Connection, Database, sqlite3
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,16 @@ _SCHEMA_2 = [
         last_accessed_at, access_count, expires_at, superseded_by FROM memories
     """,
     """
-    -- A vector per (memory, model). content_hash says which text it was computed from.
+    -- A vector per (memory, model). content_hash says which text it was computed from. A rowid table: a
+    -- 1.5 KB vector in a WITHOUT ROWID table's b-tree doubled the database's size (measured at 10k).
     CREATE TABLE embeddings (
+        rowid INTEGER PRIMARY KEY,
         memory_pk INTEGER NOT NULL,
         model TEXT NOT NULL,
         content_hash TEXT NOT NULL,
         vector BLOB NOT NULL,
-        PRIMARY KEY (memory_pk, model)
-    ) WITHOUT ROWID
+        UNIQUE (memory_pk, model)
+    )
     """,
     """
     INSERT INTO embeddings (memory_pk, model, content_hash, vector)
@@ -229,6 +232,20 @@ _SCHEMA_2 = [
 ]
 
 
+def purge_deleted_terms(db: Connection) -> None:
+    """After deletes, inside their transaction: rewrite the keyword index so no deleted token survives.
+
+    FTS5 `secure-delete` removes a deleted row's tokens from the leaf pages, but a segment larger than one
+    page also keeps a separator term per page (`memories_fts_idx`, the shortest prefix that tells the page
+    from the one before), and for near-sequential tokens such as card numbers that is the whole token.
+    `optimize` rewrites the index into one segment built from the remaining rows only (and secure_delete
+    zeroes the pages it frees). Measured with 100k memories: 0.22 s. Skipped while no segment has more
+    than one page (small stores), where there are no separators.
+    """
+    if db.execute("SELECT 1 FROM memories_fts_idx LIMIT 1").fetchone() is not None:
+        db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+
+
 def _statements(statements: list[str]) -> Callable[[Connection], None]:
     def apply(db: Connection) -> None:
         # One statement at a time: executescript() would COMMIT the migration transaction half-way.
@@ -242,6 +259,31 @@ MIGRATIONS: list[Callable[[Connection], None]] = [_statements(_SCHEMA_1), _state
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _newer_schema_error(path: object, newest: int) -> StoreError:
+    return StoreError(
+        f"the memory database {path} was written by a newer agentcache-mcp (schema {newest}; this version knows "
+        f"up to {SCHEMA_VERSION}). Upgrade agentcache-mcp; the file was not changed."
+    )
+
+
+def refuse_newer_schema(path: Path) -> None:
+    """Before the file is opened for writing (which switches it to WAL): refuse a newer schema untouched."""
+    if str(path) == ":memory:" or not path.is_file():
+        return
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return  # the regular open reports what is wrong
+    try:
+        newest = db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    except sqlite3.Error:
+        return  # no schema yet, or not a database: the regular open decides
+    finally:
+        db.close()
+    if newest is not None and newest > SCHEMA_VERSION:
+        raise _newer_schema_error(path, newest)
+
+
 def migrate(database: Database) -> int:
     """Bring the schema up to SCHEMA_VERSION; refuse a database written by a newer version."""
     applied: list[int] = []
@@ -251,10 +293,7 @@ def migrate(database: Database) -> int:
         done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
         newest = max(done, default=0)
         if newest > SCHEMA_VERSION:
-            raise StoreError(
-                f"the memory database {database.path} was written by a newer agentcache-mcp (schema {newest}; "
-                f"this version knows up to {SCHEMA_VERSION}). Upgrade agentcache-mcp; the file was not changed."
-            )
+            raise _newer_schema_error(database.path, newest)
         for version, migration in enumerate(MIGRATIONS, start=1):
             if version in done:
                 continue
