@@ -26,10 +26,20 @@ def test_forgotten_memories_leave_no_text_in_any_file_and_forget_stays_in_its_na
         server.call("remember", text="lunch with the design team on friday")
         elsewhere = server.call("remember", text="another project's door codes", namespace="else", tags=["codes"])["id"]
 
-        assert server.call("forget", ids=[by_id]) == {"deleted": [by_id], "dry_run": False, "not_found": []}
+        assert server.call("forget", ids=[by_id]) == {
+            "deleted": [by_id],
+            "dry_run": False,
+            "not_found": [],
+            "previews": [],
+        }
         assert server.call("forget", tags=["codes"])["deleted"] == [by_tag]  # a dry run, default namespace only
         assert server.call("forget", tags=["codes"], dry_run=False)["deleted"] == [by_tag]
-        assert server.call("forget", ids=[elsewhere]) == {"deleted": [], "dry_run": False, "not_found": [elsewhere]}
+        assert server.call("forget", ids=[elsewhere]) == {
+            "deleted": [],
+            "dry_run": False,
+            "not_found": [elsewhere],
+            "previews": [],
+        }
         assert server.proc.stdin is not None
         server.proc.stdin.close()
         assert server.proc.wait(timeout=60) == 0, server.stderr_tail()
