@@ -139,7 +139,9 @@ class Settings(BaseModel):
     shutdown_flush_timeout_s: float = Field(default=1.0, ge=0)
     """At shutdown, embed pending memories for at most this long; the rest are embedded at the next start.
     Hosts wait about 2 s after closing stdin before they send SIGTERM."""
-    model_wait_s: float = Field(default=30.0, ge=0)
+    shutdown_close_timeout_s: float = Field(default=0.8, gt=0)
+    """At shutdown, after the embeddings: at most this long to write access stats, checkpoint and close."""
+    model_wait_s: float = Field(default=30.0, ge=0, le=3600)
     """How long a recall waits for the embedding model to load before answering by keyword only."""
     access_flush_interval_s: float = Field(default=10.0, gt=0)
     """How often recall access stats (count, last access) are written; a crash loses at most this much."""

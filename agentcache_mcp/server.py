@@ -5,6 +5,7 @@
 """
 
 import json
+from urllib.parse import quote
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
@@ -12,7 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from . import __version__
 from .config import Settings
@@ -77,6 +79,20 @@ class ForgetResult(BaseModel):
         default_factory=list, description="With dry_run: each memory that would be deleted, with its text's start."
     )
 
+
+def _refuse_booleans(error_type: str) -> BeforeValidator:
+    """JSON true/false is not a number: pydantic's lax mode would store `importance: true` as 1.0."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(error_type, "not a boolean")
+        return value
+
+    return BeforeValidator(check)
+
+
+NOT_A_BOOLEAN_NUMBER = _refuse_booleans("float_type")
+NOT_A_BOOLEAN_INT = _refuse_booleans("int_type")
 
 NAMESPACE_PAGE = 50
 
@@ -161,9 +177,13 @@ def build_server(
             str | None, Field(description=f"Memory space, e.g. a project name. Default: {default_ns!r}.")
         ] = None,
         tags: Annotated[list[str], Field(description=f"Short labels for filtering (at most {MAX_TAGS}).")] = [],  # noqa: B006
-        importance: Annotated[float, Field(description="0..1; low-importance memories are forgotten sooner.")] = 0.5,
+        importance: Annotated[
+            float, NOT_A_BOOLEAN_NUMBER, Field(description="0..1; low-importance memories are forgotten sooner.")
+        ] = 0.5,
         ttl_days: Annotated[
-            float | None, Field(description="Forget automatically after this many days. Default: never.")
+            float | None,
+            NOT_A_BOOLEAN_NUMBER,
+            Field(description="Forget automatically after this many days. Default: never."),
         ] = None,
         metadata: Annotated[
             dict[str, MetadataValue], Field(description="Flat JSON object of strings, numbers and booleans.")
@@ -197,7 +217,7 @@ def build_server(
         ctx: Context,
         namespace: Annotated[str | None, Field(description=f"Memory space to search. Default: {default_ns!r}.")] = None,
         tags: Annotated[list[str], Field(description="Only memories carrying all of these tags.")] = [],  # noqa: B006
-        limit: Annotated[int, Field(description=f"How many results, 1..{MAX_LIMIT}.")] = 10,
+        limit: Annotated[int, NOT_A_BOOLEAN_INT, Field(description=f"How many results, 1..{MAX_LIMIT}.")] = 10,
         since: Annotated[str | None, Field(description="Only memories created at or after this ISO 8601 time.")] = None,
         until: Annotated[
             str | None, Field(description="Only memories created at or before this ISO 8601 time.")
@@ -226,10 +246,12 @@ def build_server(
             Field(description=f"Memory space to act in (only this one). Default: {default_ns!r}."),
         ] = None,
         tags: Annotated[list[str], Field(description="Filter: only memories with all of these tags.")] = [],  # noqa: B006
-        older_than_days: Annotated[float | None, Field(description="Filter: only memories older than this.")] = None,
+        older_than_days: Annotated[
+            float | None, NOT_A_BOOLEAN_NUMBER, Field(description="Filter: only memories older than this.")
+        ] = None,
         dry_run: Annotated[
             bool | None,
-            Field(description="List without deleting. Default: false with ids, true with a filter."),
+            Field(strict=True, description="List without deleting. Default: false with ids, true with a filter."),
         ] = None,
     ) -> ForgetResult:
         """Delete memories of one namespace: by ids (immediately), or by filter (tags, older_than_days, or a
@@ -284,13 +306,17 @@ def build_server(
         mime_type="application/json",
     )
     async def namespace(name: str, ctx: Context, before: str | None = None) -> str:
-        page = await _read(_app(ctx), _app(ctx).memory.recent, name, NAMESPACE_PAGE, before)
-        more = len(page) == NAMESPACE_PAGE
+        page = await _read(_app(ctx), _app(ctx).memory.recent, name, NAMESPACE_PAGE + 1, before)
+        more = len(page) > NAMESPACE_PAGE
+        page = page[:NAMESPACE_PAGE]
+        next_uri = (
+            f"agentcache://namespace/{quote(name, safe='')}?before={quote(page[-1].id, safe='')}" if more else None
+        )
         return json.dumps(
             {
                 "namespace": name,
                 "memories": [memory_json(m) for m in page],
-                "next": f"agentcache://namespace/{name}?before={page[-1].id}" if more else None,
+                "next": next_uri,
             },
             indent=2,
             ensure_ascii=False,

@@ -8,6 +8,7 @@ a reader; the tools' JSON schemas say `additionalProperties: false` so hosts can
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -36,17 +37,25 @@ _EXPECTED = {
 
 def _described(value: Any) -> str:
     kind = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
-    shown = repr(value)
+    shown = json.dumps(value, ensure_ascii=False, default=repr)  # as the caller wrote it: true, null, "high"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"{shown} ({kind.get(type(value), type(value).__name__)})" if value is not None else "null"
 
 
+_UNION_BRANCHES = {"str", "int", "float", "bool", "none"}
+"""Pydantic names the branch of a union (str | int | float | bool) as the last part of an error's location;
+a value that fits no branch gets one error per branch, which we report as one."""
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One sentence per wrong argument, e.g. "argument 'importance' must be a number; got 'high' (a string)"."""
+    grouped: dict[str, tuple[list[str], Any]] = {}
     problems: list[str] = []
     for error in exc.errors(include_url=False):
         location = [str(part) for part in error["loc"]]
+        if len(location) > 1 and location[-1] in _UNION_BRANCHES:
+            location = location[:-1]
         name = location[0] if location else "?"
         where = name + "".join(f"[{part}]" for part in location[1:])
         if error["type"] == "missing":
@@ -55,9 +64,23 @@ def describe_validation_error(exc: ValidationError) -> str:
         expected = _EXPECTED.get(error["type"])
         if expected is None:
             problems.append(f"argument '{where}': {error['msg']}; got {_described(error.get('input'))}")
-        else:
-            problems.append(f"argument '{where}' must be {expected}; got {_described(error.get('input'))}")
-    return "; ".join(dict.fromkeys(problems))
+            continue
+        if where not in grouped:
+            grouped[where] = ([], error.get("input"))
+            problems.append(where)  # a placeholder, filled in below in this order
+        grouped[where][0].append(expected)
+    out: list[str] = []
+    for problem in problems:
+        if problem not in grouped:
+            out.append(problem)
+            continue
+        expectations, given = grouped[problem]
+        kinds = list(dict.fromkeys(expectations))
+        if "a number" in kinds and "a whole number" in kinds:
+            kinds.remove("a whole number")
+        wanted = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+        out.append(f"argument '{problem}' must be {wanted}; got {_described(given)}")
+    return "; ".join(dict.fromkeys(out))
 
 
 class _HumaneArguments(FuncMetadata):

@@ -110,3 +110,43 @@ def test_keyword_only_recall_says_so_and_why(db_path: Path) -> None:
         assert found["results"][0]["text"] == "the spare key is under the blue flower pot"
     finally:
         server.close()
+
+
+def test_one_shot_sessions_first_recall_finds_what_an_earlier_session_left_unembedded(db_path: Path) -> None:
+    """One-shot hosts: each call is a new process that exits before its model loads, so nothing stored by
+    them has a vector. The next process's first recall must not search vectors that miss them all."""
+    first = StdioServer(db_path)
+    try:
+        first.initialize()
+        target = first.call("remember", text="My daughter's birthday party is at the trampoline park on Saturday")
+        first.call("remember", text="Rotate the database credentials before the audit")
+        first.call("remember", text="The office coffee machine needs descaling every month")
+        close_like_a_host(first)
+    finally:
+        first.close()
+    fresh = StdioServer(db_path)
+    try:
+        fresh.initialize()
+        found = fresh.call("recall", query="Where will the kid celebrate turning seven?")
+        assert found["retrieval"] == "hybrid" and found["retrieval_note"] is None, found
+        assert found["results"][0]["id"] == target["id"]
+    finally:
+        fresh.close()
+
+
+def test_a_recall_waiting_for_the_model_does_not_hold_up_the_exit(db_path: Path) -> None:
+    server = StdioServer(db_path)
+    try:
+        server.initialize()
+        server.call("remember", text="the spare key is under the blue flower pot")
+        assert server.proc.stdin is not None
+        server.proc.stdin.write(
+            '{"jsonrpc": "2.0", "id": 99, "method": "tools/call", '
+            '"params": {"name": "recall", "arguments": {"query": "spare key"}}}\n'
+        )
+        server.proc.stdin.flush()  # the model is still loading: this recall waits for it
+        elapsed = close_like_a_host(server)
+    finally:
+        server.close()
+    assert elapsed < HOST_GRACE_S
+    assert wal_size(db_path) == 0

@@ -134,14 +134,30 @@ async def test_namespaces_are_isolated_over_the_protocol(client: Client) -> None
         ("forget", {}, "needs ids"),
         ("forget", {"ids": "notalist"}, "ids"),
         ("nosuchtool", {}, "nosuchtool"),
-        ("remember", {"text": "ok", "importance": "high"}, "argument 'importance' must be a number; got 'high' (a string)"),
+        (
+            "remember",
+            {"text": "ok", "importance": "high"},
+            "argument 'importance' must be a number; got \"high\" (a string)",
+        ),
         ("remember", {"text": "ok", "priority": "high"}, "unknown argument 'priority'; it accepts importance,"),
         ("remember", {"importance": 0.5}, "argument 'text' is required"),
-        ("remember", {"text": "ok", "tags": "a"}, "argument 'tags' must be a list; got 'a' (a string)"),
+        ("remember", {"text": "ok", "tags": "a"}, "argument 'tags' must be a list; got \"a\" (a string)"),
         ("remember", {"text": "ok", "tags": ["a", 3]}, "argument 'tags[1]' must be a string; got 3 (a number)"),
-        ("recall", {"query": "x", "limit": "ten"}, "argument 'limit' must be a whole number; got 'ten'"),
+        ("recall", {"query": "x", "limit": "ten"}, "argument 'limit' must be a whole number; got \"ten\""),
         ("forget", {"ids": ["x"], "dry_run": "maybe"}, "argument 'dry_run' must be true or false"),
         ("remember", {"text": "ok", "supersedes": ["NOSUCHID"]}, "supersedes names NOSUCHID"),
+        (
+            "remember",
+            {"text": "ok", "importance": True},
+            "argument 'importance' must be a number; got true (a boolean)",
+        ),
+        ("remember", {"text": "ok", "ttl_days": False}, "argument 'ttl_days' must be a number; got false"),
+        ("recall", {"query": "x", "limit": True}, "argument 'limit' must be a whole number; got true (a boolean)"),
+        (
+            "remember",
+            {"text": "ok", "metadata": {"a": [1]}},
+            "argument 'metadata[a]' must be a string, a number or true or false; got [1] (a list)",
+        ),
     ],
 )
 async def test_bad_input_is_a_clear_tool_error_and_the_server_stays_up(
@@ -209,3 +225,12 @@ async def test_unknown_memory_resource_is_a_clear_error(client: Client) -> None:
         await client.read_resource("agentcache://memory/NOPE")
     with pytest.raises(MCPError, match="namespace"):
         await client.read_resource("agentcache://namespace/bad%20name")
+
+
+async def test_a_second_correction_does_not_undo_the_first(client: Client) -> None:
+    a = (await call(client, "remember", text="the meeting room is Alpha"))["id"]
+    b = (await call(client, "remember", text="the meeting room is Beta", supersedes=[a]))["id"]
+    c = (await call(client, "remember", text="the meeting room is Gamma", supersedes=[a]))["id"]
+    await call(client, "forget", ids=[c])
+    found = [h["id"] for h in (await call(client, "recall", query="which meeting room?"))["results"]]
+    assert found == [b]  # a stays replaced by its first correction

@@ -110,7 +110,7 @@ def auto_forget(
 
     # 1. TTL: memories past their expires_at are deleted (what they superseded comes back).
     expired = MemoryFilter(namespace=None, expired_at=now)
-    report.expired = [m.id for m in memories.find(expired)] if dry_run else memories.delete(expired)
+    report.expired = [m.id for m in memories.find(expired)] if dry_run else _delete_in_chunks(memories, expired)
     gone = set(report.expired)
 
     # 2. Near-duplicates, among memories added since the last sweep.
@@ -135,8 +135,22 @@ def auto_forget(
     if dry_run:
         report.low_importance = [m.id for m in memories.find(stale) if m.id not in gone]
     else:
-        report.low_importance = memories.delete(stale)
+        report.low_importance = _delete_in_chunks(memories, stale)
     return report
+
+
+SWEEP_CHUNK = 500
+"""A sweep deletes at most this many memories per transaction, so it never holds the store for long (a
+shutdown, a remember, another process wait for one chunk at most)."""
+
+
+def _delete_in_chunks(memories: MemoryRepository, where: MemoryFilter) -> list[str]:
+    deleted: list[str] = []
+    while True:
+        chunk = memories.delete(where, limit=SWEEP_CHUNK)
+        deleted += chunk
+        if len(chunk) < SWEEP_CHUNK:
+            return deleted
 
 
 def keeps_over(a: Memory, b: Memory) -> bool:

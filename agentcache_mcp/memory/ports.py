@@ -14,7 +14,7 @@ Promises every backend keeps (each is a contract test):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,12 +63,29 @@ class MemoryRepository(Protocol):
         """Every memory matching the filter, oldest first."""
         ...
 
+    def find_by_content(self, pairs: Sequence[tuple[str, str]]) -> list[Memory]:
+        """The stored memories with these (namespace, content_hash) pairs."""
+        ...
+
+    def scan(self, after_key: int, limit: int, namespaces: Sequence[str] | None = None) -> list[Memory]:
+        """Up to `limit` memories with keys above after_key (in these namespaces, if given), oldest first:
+        a whole store read page by page in constant memory (export)."""
+        ...
+
+    def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
+        """Insert memories exactly as given (id, times, stats; the key is assigned anew, in the order given),
+        each with an optional (model id, vector), all in ONE transaction: if anything raises, nothing is kept.
+        A memory whose id, or whose content in its namespace, is already stored is skipped.
+        Returns (added, skipped). The iterable is consumed lazily, inside the transaction."""
+        ...
+
     def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
         """A page of the namespace's memories, newest first, older than before_key if given."""
         ...
 
-    def delete(self, where: MemoryFilter) -> list[str]:
-        """Delete every memory matching the filter, decided and done in one transaction; the ids deleted."""
+    def delete(self, where: MemoryFilter, limit: int | None = None) -> list[str]:
+        """Delete every memory matching the filter (the oldest `limit`, if given), decided and done in one
+        transaction; the ids deleted, oldest first."""
         ...
 
     def live_keys(self, namespace: str, keys: Sequence[int], where: MemoryFilter) -> set[int]:
@@ -165,6 +182,10 @@ class EmbeddingStore(Protocol):
     def first_pending_key(self, model_id: str) -> int | None: ...
 
     def max_key(self) -> int: ...
+
+    def vectors_of(self, model_id: str, keys: Sequence[int]) -> dict[int, Vector]:
+        """The stored vectors of these memories from model_id (those that have one)."""
+        ...
 
     def write(self, model_id: str, items: Sequence[tuple[int, str, Vector]]) -> int:
         """Store (key, content_hash, vector); a memory deleted or changed meanwhile is skipped."""

@@ -52,6 +52,10 @@ from .validation import (
 log = logging.getLogger(__name__)
 
 
+CATCH_UP_BATCHES = 2
+"""At most this many embedding batches (64 memories each) a recall embeds itself right after the model loads."""
+
+
 @dataclass(slots=True, frozen=True)
 class ServiceLimits:
     namespace: str = "default"
@@ -122,6 +126,10 @@ class MemoryService:
         """Callbacks run after each new memory is committed (the embedding writer's wake-up)."""
         self._accesses: dict[int, tuple[int, float]] = {}
         self._accesses_lock = threading.Lock()
+        self.stopping = threading.Event()
+        """Set when the server begins to shut down: waits (for the model) end at once."""
+        self._caught_up = threading.Event()
+        self._catch_up_lock = threading.Lock()
 
     def _namespace(self, namespace: str | None) -> str:
         return validate_namespace(self.limits.namespace if namespace is None else namespace)
@@ -227,19 +235,51 @@ class MemoryService:
         )
 
     def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
-        """The query's embedding, or None and why not."""
-        if not self.embedder.wait_ready(self.limits.model_wait_s):
+        """The query's embedding, or None and why not; and a note if some memories are still unembedded."""
+        deadline = time.monotonic() + self.limits.model_wait_s
+        while not self.stopping.is_set():
+            # In short slices, so a shutdown (stdin closed, a signal) ends the wait at once.
+            if self.embedder.wait_ready(min(0.1, max(0.0, deadline - time.monotonic()))):
+                break
+            if getattr(self.embedder, "error", None) is not None or time.monotonic() >= deadline:
+                break
+        if not self.embedder.ready:
             error = getattr(self.embedder, "error", None)
             if error is not None:
                 return None, f"the embedding model is unavailable ({error}); keyword search only"
+            if self.stopping.is_set():
+                return None, "the server is shutting down; keyword search only"
             return (
                 None,
                 f"the embedding model was still loading after {self.limits.model_wait_s:g} s; keyword search only",
             )
         try:
-            return self.embedder.embed([query])[0], None
+            vector = self.embedder.embed([query])[0]
         except EmbeddingModelError as exc:
             return None, f"the embedding model failed ({exc}); keyword search only"
+        return vector, self._catch_up_embeddings()
+
+    def _catch_up_embeddings(self) -> str | None:
+        """Right after the model loaded, memories stored before (by a one-shot host's previous process, say)
+        have no vector yet. Embed a bounded number of them now rather than search vectors that miss them;
+        if more remain, say so. Once a pass found nothing pending, this costs nothing."""
+        if self._caught_up.is_set():
+            return None
+        with self._catch_up_lock:
+            if not self._caught_up.is_set():
+                self.embed_pending(max_batches=CATCH_UP_BATCHES)
+                left = self.pending_embeddings()
+                if left:
+                    return (
+                        f"{left} memories have no vector yet (the model has just loaded); they were found by "
+                        "keyword only"
+                    )
+                self._caught_up.set()
+        return None
+
+    def mark_embeddings_caught_up(self) -> None:
+        """The background writer found nothing pending: recalls need not catch up any more."""
+        self._caught_up.set()
 
     def _record_access(self, keys: list[int], now: float) -> None:
         """Access stats are buffered and written by the background flush: a recall never waits on a disk sync."""
@@ -268,7 +308,7 @@ class MemoryService:
 
     def get(self, memory_id: str) -> Memory | None:
         """One memory by id, in whichever namespace it is (for people browsing: hosts' resource views)."""
-        [checked] = validate_ids([memory_id])
+        [checked] = validate_ids([memory_id], "id")
         found = self.backend.memories.get(None, [checked])
         return found[0] if found else None
 

@@ -200,10 +200,19 @@ class Database:
 
     # -- maintenance
 
-    def checkpoint(self) -> tuple[int, int, int]:
-        """Copy the WAL into the database and truncate it to zero bytes."""
+    def checkpoint(self, wait_ms: int = 500) -> tuple[int, int, int]:
+        """Copy the WAL into the database and truncate it to zero bytes.
+
+        Waits at most wait_ms for another process's reader (a backup, a long export) to let go: a shutdown
+        must not overrun the host's 2 s. If one still holds on, everything stays committed in the WAL and
+        the next checkpoint (any process's) moves it; the first value returned is then 1 (busy).
+        """
         with self._lock, self._read_lock:  # no read of ours may be open across it
-            return self.retry(lambda: tuple(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
+            self._db.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+            try:
+                return tuple(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def integrity_check(self) -> str:
         return self.read(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,17 +141,28 @@ class SqliteMemories:
 
     @staticmethod
     def _supersede_by(db: Connection, stored: Memory, ids: Sequence[str]) -> None:
+        """Mark `ids` (of stored's namespace) as superseded by stored, unless a live memory already supersedes
+        one (an earlier correction stays in force: forgetting this one must not bring the old text back)."""
         targets = [i for i in ids if i != stored.id]
         if not targets:
             return
-        marked = db.execute(
-            "UPDATE memories SET superseded_by = ? WHERE namespace = ? AND id IN (SELECT value FROM json_each(?)) "
-            "RETURNING id",
-            (stored.id, stored.namespace, json.dumps(targets)),
-        ).fetchall()
-        missing = sorted(set(targets) - {i for (i,) in marked})
+        wanted = json.dumps(targets)
+        found = {
+            i
+            for (i,) in db.execute(
+                "SELECT id FROM memories WHERE namespace = ? AND id IN (SELECT value FROM json_each(?))",
+                (stored.namespace, wanted),
+            )
+        }
+        missing = sorted(set(targets) - found)
         if missing:
             raise UnknownMemories(missing)  # the transaction rolls back: nothing is written
+        db.execute(
+            "UPDATE memories SET superseded_by = ? WHERE namespace = ? AND id IN (SELECT value FROM json_each(?)) "
+            "AND (superseded_by IS NULL OR NOT EXISTS (SELECT 1 FROM memories s WHERE s.id = memories.superseded_by "
+            "AND (s.expires_at IS NULL OR s.expires_at > ?)))",
+            (stored.id, stored.namespace, wanted, stored.updated_at),
+        )
 
     def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
         return self.find(MemoryFilter(namespace=namespace, ids=tuple(ids)))
@@ -178,6 +189,70 @@ class SqliteMemories:
             ]
         )
 
+    def find_by_content(self, pairs: Sequence[tuple[str, str]]) -> list[Memory]:
+        if not pairs:
+            return []
+        return self.db.read(
+            lambda db: [
+                _memory(r)
+                for r in db.execute(
+                    f"SELECT {_COLUMNS} FROM memories m WHERE (m.namespace, m.content_hash) IN "
+                    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                    (json.dumps([list(p) for p in pairs]),),
+                )
+            ]
+        )
+
+    def scan(self, after_key: int, limit: int, namespaces: Sequence[str] | None = None) -> list[Memory]:
+        scope = "" if namespaces is None else " AND m.namespace IN (SELECT value FROM json_each(?))"
+        params: list[Any] = [after_key] + ([] if namespaces is None else [json.dumps(list(namespaces))])
+        return self.db.read(
+            lambda db: [
+                _memory(r)
+                for r in db.execute(
+                    f"SELECT {_COLUMNS} FROM memories m WHERE m.pk > ?{scope} ORDER BY m.pk LIMIT ?", [*params, limit]
+                )
+            ]
+        )
+
+    def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
+        def txn(db: Connection) -> tuple[int, int]:
+            added = skipped = 0
+            for m, vector in items:
+                row = db.execute(
+                    "INSERT INTO memories (id, namespace, text, content_hash, tags, importance, metadata, created_at, "
+                    "updated_at, last_accessed_at, access_count, expires_at, superseded_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING pk",
+                    (
+                        m.id,
+                        m.namespace,
+                        m.text,
+                        m.content_hash,
+                        json.dumps(m.tags, ensure_ascii=False),
+                        m.importance,
+                        json.dumps(m.metadata, ensure_ascii=False),
+                        m.created_at,
+                        m.updated_at,
+                        m.last_accessed_at,
+                        m.access_count,
+                        m.expires_at,
+                        m.superseded_by,
+                    ),
+                ).fetchone()
+                if row is None:
+                    skipped += 1
+                    continue
+                added += 1
+                if vector is not None:
+                    model_id, values = vector
+                    db.execute(
+                        "INSERT INTO embeddings (memory_pk, model, content_hash, vector) VALUES (?, ?, ?, ?)",
+                        (row[0], model_id, m.content_hash, to_blob(values)),
+                    )
+            return added, skipped
+
+        return self.db.write(txn)
+
     def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
         return self.db.read(
             lambda db: [
@@ -189,8 +264,11 @@ class SqliteMemories:
             ]
         )
 
-    def delete(self, where: MemoryFilter) -> list[str]:
+    def delete(self, where: MemoryFilter, limit: int | None = None) -> list[str]:
         sql, params = filter_sql(where)
+        if limit is not None:
+            sql = f"m.pk IN (SELECT m.pk FROM memories m WHERE {sql} ORDER BY m.pk LIMIT ?)"
+            params = [*params, limit]
 
         def txn(db: Connection) -> list[str]:
             rows = db.execute(f"DELETE FROM memories AS m WHERE {sql} RETURNING pk, id", params).fetchall()
@@ -343,6 +421,9 @@ class SqliteEmbeddings:
             return written
 
         return self.db.write(txn) if items else 0
+
+    def vectors_of(self, model_id: str, keys: Sequence[int]) -> dict[int, Vector]:
+        return {key: from_blob(blob) for key, _, blob in self.vectors_for(model_id, keys)}
 
     def iter_vectors(self, model_id: str, batch: int = 5000) -> Iterator[list[tuple[int, str, bytes]]]:
         """(key, namespace, float32 blob) of every memory embedded by model_id, in batches."""

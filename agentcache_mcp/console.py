@@ -1,0 +1,219 @@
+"""Output for people at a terminal: tables on stdout, progress on stderr, JSON for scripts.
+
+The command line's subcommands (cli.py) print through here. Rules:
+- stdout carries the result only: a table and a few lines, or with --json one JSON document and nothing else;
+- progress bars and spinners go to stderr, and only when stderr is a terminal (quiet when piped or logged);
+- memory text is data, never markup or terminal control: rich markup is off, and control characters (an
+  escape sequence a web page slipped into a memory could otherwise move the cursor or retitle the window)
+  are shown as visible escapes.
+
+rich is imported only here and only when a subcommand runs, so serving never pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import unicodedata
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class ProgressUpdate(Protocol):
+    def __call__(
+        self, completed: int | None = None, total: int | None = None, *, description: str | None = None
+    ) -> None:
+        """Move the bar to `completed`; a `total` or `description` given replaces the one shown."""
+
+
+_BIDI_CONTROLS = {0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
+
+
+def stderr_is_tty() -> bool:
+    return _isatty(sys.stderr)
+
+
+def stdout_is_tty() -> bool:
+    return _isatty(sys.stdout)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+def safe(text: str, *, multiline: bool = False) -> str:
+    """Text fit to print on a terminal: control characters (and bidi overrides) become visible escapes
+    (ESC -> \\x1b); with multiline, newlines and tabs are kept."""
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if multiline and ch in "\n\t":
+            out.append(ch)
+        elif unicodedata.category(ch) == "Cc" or code in _BIDI_CONTROLS:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def shorten(text: str, width: int = 70) -> str:
+    """One line of at most `width` characters: whitespace folded, cut with an ellipsis, made safe."""
+    flat = safe(" ".join(text.split()))
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
+
+
+def when(value: float | str | None) -> str:
+    """A time for a table: '2026-01-31 12:00' (UTC); '-' for none. Takes epoch seconds or ISO 8601."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document on stdout, UTF-8 where stdout is UTF-8, else ASCII with \\u escapes (valid either way)."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    text = json.dumps(data, indent=2, ensure_ascii=encoding != "utf8")
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def say(line: str = "") -> None:
+    """A plain line on stdout (already safe: built from our own words and `safe`/`shorten` parts)."""
+    sys.stdout.write(line + "\n")
+
+
+def note(line: str) -> None:
+    """A line for the person on stderr (never mixed into stdout's data)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+PIPED_WIDTH = 250
+"""Line width of tables written to a pipe or a file: wide enough that a row stays on one line (for grep)."""
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    tty = stderr_is_tty() if stderr else stdout_is_tty()
+    width = None if tty or os.environ.get("COLUMNS") else PIPED_WIDTH
+    # markup, emoji and highlighting off: memory text is printed as it is, never interpreted
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, width=width)
+
+
+def table(
+    columns: Sequence[str | tuple[str, dict[str, Any]]],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+) -> None:
+    """A table on stdout. A column is a header, or (header, rich column options: justify, ...). Every column
+    but the last keeps to one line (ids, times, scores); the last one (the text) wraps."""
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
+    for n, column in enumerate(columns, start=1):
+        header, options = (column, {}) if isinstance(column, str) else column
+        one_line: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"} if n < len(columns) else {}
+        grid.add_column(header, **{**one_line, **options})
+    for row in rows:
+        grid.add_row(*row)
+    _console().print(grid)
+    sys.stdout.flush()
+
+
+def fields(pairs: Sequence[tuple[str, str]]) -> None:
+    """Name / value lines on stdout, values wrapped under their own column."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for name, value in pairs:
+        grid.add_row(name, value)
+    _console().print(grid)
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress(
+    description: str, total: int | None = None, *, unit: str = "", enabled: bool = True
+) -> Iterator[ProgressUpdate]:
+    """A progress bar on stderr while the block runs, if stderr is a terminal (and `enabled`); else a silent
+    update()."""
+    if not enabled or not stderr_is_tty():
+
+        def quiet(completed: int | None = None, total: int | None = None, *, description: str | None = None) -> None:
+            pass
+
+        yield quiet
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+        # stdout may be carrying the data (export): never capture it into the bar's display
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        def update(completed: int | None = None, total: int | None = None, *, description: str | None = None) -> None:
+            changes: dict[str, Any] = {}
+            if completed is not None:
+                changes["completed"] = completed
+            if total is not None:
+                changes["total"] = total
+            if description is not None:
+                changes["description"] = description
+            bar.update(task, **changes)
+
+        yield update
+
+
+@contextmanager
+def spinner(description: str) -> Iterator[None]:
+    """A spinner on stderr while the block runs (loading a model), if stderr is a terminal."""
+    if not stderr_is_tty():
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=_console(stderr=True),
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    ) as live:
+        live.add_task(description, total=None)
+        yield
