@@ -127,8 +127,8 @@ BAD_CONFIGURATIONS = [
     ([], {"AGENTCACHE_MAX_TEXT_BYTES": "0"}, "AGENTCACHE_MAX_TEXT_BYTES must be > 0, got 0"),
     ([], {"AGENTCACHE_STATEFUL_HTTP": "sessions"}, "AGENTCACHE_STATEFUL_HTTP must be true or false"),
     ([], {"AGENTCACHE_SESSION_IDLE_TIMEOUT_S": "0"}, "AGENTCACHE_SESSION_IDLE_TIMEOUT_S must be > 0, got 0"),
-    ([], {"AGENTCACHE_MODEL_WAIT_S": "-1"}, "AGENTCACHE_MODEL_WAIT_S must be >= 0, got -1"),
-    ([], {"AGENTCACHE_MODEL_WAIT_S": "10s"}, "AGENTCACHE_MODEL_WAIT_S must be a number >= 0, got '10s'"),
+    ([], {"AGENTCACHE_MODEL_WAIT_S": "-1"}, "AGENTCACHE_MODEL_WAIT_S must be >= 0 and <= 3600, got -1"),
+    ([], {"AGENTCACHE_MODEL_WAIT_S": "10s"}, "AGENTCACHE_MODEL_WAIT_S must be a number >= 0 and <= 3600, got '10s'"),
     (
         ["serve", "--transport", "streamable-http", "--stateful-http", "--session-idle-timeout", "5m"],
         {},

@@ -278,12 +278,16 @@ def test_recall_says_keyword_only_when_the_model_fails(
 def test_recall_mentions_memories_waiting_for_a_vector(
     capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path
 ) -> None:
+    from agentcache_mcp.memory.service import CATCH_UP_BATCHES
+
     memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
-    memory.remember("Alice also likes Helix")  # not embedded
+    backlog = CATCH_UP_BATCHES * 64 + 5  # more than a recall embeds itself right after the model loads
+    for i in range(backlog):
+        memory.remember(f"Alice also likes editor number {i}")  # not embedded
     memory.close()
     code, out, _ = run(capsys, "--db", db, "recall", "alice")
     assert code == 0
-    assert "1 memory of the store have no vector from test-hash-embedder yet" in out
+    assert "5 memories of the store have no vector from test-hash-embedder yet" in out
 
 
 # --- list -------------------------------------------------------------------------------------------------

@@ -237,13 +237,15 @@ class MemoryService:
     def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
         """The query's embedding, or None and why not; and a note if some memories are still unembedded."""
         deadline = time.monotonic() + self.limits.model_wait_s
+        ready = False
         while not self.stopping.is_set():
             # In short slices, so a shutdown (stdin closed, a signal) ends the wait at once.
             if self.embedder.wait_ready(min(0.1, max(0.0, deadline - time.monotonic()))):
+                ready = True
                 break
             if getattr(self.embedder, "error", None) is not None or time.monotonic() >= deadline:
                 break
-        if not self.embedder.ready:
+        if not ready:
             error = getattr(self.embedder, "error", None)
             if error is not None:
                 return None, f"the embedding model is unavailable ({error}); keyword search only"
@@ -267,8 +269,12 @@ class MemoryService:
             return None
         with self._catch_up_lock:
             if not self._caught_up.is_set():
-                self.embed_pending(max_batches=CATCH_UP_BATCHES)
-                left = self.pending_embeddings()
+                try:
+                    self.embed_pending(max_batches=CATCH_UP_BATCHES)
+                    left = self.pending_embeddings()
+                except Exception as exc:  # best effort: the recall itself must still answer
+                    log.warning("embedding memories stored before the model loaded failed: %s", exc)
+                    return f"memories stored before the model loaded could not be embedded now ({exc})"
                 if left:
                     return (
                         f"{left} memories have no vector yet (the model has just loaded); they were found by "
