@@ -229,3 +229,27 @@ def test_missing_db_directory_is_a_clear_error_at_start(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode != 0 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("transport", "path"), [("streamable-http", "/mcp"), ("sse", "/sse")])
+def test_sigterm_stops_an_http_server_while_a_client_holds_a_stream_open(
+    db_path: Path, transport: str, path: str
+) -> None:
+    import http.client
+
+    port = free_port()
+    proc = start_http(db_path, transport, port)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Accept": "text/event-stream", "Host": f"127.0.0.1:{port}"})
+        assert connection.getresponse().status == 200  # a stream that the server never ends by itself
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 5  # uvicorn gives open streams 1 s, then the bounded shutdown
+    finally:
+        connection.close()
+        if proc.poll() is None:
+            proc.kill()
+    wal = Path(f"{db_path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
