@@ -428,24 +428,10 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _memory_json(m: Memory) -> dict[str, Any]:
-    """Every field of a memory, as the `agentcache://memory/{id}` resource shows it (server.memory_json,
-    which is not imported here: loading the MCP SDK would cost a second)."""
-    from .memory.model import iso
+    """Every field of a memory, as the `agentcache://memory/{id}` resource shows it."""
+    from .memory.model import memory_fields
 
-    return {
-        "id": m.id,
-        "namespace": m.namespace,
-        "text": m.text,
-        "tags": m.tags,
-        "importance": m.importance,
-        "metadata": m.metadata,
-        "created_at": iso(m.created_at),
-        "updated_at": iso(m.updated_at),
-        "last_accessed_at": None if m.last_accessed_at is None else iso(m.last_accessed_at),
-        "access_count": m.access_count,
-        "expires_at": None if m.expires_at is None else iso(m.expires_at),
-        "superseded_by": m.superseded_by,
-    }
+    return memory_fields(m)
 
 
 def _state(m: Memory, now: float) -> str:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from . import __version__
 from .config import Settings
 from .embeddings import Embedder
-from .memory.model import Memory, iso
+from .memory.model import Memory, memory_fields
 from .memory.ports import StoreError
 from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput
 from .tool_arguments import check_arguments_humanely
@@ -99,20 +99,7 @@ NAMESPACE_PAGE = 50
 
 def memory_json(m: Memory) -> dict[str, Any]:
     """A memory as the browsing resources show it: every field a person may want."""
-    return {
-        "id": m.id,
-        "namespace": m.namespace,
-        "text": m.text,
-        "tags": m.tags,
-        "importance": m.importance,
-        "metadata": m.metadata,
-        "created_at": iso(m.created_at),
-        "updated_at": iso(m.updated_at),
-        "last_accessed_at": None if m.last_accessed_at is None else iso(m.last_accessed_at),
-        "access_count": m.access_count,
-        "expires_at": None if m.expires_at is None else iso(m.expires_at),
-        "superseded_by": m.superseded_by,
-    }
+    return memory_fields(m)
 
 
 def _app(ctx: Context) -> App:

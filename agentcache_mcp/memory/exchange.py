@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .model import Memory, content_hash, new_id
+from .model import Memory, content_hash, memory_fields, new_id
 from .ports import Vector
 from .service import MemoryService
 from .validation import (
@@ -74,20 +74,7 @@ def export_time(ts: float | None) -> str | None:
 
 
 def memory_record(m: Memory, vector: tuple[str, Vector] | None = None) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": m.id,
-        "namespace": m.namespace,
-        "text": m.text,
-        "tags": m.tags,
-        "importance": m.importance,
-        "metadata": m.metadata,
-        "created_at": export_time(m.created_at),
-        "updated_at": export_time(m.updated_at),
-        "last_accessed_at": export_time(m.last_accessed_at),
-        "access_count": m.access_count,
-        "expires_at": export_time(m.expires_at),
-        "superseded_by": m.superseded_by,
-    }
+    record = memory_fields(m, export_time)  # times to the microsecond, so an import keeps them exactly
     if vector is not None:
         model_id, values = vector
         data = np.asarray(values, dtype="<f4")

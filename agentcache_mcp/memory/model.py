@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -186,3 +187,22 @@ def content_hash(text: str) -> str:
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def memory_fields(m: Memory, when: Callable[[float], str | None] = iso) -> dict[str, Any]:
+    """Every public field of a memory (what the resources, the CLI and exports show), times formatted by
+    `when`; a time that is not set stays None."""
+    return {
+        "id": m.id,
+        "namespace": m.namespace,
+        "text": m.text,
+        "tags": m.tags,
+        "importance": m.importance,
+        "metadata": m.metadata,
+        "created_at": when(m.created_at),
+        "updated_at": when(m.updated_at),
+        "last_accessed_at": None if m.last_accessed_at is None else when(m.last_accessed_at),
+        "access_count": m.access_count,
+        "expires_at": None if m.expires_at is None else when(m.expires_at),
+        "superseded_by": m.superseded_by,
+    }
