@@ -94,6 +94,16 @@ def _command(
     return parser
 
 
+def _tag_filter(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tag",
+        action="append",
+        default=None,
+        metavar="TAG",
+        help="only memories with this tag (repeatable: all of them)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="agentcache-mcp",
@@ -133,23 +143,11 @@ def _parser() -> argparse.ArgumentParser:
 
     recall = _command(sub, "recall", "search memories by meaning and keywords, best first", namespace=True)
     recall.add_argument("query", nargs="+", help="what you want to know (several words are joined)")
-    recall.add_argument(
-        "--tag",
-        action="append",
-        default=None,
-        metavar="TAG",
-        help="only memories with this tag (repeatable: all of them)",
-    )
+    _tag_filter(recall)
     recall.add_argument("--limit", type=int, default=10, metavar="N", help="how many results, 1..100 (default 10)")
 
     listing = _command(sub, "list", "list a namespace's memories, newest first", namespace=True)
-    listing.add_argument(
-        "--tag",
-        action="append",
-        default=None,
-        metavar="TAG",
-        help="only memories with this tag (repeatable: all of them)",
-    )
+    _tag_filter(listing)
     listing.add_argument("--limit", type=int, default=20, metavar="N", help="how many memories (default 20)")
 
     show = _command(sub, "show", "print every field of one memory")

@@ -84,6 +84,9 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
 )
 """(variable, setting, parser): every environment variable read. An empty variable counts as unset."""
 
+ENV_VARIABLES: tuple[str, ...] = tuple(name for name, _, _ in _ENV)
+"""The names of every environment variable the settings read."""
+
 FLAGS: dict[str, str] = {
     "db_path": "--db",
     "host": "--host",

@@ -27,28 +27,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 from agentcache_mcp import cli
-from agentcache_mcp.config import Settings
+from agentcache_mcp.config import ENV_VARIABLES, Settings
 from agentcache_mcp.memory.validation import InvalidInput, validate_namespace
-
-ENV_READ = (
-    "AGENTCACHE_DB",
-    "AGENTCACHE_NAMESPACE",
-    "AGENTCACHE_EMBEDDING_MODEL",
-    "AUTO_FORGET_ENABLED",
-    "AUTO_FORGET_INTERVAL_S",
-    "AGENTCACHE_AUTH_TOKEN",
-    "AGENTCACHE_ALLOWED_HOSTS",
-    "AGENTCACHE_MAX_TEXT_BYTES",
-    "AGENTCACHE_STATEFUL_HTTP",
-    "AGENTCACHE_SESSION_IDLE_TIMEOUT_S",
-    "AGENTCACHE_MODEL_WAIT_S",
-)
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No setting leaks in from the developer's shell, and whatever main() sets is undone afterwards."""
-    for name in (*ENV_READ, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
+    for name in (*ENV_VARIABLES, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(name, "x")  # records the original value (or its absence) for the undo
         monkeypatch.delenv(name)
     sdk = logging.getLogger("mcp")
@@ -242,7 +228,7 @@ def test_valid_settings_reach_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_invalid_setting_exits_2_from_a_real_process(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_READ}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
     for argv, extra, expected in [
         (["serve", "--transport", "streamable-http", "--port", "99999"], {}, "--port must be 0..65535, got 99999"),
         (["serve"], {"AGENTCACHE_NAMESPACE": "a/b"}, "AGENTCACHE_NAMESPACE 'a/b' is invalid: use letters"),
@@ -513,7 +499,7 @@ PROGRESS_BAR_TEXT = ("Loading weights", "it/s", "%|")
 
 @pytest.mark.model
 def test_model_load_under_main_prints_no_progress_bar(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in (*ENV_READ, *cli.QUIET_THIRD_PARTY)}
+    env = {k: v for k, v in os.environ.items() if k not in (*ENV_VARIABLES, *cli.QUIET_THIRD_PARTY)}
 
     def run(script: str) -> str:
         out = subprocess.run(

@@ -27,23 +27,9 @@ import sqlean  # the app's SQLite: a second SQLite library in one process would 
 from agentcache_mcp import app, cli, console
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.backends.sqlite import backup as backup_module
-from agentcache_mcp.config import DEFAULT_MODEL, Settings
+from agentcache_mcp.config import DEFAULT_MODEL, ENV_VARIABLES, Settings
 
 from conftest import HashEmbedder
-
-ENV_READ = (
-    "AGENTCACHE_DB",
-    "AGENTCACHE_NAMESPACE",
-    "AGENTCACHE_EMBEDDING_MODEL",
-    "AUTO_FORGET_ENABLED",
-    "AUTO_FORGET_INTERVAL_S",
-    "AGENTCACHE_AUTH_TOKEN",
-    "AGENTCACHE_ALLOWED_HOSTS",
-    "AGENTCACHE_MAX_TEXT_BYTES",
-    "AGENTCACHE_STATEFUL_HTTP",
-    "AGENTCACHE_SESSION_IDLE_TIMEOUT_S",
-    "AGENTCACHE_MODEL_WAIT_S",
-)
 
 OTHER_MODEL = "other-test-model"
 
@@ -68,7 +54,7 @@ class FakeModel(HashEmbedder):
 @pytest.fixture(autouse=True)
 def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No setting from the developer's shell; the fake model; whatever main() sets is undone afterwards."""
-    for name in (*ENV_READ, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
+    for name in (*ENV_VARIABLES, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
         monkeypatch.setenv(name, "x")
         monkeypatch.delenv(name)
     monkeypatch.setattr(app, "SentenceTransformerEmbedder", FakeModel)
@@ -938,7 +924,7 @@ def test_settings_are_checked_first(capsys: pytest.CaptureFixture[str], populate
 @pytest.mark.slow
 def test_logs_are_quiet_unless_a_log_level_is_given(tmp_path: Path) -> None:
     """A person at a terminal gets the result, not INFO lines (creating a store logs its migrations)."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_READ}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
 
     def stderr_of(*argv: str) -> str:
         done = subprocess.run(

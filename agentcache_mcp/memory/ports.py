@@ -15,7 +15,6 @@ Promises every backend keeps (each is a contract test):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -190,12 +189,6 @@ class EmbeddingStore(Protocol):
     def write(self, model_id: str, items: Sequence[tuple[int, str, Vector]]) -> int:
         """Store (key, content_hash, vector); a memory deleted or changed meanwhile is skipped."""
         ...
-
-
-@dataclass(slots=True)
-class IndexCheck:
-    keyword_ok: bool
-    keyword_rebuilt: bool
 
 
 class StorageBackend(Protocol):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
+from ...memory.ports import Vector
 
 
 @dataclass
