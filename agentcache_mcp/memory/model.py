@@ -74,6 +74,16 @@ class MemoryUpdate:
 
 
 @dataclass(slots=True, frozen=True)
+class MemoryEdit:
+    """What a person may change of a stored memory (the web UI's edit form): tags, importance and expiry.
+    The text, and so its hash, indexes and vectors, never change."""
+
+    tags: list[str]
+    importance: float
+    expires_at: float | None
+
+
+@dataclass(slots=True, frozen=True)
 class MemoryFilter:
     """Which memories an operation applies to: a value object every backend translates, never a SQL fragment.
 
@@ -101,6 +111,8 @@ class MemoryFilter:
     """importance <= this."""
     unused_since: float | None = None
     """Neither remembered again nor returned by a recall at or after this time."""
+    superseded_by: str | None = None
+    """Superseded by the memory with this id (what a memory corrects or replaced)."""
     live_at: float | None = None
     """Only memories a recall may return at this time: not expired, and not superseded by a memory that is
     itself still there and unexpired (deleting or expiring the superseding memory brings this one back)."""

@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .model import Memory, MemoryFilter, MemoryUpdate, NewMemory
+from .model import Memory, MemoryEdit, MemoryFilter, MemoryUpdate, NewMemory
 
 Vector = npt.NDArray[np.float32]
 Merge = Callable[[Memory, NewMemory], MemoryUpdate]
+Change = Callable[[Memory], MemoryEdit]
 
 
 class StoreError(RuntimeError):
@@ -78,8 +79,24 @@ class MemoryRepository(Protocol):
         Returns (added, skipped). The iterable is consumed lazily, inside the transaction."""
         ...
 
-    def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
-        """A page of the namespace's memories, newest first, older than before_key if given."""
+    def recent(
+        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+    ) -> list[Memory]:
+        """A page of the namespace's memories, newest first (by key), with keys below before_key if given, and
+        with all of `tags` if any. Superseded and expired memories are included."""
+        ...
+
+    def edit(self, namespace: str, memory_id: str, change: Change) -> Memory | None:
+        """Apply `change(current)` to the memory `memory_id` of `namespace`, read and written in ONE transaction:
+        its tags, importance and expires_at become the MemoryEdit's; nothing else changes (text, hash, times,
+        access stats, superseded_by, key). Returns the memory as stored after the edit, or None (nothing
+        written) if the namespace holds no such memory. `change` may raise (InvalidInput): nothing is written."""
+        ...
+
+    def created_per_day(self, since: float) -> list[tuple[str, str, int]]:
+        """(namespace, UTC day as 'YYYY-MM-DD', count) of the stored memories created at or after `since`
+        (epoch seconds), every namespace, any state (superseded and expired count too); days with none are
+        left out; ordered by day, then namespace."""
         ...
 
     def delete(self, where: MemoryFilter, limit: int | None = None) -> list[str]:

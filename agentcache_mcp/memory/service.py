@@ -6,6 +6,7 @@ what re-remembering does, what a forget may touch) and speaks to storage only th
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from .model import (
     ForgetResult,
     Hit,
     Memory,
+    MemoryEdit,
     MemoryFilter,
     MemoryUpdate,
     NewMemory,
@@ -51,6 +53,12 @@ from .validation import (
 
 log = logging.getLogger(__name__)
 
+
+RECENT_SWEEPS_KEY = "auto_forget_recent_sweeps"
+RECENT_SWEEPS_KEPT = 20
+"""How many auto-forget sweeps the store remembers (for the web UI's stats page), newest first."""
+SWEEP_IDS_KEPT = 20
+"""Per sweep and rule, how many of the ids it deleted or superseded are kept with the record."""
 
 CATCH_UP_BATCHES = 2
 """At most this many embedding batches (64 memories each) a recall embeds itself right after the model loads."""
@@ -318,16 +326,83 @@ class MemoryService:
         found = self.backend.memories.get(None, [checked])
         return found[0] if found else None
 
-    def recent(self, namespace: str, limit: int = 50, before: str | None = None) -> list[Memory]:
-        """A page of a namespace's memories, newest first; `before`: the id the previous page ended with."""
+    def recent(
+        self, namespace: str, limit: int = 50, before: str | None = None, tags: list[str] | None = None
+    ) -> list[Memory]:
+        """A page of a namespace's memories, newest first, with all of `tags` if given; `before`: the id the
+        previous page ended with."""
         namespace = validate_namespace(namespace)
+        clean_tags = validate_tags(tags)
         before_key = None
         if before is not None:
             anchor = self.backend.memories.get(namespace, validate_ids([before], "before"))
             if not anchor:
                 raise InvalidInput(f"no memory {before!r} in namespace {namespace!r} to page from")
             before_key = anchor[0].key
-        return self.backend.memories.recent(namespace, validate_limit(limit), before_key)
+        return self.backend.memories.recent(namespace, validate_limit(limit), before_key, clean_tags)
+
+    def neighbours_in_time(self, memory: Memory, width: int = 3) -> tuple[list[Memory], list[Memory]]:
+        """The memories written up to `width` places before and after this one in its namespace (the ones
+        recall's neighbour rule looks at), each list oldest first."""
+        [pairs] = self.backend.memories.neighbours(memory.namespace, [memory.key], width).values()
+        earlier = [b for b, _ in pairs if b is not None]
+        later = [a for _, a in pairs if a is not None]
+        found = self.backend.memories.get_by_keys(memory.namespace, earlier + later)
+        return (
+            [found[k] for k in sorted(earlier) if k in found],
+            [found[k] for k in sorted(later) if k in found],
+        )
+
+    def superseded_by(self, memory: Memory) -> list[Memory]:
+        """The memories this one supersedes (corrects, or replaced as a near-duplicate), oldest first."""
+        return self.backend.memories.find(MemoryFilter(namespace=memory.namespace, superseded_by=memory.id))
+
+    def created_per_day(self, days: int, now: float | None = None) -> list[tuple[str, str, int]]:
+        """(namespace, UTC day 'YYYY-MM-DD', memories created that day still stored) over the last `days`
+        UTC days, today included."""
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3660:
+            raise InvalidInput(f"days must be a whole number from 1 to 3660, got {days!r}")
+        now = time.time() if now is None else now
+        since = (now // DAY - (days - 1)) * DAY  # the start of the first UTC day
+        return self.backend.memories.created_per_day(since)
+
+    # -- a person's edit
+
+    def edit(
+        self,
+        memory_id: str,
+        namespace: str | None = None,
+        *,
+        tags: list[str] | None = None,
+        importance: float | None = None,
+        ttl_days: float | None = None,
+        never_expires: bool = False,
+    ) -> Memory | None:
+        """A person's edit of one memory of the namespace (the web UI). `tags`: the full new list; `importance`;
+        the expiry: `ttl_days` from now, or `never_expires`. None leaves a field as it is. The checks are
+        remember's. Unlike re-remembering, an edit may lower importance or shorten a life: a person decided.
+        Returns the memory as stored, or None if the namespace has no memory with this id."""
+        [checked_id] = validate_ids([memory_id], "id")
+        namespace = self._namespace(namespace)
+        new_tags = None if tags is None else validate_tags(tags)
+        new_importance = None if importance is None else validate_importance(importance)
+        ttl = validate_positive_days(ttl_days, "ttl_days")
+        if ttl is not None and never_expires:
+            raise InvalidInput("give either ttl_days or never_expires, not both")
+        now = time.time()
+
+        def change(current: Memory) -> MemoryEdit:
+            if ttl is not None:
+                expires_at: float | None = now + ttl * DAY
+            else:
+                expires_at = None if never_expires else current.expires_at
+            return MemoryEdit(
+                tags=current.tags if new_tags is None else new_tags,
+                importance=current.importance if new_importance is None else new_importance,
+                expires_at=expires_at,
+            )
+
+        return self.backend.memories.edit(namespace, checked_id, change)
 
     # -- forget
 
@@ -351,15 +426,50 @@ class MemoryService:
         )
 
     def auto_forget(self, dry_run: bool = False, now: float | None = None) -> AutoForgetReport:
+        """One sweep of the auto-forget policy; a real one (not dry_run) is recorded for recent_sweeps."""
         self.flush_accesses()  # "unused" must see the latest recalls
-        return auto_forget(
+        started_at, started = time.time(), time.monotonic()
+        report = auto_forget(
             self.backend.memories,
             self.backend.vectors,
             self.backend.embeddings,
             self.policy,
             dry_run=dry_run,
-            now=time.time() if now is None else now,
+            now=started_at if now is None else now,
         )
+        if not dry_run:
+            try:
+                self._record_sweep(report, started_at, time.monotonic() - started)
+            except Exception:  # the sweep itself is done; its record is for people only
+                log.exception("recording the auto-forget sweep failed")
+        return report
+
+    def _record_sweep(self, report: AutoForgetReport, at: float, seconds: float) -> None:
+        record = {
+            "at": iso(at),
+            "seconds": round(seconds, 3),
+            **report.counts,
+            "ids": {
+                "expired": report.expired[:SWEEP_IDS_KEPT],
+                "superseded": report.superseded[:SWEEP_IDS_KEPT],
+                "low_importance": report.low_importance[:SWEEP_IDS_KEPT],
+            },
+        }
+        # Read, then written: two processes sweeping in the same instant may keep one record of the two.
+        kept = [record, *self.recent_sweeps()][:RECENT_SWEEPS_KEPT]
+        self.backend.memories.put_setting(RECENT_SWEEPS_KEY, json.dumps(kept))
+
+    def recent_sweeps(self) -> list[dict[str, Any]]:
+        """The last RECENT_SWEEPS_KEPT auto-forget sweeps of any process on this store, newest first: when
+        (`at`, ISO 8601 UTC), how long (`seconds`), how many memories each rule removed (`expired`,
+        `superseded`, `low_importance`) and up to SWEEP_IDS_KEPT of their ids per rule (`ids`)."""
+        raw = self.backend.memories.get_setting(RECENT_SWEEPS_KEY)
+        try:
+            sweeps = json.loads(raw) if raw else []
+        except ValueError:
+            log.warning("the stored record of recent auto-forget sweeps is unreadable; starting it anew")
+            return []
+        return [s for s in sweeps if isinstance(s, dict)] if isinstance(sweeps, list) else []
 
     # -- embeddings and the vector index
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...memory.model import Memory, MemoryFilter, NewMemory
-from ...memory.ports import Merge, UnknownMemories, Vector
+from ...memory.ports import Change, Merge, UnknownMemories, Vector
 from .connection import Connection, Database, chunks
 from .schema import purge_deleted_terms
 
@@ -76,6 +76,9 @@ def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
     if where.unused_since is not None:
         clauses.append(f"max({a}.updated_at, coalesce({a}.last_accessed_at, 0)) < ?")
         params.append(where.unused_since)
+    if where.superseded_by is not None:
+        clauses.append(f"{a}.superseded_by = ?")
+        params.append(where.superseded_by)
     if where.live_at is not None:
         # Live: not expired, and not superseded by a memory that is still there and unexpired.
         clauses.append(
@@ -253,13 +256,44 @@ class SqliteMemories:
 
         return self.db.write(txn)
 
-    def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
+    def recent(
+        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+    ) -> list[Memory]:
+        sql, params = filter_sql(MemoryFilter(namespace=namespace, tags=tuple(tags)))
         return self.db.read(
             lambda db: [
                 _memory(r)
                 for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = ? AND m.pk < ? ORDER BY m.pk DESC LIMIT ?",
-                    (namespace, before_key if before_key is not None else 2**63 - 1, limit),
+                    f"SELECT {_COLUMNS} FROM memories m WHERE {sql} AND m.pk < ? ORDER BY m.pk DESC LIMIT ?",
+                    (*params, before_key if before_key is not None else 2**63 - 1, limit),
+                )
+            ]
+        )
+
+    def edit(self, namespace: str, memory_id: str, change: Change) -> Memory | None:
+        def txn(db: Connection) -> Memory | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = ? AND m.id = ?", (namespace, memory_id)
+            ).fetchone()
+            if row is None:
+                return None
+            edited = change(_memory(row))
+            db.execute(
+                "UPDATE memories SET tags = ?, importance = ?, expires_at = ? WHERE pk = ?",
+                (json.dumps(edited.tags, ensure_ascii=False), edited.importance, edited.expires_at, row[0]),
+            )
+            return _memory(db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE m.pk = ?", (row[0],)).fetchone())
+
+        return self.db.write(txn)
+
+    def created_per_day(self, since: float) -> list[tuple[str, str, int]]:
+        return self.db.read(
+            lambda db: [
+                (namespace, day, count)
+                for namespace, day, count in db.execute(
+                    "SELECT namespace, date(created_at, 'unixepoch') AS day, count(*) FROM memories "
+                    "WHERE created_at >= ? GROUP BY day, namespace ORDER BY day, namespace",
+                    (since,),
                 )
             ]
         )
