@@ -141,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
         help="with --stateful-http: close a session idle this long (default 300; $AGENTCACHE_SESSION_IDLE_TIMEOUT_S)",
     )
 
+    ui = sub.add_parser(
+        "ui",
+        help="open the memory browser (a web page) on loopback",
+        description="serve the memory browser on http://127.0.0.1:PORT/ui/ (loopback only), over the same "
+        "database as the servers (they may run meanwhile); with AGENTCACHE_AUTH_TOKEN set, pages need a login",
+    )
+    _common_options(ui, subcommand=True)
+    ui.add_argument("--port", default=None, metavar="PORT", help=f"port, 0..65535 (default {UI_PORT})")
+
     recall = _command(sub, "recall", "search memories by meaning and keywords, best first", namespace=True)
     recall.add_argument("query", nargs="+", help="what you want to know (several words are joined)")
     _tag_filter(recall)
@@ -219,13 +228,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+UI_PORT = 8766
+"""`agentcache-mcp ui`'s default port: beside a `serve` on the default 8765."""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment and the parsed flags (flags win); ConfigError if any is invalid."""
     allowed = getattr(args, "allowed_host", None)
+    port = getattr(args, "port", None)
+    if args.command == "ui" and port is None:
+        port = str(UI_PORT)
     return Settings.from_env(
         db_path=getattr(args, "db", None),
         host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
+        port=port,
         allowed_hosts=tuple(allowed) if allowed is not None else None,
         stateful_http=getattr(args, "stateful_http", None),
         session_idle_timeout_s=getattr(args, "session_idle_timeout", None),
@@ -304,10 +320,13 @@ def main(argv: list[str] | None = None) -> None:
     from .memory.ports import StoreError
 
     try:
-        anyio.run(serve, settings, transport)
+        if command == "ui":
+            anyio.run(serve_ui, settings)
+        else:
+            anyio.run(serve, settings, transport)
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")
-    if command == "serve":
+    if command in ("serve", "ui"):
         # Shutdown is complete (access stats written, WAL checkpointed, store closed). Threads it abandoned (a
         # stdin read, a model still loading, an embedding batch) would keep the interpreter waiting: leave now.
         logging.shutdown()
@@ -1008,13 +1027,49 @@ async def serve(settings: Settings, transport: str) -> None:
                 tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, stopping)
                 await _run_stdio(server, stopping)  # returns on stdin EOF, once calls in flight have answered
             else:
-                uv = _http_server(server, settings, transport)
+                uv = _http_server(server, settings, transport, app=app)
                 tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
                 log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
                 await uv.serve()
             stopping.set()
             tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def serve_ui(settings: Settings) -> None:
+    """`agentcache-mcp ui`: the memory browser alone, on loopback, over the store the servers use. It loads the
+    model (search by meaning) and embeds what is pending like a server, but leaves auto-forget to the servers."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount, Route, Router
+
+    from .transports import UI_PATH
+    from .ui import build_ui
+    from .workers import open_app
+
+    async with open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app:
+        stopping = app.memory.stopping
+        asgi = Router(
+            [
+                Route("/", lambda _: RedirectResponse(UI_PATH + "/", status_code=307)),
+                Mount(UI_PATH, build_ui(app)),
+            ]
+        )
+        # The UI logs in itself (a browser cannot send a bearer header); Host/Origin checks apply as to /mcp.
+        uv = _uvicorn(guard(asgi, settings, logs_in_itself=lambda _: True), settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
+            tg.start_soon(_announce, uv)
+            await uv.serve()
+            stopping.set()
+            tg.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _announce(uv: Any) -> None:
+    while not uv.started:
+        await anyio.sleep(0.05)
+    host, port = uv.servers[0].sockets[0].getsockname()[:2]
+    log.info("memory browser on http://%s:%d/ui/", host, port)
 
 
 def _hold_signals_during_shutdown() -> None:
@@ -1080,9 +1135,13 @@ async def _cancel_on_signal(scope: anyio.CancelScope, uv: Any, stopping: threadi
         _hold_signals_during_shutdown()
 
 
-def _http_server(server: Any, settings: Settings, transport: str) -> Any:
-    import uvicorn
+def _http_server(server: Any, settings: Settings, transport: str, *, app: Any = None) -> Any:
+    """A uvicorn server for the MCP transport, behind transports.guard; with `app` (the running App) the
+    memory browser is served at /ui/ beside it."""
     from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.routing import Mount
+
+    from .transports import UI_PATH, is_ui_path
 
     if (refusal := bind_refusal(settings)) is not None:
         raise ValueError(refusal)  # main checks first; this keeps any other caller from skipping it
@@ -1104,7 +1163,15 @@ def _http_server(server: Any, settings: Settings, transport: str) -> Any:
             stateless_http=not settings.stateful_http,
             session_idle_timeout=settings.session_idle_timeout_s,
         )
-    asgi = guard(asgi, settings)
+    if app is not None:
+        from .ui import build_ui
+
+        asgi.router.routes.append(Mount(UI_PATH, build_ui(app)))
+    return _uvicorn(guard(asgi, settings, logs_in_itself=is_ui_path if app is not None else None), settings)
+
+
+def _uvicorn(asgi: Any, settings: Settings) -> Any:
+    import uvicorn
 
     class Server(uvicorn.Server):
         def capture_signals(self) -> Any:  # we handle signals ourselves: flush first, then exit

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import Settings
@@ -218,6 +218,24 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def same_token(given: bytes, digest: bytes) -> bool:
+    """Whether `given` is the token whose token_digest is `digest`, compared as SHA-256 digests in constant
+    time: the time taken reveals neither the token's content nor its length."""
+    return hmac.compare_digest(hashlib.sha256(given).digest(), digest)
+
+
+UI_PATH = "/ui"
+"""Where the HTTP transports serve the web UI (agentcache_mcp.ui)."""
+
+
+def is_ui_path(path: str) -> bool:
+    return path == UI_PATH or path.startswith(UI_PATH + "/")
+
+
 class BearerAuth:
     """ASGI middleware: every HTTP/WebSocket request needs `Authorization: Bearer <token>`, else 401.
 
@@ -226,11 +244,12 @@ class BearerAuth:
     missing, repeated or malformed header is refused.
     """
 
-    def __init__(self, app: Any, token: str):
+    def __init__(self, app: Any, token: str, *, logs_in_itself: Callable[[str], bool] | None = None):
         if not token:
             raise ValueError("BearerAuth needs a non-empty token")
         self.app = app
-        self._digest = hashlib.sha256(token.encode()).digest()
+        self._digest = token_digest(token)
+        self._logs_in_itself = logs_in_itself
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         values = _header_values(scope, b"authorization")
@@ -240,10 +259,14 @@ class BearerAuth:
         credentials = credentials.lstrip(b" ")
         if not sep or scheme.lower() != b"bearer" or not credentials:
             return False
-        return hmac.compare_digest(hashlib.sha256(credentials).digest(), self._digest)
+        return same_token(credentials, self._digest)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket") and not self.authorized(scope):
+        if (
+            scope["type"] in ("http", "websocket")
+            and not (self._logs_in_itself is not None and self._logs_in_itself(scope.get("path", "")))
+            and not self.authorized(scope)
+        ):
             await _refuse(
                 scope,
                 send,
@@ -322,11 +345,12 @@ class RequestLog:
             )
 
 
-def guard(asgi: Any, settings: Settings) -> Any:
+def guard(asgi: Any, settings: Settings, *, logs_in_itself: Callable[[str], bool] | None = None) -> Any:
     """`asgi` behind the guards `settings` call for: Host/Origin first, then the bearer token; the
-    request log outermost."""
+    request log outermost. Paths for which `logs_in_itself` is true (the web UI's: a browser cannot send a
+    bearer header) are left to the app's own token login; Host/Origin checks still apply to them."""
     if settings.auth_token:
-        asgi = BearerAuth(asgi, settings.auth_token)
+        asgi = BearerAuth(asgi, settings.auth_token, logs_in_itself=logs_in_itself)
     if needs_host_check(settings):
         asgi = HostOriginGuard(asgi, [*_bind_entries(settings.host), *settings.allowed_hosts])
     return RequestLog(asgi)
