@@ -128,8 +128,14 @@ def seed(memory: MemoryService, now: float | None = None) -> dict[str, str]:
     for n, text in enumerate(home):
         ids[f"home{n}"] = put(memory, "home", text, now - (10 - 2 * n) * DAY - 1800 * n, tags=["home"])
     for n in range(9):
-        put(memory, "research", f"Paper note {n}: retrieval fusion baseline variant {n} scored R@10 0.{60 + n}.",
-            now - (n % 5) * DAY - 60 * n, tags=["papers"], importance=0.3)
+        put(
+            memory,
+            "research",
+            f"Paper note {n}: retrieval fusion baseline variant {n} scored R@10 0.{60 + n}.",
+            now - (n % 5) * DAY - 60 * n,
+            tags=["papers"],
+            importance=0.3,
+        )
     old = memory.remember("The team offsite is in Porto in March.", namespace="work", tags=["events"]).id
     ids["corrected"] = old
     ids["correction"] = memory.remember(

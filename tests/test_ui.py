@@ -1,0 +1,423 @@
+"""The web UI without a browser: pages, the service rules behind its forms, and its security rules, through
+the same guarded ASGI app the HTTP transports serve (cli._http_server), with starlette's TestClient."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.server.mcpserver import MCPServer
+from starlette.testclient import TestClient
+
+from agentcache_mcp import cli
+from agentcache_mcp.app import open_memory
+from agentcache_mcp.config import Settings
+from agentcache_mcp.memory.model import DAY
+from agentcache_mcp.server import build_server
+from agentcache_mcp.ui.chart import OTHER, SERIES_SHOWN, build_chart, day_range
+from agentcache_mcp.workers import App
+
+from conftest import HashEmbedder
+from ui_support import XSS_TEXTS, seed
+
+TOKEN = "s3cret-ui-token"
+BASE = "http://127.0.0.1:8765"
+
+
+class Ui:
+    def __init__(self, app: App, client: TestClient, ids: dict[str, str]):
+        self.app = app
+        self.client = client
+        self.ids = ids
+
+    @property
+    def memory(self) -> Any:
+        return self.app.memory
+
+    def csrf(self) -> str:
+        page = self.client.get(f"/ui/memory/{self.ids['home1']}")  # a page with a form
+        found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert found, page.text[:500]
+        return found.group(1)
+
+    def post(self, path: str, data: dict[str, Any], **headers: str) -> Any:
+        return self.client.post(path, data=data, headers={"Origin": BASE, **headers}, follow_redirects=False)
+
+
+def _ui(tmp_path: Path, transport: str = "streamable-http", **settings: Any) -> Iterator[Ui]:
+    config = Settings(db_path=tmp_path / "memory.db", auto_forget_enabled=False, **settings)
+    memory = open_memory(config, embedder=HashEmbedder())
+    app = App(config, memory)
+    ids = seed(memory)
+    for text in XSS_TEXTS:
+        ids[text] = memory.remember(text, namespace="work", tags=["<b>x</b>"]).id
+    memory.embed_pending()
+    memory.load_vectors()
+    asgi = cli._http_server(build_server(config, app=app), config, transport, app=app).config.app
+    try:
+        with TestClient(asgi, base_url=BASE) as client:
+            yield Ui(app, client, ids)
+    finally:
+        memory.close()
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[Ui]:
+    yield from _ui(tmp_path)
+
+
+@pytest.fixture
+def ui_token(tmp_path: Path) -> Iterator[Ui]:
+    yield from _ui(tmp_path, auth_token=TOKEN)
+
+
+# --- the pages ---------------------------------------------------------------------------------------------
+
+
+def test_home_lists_namespaces_with_counts(ui: Ui) -> None:
+    page = ui.client.get("/ui/")
+    assert page.status_code == 200
+    counts = ui.memory.backend.memories.counts_by_namespace()
+    for namespace, n in counts.items():
+        assert re.search(rf'href="/ui/ns/{namespace}">{namespace}</a></td>\s*<td class="num">{n}</td>', page.text)
+
+
+def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) -> None:
+    page = ui.client.get("/ui/ns/work", params={"tag": "infra"}).text
+    assert page.index("Feature flags live in LaunchDarkly") < page.index("The staging database runs on port 5433")
+    assert "billing service" not in page
+    for n in range(60):
+        ui.memory.remember(f"bulk note number {n}", namespace="bulk")
+    first = ui.client.get("/ui/ns/bulk").text
+    assert "bulk note number 59<" in first and "bulk note number 10<" in first and "bulk note number 9<" not in first
+    older = re.search(r'href="(/ui/ns/bulk\?before=[^"]+)">older', first)
+    assert older, "a full page links to the older memories"
+    second = ui.client.get(older.group(1).replace("&amp;", "&")).text
+    assert "bulk note number 9<" in second and "bulk note number 0<" in second and "bulk note number 10<" not in second
+    assert "older »" not in second
+
+
+def test_search_is_a_linkable_get_showing_scores_and_the_retrieval(ui: Ui) -> None:
+    page = ui.client.get("/ui/", params={"namespace": "work", "q": "which port does the staging database use"})
+    assert page.status_code == 200
+    assert "retrieval: hybrid" in page.text
+    first = page.text.index("<tbody>")
+    assert page.text.index("staging database runs on port 5433", first) < page.text.index("billing", first)
+    assert re.search(r'<meter min="0" max="[0-9.]+" value="[0-9.]+"></meter> <span>\d\.\d{3}</span>', page.text)
+
+
+def test_search_says_when_it_was_keyword_only(ui: Ui) -> None:
+    ui.memory.embedder.error = RuntimeError("no model here")  # what a failed model load leaves
+    ui.memory.embedder.wait_ready = lambda timeout: False
+    page = ui.client.get("/ui/", params={"namespace": "work", "q": "staging database"}).text
+    assert "retrieval: keyword only" in page and "no model here" in page
+
+
+def test_memory_page_shows_every_field_its_neighbours_and_supersession(ui: Ui) -> None:
+    fixed = ui.client.get(f"/ui/memory/{ui.ids['correction']}").text
+    assert "The team offsite moved to Lisbon" in fixed
+    assert "email from Carol" in fixed and "0.8" in fixed
+    assert f'href="/ui/memory/{ui.ids["corrected"]}">The team offsite is in Porto in March.' in fixed
+    old = ui.client.get(f"/ui/memory/{ui.ids['corrected']}").text
+    assert "superseded</span>" in old and f'href="/ui/memory/{ui.ids["correction"]}"' in old
+    earlier, later = ui.memory.neighbours_in_time(ui.memory.get(ui.ids["correction"]))
+    for neighbour in earlier + later:
+        assert f'href="/ui/memory/{neighbour.id}"' in fixed
+
+
+def test_unknown_memory_is_a_404_page(ui: Ui) -> None:
+    page = ui.client.get("/ui/memory/01JH3X5ZQ8W5V1R7Y0K2M4N6P8")
+    assert page.status_code == 404 and "no memory with this id" in page.text
+
+
+def test_stats_page_shows_pending_embeddings_index_state_and_recorded_sweeps(ui: Ui) -> None:
+    ui.memory.remember("a memory not embedded yet", namespace="work")
+    ui.memory.auto_forget(now=time.time() + 8 * DAY)  # the week-long memory expires
+    page = ui.client.get("/ui/stats").text
+    assert re.search(r'id="pending">1<', page)
+    assert "checked, in step" in page or "not checked yet" in page
+    assert re.search(r'<td class="num">1</td>\s*<td class="num">0</td>', page)  # 1 expired, 0 superseded
+    assert f'<span class="gone">{ui.ids["expiring"]}</span> (expired, deleted)' in page
+
+
+def test_chart_page_draws_bars_per_day_per_namespace_as_inline_svg(ui: Ui) -> None:
+    page = ui.client.get("/ui/chart", params={"days": 30}).text
+    rects = re.findall(
+        r'<rect class="s(\d)" x="[\d.]+" y="[\d.]+" width="[\d.]+" height="[\d.]+"><title>([^<]+)</title>', page
+    )
+    labels = {label for _, label in rects}
+    counts = ui.memory.created_per_day(30)
+    assert len(rects) == len(counts)
+    for namespace, day, n in counts:
+        assert f"{day} · {namespace}: {n}" in labels
+
+
+def test_chart_geometry_stacks_each_day_and_folds_small_namespaces_into_other() -> None:
+    days = day_range(3, 20_000 * DAY + 5)
+    counts = [("a", days[0], 3), ("b", days[0], 1), ("a", days[2], 4)]
+    chart = build_chart(counts, days)
+    assert chart.series == ["a", "b"] and chart.totals == {"a": 7, "b": 1}
+    first_day = [b for b in chart.bars if b.label.startswith(days[0])]
+    assert first_day[0].y + first_day[0].height == chart.bottom  # stacked from the baseline up
+    assert first_day[1].y + first_day[1].height == pytest.approx(first_day[0].y)
+    tallest = max(b.height for b in chart.bars)
+    assert tallest == pytest.approx(first_day[0].height * 4 / 3)
+    many = [(f"ns{i}", days[1], 1) for i in range(SERIES_SHOWN + 2)]
+    folded = build_chart(many, days)
+    assert len(folded.series) == SERIES_SHOWN and folded.series[-1] == OTHER
+    assert folded.totals[OTHER] == 3
+
+
+# --- editing and forgetting go through the service's rules -----------------------------------------------
+
+
+def test_edit_form_sets_tags_importance_and_expiry(ui: Ui) -> None:
+    memory_id = ui.ids["editor"]
+    form = {"csrf": ui.csrf(), "namespace": "home", "tags": "people\nsoftware, tools\n", "importance": "0.9"}
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", {**form, "expiry": "days", "ttl_days": "3"})
+    assert answer.status_code == 303 and answer.headers["location"] == f"/ui/memory/{memory_id}?done=saved"
+    edited = ui.memory.get(memory_id)
+    assert edited.tags == ["people", "software, tools"] and edited.importance == 0.9
+    assert edited.expires_at == pytest.approx(time.time() + 3 * DAY, abs=60)
+    ui.post(f"/ui/memory/{memory_id}/edit", {**form, "expiry": "never"})
+    assert ui.memory.get(memory_id).expires_at is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"importance": "2"}, "importance must be between 0 and 1"),
+        ({"importance": "high"}, "importance must be a number"),
+        ({"tags": "x" * 65}, "longer than 64 characters"),
+        ({"expiry": "days", "ttl_days": "-1"}, "ttl_days must be a positive number of days"),
+        ({"expiry": "days", "ttl_days": ""}, "give the number of days"),
+    ],
+)
+def test_edit_form_refuses_what_remember_refuses(ui: Ui, fields: dict[str, str], message: str) -> None:
+    memory_id = ui.ids["editor"]
+    before = ui.memory.get(memory_id)
+    form = {"csrf": ui.csrf(), "namespace": "home", "tags": "home", "importance": "0.5", "expiry": "keep"}
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", {**form, **fields})
+    assert answer.status_code == 400 and message in answer.text
+    assert ui.memory.get(memory_id) == before
+
+
+def test_forget_asks_first_and_deletes_only_on_the_confirming_post(ui: Ui) -> None:
+    memory_id = ui.ids["work2"]
+    confirm = ui.client.get(f"/ui/memory/{memory_id}/forget")
+    assert confirm.status_code == 200 and "Forget this memory?" in confirm.text
+    assert ui.memory.get(memory_id) is not None  # a GET never deletes
+    answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "work"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/ns/work?done=forgotten"
+    assert ui.memory.get(memory_id) is None
+    again = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "work"})
+    assert again.status_code == 404
+
+
+def test_forget_acts_only_in_the_namespace_the_form_names(ui: Ui) -> None:
+    memory_id = ui.ids["work2"]
+    answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "home"})
+    assert answer.status_code == 404 and ui.memory.get(memory_id) is not None
+
+
+def test_forgetting_a_correction_from_the_ui_brings_back_what_it_superseded(ui: Ui) -> None:
+    confirm = ui.client.get(f"/ui/memory/{ui.ids['correction']}/forget").text
+    assert "It supersedes 1 older memory" in confirm and "Porto" in confirm
+    ui.post(f"/ui/memory/{ui.ids['correction']}/forget", {"csrf": ui.csrf(), "namespace": "work"})
+    assert [h.id for h in ui.memory.recall("team offsite", "work")][:1] == [ui.ids["corrected"]]
+
+
+# --- security ----------------------------------------------------------------------------------------------
+
+
+PAGES = ["/ui/", "/ui/ns/work", "/ui/stats", "/ui/chart", "/ui/?namespace=work&q=port", "/ui/memory/{id}"]
+
+
+def test_every_response_sends_a_strict_csp_and_forbids_framing(ui: Ui) -> None:
+    paths = [p.format(id=ui.ids["work0"]) for p in PAGES] + ["/ui/memory/01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "/ui/nowhere"]
+    for path in [*paths, "/ui/static/ui.css"]:
+        answer = ui.client.get(path)
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert ui.client.get("/ui/").headers["cache-control"] == "no-store"
+
+
+def test_pages_hold_no_inline_script_and_fetch_nothing_from_elsewhere(ui: Ui) -> None:
+    for path in [p.format(id=ui.ids["correction"]) for p in PAGES]:
+        html = ui.client.get(path).text
+        assert "<script" not in html.replace("&lt;script", "")
+        assert not re.search(r' on[a-z]+="', html), "no inline event handlers"
+        assert not re.search(r'(src|href)="(https?:)?//', html), "nothing from another origin"
+
+
+def test_memory_text_is_escaped_wherever_it_is_shown(ui: Ui) -> None:
+    pages = [
+        "/ui/ns/work",
+        f"/ui/memory/{ui.ids[XSS_TEXTS[0]]}",
+        f"/ui/memory/{ui.ids[XSS_TEXTS[1]]}/forget",
+        "/ui/?namespace=work&q=window+pwned+img+script+svg",
+    ]
+    for path in pages:
+        html = ui.client.get(path).text
+        assert "<img src=x" not in html and "<script>window" not in html and "<svg onload" not in html
+        assert "&lt;" in html
+        assert "<b>x</b>" not in html
+    search = ui.client.get("/ui/", params={"namespace": "work", "q": '"><script>alert(1)</script>'}).text
+    assert "<script>alert(1)" not in search and "&lt;script&gt;alert(1)" in search
+
+
+def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(ui: Ui) -> None:
+    memory_id = ui.ids["work0"]
+    before = ui.memory.get(memory_id)
+    edit = {"namespace": "work", "tags": "changed", "importance": "1", "expiry": "never"}
+    for csrf in (None, "", "0" * 64):
+        form = edit if csrf is None else {**edit, "csrf": csrf}
+        assert ui.post(f"/ui/memory/{memory_id}/edit", form).status_code == 403
+        forget = {"namespace": "work"} if csrf is None else {"namespace": "work", "csrf": csrf}
+        assert ui.post(f"/ui/memory/{memory_id}/forget", forget).status_code == 403
+    assert ui.memory.get(memory_id) == before
+
+
+def test_a_csrf_token_is_bound_to_its_session(ui: Ui, tmp_path: Path) -> None:
+    token = ui.csrf()
+    ui.client.cookies.clear()  # another browser: a new session
+    answer = ui.post(f"/ui/memory/{ui.ids['work0']}/forget", {"csrf": token, "namespace": "work"})
+    assert answer.status_code == 403 and ui.memory.get(ui.ids["work0"]) is not None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},  # refused by the Host/Origin guard, as on /mcp
+        {"Origin": "http://127.0.0.1:9999"},  # a loopback origin the guard admits, but another site
+        {"Origin": "http://localhost:8765"},
+        {"Origin": "null"},
+        {"Origin": BASE, "Sec-Fetch-Site": "cross-site"},
+        {"Origin": BASE, "Sec-Fetch-Site": "same-site"},
+    ],
+)
+def test_a_cross_site_post_is_refused_even_with_a_valid_token(ui: Ui, headers: dict[str, str]) -> None:
+    memory_id = ui.ids["work0"]
+    answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "work"}, **headers)
+    assert answer.status_code == 403
+    assert ui.memory.get(memory_id) is not None
+
+
+def test_a_foreign_host_is_refused_on_every_ui_path(ui: Ui) -> None:
+    for path in ["/ui/", "/ui/stats", "/ui/static/ui.css", "/ui/login"]:
+        answer = ui.client.get(path, headers={"Host": "evil.example"})
+        assert answer.status_code == 403 and "Host header not allowed" in answer.text
+
+
+def test_forget_and_edit_are_never_reachable_by_get(ui: Ui) -> None:
+    memory_id = ui.ids["work0"]
+    assert ui.client.get(f"/ui/memory/{memory_id}/edit?importance=1&csrf={ui.csrf()}").status_code == 405
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert ui.client.request(method, f"/ui/memory/{memory_id}/forget", headers={"Origin": BASE}).status_code in (
+            403,
+            405,
+        )
+    assert ui.memory.get(memory_id) is not None
+
+
+def test_the_session_cookie_is_httponly_samesite_strict_and_scoped_to_the_ui(ui: Ui) -> None:
+    cookie = ui.client.get("/ui/").headers["set-cookie"]
+    assert cookie.startswith("agentcache_ui_8765=")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+
+
+# --- with a token -------------------------------------------------------------------------------------------
+
+
+def login(ui: Ui, token: str = TOKEN, next_page: str = "/ui/") -> Any:
+    page = ui.client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    return ui.post("/ui/login", {"csrf": csrf.group(1), "token": token, "next": next_page})
+
+
+def test_with_a_token_no_page_is_reachable_without_logging_in(ui_token: Ui) -> None:
+    ui = ui_token
+    for path in [p.format(id=ui.ids["work0"]) for p in PAGES] + ["/ui/nowhere"]:
+        answer = ui.client.get(path, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/login?next=")
+        assert "Neovim" not in answer.text and "staging" not in answer.text
+    answer = ui.post(f"/ui/memory/{ui.ids['work0']}/forget", {"namespace": "work"})
+    assert answer.status_code == 403 and ui.memory.get(ui.ids["work0"]) is not None
+    assert ui.client.get("/ui/static/ui.css").status_code == 200  # the login page's styles
+
+
+def test_login_sets_a_new_httponly_strict_session_and_returns_to_the_page_asked_for(ui_token: Ui) -> None:
+    ui = ui_token
+    first = ui.client.get("/ui/stats", follow_redirects=False)
+    assert first.headers["location"] == "/ui/login?next=%2Fui%2Fstats"
+    before = ui.client.cookies.get("agentcache_ui_8765")
+    answer = login(ui, next_page="/ui/stats")
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/stats"
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert TOKEN not in cookie and TOKEN not in answer.headers["location"]
+    assert ui.client.cookies.get("agentcache_ui_8765") != before  # a pre-login session is never promoted
+    assert ui.client.get("/ui/stats").status_code == 200
+
+
+def test_a_wrong_token_logs_nobody_in(ui_token: Ui) -> None:
+    ui = ui_token
+    answer = login(ui, token="wrong")
+    assert answer.status_code == 403 and "not the token" in answer.text
+    assert ui.client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_the_token_in_a_url_logs_nobody_in(ui_token: Ui) -> None:
+    ui = ui_token
+    for path in (f"/ui/login?token={TOKEN}", f"/ui/?token={TOKEN}"):
+        ui.client.get(path)
+    assert ui.client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_login_goes_back_only_to_a_page_of_the_ui(ui_token: Ui) -> None:
+    for target in ("https://evil.example/", "//evil.example/ui/", "/mcp", "/ui\\..\\mcp"):
+        answer = login(ui_token, next_page=target)
+        assert answer.headers["location"] == "/ui/", target
+
+
+def test_logging_out_ends_the_session(ui_token: Ui) -> None:
+    ui = ui_token
+    login(ui)
+    assert ui.client.get("/ui/").status_code == 200
+    assert ui.post("/ui/logout", {"csrf": ui.csrf()}).status_code == 303
+    assert ui.client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_a_ui_login_does_not_open_the_mcp_endpoint(ui_token: Ui) -> None:
+    ui = ui_token
+    login(ui)
+    answer = ui.client.post("/mcp", json={}, headers={"Accept": "application/json, text/event-stream"})
+    assert answer.status_code == 401
+
+
+def test_the_ui_is_only_mounted_with_a_running_app(tmp_path: Path) -> None:
+    settings = Settings(db_path=tmp_path / "m.db", auth_token=TOKEN)
+    asgi = cli._http_server(MCPServer("t"), settings, "streamable-http").config.app
+    with TestClient(asgi, base_url=BASE) as client:
+        assert client.get("/ui/").status_code == 401  # no UI here: the bearer check covers /ui like any path
+
+
+def test_the_sse_transport_serves_the_ui_too(tmp_path: Path) -> None:
+    for ui in _ui(tmp_path, transport="sse"):
+        assert "Namespaces" in ui.client.get("/ui/").text
+        assert ui.client.get("/ui/", headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_ui_command_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["ui", "--port", "99999"])
+    assert info.value.code == 2
+    assert "--port must be 0..65535, got 99999" in capsys.readouterr().err
