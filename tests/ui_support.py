@@ -161,7 +161,7 @@ def chromium_missing() -> str | None:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(*extra_flags: str) -> Iterator[Any]:
     """A headless system chromium driven by the system chromedriver; Selenium Manager is never asked to
     download anything (both paths are given), and chromium is kept off the network it cannot reach."""
     from selenium import webdriver
@@ -182,6 +182,7 @@ def chromium() -> Iterator[Any]:
         "--disable-dev-shm-usage",
         "--window-size=1280,900",
         f"--user-data-dir={profile}",
+        *extra_flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

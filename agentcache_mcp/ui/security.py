@@ -4,7 +4,7 @@ It sits inside the `/ui` mount, behind `transports.guard` (the Host/Origin allow
 covers `/ui` too; the bearer check leaves `/ui` to this guard, since a browser cannot send a header).
 
 - Every response carries a strict Content-Security-Policy (no script at all, `default-src 'self'`, no
-  framing), `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
+  framing), `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin` and
   `Cache-Control: no-store` (pages hold memory text).
 - A session is a random id in an HttpOnly, SameSite=Strict cookie scoped to the UI's path. Its CSRF token is
   an HMAC of the id under a per-process secret; every form that changes something carries it in a hidden
@@ -43,7 +43,7 @@ SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make chromium send `Origin: null` on our own posts
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
