@@ -7,7 +7,9 @@
   Origin header, when sent, must be http(s) to such a host. Anything else gets 403 before the app sees it.
 - `BearerAuth`: `Authorization: Bearer <token>` (scheme case-insensitive, token compared in constant time).
 - `guard(asgi, settings)`: wraps an app in the guards the settings call for. Both transports go through
-  it, and the guards see every HTTP and WebSocket request, so a route added later is covered too.
+  it, and the guards see every HTTP and WebSocket request, so a route added later is covered too. The web
+  UI's paths (`/ui/...`) pass the bearer check to the UI's own token login (a browser cannot send the
+  header), never the Host/Origin check.
 - `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
 - `bind_host_problem(host)`: the start-up check of `--host`.
 

@@ -327,6 +327,13 @@ def test_forget_and_edit_are_never_reachable_by_get(ui: Ui) -> None:
     assert ui.memory.get(memory_id) is not None
 
 
+def test_an_oversized_form_is_refused_before_it_is_read(ui: Ui) -> None:
+    memory_id = ui.ids["work0"]
+    form = {"csrf": ui.csrf(), "namespace": "work", "tags": "x\n" * 40_000, "importance": "1", "expiry": "keep"}
+    assert ui.post(f"/ui/memory/{memory_id}/edit", form).status_code == 413
+    assert ui.memory.get(memory_id).importance == 0.5
+
+
 def test_the_session_cookie_is_httponly_samesite_strict_and_scoped_to_the_ui(ui: Ui) -> None:
     cookie = ui.client.get("/ui/").headers["set-cookie"]
     assert cookie.startswith("agentcache_ui_8765=")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -34,6 +35,8 @@ PAGE = 50
 SEARCH_LIMIT = 20
 CHART_DAYS = (7, 30, 90, 365)
 NEIGHBOURS = 3
+MAX_FORM_BYTES = 64 * 1024
+"""The largest form body a page posts (32 tags of 64 characters fit many times over); larger is refused, 413."""
 
 
 def _environment() -> Environment:
@@ -363,5 +366,6 @@ def build_ui(app: App) -> UiGuard:
         Route("/logout", _handle(pages, pages.logout), methods=post),
         Mount("/static", StaticFiles(packages=[("agentcache_mcp.ui", "static")]), name="static"),
     ]
-    guard.app = Starlette(routes=routes)
+    # The SDK limits request bodies on its own routes only: the UI's forms are small, so are its limits.
+    guard.app = RequestBodyLimitMiddleware(Starlette(routes=routes), MAX_FORM_BYTES)
     return guard
