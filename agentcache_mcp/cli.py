@@ -1039,23 +1039,11 @@ async def serve(settings: Settings, transport: str) -> None:
 async def serve_ui(settings: Settings) -> None:
     """`agentcache-mcp ui`: the memory browser alone, on loopback, over the store the servers use. It loads the
     model (search by meaning) and embeds what is pending like a server, but leaves auto-forget to the servers."""
-    from starlette.responses import RedirectResponse
-    from starlette.routing import Mount, Route, Router
-
-    from .transports import UI_PATH
-    from .ui import build_ui
     from .workers import open_app
 
     async with open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app:
         stopping = app.memory.stopping
-        asgi = Router(
-            [
-                Route("/", lambda _: RedirectResponse(UI_PATH + "/", status_code=307)),
-                Mount(UI_PATH, build_ui(app)),
-            ]
-        )
-        # The UI logs in itself (a browser cannot send a bearer header); Host/Origin checks apply as to /mcp.
-        uv = _uvicorn(guard(asgi, settings, logs_in_itself=lambda _: True), settings)
+        uv = _uvicorn(ui_only_app(app, settings), settings)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
             tg.start_soon(_announce, uv)
@@ -1063,6 +1051,24 @@ async def serve_ui(settings: Settings) -> None:
             stopping.set()
             tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+def ui_only_app(app: Any, settings: Settings) -> Any:
+    """`agentcache-mcp ui`'s ASGI app: the UI at /ui (and / sent there), behind transports.guard. The UI logs
+    in itself (a browser cannot send a bearer header); the Host/Origin checks apply as they do to /mcp."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount, Route, Router
+
+    from .transports import UI_PATH
+    from .ui import build_ui
+
+    asgi = Router(
+        [
+            Route("/", lambda _: RedirectResponse(UI_PATH + "/", status_code=307)),
+            Mount(UI_PATH, build_ui(app)),
+        ]
+    )
+    return guard(asgi, settings, logs_in_itself=lambda _: True)
 
 
 async def _announce(uv: Any) -> None:

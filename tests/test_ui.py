@@ -423,6 +423,32 @@ def test_the_sse_transport_serves_the_ui_too(tmp_path: Path) -> None:
         assert ui.client.get("/ui/", headers={"Host": "evil.example"}).status_code == 403
 
 
+def test_behind_a_tls_proxy_the_https_origin_of_the_same_host_is_the_pages_own(tmp_path: Path) -> None:
+    for ui in _ui(tmp_path, allowed_hosts=("mem.example.com",)):
+        proxied = {"Host": "mem.example.com", "Origin": "https://mem.example.com"}
+        memory_id = ui.ids["work0"]
+        answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "work"}, **proxied)
+        assert answer.status_code == 303 and ui.memory.get(memory_id) is None
+        other = {"Host": "mem.example.com", "Origin": "https://mem.example.com:8443"}
+        answer = ui.post(f"/ui/memory/{ui.ids['work1']}/forget", {"csrf": ui.csrf(), "namespace": "work"}, **other)
+        assert answer.status_code == 403
+
+
+def test_the_ui_command_serves_only_the_ui_behind_the_same_guards(tmp_path: Path) -> None:
+    settings = Settings(db_path=tmp_path / "m.db", auto_forget_enabled=False, auth_token=TOKEN, port=8765)
+    memory = open_memory(settings, embedder=HashEmbedder())
+    try:
+        memory.remember("a memory behind the login", namespace="default")
+        with TestClient(cli.ui_only_app(App(settings, memory), settings), base_url=BASE) as client:
+            assert client.get("/", follow_redirects=False).headers["location"] == "/ui/"
+            page = client.get("/ui/")  # to the login form: the token is asked for, not a bearer header
+            assert page.status_code == 200 and "Log in" in page.text and "behind the login" not in page.text
+            assert client.get("/ui/", headers={"Host": "evil.example"}).status_code == 403
+            assert client.post("/mcp", json={}).status_code == 404  # no MCP endpoint here
+    finally:
+        memory.close()
+
+
 def test_ui_command_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["ui", "--port", "99999"])

@@ -9,8 +9,9 @@ covers `/ui` too; the bearer check leaves `/ui` to this guard, since a browser c
 - A session is a random id in an HttpOnly, SameSite=Strict cookie scoped to the UI's path. Its CSRF token is
   an HMAC of the id under a per-process secret; every form that changes something carries it in a hidden
   field and `checked_form` refuses a request without the right one (403).
-- A request that is not GET or HEAD is refused (403) when its Origin is not the page's own origin (another
-  port of the same host is another site), or when `Sec-Fetch-Site` says it came from another site.
+- A request that is not GET or HEAD is refused (403) when its Origin names another host or port than its
+  Host header (another port of the same host is another site; the scheme is not compared, as a TLS proxy
+  turns https into http), or when `Sec-Fetch-Site` says it came from another site.
 - With a token configured, every page but the login form and the static files needs a logged-in session:
   a GET is sent to the login form, anything else refused. The login form compares the token in constant
   time (transports.same_token), answers a wrong one after a pause, and on success starts a new session (a
@@ -136,9 +137,11 @@ class UiGuard:
 
     def _cross_site(self, request: Request) -> str | None:
         origin = request.headers.get("origin")
-        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin is not None and origin.lower() != own.lower():
-            return "forbidden: a cross-site request (Origin is not this page's own)"
+        if origin is not None:
+            # Host and port, not the scheme: behind a TLS proxy the browser's https origin reaches us as http.
+            scheme, _, authority = origin.partition("://")
+            if scheme.lower() not in ("http", "https") or authority.lower() != request.headers.get("host", "").lower():
+                return "forbidden: a cross-site request (Origin is not this page's own)"
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return "forbidden: a cross-site request (Sec-Fetch-Site)"
         return None
