@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -35,6 +36,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..transports import same_token, token_digest
+
+log = logging.getLogger("agentcache_mcp")
 
 CSP = (
     "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -130,6 +133,7 @@ class UiGuard:
         sid = request.state.session_id
         given = form.get("csrf")
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.csrf_token(sid).encode()):
+            log.warning("refused %s %s: no valid CSRF token", request.method, request.url.path)
             raise Refused("forbidden: the form is out of date or came from another site (CSRF check); reload the page")
         return form
 
@@ -160,6 +164,15 @@ class UiGuard:
         response: Response | None = None
         route = scope["path"][len(scope.get("root_path", "")) :] or "/"
         if scope["method"] not in SAFE_METHODS and (problem := self._cross_site(request)) is not None:
+            log.warning(
+                "refused %s %s: %s (Host %r, Origin %r, Sec-Fetch-Site %r)",
+                scope["method"],
+                scope["path"],
+                problem,
+                request.headers.get("host"),
+                request.headers.get("origin"),
+                request.headers.get("sec-fetch-site"),
+            )
             response = refusal(problem)
         elif not route.startswith(PUBLIC_PATHS) and not self.logged_in(sid):
             if scope["method"] in SAFE_METHODS:
