@@ -225,9 +225,7 @@ HOLD_LOCK = textwrap.dedent(
 
 def test_the_sweep_lock_is_held_by_one_process_and_freed_when_it_dies(postgres_url: str) -> None:
     backend = PostgresBackend(postgres_url, "m")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, postgres_url], stdout=subprocess.PIPE, text=True
-    )
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, postgres_url], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
         with backend.exclusive("auto-forget") as held:
