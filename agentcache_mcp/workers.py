@@ -4,7 +4,8 @@
   missing (the origin's verify_index_sync_on_boot / rebuild_index), then load the embedding model;
 - embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
 - access stats: recalls buffer them in memory; this loop writes them every few seconds;
-- auto-forget: a first sweep shortly after start, then one every interval.
+- auto-forget: a first sweep shortly after start, then one every interval, with the store's maintenance after
+  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns).
 
 Shutdown (stdin EOF, SIGTERM, SIGINT) cancels the loops, then - shielded and bounded - flushes pending
 embeddings, writes the buffered access stats, checkpoints the WAL (TRUNCATE, so the -wal file is left empty)

@@ -430,3 +430,30 @@ def test_app_refuses_without_the_driver(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(builtins, "__import__", no_psycopg)
     with pytest.raises(StoreUnavailable, match=r"pip install 'agentcache-mcp\[postgres\]'"):
         app.open_backend(Settings(database_url="postgresql://x/y"), "m")
+
+
+def test_a_sweep_with_its_erase_runs_on_the_smallest_pool(postgres_url: str) -> None:
+    """The sweep holds one connection for its lock; the sweep's work and the erase make do with the other."""
+    from agentcache_mcp.workers import App
+
+    settings = Settings(database_url=postgres_url, pg_pool_size=2)
+    memory = open_memory(settings, embedder=HashEmbedder())
+    try:
+        gone = memory.remember("a note to forget").id
+        memory.remember("a note to keep")
+        memory.forget(ids=[gone])
+        backend = memory.backend
+        assert isinstance(backend, PostgresBackend) and backend.erase_pending()
+        started = time.monotonic()
+        report = App(settings, memory)._sweep_alone()
+        assert report is not None and time.monotonic() - started < 10
+        assert not backend.erase_pending()
+        other = open_memory(settings, embedder=HashEmbedder())
+        try:
+            with backend.exclusive("auto-forget") as held:  # another replica's sweep skips meanwhile
+                assert held
+                assert App(settings, other)._sweep_alone() is None
+        finally:
+            other.close()
+    finally:
+        memory.close()

@@ -1,6 +1,6 @@
 """The ports: what the core needs from a storage backend, stated as Protocols over value objects.
 
-A backend (SQLite today, PostgreSQL next) implements all four and passes tests/contract. The core never
+A backend (SQLite, PostgreSQL) implements all four and passes tests/contract. The core never
 sees SQL, a connection or a cursor; it hands over `MemoryFilter`s, keys and vectors.
 
 Promises every backend keeps (each is a contract test):

@@ -108,27 +108,31 @@ class PostgresBackend:
         if generation <= erased:
             return False
         started = time.monotonic()
-        with self.exclusive("erase") as alone:
-            if not alone:
+        # One connection for the lock and the work: a sweep calls this while it holds one for its own lock,
+        # and the pool may have only two.
+        with self.db.session() as conn:
+            row = conn.execute(f"SELECT pg_try_advisory_lock({lock_key('%s')})", ("erase",)).fetchone()
+            if not (row and row[0]):
                 return False  # another replica is erasing right now
-            with self.db.session() as conn:
+            try:
                 conn.execute(f"SET lock_timeout = '{ERASE_LOCK_TIMEOUT}'")
-                try:
-                    conn.execute("VACUUM (FULL) memories")
-                    tables = [t for (t,) in conn.execute("SELECT table_name FROM vector_models")]
-                    for table in (*tables, "embedding_claims"):
-                        conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
-                except psycopg.errors.LockNotAvailable:
-                    log.warning("erase postponed: the memories table stayed busy for %s", ERASE_LOCK_TIMEOUT)
-                    return False
-                except psycopg.Error as exc:
-                    raise StoreError(f"erasing deleted memories in {self.location} failed: {first_line(exc)}") from None
-                finally:
-                    conn.execute("RESET lock_timeout")
+                conn.execute("VACUUM (FULL) memories")
+                tables = [t for (t,) in conn.execute("SELECT table_name FROM vector_models")]
+                for table in (*tables, "embedding_claims"):
+                    conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
                 conn.execute(
                     "UPDATE meta SET value = %s WHERE key = 'erased_generation' AND value::bigint < %s",
                     (str(generation), generation),
                 )
+            except psycopg.errors.LockNotAvailable:
+                log.warning("erase postponed: the memories table stayed busy for %s", ERASE_LOCK_TIMEOUT)
+                return False
+            except psycopg.Error as exc:
+                raise StoreError(f"erasing deleted memories in {self.location} failed: {first_line(exc)}") from None
+            finally:
+                if not conn.closed:
+                    conn.execute("RESET lock_timeout")
+                    conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", ("erase",))
         log.info("erased what deletes left in %s (VACUUM FULL, %.2f s)", self.location, time.monotonic() - started)
         return True
 
