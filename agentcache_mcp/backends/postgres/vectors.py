@@ -31,15 +31,17 @@ EXACT_SEARCH_MAX = 10_000
 EF_SEARCH_MIN = 100
 
 
-def search_sql(table: str, clause: str) -> sql.Composed:
+def search_sql(table: str, clause: str, *, exact: bool = False) -> sql.Composed:
     """Top-k by cosine distance in one namespace among memories matching `clause`; parameters: query vector,
     namespace, the clause's, query vector, k. Materialised then re-sorted: a relaxed-order iterative scan may
-    hand rows over slightly out of order."""
+    hand rows over slightly out of order. `exact` orders by an expression the HNSW index cannot serve (the
+    distance + 0), so every distance in the namespace is computed; the other indexes stay usable."""
+    order = "(e.vector <=> %s) + 0" if exact else "e.vector <=> %s"
     return sql.SQL(
         "WITH r AS MATERIALIZED (SELECT e.memory_pk, e.vector <=> %s AS distance FROM {} e "
         "JOIN memories m ON m.pk = e.memory_pk WHERE e.namespace = %s AND {} "
-        "ORDER BY e.vector <=> %s LIMIT %s) SELECT memory_pk, 1 - distance FROM r ORDER BY distance, memory_pk"
-    ).format(sql.Identifier(table), sql.SQL(clause))
+        "ORDER BY {}, e.memory_pk LIMIT %s) SELECT memory_pk, 1 - distance FROM r ORDER BY distance, memory_pk"
+    ).format(sql.Identifier(table), sql.SQL(clause), sql.SQL(order))
 
 
 def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
@@ -104,9 +106,7 @@ class PgVectors:
                 hits = db.execute(query_sql, args).fetchall()
                 if len(hits) >= k:
                     return [(int(pk), float(score)) for pk, score in hits]
-            # Exact: no index scan at all (HNSW is an index scan; the namespace's btree is used as a bitmap).
-            db.execute("SELECT set_config('enable_indexscan', 'off', true)")
-            hits = db.execute(query_sql, args).fetchall()
+            hits = db.execute(search_sql(table, clause, exact=True), args).fetchall()
             return [(int(pk), float(score)) for pk, score in hits]
 
         return self.db.read(run)
@@ -120,17 +120,8 @@ class PgVectors:
             table = self.embeddings.table(db, self._model_id)
             if table is None:
                 return []
-            db.execute("SELECT set_config('enable_indexscan', 'off', true)")
-            return [
-                (int(pk), float(score))
-                for pk, score in db.execute(
-                    sql.SQL(
-                        "SELECT e.memory_pk, 1 - (e.vector <=> %s) FROM {} e JOIN memories m ON m.pk = e.memory_pk "
-                        "WHERE e.namespace = %s AND {} ORDER BY e.vector <=> %s, e.memory_pk LIMIT %s"
-                    ).format(sql.Identifier(table), sql.SQL(clause)),
-                    [q_vec, namespace, *params, q_vec, k],
-                )
-            ]
+            rows = db.execute(search_sql(table, clause, exact=True), [q_vec, namespace, *params, q_vec, k])
+            return [(int(pk), float(score)) for pk, score in rows]
 
         return self.db.read(run)
 
