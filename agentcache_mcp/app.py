@@ -7,12 +7,22 @@ from .config import Settings, default_db_path
 from .embeddings import Embedder, SentenceTransformerEmbedder
 from .memory.forgetting import AutoForgetPolicy
 from .memory.fusion import FusionParams
-from .memory.ports import StorageBackend
+from .memory.ports import StorageBackend, StoreUnavailable
 from .memory.service import MemoryService, ServiceLimits
 
 
 def open_backend(settings: Settings, model_id: str, *, max_page_count: int | None = None) -> StorageBackend:
-    """The store AGENTCACHE_DB / --db names: a SQLite file path (the only backend so far)."""
+    """The store AGENTCACHE_DB / --db names: a postgresql:// URL selects PostgreSQL, anything else is a SQLite
+    file path."""
+    if settings.database_url is not None:
+        try:
+            from .backends.postgres import PostgresBackend
+        except ImportError as exc:
+            raise StoreUnavailable(
+                f"AGENTCACHE_DB / --db names a PostgreSQL database, but the PostgreSQL driver is not installed "
+                f"({exc.name or exc}): pip install 'agentcache-mcp[postgres]'"
+            ) from None
+        return PostgresBackend(settings.database_url, model_id, pool_size=settings.pg_pool_size)
     return SqliteBackend(
         settings.db_path,
         model_id,
@@ -37,6 +47,7 @@ def open_memory(
             max_text_bytes=settings.max_text_bytes,
             embed_batch_size=settings.embed_batch_size,
             model_wait_s=settings.model_wait_s,
+            embedding_lease_s=settings.embedding_lease_s,
         ),
         policy=AutoForgetPolicy(
             duplicate_cosine=settings.duplicate_cosine,

@@ -248,6 +248,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def postgres_driver_missing() -> str | None:
+    """The name of the PostgreSQL dependency that cannot be imported (the `postgres` extra), or None."""
+    import importlib.util
+
+    for module in ("psycopg", "psycopg_pool", "pgvector"):
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
 def _refuse_to_start(message: str) -> NoReturn:
     """One line on stderr and exit 2 (a usage error): before anything is opened or any client served."""
     print(f"agentcache-mcp: {message}", file=sys.stderr, flush=True)
@@ -261,7 +271,13 @@ def _checked_settings(args: argparse.Namespace, command: str, transport: str) ->
     except ConfigError as exc:
         _refuse_to_start(f"invalid configuration: {exc}")
     given_db = ("--db", args.db) if getattr(args, "db", None) else ("AGENTCACHE_DB", os.environ.get("AGENTCACHE_DB"))
-    if given_db[1] and not settings.db_path.parent.is_dir():
+    if settings.database_url is not None:
+        if (missing := postgres_driver_missing()) is not None:
+            _refuse_to_start(
+                f"invalid configuration: {given_db[0]} names a PostgreSQL database, but its driver is not installed "
+                f"({missing}): pip install 'agentcache-mcp[postgres]'"
+            )
+    elif given_db[1] and not settings.db_path.parent.is_dir():
         # the default location's directory is created; one the user named must exist (a typo is not a new home)
         _refuse_to_start(
             f"invalid configuration: {given_db[0]} {given_db[1]!r} is invalid: the directory "
@@ -317,13 +333,15 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             sys.exit(code)
         return
-    from .memory.ports import StoreError
+    from .memory.ports import StoreError, StoreUnavailable
 
     try:
         if command == "ui":
             anyio.run(serve_ui, settings)
         else:
             anyio.run(serve, settings, transport)
+    except StoreUnavailable as exc:  # a URL naming a server that cannot be reached or lacks pgvector
+        _refuse_to_start(f"invalid configuration: {exc}")
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")
     if command in ("serve", "ui"):
@@ -367,13 +385,15 @@ class CommandFailed(Exception):
 def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
     """Run one of COMMANDS; every error becomes one line on stderr and an exit code (see the module doc)."""
     from .embeddings import EmbeddingModelError
-    from .memory.ports import StoreError
+    from .memory.ports import StoreError, StoreUnavailable
     from .memory.validation import InvalidInput
 
     try:
         return _HANDLERS[command](args, settings)
     except CommandFailed as exc:
         return _error(str(exc), exc.code)
+    except StoreUnavailable as exc:  # as at `serve`: the configuration names a store that cannot be used
+        return _error(f"invalid configuration: {exc}", EXIT_USAGE)
     except InvalidInput as exc:  # the service's own checks: the same words as the tools' errors
         return _error(str(exc), EXIT_USAGE)
     except (StoreError, EmbeddingModelError) as exc:
@@ -404,7 +424,7 @@ def _store(
     """The store, open for one command and closed after it: no background workers, nothing left running.
     A read closes without a checkpoint (which could wait on running servers); a write checkpoints, so what a
     forget deleted leaves the WAL too."""
-    if must_exist and not settings.db_path.exists():
+    if must_exist and settings.database_url is None and not settings.db_path.exists():
         raise CommandFailed(
             f"no memory database at {settings.db_path} (nothing has been stored yet, or --db / AGENTCACHE_DB "
             "names another file)"
@@ -948,7 +968,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     except ImportError as exc:
         raise CommandFailed(f"import is not available in this installation ({exc})") from None
     store_settings = settings
-    if args.dry_run and not settings.db_path.exists():
+    if args.dry_run and settings.database_url is None and not settings.db_path.exists():
         # a dry run writes nothing, not even a new empty database: check against an empty in-memory store
         store_settings = settings.model_copy(update={"db_path": Path(":memory:")})
     with _store(store_settings, must_exist=False, write=not args.dry_run) as memory:

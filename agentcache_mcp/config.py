@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,21 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
+POSTGRES_URL = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
+"""What selects the PostgreSQL backend in AGENTCACHE_DB / --db: a libpq URL (postgresql:// or postgres://)."""
+
+
+def is_postgres_url(value: object) -> bool:
+    return isinstance(value, str) and POSTGRES_URL.match(value) is not None
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by '***' (in the user-info part and in a `password=` parameter), for
+    logs, stats and errors: a database URL is shown, its password never."""
+    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*?:)[^/?#@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+
+
 def _names(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -81,6 +97,8 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_STATEFUL_HTTP", "stateful_http", _bool),
     ("AGENTCACHE_SESSION_IDLE_TIMEOUT_S", "session_idle_timeout_s", _number),
     ("AGENTCACHE_MODEL_WAIT_S", "model_wait_s", _number),
+    ("AGENTCACHE_PG_POOL_SIZE", "pg_pool_size", _integer),
+    ("AGENTCACHE_EMBEDDING_LEASE_S", "embedding_lease_s", _number),
 )
 """(variable, setting, parser): every environment variable read. An empty variable counts as unset."""
 
@@ -118,6 +136,15 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     db_path: Path = Field(default_factory=default_db_path)
+    database_url: str | None = None
+    """A PostgreSQL URL (AGENTCACHE_DB / --db given as postgresql://...): selects the PostgreSQL backend and
+    db_path is not used. Shown only through `store_location` (password masked)."""
+    pg_pool_size: int = Field(default=8, ge=2, le=1000)
+    """PostgreSQL only: connections this process keeps open at most (each replica has its own pool; at least 2:
+    the auto-forget sweep holds one for its lock while it works through another)."""
+    embedding_lease_s: float = Field(default=60.0, gt=0)
+    """How long a process's claim on a batch of memories to embed holds; a batch claimed by a process that died
+    is taken again by another after this (PostgreSQL replicas share one backlog)."""
     namespace: str = "default"
     embedding_model: str = DEFAULT_MODEL
     auto_forget_enabled: bool = True
@@ -148,6 +175,18 @@ class Settings(BaseModel):
     """How long a recall waits for the embedding model to load before answering by keyword only."""
     access_flush_interval_s: float = Field(default=10.0, gt=0)
     """How often recall access stats (count, last access) are written; a crash loses at most this much."""
+
+    @property
+    def store_location(self) -> str:
+        """Where the store is, as shown to people: the file, or the URL with its password masked."""
+        return mask_url(self.database_url) if self.database_url else str(self.db_path)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_postgres_url(value):
+            raise _Invalid("expected a postgresql:// (or postgres://) URL", shown=mask_url(value))
+        return value
 
     @field_validator("db_path")
     @classmethod
@@ -204,6 +243,10 @@ class Settings(BaseModel):
         for field, value in overrides.items():
             if value is not None:
                 given[field] = (FLAGS.get(field, field), value)
+        if is_postgres_url(given.get("db_path", (None, None))[1]):
+            # A URL names a PostgreSQL database, not a file: kept verbatim (a Path would fold its '//').
+            source, url = given.pop("db_path")
+            given["database_url"] = (source, url)
         for field, (source, value) in given.items():
             if isinstance(value, str) and field in _PARSERS:
                 try:

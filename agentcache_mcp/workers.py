@@ -4,7 +4,8 @@
   missing (the origin's verify_index_sync_on_boot / rebuild_index), then load the embedding model;
 - embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
 - access stats: recalls buffer them in memory; this loop writes them every few seconds;
-- auto-forget: a first sweep shortly after start, then one every interval.
+- auto-forget: a first sweep shortly after start, then one every interval, with the store's maintenance after
+  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns).
 
 Shutdown (stdin EOF, SIGTERM, SIGINT) cancels the loops, then - shielded and bounded - flushes pending
 embeddings, writes the buffered access stats, checkpoints the WAL (TRUNCATE, so the -wal file is left empty)
@@ -30,6 +31,7 @@ from . import __version__
 from .app import open_memory
 from .config import Settings
 from .embeddings import Embedder, EmbeddingModelError
+from .memory.forgetting import AutoForgetReport
 from .memory.service import MemoryService
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,10 @@ class App:
     async def embedding_writer(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.memory.on_remember.append(self.wake_embedder_threadsafe)
         task_status.started()
+        # Also poll once a claim lease has run out: a batch another replica claimed and died with is ours then.
+        poll_s = min(EMBED_POLL_S, self.settings.embedding_lease_s)
         while True:
-            with anyio.move_on_after(EMBED_POLL_S):
+            with anyio.move_on_after(poll_s):
                 await self.embed_wakeup.wait()
             self.embed_wakeup = anyio.Event()
             await anyio.sleep(EMBED_DEBOUNCE_S)  # let a burst of remembers form one batch
@@ -166,14 +170,27 @@ class App:
         """One auto-forget sweep; a failure is logged and the next interval tries again."""
         started = time.monotonic()
         try:
-            report = await self.run_abandonable(self.memory.auto_forget)
-            await self.run(self.memory.backend.maintenance)
+            report = await self.run_abandonable(self._sweep_alone)
         except Exception:
             log.exception("auto-forget sweep failed; retrying next interval")
+            return
+        if report is None:
+            log.info("auto-forget sweep skipped: another process of this store is sweeping")
             return
         self.sweeps += 1
         self.last_sweep = {**report.counts, "seconds": round(time.monotonic() - started, 3)}
         log.info("auto-forget sweep: %s", self.last_sweep)
+
+    def _sweep_alone(self) -> AutoForgetReport | None:
+        """The sweep and the store's maintenance, on one process of the store at a time (replicas of one
+        PostgreSQL database take turns); None if another process holds the sweep lock."""
+        backend = self.memory.backend
+        with backend.exclusive("auto-forget") as alone:
+            if not alone:
+                return None
+            report = self.memory.auto_forget()
+            backend.maintenance()
+            return report
 
     # -- shutdown
 

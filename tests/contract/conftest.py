@@ -9,12 +9,15 @@ import pytest
 
 from agentcache_mcp.memory.service import MemoryService
 
-from .harness import HARNESSES, Harness
+from .harness import HARNESSES, Harness, PostgresHarness, SqliteHarness
 
 
-@pytest.fixture(params=sorted(HARNESSES))
+@pytest.fixture(params=HARNESSES)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    yield HARNESSES[request.param](tmp_path)
+    if request.param == "postgres":
+        yield PostgresHarness(request.getfixturevalue("postgres_server"), request.getfixturevalue("postgres_url"))
+    else:
+        yield SqliteHarness(tmp_path)
 
 
 @pytest.fixture

@@ -44,6 +44,8 @@ def assert_erased(harness: Harness, memory: MemoryService, secret_key: int, name
         assert memory.backend.vectors.scores_for(namespace, query, [secret_key]) == {}
     assert all(key != secret_key for key, _, _ in memory.backend.embeddings.pending("test-hash-embedder", 1000))
     memory.close()
+    if not harness.can_read_files:
+        pytest.skip("this PostgreSQL server's files cannot be read from here: the byte check needs the bundled one")
     stored = harness.stored_bytes()
     assert SECRET.encode() not in stored
     for token in SECRET_TOKENS:
@@ -366,6 +368,8 @@ def test_forgotten_tokens_leave_no_trace_in_a_large_keyword_index(harness: Harne
     victims = [number for number in ids if 600 <= int(number[4:]) < 1000]
     assert memory.forget(ids=[ids[v] for v in victims]).deleted == [ids[v] for v in victims]
     memory.close()
+    if not harness.can_read_files:
+        pytest.skip("this PostgreSQL server's files cannot be read from here: the byte check needs the bundled one")
     stored = harness.stored_bytes()
     assert [v for v in victims if v.encode() in stored] == []
     assert b"55501200" in stored  # the others are still there

@@ -428,6 +428,11 @@ class SqliteEmbeddings:
             ).fetchall()
         )
 
+    def claim(self, model_id: str, limit: int, after_key: int = 0, lease_s: float = 60.0) -> list[tuple[int, str, str]]:
+        """The pending rows: processes sharing a file each embed what they find, and `write` is idempotent, so
+        there is no claim to record (two processes rarely embed one row twice; nothing is lost if they do)."""
+        return self.pending(model_id, limit, after_key)
+
     def count_pending(self, model_id: str) -> int:
         return self.db.read(
             lambda db: db.execute(f"SELECT count(*) FROM memories m WHERE {_NOT_EMBEDDED}", (model_id,)).fetchone()[0]

@@ -1,0 +1,194 @@
+"""The PostgreSQL schema as numbered migrations, recorded in `schema_migrations`.
+
+Migrations run in one transaction under a transaction-level advisory lock, so N replicas starting at once
+apply each migration exactly once (the others wait, then find it recorded). As in the SQLite backend the
+keyword terms are written by triggers in the row's transaction; vectors and claims hang off the memory by
+foreign keys with ON DELETE CASCADE, so deleting a memory deletes them in the same statement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from ...memory.ports import StoreError, StoreUnavailable
+from .connection import Connection, first_line, lock_key
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_1 = [
+    """
+    CREATE TABLE memories (
+        -- An identity column: keys increase and are never reused (a sequence never goes back).
+        pk BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        namespace TEXT NOT NULL,
+        text TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        tags JSONB NOT NULL DEFAULT '[]',
+        importance DOUBLE PRECISION NOT NULL DEFAULT 0.5,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        last_accessed_at DOUBLE PRECISION,
+        access_count BIGINT NOT NULL DEFAULT 0,
+        expires_at DOUBLE PRECISION,
+        superseded_by TEXT,
+        -- The keyword index's document: the memory's own words (weight A) and those of the memory written
+        -- just before it in its namespace (weight B, "context"), kept by the triggers below.
+        terms TSVECTOR NOT NULL DEFAULT ''
+    )
+    """,
+    # ANALYZE would copy sample values (and a tsvector's most common lexemes) into pg_statistic, a catalog a
+    # forget never reaches: no statistics on the columns that hold the user's words.
+    "ALTER TABLE memories ALTER COLUMN text SET STATISTICS 0, ALTER COLUMN terms SET STATISTICS 0, "
+    "ALTER COLUMN tags SET STATISTICS 0, ALTER COLUMN metadata SET STATISTICS 0",
+    "CREATE UNIQUE INDEX memories_namespace_hash ON memories(namespace, content_hash)",
+    "CREATE INDEX memories_namespace_pk ON memories(namespace, pk)",
+    "CREATE INDEX memories_namespace_created ON memories(namespace, created_at)",
+    "CREATE INDEX memories_expires ON memories(expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX memories_superseded_by ON memories(superseded_by) WHERE superseded_by IS NOT NULL",
+    # fastupdate off: no pending list, so a memory's terms are in the index's tree when its row commits.
+    "CREATE INDEX memories_terms ON memories USING gin(terms) WITH (fastupdate = off)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT INTO meta(key, value) VALUES ('erase_generation', '0'), ('erased_generation', '0')",
+    """
+    -- One table of vectors per model (vector(dim) sized from the model's output), registered here.
+    CREATE TABLE vector_models (
+        model TEXT PRIMARY KEY,
+        table_name TEXT NOT NULL UNIQUE,
+        dim INTEGER NOT NULL
+    )
+    """,
+    """
+    -- The shared embedding backlog: a replica claims a batch until claimed_until; one that died with a claim
+    -- leaves the rows to the others after that.
+    CREATE TABLE embedding_claims (
+        memory_pk BIGINT NOT NULL REFERENCES memories(pk) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        claimed_until TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (memory_pk, model)
+    )
+    """,
+    """
+    CREATE FUNCTION agentcache_terms(own TEXT, context TEXT) RETURNS TSVECTOR
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT setweight(to_tsvector('english'::regconfig, own), 'A')
+            || setweight(to_tsvector('english'::regconfig, coalesce(context, '')), 'B')
+    $$
+    """,
+    """
+    CREATE FUNCTION agentcache_memories_bi() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.terms := agentcache_terms(NEW.text, (
+            SELECT p.text FROM memories p WHERE p.namespace = NEW.namespace AND p.pk < NEW.pk
+            ORDER BY p.pk DESC LIMIT 1));
+        RETURN NEW;
+    END $$
+    """,
+    "CREATE TRIGGER memories_bi BEFORE INSERT ON memories FOR EACH ROW EXECUTE FUNCTION agentcache_memories_bi()",
+    """
+    -- After the whole DELETE statement (row triggers fire at its end, seeing every row gone): re-index the
+    -- next memory's context with the text of the memory before the deleted one, and revive what it superseded.
+    CREATE FUNCTION agentcache_memories_ad() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE memories n SET terms = agentcache_terms(n.text, (
+            SELECT p.text FROM memories p WHERE p.namespace = OLD.namespace AND p.pk < OLD.pk
+            ORDER BY p.pk DESC LIMIT 1))
+        WHERE n.pk = (SELECT x.pk FROM memories x WHERE x.namespace = OLD.namespace AND x.pk > OLD.pk
+            ORDER BY x.pk LIMIT 1);
+        UPDATE memories SET superseded_by = NULL WHERE superseded_by = OLD.id;
+        RETURN NULL;
+    END $$
+    """,
+    "CREATE TRIGGER memories_ad AFTER DELETE ON memories FOR EACH ROW EXECUTE FUNCTION agentcache_memories_ad()",
+    """
+    -- Every delete statement raises the erase generation: the next erase (checkpoint / maintenance) rewrites
+    -- the table so the deleted rows' bytes leave the data files.
+    CREATE FUNCTION agentcache_memories_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM gone) THEN
+            UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'erase_generation';
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+    "CREATE TRIGGER memories_deleted AFTER DELETE ON memories REFERENCING OLD TABLE AS gone "
+    "FOR EACH STATEMENT EXECUTE FUNCTION agentcache_memories_deleted()",
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATION_LOCK = "'schema'"
+
+
+def migrate(conn: Connection, location: str) -> int:
+    """Create the extension and bring the schema up to SCHEMA_VERSION, under an advisory lock; refuse a
+    database written by a newer version. StoreUnavailable if pgvector is not installed on the server."""
+    with conn.transaction():
+        conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(MIGRATION_LOCK)})")
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"the PostgreSQL database {location} cannot use pgvector: CREATE EXTENSION IF NOT EXISTS vector "
+                f"failed ({first_line(exc)}). Install pgvector on the server (0.8 or newer), or have its owner run "
+                "CREATE EXTENSION vector in this database"
+            ) from None
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)"
+        )
+        done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        newest = max(done, default=0)
+        if newest > SCHEMA_VERSION:
+            raise StoreError(
+                f"the memory database {location} was written by a newer agentcache-mcp (schema {newest}; this "
+                f"version knows up to {SCHEMA_VERSION}). Upgrade agentcache-mcp; the database was not changed."
+            )
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, time.time()))
+            log.info("applied schema migration %d to %s", version, location)
+    return SCHEMA_VERSION
+
+
+def vector_table_name(model_id: str) -> str:
+    """The table of one model's vectors: a name derived from the model id alone, so every replica agrees."""
+    return "vectors_" + hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:16]
+
+
+def ensure_vector_table(conn: Connection, model_id: str, dim: int) -> str:
+    """Create the model's vector table (vector(dim), HNSW cosine index) if it is not there yet; inside the
+    caller's transaction, under the schema lock so two replicas' first writes do not race."""
+    table = vector_table_name(model_id)
+    row = conn.execute("SELECT dim FROM vector_models WHERE model = %s", (model_id,)).fetchone()
+    if row is not None:
+        if row[0] != dim:
+            raise StoreError(f"model {model_id!r} made {dim}-dimensional vectors; the store holds {row[0]} for it")
+        return table
+    conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(MIGRATION_LOCK)})")
+    if conn.execute("SELECT 1 FROM vector_models WHERE model = %s", (model_id,)).fetchone() is None:
+        name = sql.Identifier(table)
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (memory_pk BIGINT PRIMARY KEY REFERENCES memories(pk) ON DELETE CASCADE, "
+                "namespace TEXT NOT NULL, content_hash TEXT NOT NULL, vector vector({}) NOT NULL)"
+            ).format(name, sql.Literal(dim))
+        )
+        conn.execute(sql.SQL("CREATE INDEX {} ON {} (namespace)").format(sql.Identifier(table + "_ns"), name))
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} USING hnsw (vector vector_cosine_ops)").format(
+                sql.Identifier(table + "_hnsw"), name
+            )
+        )
+        conn.execute("INSERT INTO vector_models(model, table_name, dim) VALUES (%s, %s, %s)", (model_id, table, dim))
+    return table

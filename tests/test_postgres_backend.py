@@ -1,0 +1,459 @@
+"""The PostgreSQL backend's own promises, beyond the contract suite: URLs and their masking, clear errors for
+a missing driver, an unreachable server or a missing pgvector, the shared embedding backlog (claims and
+leases), the sweep's advisory lock, and filtered vector searches that stay complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from agentcache_mcp import app, cli
+from agentcache_mcp.app import open_memory
+from agentcache_mcp.backends.postgres import PostgresBackend
+from agentcache_mcp.backends.postgres.vectors import search_sql, use_iterative_scan
+from agentcache_mcp.config import ENV_VARIABLES, ConfigError, Settings, mask_url
+from agentcache_mcp.memory.model import Memory, MemoryFilter, content_hash, new_id
+from agentcache_mcp.memory.ports import StoreUnavailable
+from agentcache_mcp.memory.service import MemoryService
+
+from conftest import HashEmbedder, PostgresServer
+
+# --- URLs ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://agent:s3cret@db.example:5432/memories?sslmode=require",
+        "postgres://agent:s3cret@db.example/memories",
+        "postgresql:///memories?host=/var/run/postgresql",  # libpq: a socket directory as the host
+        "postgresql://agent@/memories?host=/tmp/sockets&port=5433",
+        "POSTGRESQL://agent:s3cret@db.example/memories",
+    ],
+)
+def test_a_postgres_url_in_agentcache_db_selects_postgres_and_is_kept_verbatim(url: str) -> None:
+    settings = Settings.from_env({"AGENTCACHE_DB": url})
+    assert settings.database_url == url
+    assert "s3cret" not in settings.store_location
+    assert Settings.from_env({}, db_path=url).database_url == url  # --db
+
+
+def test_sqlite_paths_still_select_sqlite(tmp_path: Path) -> None:
+    settings = Settings.from_env({"AGENTCACHE_DB": str(tmp_path / "m.db")})
+    assert settings.database_url is None and settings.db_path == tmp_path / "m.db"
+    assert settings.store_location == str(tmp_path / "m.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://agent:s3cret@db/m", "postgresql://agent:***@db/m"),
+        ("postgres://agent:p%40ss:w@db:5432/m?x=1", "postgres://agent:***@db:5432/m?x=1"),
+        ("postgresql://agent@db/m", "postgresql://agent@db/m"),
+        ("postgresql:///m?host=/run/pg&password=s3cret&user=a", "postgresql:///m?host=/run/pg&password=***&user=a"),
+        ("postgresql://db/m", "postgresql://db/m"),
+    ],
+)
+def test_mask_url_hides_every_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_the_pool_size_is_a_setting_read_from_the_environment() -> None:
+    assert "AGENTCACHE_PG_POOL_SIZE" in ENV_VARIABLES
+    assert Settings.from_env({"AGENTCACHE_PG_POOL_SIZE": "3"}).pg_pool_size == 3
+    with pytest.raises(ConfigError, match="AGENTCACHE_PG_POOL_SIZE"):
+        Settings.from_env({"AGENTCACHE_PG_POOL_SIZE": "1"})
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """The URL with this user and password in place of its own."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting from the developer's shell; whatever main() sets in the environment is undone afterwards."""
+    for name in (*ENV_VARIABLES, *cli.QUIET_THIRD_PARTY, "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = 0
+    try:
+        cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.usefixtures("cli_environment")
+def test_a_missing_driver_is_a_one_line_configuration_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "postgres_driver_missing", lambda: "psycopg")
+    code, out, err = run(capsys, "--db", "postgresql://agent:s3cret@db.example/m", "stats")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "agentcache-mcp: invalid configuration: --db names a PostgreSQL database, but its driver is not installed "
+        "(psycopg): pip install 'agentcache-mcp[postgres]'"
+    ]
+
+
+@pytest.mark.usefixtures("cli_environment")
+def test_an_unreachable_server_is_a_one_line_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--db", "postgresql://agent:s3cret@127.0.0.1:1/m", "stats")
+    assert code == 2 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("agentcache-mcp: invalid configuration: cannot connect to the PostgreSQL database ")
+    assert "postgresql://agent:***@127.0.0.1:1/m" in line and "s3cret" not in err
+
+
+def test_serve_refuses_an_unreachable_server_with_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentcache_mcp", "--db", "postgresql://agent:s3cret@127.0.0.1:1/m", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert "invalid configuration: cannot connect to the PostgreSQL database" in proc.stderr
+    assert "s3cret" not in proc.stderr
+
+
+def test_a_server_without_usable_pgvector_is_refused_clearly(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """CREATE EXTENSION failing (here: a role that may not create it; elsewhere: pgvector not installed)."""
+    import psycopg
+
+    role = "agentcache_weak_" + postgres_url.rsplit("agentcache_test_", 1)[1].split("?")[0]
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak'")
+    try:
+        weak = with_user(postgres_url, role, "weak")
+        with pytest.raises(StoreUnavailable, match="cannot use pgvector: CREATE EXTENSION IF NOT EXISTS vector failed"):
+            PostgresBackend(weak, "m")
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_the_password_is_shown_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    parts = urlsplit(postgres_url)
+    password = parts.password or "hunter2"  # the bundled server trusts local connections: any password works
+    url = with_user(postgres_url, parts.username or "postgres", password)
+    memory = open_memory(Settings(database_url=url), embedder=HashEmbedder())
+    try:
+        memory.remember("a note")
+        shown = json.dumps(memory.stats()) + json.dumps(memory.backend.describe())
+        assert password not in shown and ":***@" in shown
+        assert memory.stats()["index"]["backend"] == "postgres"
+    finally:
+        memory.close()
+    assert "applied schema migration 1 to postgresql://" in caplog.text  # the URL is logged, masked
+    assert password not in caplog.text
+
+
+# --- the shared embedding backlog ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(postgres_url: str) -> tuple[MemoryService, MemoryService]:
+    a = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    b = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_claimed_batch_is_not_claimed_again_until_its_lease_runs_out(
+    pair: tuple[MemoryService, MemoryService],
+) -> None:
+    a, b = pair
+    for i in range(10):
+        a.remember(f"note number {i}")
+    store_a, store_b = a.backend.embeddings, b.backend.embeddings
+    claimed = store_a.claim("test-hash-embedder", 6, lease_s=1.0)
+    assert len(claimed) == 6
+    rest = store_b.claim("test-hash-embedder", 100, lease_s=1.0)
+    assert {k for k, _, _ in rest}.isdisjoint({k for k, _, _ in claimed}) and len(rest) == 4
+    assert store_b.claim("test-hash-embedder", 100, lease_s=1.0) == []  # all claimed, none embedded
+    assert b.pending_embeddings() == 10  # claimed is still pending
+    time.sleep(1.2)  # a dies with its claims: after the lease they are anyone's
+    again = store_b.claim("test-hash-embedder", 100, lease_s=60)
+    assert {k for k, _, _ in again} == {k for k, _, _ in claimed} | {k for k, _, _ in rest}
+    assert b.embed_pending() == 0  # b's own claims are live: embed_pending claims anew and finds nothing
+    texts = {k: t for k, t, _ in again}
+    vectors_ = b.embedder.embed([texts[k] for k, _, _ in again])
+    assert b.store_embeddings(again, vectors_) == 10
+    assert a.pending_embeddings() == 0
+
+
+def test_replicas_claiming_at_once_share_the_backlog_without_overlap(
+    pair: tuple[MemoryService, MemoryService],
+) -> None:
+    a, b = pair
+    for i in range(300):
+        a.remember(f"backlog item {i}")
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def drain(name: str, memory: MemoryService) -> None:
+        while batch := memory.backend.embeddings.claim("test-hash-embedder", 16, lease_s=60):
+            got[name] += [k for k, _, _ in batch]
+
+    threads = [threading.Thread(target=drain, args=(n, m)) for n, m in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got["a"]) + len(got["b"]) == 300
+    assert set(got["a"]).isdisjoint(got["b"])
+
+
+# --- one sweep at a time ---------------------------------------------------------------------------------
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from agentcache_mcp.backends.postgres import PostgresBackend
+    backend = PostgresBackend(sys.argv[1], "m")
+    with backend.exclusive("auto-forget") as held:
+        print(held, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_the_sweep_lock_is_held_by_one_process_and_freed_when_it_dies(postgres_url: str) -> None:
+    backend = PostgresBackend(postgres_url, "m")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, postgres_url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        with backend.exclusive("auto-forget") as held:
+            assert held is False
+        with backend.exclusive("another-lock") as held:
+            assert held is True
+        holder.kill()  # SIGKILL: the server ends its session, and the lock with it
+        holder.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while True:
+            with backend.exclusive("auto-forget") as held:
+                if held:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+        backend.close()
+
+
+def test_migrations_from_replicas_starting_at_once_apply_once(postgres_url: str) -> None:
+    errors: list[BaseException] = []
+    opened: list[PostgresBackend] = []
+
+    def start() -> None:
+        try:
+            opened.append(PostgresBackend(postgres_url, "m"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == [] and len(opened) == 4
+        rows = opened[0].db.read(lambda db: db.execute("SELECT version FROM schema_migrations").fetchall())
+        assert rows == [(1,)]
+    finally:
+        for backend in opened:
+            backend.close()
+
+
+# --- filtered vector search stays complete ---------------------------------------------------------------
+
+DIM = 32
+
+
+def fill(memory: MemoryService, namespaces: int, per_namespace: int, seed: int = 7) -> dict[str, np.ndarray]:
+    """Many namespaces of random unit vectors, stored in one transaction through restore()."""
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    out: dict[str, np.ndarray] = {}
+    items = []
+    for n in range(namespaces):
+        ns = f"ns{n}"
+        matrix = rng.normal(size=(per_namespace, DIM)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        out[ns] = matrix
+        for i in range(per_namespace):
+            text = f"{ns} item {i}"
+            m = Memory(0, new_id(), ns, text, [], 0.5, {}, now, now, None, 0, None, None, content_hash(text))
+            items.append((m, ("test-hash-embedder", matrix[i])))
+    memory.backend.memories.restore(items)
+    return out
+
+
+@contextmanager
+def hnsw_only(url: str) -> Iterator[tuple[psycopg.Connection, str]]:  # type: ignore[type-arg]
+    """A transaction in which the planner can only order by the HNSW index: the namespace btree is dropped
+    (rolled back at the end) and sequential and bitmap scans are off. At these test sizes the planner would
+    otherwise, rightly, search the namespace exactly, and there would be nothing approximate to measure."""
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        [(table,)] = conn.execute("SELECT table_name FROM vector_models").fetchall()
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(table + "_ns")))
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        try:
+            yield conn, table
+        finally:
+            conn.rollback()
+
+
+def top10(conn: psycopg.Connection, table: str, namespace: str, query: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+    rows = conn.execute(search_sql(table, "TRUE"), [query, namespace, query, 10]).fetchall()
+    return [int(pk) for pk, _ in rows]
+
+
+def uses_hnsw(conn: psycopg.Connection, table: str, query: np.ndarray) -> bool:  # type: ignore[type-arg]
+    plan = conn.execute(sql.SQL("EXPLAIN ") + search_sql(table, "TRUE"), [query, "ns0", query, 10]).fetchall()
+    return any(table + "_hnsw" in line for (line,) in plan)
+
+
+def test_a_filtered_hnsw_scan_misses_without_iterative_scan_and_not_with_it(postgres_url: str) -> None:
+    """Without iterative scans, HNSW hands ef_search (40) candidates to the namespace filter: a namespace of
+    1/50 of the table gets about one of them. With the backend's settings every namespace gets its 10."""
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=50, per_namespace=60)
+        total = 50 * 60
+    finally:
+        memory.close()
+    query = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    with hnsw_only(postgres_url) as (conn, table):
+        assert uses_hnsw(conn, table, query)
+        plain = [len(top10(conn, table, f"ns{n}", query)) for n in range(50)]
+        assert sum(plain) < 50 * 10 / 2  # the problem is real: most namespaces come back short
+        use_iterative_scan(conn, 10, total, 60)
+        assert [len(top10(conn, table, f"ns{n}", query)) for n in range(50)] == [10] * 50
+
+
+def test_ann_recall_at_10_against_exact_search_with_many_namespaces(postgres_url: str) -> None:
+    """ANN recall@10 of the backend's HNSW query (iterative scan, its ef_search) against exact search, over 20
+    namespaces of 500 random vectors; the figure is printed (pytest -s) for the README."""
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=20, per_namespace=500)
+        rng = np.random.default_rng(3)
+        queries = [(f"ns{q % 20}", rng.normal(size=DIM).astype(np.float32)) for q in range(200)]
+        exact = [
+            {k for k, _ in memory.backend.vectors.exact_search(ns, v, 10, MemoryFilter(ns))}  # type: ignore[attr-defined]
+            for ns, v in queries
+        ]
+    finally:
+        memory.close()
+    with hnsw_only(postgres_url) as (conn, table):
+        assert uses_hnsw(conn, table, queries[0][1])
+        use_iterative_scan(conn, 10, 20 * 500, 500)
+        found = [set(top10(conn, table, ns, v)) for ns, v in queries]
+    assert all(len(f) == 10 for f in found)  # complete
+    recall = float(np.mean([len(f & e) / 10 for f, e in zip(found, exact, strict=True)]))
+    print(f"ANN recall@10 vs exact (20 namespaces x 500 vectors, dim {DIM}, 200 queries): {recall:.3f}")
+    assert recall >= 0.9
+
+
+def test_a_small_namespace_is_searched_exactly(postgres_url: str) -> None:
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=30, per_namespace=40)
+        rng = np.random.default_rng(5)
+        for q in range(20):
+            ns = f"ns{q}"
+            query = rng.normal(size=DIM).astype(np.float32)
+            where = MemoryFilter(ns, live_at=time.time())
+            found = memory.backend.vectors.search(ns, query, 10, where)
+            exact = memory.backend.vectors.exact_search(ns, query, 10, where)  # type: ignore[attr-defined]
+            assert [k for k, _ in found] == [k for k, _ in exact]
+    finally:
+        memory.close()
+
+
+def test_replicas_answer_a_recall_identically(pair: tuple[MemoryService, MemoryService]) -> None:
+    a, b = pair
+    for i in range(40):
+        a.remember(f"the ferry to island {i} leaves at {i % 12} o'clock", namespace="travel")
+    a.embed_pending()
+    assert len(b.backend.vectors) == 40  # no load, no refresh: b sees a's vectors at once
+    ra = [(h.id, h.score) for h in a.recall("ferry island 7", namespace="travel", touch=False)]
+    rb = [(h.id, h.score) for h in b.recall("ferry island 7", namespace="travel", touch=False)]
+    assert ra == rb and ra
+
+
+def test_app_refuses_without_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_psycopg(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith(("psycopg", "pgvector")) or "backends.postgres" in name or name == "postgres":
+            raise ImportError("No module named 'psycopg'", name="psycopg")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "agentcache_mcp.backends.postgres", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_psycopg)
+    with pytest.raises(StoreUnavailable, match=r"pip install 'agentcache-mcp\[postgres\]'"):
+        app.open_backend(Settings(database_url="postgresql://x/y"), "m")
+
+
+def test_a_sweep_with_its_erase_runs_on_the_smallest_pool(postgres_url: str) -> None:
+    """The sweep holds one connection for its lock; the sweep's work and the erase make do with the other."""
+    from agentcache_mcp.workers import App
+
+    settings = Settings(database_url=postgres_url, pg_pool_size=2)
+    memory = open_memory(settings, embedder=HashEmbedder())
+    try:
+        gone = memory.remember("a note to forget").id
+        memory.remember("a note to keep")
+        memory.forget(ids=[gone])
+        backend = memory.backend
+        assert isinstance(backend, PostgresBackend) and backend.erase_pending()
+        started = time.monotonic()
+        report = App(settings, memory)._sweep_alone()
+        assert report is not None and time.monotonic() - started < 10
+        assert not backend.erase_pending()
+        other = open_memory(settings, embedder=HashEmbedder())
+        try:
+            with backend.exclusive("auto-forget") as held:  # another replica's sweep skips meanwhile
+                assert held
+                assert App(settings, other)._sweep_alone() is None
+        finally:
+            other.close()
+    finally:
+        memory.close()
