@@ -17,7 +17,7 @@ import numpy as np
 from psycopg import sql
 
 from ...memory.model import Memory, MemoryFilter, NewMemory
-from ...memory.ports import Merge, UnknownMemories, Vector
+from ...memory.ports import Change, Merge, UnknownMemories, Vector
 from .connection import Connection, Database, lock_key
 from .schema import ensure_vector_table, vector_table_name
 
@@ -90,6 +90,9 @@ def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
     if where.unused_since is not None:
         clauses.append(f"greatest({a}.updated_at, coalesce({a}.last_accessed_at, 0)) < %s")
         params.append(where.unused_since)
+    if where.superseded_by is not None:
+        clauses.append(f"{a}.superseded_by = %s")
+        params.append(where.superseded_by)
     if where.live_at is not None:
         # Live: not expired, and not superseded by a memory that is still there and unexpired.
         clauses.append(
@@ -283,14 +286,47 @@ class PgMemories:
 
         return self.db.write(txn)
 
-    def recent(self, namespace: str, limit: int, before_key: int | None = None) -> list[Memory]:
+    def recent(
+        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+    ) -> list[Memory]:
+        clause, params = filter_sql(MemoryFilter(namespace=namespace, tags=tuple(tags)))
         return self.db.read(
             lambda db: [
                 _memory(r)
                 for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = %s AND m.pk < %s "
-                    "ORDER BY m.pk DESC LIMIT %s",
-                    (namespace, before_key if before_key is not None else 2**63 - 1, limit),
+                    f"SELECT {_COLUMNS} FROM memories m WHERE {clause} AND m.pk < %s ORDER BY m.pk DESC LIMIT %s",
+                    (*params, before_key if before_key is not None else 2**63 - 1, limit),
+                )
+            ]
+        )
+
+    def edit(self, namespace: str, memory_id: str, change: Change) -> Memory | None:
+        def txn(db: Connection) -> Memory | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = %s AND m.id = %s FOR UPDATE",
+                (namespace, memory_id),
+            ).fetchone()
+            if row is None:
+                return None
+            edited = change(_memory(row))
+            stored = db.execute(
+                "UPDATE memories AS m SET tags = %s, importance = %s, expires_at = %s WHERE m.pk = %s "
+                f"RETURNING {_COLUMNS}",
+                (json.dumps(edited.tags, ensure_ascii=False), edited.importance, edited.expires_at, row[0]),
+            ).fetchone()
+            assert stored is not None, "the row is locked FOR UPDATE in this transaction"
+            return _memory(stored)
+
+        return self.db.write(txn)
+
+    def created_per_day(self, since: float) -> list[tuple[str, str, int]]:
+        return self.db.read(
+            lambda db: [
+                (namespace, day, count)
+                for namespace, day, count in db.execute(
+                    "SELECT namespace, to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, "
+                    "count(*) FROM memories WHERE created_at >= %s GROUP BY day, namespace ORDER BY day, namespace",
+                    (since,),
                 )
             ]
         )
