@@ -369,3 +369,20 @@ def test_ui_command_search_finds_a_memory_by_a_paraphrase(tmp_path: Path) -> Non
                 proc.kill()
             if proc.stderr is not None:
                 proc.stderr.close()
+
+
+def test_at_400_px_the_search_box_and_its_button_fit(server: tuple[UiServer, dict[str, str]], browser: Any) -> None:
+    running, ids = server
+    shots = Path(os.environ.get("UI_SCREENSHOTS", running.settings.db_path.parent))
+    browser.set_window_size(400, 900)
+    try:
+        for path in ("/ui/", f"/ui/memory/{ids['correction']}", "/ui/?namespace=work&q=staging+port"):
+            browser.get(running.base + path)
+            width = browser.execute_script("return document.documentElement.clientWidth")
+            for css in ("form.search button", "form.search select", "form.search input[type=search]"):
+                box = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", find(browser, css))
+                assert box["left"] >= 0 and box["right"] <= width, (path, css, box, width)
+            assert browser.execute_script("return document.documentElement.scrollWidth") <= width, path
+        browser.save_screenshot(str(shots / "ui-400px.png"))
+    finally:
+        browser.set_window_size(1280, 900)
