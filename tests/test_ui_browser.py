@@ -269,6 +269,25 @@ def test_a_cross_site_post_is_refused(server: tuple[UiServer, dict[str, str]], b
     assert running.memory.get(memory_id) is None
 
 
+def test_another_site_can_link_to_a_search_but_not_run_one_in_the_background(
+    server: tuple[UiServer, dict[str, str]], browser: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    running, _ = server
+    search = f"{running.base}/ui/?namespace=work&q=staging+database+port"
+    evil = _EvilSite(f'<img src="{search}&via=img" alt=""><a id="go" href="{search}&via=link">a search</a>')
+    try:
+        with caplog.at_level("WARNING", logger="agentcache_mcp"):
+            browser.get(evil.url)
+            deadline = time.monotonic() + 10
+            while "refused GET /ui/" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "refused GET /ui/" in caplog.text and "Sec-Fetch-Site" in caplog.text  # the <img> ran nothing
+        click_and_wait(browser, "#go")  # a link is a top-level navigation: it opens
+        assert "The staging database runs on port 5433" in find(browser, "main").text
+    finally:
+        evil.close()
+
+
 def test_a_foreign_host_is_refused(server: tuple[UiServer, dict[str, str]]) -> None:
     running, _ = server
     # DNS rebinding: a name the attacker controls now resolves to 127.0.0.1
