@@ -4,11 +4,14 @@ the same guarded ASGI app the HTTP transports serve (cli._http_server), with sta
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
+import anyio
 import pytest
 from mcp.server.mcpserver import MCPServer
 from starlette.testclient import TestClient
@@ -16,7 +19,8 @@ from starlette.testclient import TestClient
 from agentcache_mcp import cli
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
-from agentcache_mcp.memory.model import DAY
+from agentcache_mcp.memory.model import DAY, NewMemory, content_hash
+from agentcache_mcp.memory.service import merge_remembered
 from agentcache_mcp.server import build_server
 from agentcache_mcp.ui.chart import OTHER, SERIES_SHOWN, build_chart, day_range
 from agentcache_mcp.workers import App
@@ -38,8 +42,8 @@ class Ui:
     def memory(self) -> Any:
         return self.app.memory
 
-    def csrf(self) -> str:
-        page = self.client.get(f"/ui/memory/{self.ids['home1']}")  # a page with a form
+    def csrf(self, **headers: str) -> str:
+        page = self.client.get(f"/ui/memory/{self.ids['home1']}", headers=headers)  # a page with a form
         found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
         assert found, page.text[:500]
         return found.group(1)
@@ -83,7 +87,9 @@ def test_home_lists_namespaces_with_counts(ui: Ui) -> None:
     assert page.status_code == 200
     counts = ui.memory.backend.memories.counts_by_namespace()
     for namespace, n in counts.items():
-        assert re.search(rf'href="/ui/ns/{namespace}">{namespace}</a></td>\s*<td class="num">{n}</td>', page.text)
+        assert re.search(
+            rf'href="/ui/ns/{namespace}"><bdi>{namespace}</bdi></a></td>\s*<td class="num">{n}</td>', page.text
+        )
 
 
 def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) -> None:
@@ -94,7 +100,7 @@ def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) ->
         ui.memory.remember(f"bulk note number {n}", namespace="bulk")
     first = ui.client.get("/ui/ns/bulk").text
     assert "bulk note number 59<" in first and "bulk note number 10<" in first and "bulk note number 9<" not in first
-    older = re.search(r'href="(/ui/ns/bulk\?before=[^"]+)">older', first)
+    older = re.search(r'href="(/ui/ns/bulk\?older_than=[^"]+)" rel="next">older', first)
     assert older, "a full page links to the older memories"
     second = ui.client.get(older.group(1).replace("&amp;", "&")).text
     assert "bulk note number 9<" in second and "bulk note number 0<" in second and "bulk note number 10<" not in second
@@ -121,12 +127,12 @@ def test_memory_page_shows_every_field_its_neighbours_and_supersession(ui: Ui) -
     fixed = ui.client.get(f"/ui/memory/{ui.ids['correction']}").text
     assert "The team offsite moved to Lisbon" in fixed
     assert "email from Carol" in fixed and "0.8" in fixed
-    assert f'href="/ui/memory/{ui.ids["corrected"]}">The team offsite is in Porto in March.' in fixed
+    assert f'href="/ui/memory/{ui.ids["corrected"]}"><bdi>The team offsite is in Porto in March.' in fixed
     old = ui.client.get(f"/ui/memory/{ui.ids['corrected']}").text
     assert "superseded</span>" in old and f'href="/ui/memory/{ui.ids["correction"]}"' in old
     earlier, later = ui.memory.neighbours_in_time(ui.memory.get(ui.ids["correction"]))
     for neighbour in earlier + later:
-        assert f'href="/ui/memory/{neighbour.id}"' in fixed
+        assert f'href="/ui/memory/{neighbour.id}?back=' in fixed
 
 
 def test_unknown_memory_is_a_404_page(ui: Ui) -> None:
@@ -141,7 +147,7 @@ def test_stats_page_shows_pending_embeddings_index_state_and_recorded_sweeps(ui:
     assert re.search(r'id="pending">1<', page)
     assert "checked, in step" in page or "not checked yet" in page
     assert re.search(r'<td class="num">1</td>\s*<td class="num">0</td>', page)  # 1 expired, 0 superseded
-    assert f'<span class="gone">{ui.ids["expiring"]}</span> (expired, deleted)' in page
+    assert f'<span class="gone"><bdi>{ui.ids["expiring"]}</bdi></span> (expired, deleted)' in page
 
 
 def test_chart_page_draws_bars_per_day_per_namespace_as_inline_svg(ui: Ui) -> None:
@@ -190,10 +196,11 @@ def test_edit_form_sets_tags_importance_and_expiry(ui: Ui) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"importance": "2"}, "importance must be between 0 and 1"),
-        ({"importance": "high"}, "importance must be a number"),
+        ({"importance": "2"}, "Importance: give a number from 0 to 1"),
+        ({"importance": "high"}, "Importance: &#39;high&#39; is not a number"),
         ({"tags": "x" * 65}, "longer than 64 characters"),
-        ({"expiry": "days", "ttl_days": "-1"}, "ttl_days must be a positive number of days"),
+        ({"expiry": "days", "ttl_days": "-1"}, "Expiry: give a number of days from 0.001 to 365000"),
+        ({"expiry": "days", "ttl_days": "0"}, "Expiry: give a number of days from 0.001 to 365000"),
         ({"expiry": "days", "ttl_days": ""}, "give the number of days"),
     ],
 )
@@ -427,10 +434,11 @@ def test_behind_a_tls_proxy_the_https_origin_of_the_same_host_is_the_pages_own(t
     for ui in _ui(tmp_path, allowed_hosts=("mem.example.com",)):
         proxied = {"Host": "mem.example.com", "Origin": "https://mem.example.com"}
         memory_id = ui.ids["work0"]
-        answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": ui.csrf(), "namespace": "work"}, **proxied)
+        csrf = ui.csrf(Host="mem.example.com")  # the session cookie is the site's, named after its port
+        answer = ui.post(f"/ui/memory/{memory_id}/forget", {"csrf": csrf, "namespace": "work"}, **proxied)
         assert answer.status_code == 303 and ui.memory.get(memory_id) is None
         other = {"Host": "mem.example.com", "Origin": "https://mem.example.com:8443"}
-        answer = ui.post(f"/ui/memory/{ui.ids['work1']}/forget", {"csrf": ui.csrf(), "namespace": "work"}, **other)
+        answer = ui.post(f"/ui/memory/{ui.ids['work1']}/forget", {"csrf": csrf, "namespace": "work"}, **other)
         assert answer.status_code == 403
 
 
@@ -454,3 +462,339 @@ def test_ui_command_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> No
         cli.main(["ui", "--port", "99999"])
     assert info.value.code == 2
     assert "--port must be 0..65535, got 99999" in capsys.readouterr().err
+
+
+# --- found by review: each of these failed before its fix ---------------------------------------------------
+
+
+def _edit_form(ui: Ui, memory_id: str) -> dict[str, str]:
+    """The edit form of a memory's page as a browser would post it untouched."""
+    page = ui.client.get(f"/ui/memory/{quote(memory_id, safe='')}").text
+    form = page[page.index('id="edit-form"') : page.index("</form>", page.index('id="edit-form"'))]
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form))
+    fields["importance"] = re.search(r'name="importance"[^>]* value="([^"]*)"', form).group(1)  # type: ignore[union-attr]
+    fields["tags"] = re.search(r"<textarea[^>]*>([^<]*)</textarea>", form).group(1)  # type: ignore[union-attr]
+    fields["expiry"] = "keep"
+    fields["ttl_days"] = ""
+    return {k: v.replace("&amp;", "&") for k, v in fields.items()}
+
+
+def test_typing_days_without_choosing_their_radio_sets_the_expiry(ui: Ui) -> None:
+    memory_id = ui.ids["editor"]
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", {**_edit_form(ui, memory_id), "ttl_days": "3"})
+    assert answer.status_code == 303
+    assert ui.memory.get(memory_id).expires_at == pytest.approx(time.time() + 3 * DAY, abs=60)
+
+
+def test_typing_days_with_never_chosen_is_refused_and_changes_nothing(ui: Ui) -> None:
+    memory_id = ui.ids["expiring"]
+    before = ui.memory.get(memory_id)
+    form = {**_edit_form(ui, memory_id), "expiry": "never", "ttl_days": "3"}
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", form)
+    assert answer.status_code == 400 and "Expiry:" in answer.text
+    assert ui.memory.get(memory_id) == before
+
+
+def test_the_days_input_refuses_in_the_browser_what_the_server_refuses(ui: Ui) -> None:
+    page = ui.client.get(f"/ui/memory/{ui.ids['editor']}").text
+    minimum = float(re.search(r'name="ttl_days"[^>]* min="([^"]+)"', page).group(1))  # type: ignore[union-attr]
+    assert minimum > 0
+    form = _edit_form(ui, ui.ids["editor"])
+    assert ui.post(f"/ui/memory/{ui.ids['editor']}/edit", {**form, "ttl_days": str(minimum)}).status_code == 303
+    assert ui.post(f"/ui/memory/{ui.ids['editor']}/edit", {**form, "ttl_days": str(minimum / 2)}).status_code == 400
+
+
+def test_search_defaults_to_a_namespace_that_exists(ui: Ui) -> None:
+    assert "default" not in ui.memory.backend.memories.counts_by_namespace()
+    page = ui.client.get("/ui/").text
+    assert re.search(r'<option value="work" selected>', page)  # the largest namespace
+    assert '<option value="default">default (empty)</option>' in page  # offered, said to be empty
+    assert not re.search(r'<option value="default"[^>]*>default</option>', page)
+    found = ui.client.get("/ui/", params={"q": "staging database port"}).text
+    assert "staging database runs on port 5433" in found
+
+
+def test_the_configured_namespace_is_the_default_when_it_has_memories(ui: Ui) -> None:
+    ui.memory.remember("a note in the default namespace", namespace="default")
+    assert re.search(r'<option value="default" selected>default</option>', ui.client.get("/ui/").text)
+
+
+def test_an_edit_that_leaves_importance_alone_keeps_it_exactly(ui: Ui) -> None:
+    memory_id = ui.ids["editor"]
+    ui.memory.edit(memory_id, "home", importance=0.123456789012)
+    form = _edit_form(ui, memory_id)
+    assert form["importance"] == "0.123456789012"
+    assert ui.post(f"/ui/memory/{memory_id}/edit", {**form, "tags": "home\nkitchen"}).status_code == 303
+    edited = ui.memory.get(memory_id)
+    assert edited.importance == 0.123456789012 and edited.tags == ["home", "kitchen"]
+
+
+@pytest.mark.parametrize("mode", ["no-cors", "cors", "nested-navigate"])
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_page_of_another_site_cannot_make_the_browser_run_a_search(ui: Ui, site: str, mode: str) -> None:
+    answer = ui.client.get(
+        "/ui/", params={"namespace": "work", "q": "staging"}, headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode}
+    )
+    assert answer.status_code == 403 and "staging" not in answer.text
+
+
+def test_a_link_from_another_site_to_a_search_still_opens_it(ui: Ui) -> None:
+    answer = ui.client.get(
+        "/ui/",
+        params={"namespace": "work", "q": "staging"},
+        headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+    )
+    assert answer.status_code == 200 and "staging database runs on port 5433" in answer.text
+
+
+ODD_IDS = ["a/b", "x?y#z", "../../stats", "ID/forget", "100% sure", "ns/../work"]
+
+
+@pytest.mark.parametrize("odd_id", ODD_IDS)
+def test_a_memory_with_any_id_can_be_opened_edited_and_forgotten(ui: Ui, odd_id: str) -> None:
+    new = NewMemory(odd_id, "odd", f"imported memory {odd_id}", content_hash(odd_id), ["x"], 0.5, {}, time.time(), None)
+    ui.memory.backend.memories.remember(new, merge_remembered)
+    listing = ui.client.get("/ui/ns/odd").text
+    link = f'href="/ui/memory/{quote(odd_id, safe="")}?back='
+    assert link in listing
+    page = ui.client.get(f"/ui/memory/{quote(odd_id, safe='')}")
+    assert page.status_code == 200 and f"imported memory {odd_id}".replace("&", "&amp;") in page.text
+    assert f'action="/ui/memory/{quote(odd_id, safe="")}/edit"' in page.text
+    form = {**_edit_form(ui, odd_id), "tags": "y"}
+    answer = ui.post(f"/ui/memory/{quote(odd_id, safe='')}/edit", form)
+    assert answer.status_code == 303 and answer.headers["location"].startswith(f"/ui/memory/{quote(odd_id, safe='')}?")
+    assert ui.memory.get(odd_id).tags == ["y"]
+    confirm = ui.client.get(f"/ui/memory/{quote(odd_id, safe='')}/forget")
+    assert confirm.status_code == 200 and "Forget this memory?" in confirm.text
+    answer = ui.post(f"/ui/memory/{quote(odd_id, safe='')}/forget", {"csrf": ui.csrf(), "namespace": "odd"})
+    assert answer.status_code == 303 and ui.memory.get(odd_id) is None
+
+
+def test_an_older_link_still_pages_after_its_anchor_is_forgotten(ui: Ui) -> None:
+    ids = [ui.memory.remember(f"bulk note number {n}", namespace="bulk").id for n in range(60)]
+    first = ui.client.get("/ui/ns/bulk").text
+    older = re.search(r'href="(/ui/ns/bulk\?older_than=[^"]+)" rel="next">older', first)
+    assert older
+    ui.memory.forget([ids[10]], "bulk")  # the last memory of the first page: the older link's anchor
+    second = ui.client.get(older.group(1).replace("&amp;", "&"))
+    assert second.status_code == 200
+    assert "bulk note number 9<" in second.text and "bulk note number 0<" in second.text
+
+
+def test_forgetting_from_the_ui_returns_to_the_page_the_reader_came_from(ui: Ui) -> None:
+    for n in range(60):
+        ui.memory.remember(f"bulk note number {n}", namespace="bulk")
+    first = ui.client.get("/ui/ns/bulk").text
+    older = re.search(r'href="(/ui/ns/bulk\?older_than=[^"]+)" rel="next">older', first).group(1)  # type: ignore[union-attr]
+    older = older.replace("&amp;", "&")
+    second = ui.client.get(older).text
+    link = re.search(r'href="/ui/memory/([^"?]+)\?back=([^"]+)"><bdi>bulk note number 5<', second)
+    assert link and unquote(link.group(2)) == older
+    memory_page = ui.client.get(f"/ui/memory/{link.group(1)}?back={link.group(2)}").text
+    assert f'href="{older}"' in memory_page.replace("&amp;", "&")  # the crumb back
+    confirm = ui.client.get(f"/ui/memory/{link.group(1)}/forget?back={link.group(2)}").text
+    back = re.search(r'name="back" value="([^"]+)"', confirm).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    answer = ui.post(f"/ui/memory/{link.group(1)}/forget", {"csrf": ui.csrf(), "namespace": "bulk", "back": back})
+    assert answer.status_code == 303 and answer.headers["location"] == older + "&done=forgotten"
+    # a back link to anywhere else is not followed
+    other = ui.memory.remember("one more", namespace="bulk").id
+    form = {"csrf": ui.csrf(), "namespace": "bulk", "back": "https://evil.example/ui/ns/bulk"}
+    assert ui.post(f"/ui/memory/{other}/forget", form).headers["location"] == "/ui/ns/bulk?done=forgotten"
+
+
+def test_right_to_left_overrides_in_untrusted_text_are_isolated(ui: Ui) -> None:
+    rlo = "\u202eevil\u202c"
+    memory_id = ui.memory.remember(f"note {rlo}", namespace="work", tags=[f"t{rlo}"], metadata={"k": rlo}).id
+    search = ui.client.get("/ui/", params={"namespace": "work", "q": f"note {rlo}"}).text
+    assert f"<q><bdi>note {rlo}</bdi></q>" in search
+    listing = ui.client.get("/ui/ns/work").text
+    assert f"><bdi>note {rlo}</bdi></a>" in listing and f"<bdi>t{rlo}</bdi>" in listing
+    page = ui.client.get(f"/ui/memory/{memory_id}").text
+    assert f"<td><bdi>{rlo}</bdi></td>" in page and f"<bdi>t{rlo}</bdi>" in page
+    assert "<bdi>work</bdi>" in ui.client.get("/ui/").text
+
+
+def test_an_edit_without_a_tags_field_leaves_the_tags(ui: Ui) -> None:
+    memory_id = ui.ids["work0"]
+    form = {k: v for k, v in _edit_form(ui, memory_id).items() if k != "tags"}
+    assert ui.post(f"/ui/memory/{memory_id}/edit", {**form, "importance": "0.7"}).status_code == 303
+    edited = ui.memory.get(memory_id)
+    assert edited.tags == ["infra", "database"] and edited.importance == 0.7
+
+
+def test_failed_logins_are_paused_one_at_a_time_across_connections(
+    ui_token: Ui, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.ui import security
+
+    monkeypatch.setattr(security, "FAILED_LOGIN_PAUSE_S", 0.3)
+    page = ui_token.client.get("/ui/login")
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+    statuses: list[int] = []
+
+    def guess(n: int) -> None:
+        statuses.append(ui_token.post("/ui/login", {"csrf": csrf, "token": f"guess-{n}", "next": "/ui/"}).status_code)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [403] * 5
+    assert time.monotonic() - started >= 5 * 0.3 - 0.05  # one pause after another, not five at once
+
+
+def test_a_rejected_edit_keeps_what_was_typed_and_says_which_field(ui: Ui) -> None:
+    memory_id = ui.ids["editor"]
+    form = {**_edit_form(ui, memory_id), "tags": "kept-tag\nanother", "importance": "7", "ttl_days": "12"}
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", form)
+    assert answer.status_code == 400 and "Importance: give a number from 0 to 1" in answer.text
+    assert ">kept-tag\nanother</textarea>" in answer.text and 'value="7"' in answer.text
+    assert re.search(r'name="ttl_days"[^>]* value="12"', answer.text)
+    kept_back = ui.post(f"/ui/memory/{memory_id}/edit", {**form, "back": "/ui/ns/home?tag=home"})
+    assert 'name="back" value="/ui/ns/home?tag=home"' in kept_back.text  # the way back survives a rejection
+    answer = ui.post(f"/ui/memory/{memory_id}/edit", {**form, "importance": "0.5", "expiry": "days", "ttl_days": "x"})
+    message = re.search(r'<p class="error" role="alert">([^<]*)</p>', answer.text).group(1)  # type: ignore[union-attr]
+    assert answer.status_code == 400 and message.startswith("Not saved: Expiry:") and "ttl_days" not in message
+    assert re.search(r'value="days" id="expiry-days" checked', answer.text)
+
+
+def test_pages_name_a_blank_icon_so_the_browser_asks_for_none(ui: Ui) -> None:
+    assert '<link rel="icon" href="data:,">' in ui.client.get("/ui/").text
+
+
+def test_a_cookie_set_on_a_static_file_covers_the_whole_ui(ui: Ui) -> None:
+    cookie = ui.client.get("/ui/static/ui.css").headers["set-cookie"]
+    assert "Path=/ui;" in cookie or cookie.endswith("Path=/ui")
+
+
+def test_a_refusal_is_a_page_with_a_way_back(ui: Ui) -> None:
+    answer = ui.post(f"/ui/memory/{ui.ids['work0']}/forget", {"csrf": "wrong", "namespace": "work"})
+    assert answer.status_code == 403 and 'href="/ui/"' in answer.text and "/ui/static/ui.css" in answer.text
+    cross = ui.client.get("/ui/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})
+    assert cross.status_code == 403 and 'href="/ui/"' in cross.text
+
+
+def test_logging_out_clears_the_cookie(ui_token: Ui) -> None:
+    ui = ui_token
+    login(ui)
+    answer = ui.post("/ui/logout", {"csrf": ui.csrf()})
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith("agentcache_ui_8765=") and "Max-Age=0" in cookie and "Path=/ui" in cookie
+
+
+def test_a_memory_page_is_titled_by_its_text(ui: Ui) -> None:
+    page = ui.client.get(f"/ui/memory/{ui.ids['work0']}").text
+    assert "<title>The staging database runs on port 5433" in page
+    assert re.search(r"<h1[^>]*><bdi>The staging database runs on port 5433", page)
+
+
+# --- sessions shared by every process on the store ---------------------------------------------------------
+
+
+def _replica(db: Path, token: str | None = TOKEN) -> tuple[App, Any]:
+    config = Settings(db_path=db, auto_forget_enabled=False, auth_token=token)
+    memory = open_memory(config, embedder=HashEmbedder())
+    app = App(config, memory)
+    return app, cli._http_server(build_server(config, app=app), config, "streamable-http", app=app).config.app
+
+
+def test_a_login_on_one_replica_works_on_another_with_its_csrf_tokens(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    app_a, asgi_a = _replica(db)
+    app_b, asgi_b = _replica(db)  # another process on the same store: its own MemoryService
+    memory_id = app_a.memory.remember("a memory both replicas serve", namespace="work").id
+    try:
+        with TestClient(asgi_a, base_url=BASE) as a, TestClient(asgi_b, base_url=BASE) as b:
+            ui_a = Ui(app_a, a, {"home1": memory_id})
+            assert login(ui_a).status_code == 303
+            csrf = ui_a.csrf()
+            b.cookies.update(a.cookies)  # the browser sends the same cookie, whichever replica answers
+            page = b.get(f"/ui/memory/{memory_id}", follow_redirects=False)
+            assert page.status_code == 200 and "a memory both replicas serve" in page.text
+            answer = b.post(
+                f"/ui/memory/{memory_id}/edit",
+                data={"csrf": csrf, "namespace": "work", "tags": "shared", "importance": "0.6", "expiry": "keep"},
+                headers={"Origin": BASE},
+                follow_redirects=False,
+            )
+            assert answer.status_code == 303 and app_a.memory.get(memory_id).tags == ["shared"]
+    finally:
+        app_a.memory.close()
+        app_b.memory.close()
+
+
+def test_replicas_starting_together_agree_on_the_session_secret(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    app_a, _ = _replica(db)
+    app_b, _ = _replica(db)
+    try:
+        seen: list[str] = []
+        memories = [app_a.memory, app_b.memory] * 3
+        threads = [threading.Thread(target=lambda m=m: seen.append(m.ui_secret())) for m in memories]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # Both wrote and read back; from then on both read the one value the store kept (a guard that had
+        # cached the other re-reads it on the first cookie it cannot verify).
+        assert len(seen) == 6 and all(seen)
+        assert app_a.memory.ui_secret() == app_b.memory.ui_secret()
+    finally:
+        app_a.memory.close()
+        app_b.memory.close()
+
+
+def test_a_session_survives_a_restart_and_ends_when_the_token_changes(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    app_a, asgi_a = _replica(db)
+    try:
+        with TestClient(asgi_a, base_url=BASE) as a:
+            login(Ui(app_a, a, {}))
+            cookies = dict(a.cookies)
+    finally:
+        app_a.memory.close()
+    app_b, asgi_b = _replica(db)  # restarted, same token
+    app_c, asgi_c = _replica(db, token="a-new-token")
+    try:
+        with TestClient(asgi_b, base_url=BASE, cookies=cookies) as b:
+            assert b.get("/ui/stats", follow_redirects=False).status_code == 200
+        with TestClient(asgi_c, base_url=BASE, cookies=cookies) as c:
+            assert c.get("/ui/stats", follow_redirects=False).status_code == 303  # to the login form
+    finally:
+        app_b.memory.close()
+        app_c.memory.close()
+
+
+def test_the_cookie_is_named_after_the_port_the_browser_sees(ui: Ui) -> None:
+    behind = ui.client.get("/ui/", headers={"Host": "127.0.0.1:9443"}).headers["set-cookie"]
+    assert behind.startswith("agentcache_ui_9443=")
+    assert ui.client.get("/ui/", headers={"Host": "127.0.0.1"}).headers["set-cookie"].startswith("agentcache_ui_80=")
+
+
+def test_a_guard_that_cached_a_secret_lost_in_a_race_adopts_the_stored_one() -> None:
+    from starlette.requests import Request
+
+    from agentcache_mcp.ui.security import UiGuard
+
+    stored = {"secret": "the-one-overwritten"}
+
+    async def load() -> str:
+        return stored["secret"]
+
+    async def run() -> None:
+        loser = UiGuard(None, TOKEN, load)
+        await loser._ensure_secret()  # it read back its own write, before the other process's landed
+        stored["secret"] = "the-one-kept"
+        winner = UiGuard(None, TOKEN, load)
+        await winner._ensure_secret()
+        session = winner.log_in(TOKEN)
+        assert session is not None
+        cookie = f"agentcache_ui_8765={winner.cookie_value(session)}".encode()
+        scope = {"type": "http", "headers": [(b"host", b"127.0.0.1:8765"), (b"cookie", cookie)], "method": "GET"}
+        loser._reread_after = 0.0  # the throttle has passed
+        found = await loser.session(Request(scope))
+        assert found is not None and found.logged_in and found.id == session.id
+
+    anyio.run(run)

@@ -269,6 +269,25 @@ def test_a_cross_site_post_is_refused(server: tuple[UiServer, dict[str, str]], b
     assert running.memory.get(memory_id) is None
 
 
+def test_another_site_can_link_to_a_search_but_not_run_one_in_the_background(
+    server: tuple[UiServer, dict[str, str]], browser: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    running, _ = server
+    search = f"{running.base}/ui/?namespace=work&q=staging+database+port"
+    evil = _EvilSite(f'<img src="{search}&via=img" alt=""><a id="go" href="{search}&via=link">a search</a>')
+    try:
+        with caplog.at_level("WARNING", logger="agentcache_mcp"):
+            browser.get(evil.url)
+            deadline = time.monotonic() + 10
+            while "refused GET /ui/" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "refused GET /ui/" in caplog.text and "Sec-Fetch-Site" in caplog.text  # the <img> ran nothing
+        click_and_wait(browser, "#go")  # a link is a top-level navigation: it opens
+        assert "The staging database runs on port 5433" in find(browser, "main").text
+    finally:
+        evil.close()
+
+
 def test_a_foreign_host_is_refused(server: tuple[UiServer, dict[str, str]]) -> None:
     running, _ = server
     # DNS rebinding: a name the attacker controls now resolves to 127.0.0.1
@@ -369,3 +388,20 @@ def test_ui_command_search_finds_a_memory_by_a_paraphrase(tmp_path: Path) -> Non
                 proc.kill()
             if proc.stderr is not None:
                 proc.stderr.close()
+
+
+def test_at_400_px_the_search_box_and_its_button_fit(server: tuple[UiServer, dict[str, str]], browser: Any) -> None:
+    running, ids = server
+    shots = Path(os.environ.get("UI_SCREENSHOTS", running.settings.db_path.parent))
+    browser.set_window_size(400, 900)
+    try:
+        for path in ("/ui/", f"/ui/memory/{ids['correction']}", "/ui/?namespace=work&q=staging+port"):
+            browser.get(running.base + path)
+            width = browser.execute_script("return document.documentElement.clientWidth")
+            for css in ("form.search button", "form.search select", "form.search input[type=search]"):
+                box = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", find(browser, css))
+                assert box["left"] >= 0 and box["right"] <= width, (path, css, box, width)
+            assert browser.execute_script("return document.documentElement.scrollWidth") <= width, path
+        browser.save_screenshot(str(shots / "ui-400px.png"))
+    finally:
+        browser.set_window_size(1280, 900)

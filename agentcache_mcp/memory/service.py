@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from .model import (
     iso,
     new_id,
 )
-from .ports import StorageBackend, UnknownMemories, Vector
+from .ports import StorageBackend, StoreError, UnknownMemories, Vector
 from .recall import RecallRequest
 from .recall import recall as run_recall
 from .validation import (
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 
 RECENT_SWEEPS_KEY = "auto_forget_recent_sweeps"
+UI_SECRET_KEY = "ui_session_secret"
+"""The web UI's session secret (random, created once), shared by every process on the store."""
 RECENT_SWEEPS_KEPT = 20
 """How many auto-forget sweeps the store remembers (for the web UI's stats page), newest first."""
 SWEEP_IDS_KEPT = 20
@@ -329,13 +332,22 @@ class MemoryService:
         return found[0] if found else None
 
     def recent(
-        self, namespace: str, limit: int = 50, before: str | None = None, tags: list[str] | None = None
+        self,
+        namespace: str,
+        limit: int = 50,
+        before: str | None = None,
+        tags: list[str] | None = None,
+        before_key: int | None = None,
     ) -> list[Memory]:
         """A page of a namespace's memories, newest first, with all of `tags` if given; `before`: the id the
-        previous page ended with."""
+        previous page ended with, or `before_key`: its key (which still pages once that memory is forgotten:
+        keys are never reused)."""
         namespace = validate_namespace(namespace)
         clean_tags = validate_tags(tags)
-        before_key = None
+        if before_key is not None and (isinstance(before_key, bool) or not isinstance(before_key, int)):
+            raise InvalidInput(f"before_key must be a whole number, got {before_key!r}")
+        if before is not None and before_key is not None:
+            raise InvalidInput("give either before or before_key, not both")
         if before is not None:
             anchor = self.backend.memories.get(namespace, validate_ids([before], "before"))
             if not anchor:
@@ -460,6 +472,20 @@ class MemoryService:
         # Read, then written: two processes sweeping in the same instant may keep one record of the two.
         kept = [record, *self.recent_sweeps()][:RECENT_SWEEPS_KEPT]
         self.backend.memories.put_setting(RECENT_SWEEPS_KEY, json.dumps(kept))
+
+    def ui_secret(self) -> str:
+        """The web UI's session secret, shared by every process on this store (sessions and CSRF tokens made
+        by one are valid in all): random, created by the first process that asks. Two processes creating it at
+        once both write and then read back; the store keeps the last write, and a UI that meets a cookie it
+        cannot verify reads the secret again, so both end up on the stored value."""
+        stored = self.backend.memories.get_setting(UI_SECRET_KEY)
+        if stored:
+            return stored
+        self.backend.memories.put_setting(UI_SECRET_KEY, secrets.token_urlsafe(32))
+        stored = self.backend.memories.get_setting(UI_SECRET_KEY)
+        if not stored:
+            raise StoreError("the web UI's session secret could not be kept in the store")
+        return stored
 
     def recent_sweeps(self) -> list[dict[str, Any]]:
         """The last RECENT_SWEEPS_KEPT auto-forget sweeps of any process on this store, newest first: when

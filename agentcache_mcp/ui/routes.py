@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from mcp.server.transport_security import RequestBodyLimitMiddleware
@@ -19,13 +19,21 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..memory.forgetting import preview
 from ..memory.model import Memory, iso, memory_fields
 from ..memory.ports import StoreError
-from ..memory.validation import MAX_LIMIT, InvalidInput, validate_namespace
+from ..memory.validation import (
+    MAX_LIMIT,
+    InvalidInput,
+    validate_importance,
+    validate_namespace,
+    validate_positive_days,
+    validate_tags,
+)
 from .chart import build_chart, day_range
-from .security import FAILED_LOGIN_PAUSE_S, Refused, UiGuard, refusal
+from .security import Refused, UiGuard, refusal
 
 if TYPE_CHECKING:
     from ..workers import App
@@ -35,6 +43,8 @@ PAGE = 50
 SEARCH_LIMIT = 20
 CHART_DAYS = (7, 30, 90, 365)
 NEIGHBOURS = 3
+MIN_TTL_DAYS = 0.001
+"""The shortest expiry the edit form takes (its input's `min`; the service takes any positive number)."""
 MAX_FORM_BYTES = 64 * 1024
 """The largest form body a page posts (32 tags of 64 characters fit many times over); larger is refused, 413."""
 
@@ -50,7 +60,9 @@ def _environment() -> Environment:
     env.filters["when"] = lambda ts: "never" if ts is None else iso(ts)[:19].replace("T", " ") + " UTC"
     env.filters["day"] = lambda ts: iso(ts)[:16].replace("T", " ")
     env.filters["preview"] = lambda text, n=140: preview(text, n)
-    env.filters["num"] = lambda x: f"{x:g}"
+    env.filters["num"] = lambda x: f"{x:g}"  # for reading; `exact` for a form's value (a save keeps it as it was)
+    env.filters["exact"] = lambda x: repr(float(x))
+    env.filters["seg"] = segment
     return env
 
 
@@ -71,12 +83,15 @@ class Pages:
             flat = [(k, x) for k, v in pairs for x in (v if isinstance(v, list | tuple) else [v])]
             return root + path + (f"?{urlencode(flat)}" if flat else "")
 
+        namespaces: dict[str, int] = context.pop("namespaces", None) or {}
         html = self.env.get_template(template).render(
             url=url,
             csrf=self.guard.csrf_token(request.state.session_id),
             login_required=self.guard.login_required,
-            namespaces=context.pop("namespaces", None) or {},
-            current_namespace=context.pop("current_namespace", self.memory.limits.namespace),
+            namespaces=namespaces,
+            configured_namespace=self.memory.limits.namespace,
+            min_ttl_days=MIN_TTL_DAYS,
+            current_namespace=context.pop("current_namespace", None) or self.default_namespace(namespaces),
             query=context.pop("query", ""),
             active=None,  # templates set these two for the layout
             hide_nav=False,
@@ -91,9 +106,18 @@ class Pages:
         counts: dict[str, int] = await self.call(self.memory.backend.memories.counts_by_namespace)
         return counts
 
+    def default_namespace(self, namespaces: dict[str, int]) -> str:
+        """The namespace a search looks in unless told: the configured one if it has memories, else the
+        largest (the configured one when the store is empty)."""
+        configured = self.memory.limits.namespace
+        if configured in namespaces or not namespaces:
+            return configured
+        return min(namespaces, key=lambda ns: (-namespaces[ns], ns))
+
     def redirect(self, request: Request, path: str, **query: Any) -> Response:
         root = request.scope.get("root_path", "")
-        return RedirectResponse(root + path + (f"?{urlencode(query)}" if query else ""), status_code=303)
+        pairs = {k: v for k, v in query.items() if v is not None}
+        return RedirectResponse(root + path + (f"?{urlencode(pairs)}" if pairs else ""), status_code=303)
 
     async def failure(self, request: Request, status: int, message: str) -> HTMLResponse:
         return self.render(request, "error.html", status=status, message=message, namespaces=await self.namespaces())
@@ -104,7 +128,7 @@ class Pages:
         """The namespaces with their counts; with `q`, the search results (a plain GET form, linkable)."""
         namespaces = await self.namespaces()
         q = request.query_params.get("q", "")
-        namespace = request.query_params.get("namespace") or self.memory.limits.namespace
+        namespace = request.query_params.get("namespace") or self.default_namespace(namespaces)
         if not q.strip():
             return self.render(request, "home.html", namespaces=namespaces, current_namespace=namespace)
         limit = _int(request.query_params.get("limit"), SEARCH_LIMIT, 1, MAX_LIMIT)
@@ -125,8 +149,8 @@ class Pages:
     async def namespace(self, request: Request) -> Response:
         name = validate_namespace(request.path_params["namespace"])
         tags = [t for t in request.query_params.getlist("tag") if t.strip()]
-        before = request.query_params.get("before") or None
-        page: list[Memory] = await self.call(self.memory.recent, name, PAGE + 1, before, tags)
+        older_than = _key(request.query_params.get("older_than"))
+        page: list[Memory] = await self.call(self.memory.recent, name, PAGE + 1, None, tags, older_than)
         namespaces = await self.namespaces()
         now = time.time()
         return self.render(
@@ -139,25 +163,38 @@ class Pages:
             tags=tags,
             memories=page[:PAGE],
             states={m.id: _state(m, now) for m in page},
-            older=page[PAGE - 1].id if len(page) > PAGE else None,
-            paged=before is not None,
+            older=page[PAGE - 1].key if len(page) > PAGE else None,
+            paged=older_than is not None,
+            here=_here(request, name),
             done=request.query_params.get("done"),
         )
 
     async def _found(self, request: Request) -> Memory | None:
-        found: Memory | None = await self.call(self.memory.get, request.path_params["memory_id"])
+        found: Memory | None = await self.call(self.memory.get, unquote(request.path_params["memory_id"]))
         return found
 
-    async def memory_page(self, request: Request) -> Response:
-        m = await self._found(request)
-        if m is None:
-            return await self.failure(request, 404, "There is no memory with this id (it may have been forgotten).")
+    async def _memory_page(
+        self,
+        request: Request,
+        m: Memory,
+        status: int = 200,
+        error: str | None = None,
+        form: dict[str, str] | None = None,
+        back: str | None = None,
+    ) -> Response:
         earlier, later = await self.call(self.memory.neighbours_in_time, m, NEIGHBOURS)
         supersedes = await self.call(self.memory.superseded_by, m)
         replaced_by = await self.call(self.memory.get, m.superseded_by) if m.superseded_by else None
+        shown = form or {
+            "tags": "\n".join(m.tags),
+            "importance": repr(float(m.importance)),
+            "expiry": "keep",
+            "ttl_days": "",
+        }
         return self.render(
             request,
             "memory.html",
+            status=status,
             namespaces=await self.namespaces(),
             current_namespace=m.namespace,
             m=m,
@@ -167,52 +204,35 @@ class Pages:
             later=later,
             supersedes=supersedes,
             replaced_by=replaced_by,
-            done=request.query_params.get("done"),
-            error=None,
+            done=request.query_params.get("done") if error is None else None,
+            error=error,
+            form=shown,
+            back=_back(request, m.namespace, back if back is not None else request.query_params.get("back")),
         )
+
+    async def memory_page(self, request: Request) -> Response:
+        m = await self._found(request)
+        if m is None:
+            return await self.failure(request, 404, "There is no memory with this id (it may have been forgotten).")
+        return await self._memory_page(request, m)
 
     async def edit(self, request: Request) -> Response:
         form = await self.guard.checked_form(request)
         m = await self._found(request)
         if m is None or m.namespace != form.get("namespace"):
             return await self.failure(request, 404, "There is no such memory in this namespace any more.")
-        tags = [line.strip() for line in str(form.get("tags", "")).splitlines() if line.strip()]
-        expiry = str(form.get("expiry", "keep"))
+        submitted = {k: str(form.get(k, "")) for k in ("tags", "importance", "expiry", "ttl_days")}
+        submitted["expiry"] = submitted["expiry"] or "keep"
         try:
-            importance = _number(form.get("importance"), "importance")
-            ttl_days = _number(form.get("ttl_days"), "days until it expires") if expiry == "days" else None
-            if expiry == "days" and ttl_days is None:
-                raise InvalidInput("give the number of days until it expires")
-            edited = await self.call(
-                self.memory.edit,
-                m.id,
-                m.namespace,
-                tags=tags,
-                importance=importance,
-                ttl_days=ttl_days,
-                never_expires=expiry == "never",
-            )
+            change = _edit_from_form(form, m)
         except InvalidInput as exc:
-            earlier, later = await self.call(self.memory.neighbours_in_time, m, NEIGHBOURS)
-            return self.render(
-                request,
-                "memory.html",
-                status=400,
-                namespaces=await self.namespaces(),
-                current_namespace=m.namespace,
-                m=m,
-                fields=memory_fields(m),
-                state=_state(m, time.time()),
-                earlier=earlier,
-                later=later,
-                supersedes=await self.call(self.memory.superseded_by, m),
-                replaced_by=await self.call(self.memory.get, m.superseded_by) if m.superseded_by else None,
-                done=None,
-                error=str(exc),
-            )
+            return await self._memory_page(request, m, 400, str(exc), submitted, str(form.get("back", "")))
+        edited = await self.call(self.memory.edit, m.id, m.namespace, **change)
         if edited is None:
             return await self.failure(request, 404, "There is no such memory in this namespace any more.")
-        return self.redirect(request, f"/memory/{m.id}", done="saved")
+        back = _back(request, m.namespace, str(form.get("back", "")))
+        own = _back(request, m.namespace, None)
+        return self.redirect(request, f"/memory/{segment(m.id)}", done="saved", back=None if back == own else back)
 
     async def confirm_forget(self, request: Request) -> Response:
         m = await self._found(request)
@@ -225,15 +245,18 @@ class Pages:
             current_namespace=m.namespace,
             m=m,
             supersedes=await self.call(self.memory.superseded_by, m),
+            back=_back(request, m.namespace, request.query_params.get("back")),
         )
 
     async def forget(self, request: Request) -> Response:
         form = await self.guard.checked_form(request)
         namespace = str(form.get("namespace", ""))
-        result = await self.call(self.memory.forget, [request.path_params["memory_id"]], namespace)
+        result = await self.call(self.memory.forget, [unquote(request.path_params["memory_id"])], namespace)
         if not result.deleted:
             return await self.failure(request, 404, "There is no such memory in this namespace any more.")
-        return self.redirect(request, f"/ns/{namespace}", done="forgotten")
+        # Back to the page of the namespace the reader came from (the same page of it, if it still has one).
+        back = _back(request, namespace, str(form.get("back", "")))
+        return RedirectResponse(back + ("&" if "?" in back else "?") + "done=forgotten", status_code=303)
 
     async def stats(self, request: Request) -> Response:
         data = await self.call(self.memory.stats)
@@ -276,20 +299,19 @@ class Pages:
     async def login(self, request: Request) -> Response:
         form = await self.guard.checked_form(request)
         target = _local(request, str(form.get("next", "")))
-        sid = self.guard.log_in(str(form.get("token", "")))
-        if sid is None:
-            import anyio
-
-            await anyio.sleep(FAILED_LOGIN_PAUSE_S)  # a guessing client gets one try a second per connection
+        session = self.guard.log_in(str(form.get("token", "")))
+        if session is None:
+            await self.guard.failed_login_pause()  # one failure at a time, across every connection
             return self.render(request, "login.html", status=403, next=target, error="That is not the token.")
         response = RedirectResponse(target, status_code=303)
-        self.guard.set_cookie(response, request, sid)
+        self.guard.set_cookie(response, request, session)
         return response
 
     async def logout(self, request: Request) -> Response:
         await self.guard.checked_form(request)
-        self.guard.log_out(request.state.session_id)
-        return self.redirect(request, "/login" if self.guard.login_required else "/")
+        response = self.redirect(request, "/login" if self.guard.login_required else "/")
+        self.guard.clear_cookie(response, request)
+        return response
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -300,6 +322,81 @@ def _int(value: str | None, default: int, low: int, high: int) -> int:
     return min(max(number, low), high)
 
 
+def segment(value: str) -> str:
+    """A value (a memory id may be any string) as one path segment of a URL: every reserved character encoded."""
+    return quote(value, safe="")
+
+
+def _key(value: str | None) -> int | None:
+    """A page anchor (a memory's key, from an "older" link), or None for the newest page."""
+    if value is None or not value.strip():
+        return None
+    if not value.strip().isdigit() or len(value.strip()) > 19:
+        raise InvalidInput(f"older_than must be a whole number, got {value[:40]!r}")
+    return int(value)
+
+
+def _here(request: Request, namespace: str) -> str:
+    """This page of a namespace (path and query, without a done= flash), as a `back` to return to."""
+    root = request.scope.get("root_path", "")
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if k in ("tag", "older_than")]
+    return f"{root}/ns/{segment(namespace)}" + (f"?{urlencode(pairs)}" if pairs else "")
+
+
+def _back(request: Request, namespace: str, back: str | None) -> str:
+    """Where to go back to from a memory of `namespace`: the page of that namespace the reader came from if
+    the link said so (a local path only), else its first page."""
+    root = request.scope.get("root_path", "")
+    own = f"{root}/ns/{segment(namespace)}"
+    path, _, query = (back or "").partition("?")
+    if path != own:
+        return own
+    pairs = [(k, v) for k, v in parse_qsl(query) if k in ("tag", "older_than")]
+    return own + (f"?{urlencode(pairs)}" if pairs else "")
+
+
+def _edit_from_form(form: Any, m: Memory) -> dict[str, Any]:
+    """The edit a form asks for, checked field by field (InvalidInput names the field as the form shows it).
+    A field that is absent, or unchanged, is left as it is."""
+    change: dict[str, Any] = {}
+    if "tags" in form:
+        tags = [line.strip() for line in str(form.get("tags", "")).splitlines() if line.strip()]
+        try:
+            change["tags"] = validate_tags(tags)
+        except InvalidInput as exc:
+            raise InvalidInput(f"Tags: {exc}") from None
+    importance = _number(form.get("importance"), "Importance")
+    if importance is not None:
+        try:
+            validate_importance(importance)
+        except InvalidInput:
+            raise InvalidInput(f"Importance: give a number from 0 to 1 (got {form.get('importance')})") from None
+        if importance != m.importance:
+            change["importance"] = importance
+    expiry = str(form.get("expiry", "keep")) or "keep"
+    typed = str(form.get("ttl_days", "")).strip()
+    if expiry not in ("keep", "never", "days"):
+        raise InvalidInput(f"Expiry: choose keep, never or a number of days (got {expiry[:20]!r})")
+    if typed and expiry == "never":
+        raise InvalidInput(f"Expiry: you chose \u201cnever expires\u201d and typed {typed[:20]} days; choose one")
+    if typed or expiry == "days":
+        days = _number(typed, "Expiry")
+        if days is None:
+            raise InvalidInput("Expiry: give the number of days until it expires")
+        try:
+            validate_positive_days(days, "days")
+        except InvalidInput:
+            raise InvalidInput(
+                f"Expiry: give a number of days from {MIN_TTL_DAYS:g} to 365000 (got {typed[:20]})"
+            ) from None
+        if days < MIN_TTL_DAYS:
+            raise InvalidInput(f"Expiry: give a number of days from {MIN_TTL_DAYS:g} to 365000 (got {typed[:20]})")
+        change["ttl_days"] = days
+    elif expiry == "never":
+        change["never_expires"] = True
+    return change
+
+
 def _number(value: object, what: str) -> float | None:
     """A number typed into a form field, or None if left empty; InvalidInput names the field otherwise."""
     if value is None or not str(value).strip():
@@ -307,9 +404,9 @@ def _number(value: object, what: str) -> float | None:
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise InvalidInput(f"{what} must be a number, got {str(value)[:40]!r}") from None
+        raise InvalidInput(f"{what}: {str(value)[:40]!r} is not a number") from None
     if not math.isfinite(number):
-        raise InvalidInput(f"{what} must be a finite number")
+        raise InvalidInput(f"{what}: give a finite number")
     return number
 
 
@@ -337,7 +434,7 @@ def _handle(
         try:
             return await endpoint(request)
         except Refused as exc:
-            return refusal(str(exc))
+            return refusal(str(exc), request.scope.get("root_path", ""), pages.guard.login_required)
         except InvalidInput as exc:
             return await pages.failure(request, 400, str(exc))
         except StoreError as exc:
@@ -349,7 +446,13 @@ def _handle(
 def build_ui(app: App) -> UiGuard:
     """The web UI as an ASGI app, to mount at transports.UI_PATH: its pages over `app.memory`, behind its own
     guard (sessions, CSRF, the token login when a token is configured, security headers)."""
-    guard = UiGuard(None, app.settings.auth_token)  # it wraps the pages, and the pages use it
+
+    async def load_secret() -> str:
+        secret: str = await app.run(app.memory.ui_secret)
+        return secret
+
+    # It wraps the pages, and the pages use it; its secret is the store's, so every process on it agrees.
+    guard = UiGuard(None, app.settings.auth_token, load_secret)
     pages = Pages(app, guard)
     get, post = ["GET", "HEAD"], ["POST"]
     routes = [
@@ -367,5 +470,21 @@ def build_ui(app: App) -> UiGuard:
         Mount("/static", StaticFiles(packages=[("agentcache_mcp.ui", "static")]), name="static"),
     ]
     # The SDK limits request bodies on its own routes only: the UI's forms are small, so are its limits.
-    guard.app = RequestBodyLimitMiddleware(Starlette(routes=routes), MAX_FORM_BYTES)
+    guard.app = RequestBodyLimitMiddleware(_ids_kept_encoded(Starlette(routes=routes)), MAX_FORM_BYTES)
     return guard
+
+
+def _ids_kept_encoded(inner: ASGIApp) -> ASGIApp:
+    """Route /memory/ID... on the raw (still percent-encoded) path, so that an id holding `/`, `?` or `..`
+    (imported ids may be any string) stays one path segment; the pages decode it (`unquote`)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        root = scope.get("root_path", "")
+        if scope["type"] == "http" and isinstance(raw, bytes):
+            rest = raw.split(b"?", 1)[0][len(root.encode()) :] if raw.startswith(root.encode()) else b""
+            if rest.startswith(b"/memory/"):
+                scope = {**scope, "path": root + rest.decode("latin-1")}
+        await inner(scope, receive, send)
+
+    return app
