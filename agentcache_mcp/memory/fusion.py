@@ -223,6 +223,50 @@ class FusionParams:
     """Share of the best fused score k memories away (k = 1, 2, ...; written just before or after, in the
     namespace) added to a memory's own: an answer often sits next to the memory that matches the question's
     words. Empty: no neighbour re-scoring."""
+    temporal_weight: float = 0.0
+    """For a question about time ("when ...?", "what year ...?"): memories whose text holds a time expression
+    (a date, a month or weekday, "yesterday", "last week", "ago") have their fused score multiplied by
+    1 + temporal_weight before neighbour re-scoring. 0: off."""
+    feedback_docs: int = 0
+    """Pseudo-relevance feedback on the vector side: the query vector is moved toward the mean vector of the
+    best `feedback_docs` fused memories (Rocchio), and every candidate's cosine is taken again with it; no
+    second search. 0: off."""
+    feedback_weight: float = 0.5
+    """Weight of that mean vector against the query's own (both unit length)."""
+    dense_query: Literal["question", "terms"] = "question"
+    """What the embedding model sees of the query: the question as written, or its content words only."""
+
+
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+_WEEKDAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
+_TIME_EXPRESSION_RE = re.compile(
+    rf"\b(?:{_MONTHS}|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|{_WEEKDAYS}|yesterday|today|tonight|"
+    r"tomorrow|weekend|ago|recently|lately|"
+    r"(?:last|next|this|past|coming|previous|few|couple of)\s+(?:\w+\s+)?(?:days?|nights?|weeks?|weekends?|"
+    r"months?|years?|summer|winter|spring|fall|autumn|morning|evening|time)|"
+    r"(?:19|20)\d\d|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?|\d{1,2}(?:st|nd|rd|th))\b",
+    re.IGNORECASE,
+)
+_TEMPORAL_QUESTION_RE = re.compile(
+    r"\bwhen\b|\bhow long ago\b|\bwhat (?:date|day|year|month|time|week)\b|\bwhich (?:date|day|year|month|week)\b|"
+    r"\bin what (?:year|month)\b|\bhow long (?:has|have|had|did|was|were)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_about_time(query: str) -> bool:
+    """Whether a question asks when something happened (or how long ago)."""
+    return _TEMPORAL_QUESTION_RE.search(query) is not None
+
+
+def mentions_time(text: str) -> bool:
+    """Whether a memory's text holds a time expression: a date, a month or weekday, "yesterday", "last week"."""
+    return _TIME_EXPRESSION_RE.search(text) is not None
+
+
+def boost_time_mentions(scores: dict[int, float], texts: dict[int, str], weight: float) -> dict[int, float]:
+    """Multiply the score of each memory whose text mentions a time by 1 + weight."""
+    return {k: s * (1.0 + weight) if k in texts and mentions_time(texts[k]) else s for k, s in scores.items()}
 
 
 def _scaled(scores: dict[int, float]) -> dict[int, float]:
@@ -282,3 +326,11 @@ def smooth_with_neighbours(
             score += weight * max(scores.get(before, 0.0) if before else 0.0, scores.get(after, 0.0) if after else 0.0)
         out[pk] = score
     return out
+
+
+def dense_query_text(query: str, params: FusionParams) -> str:
+    """The text the embedding model embeds for a query (see FusionParams.dense_query)."""
+    if params.dense_query == "terms":
+        words = [w for w in _TOKEN_RE.findall(query) if w.lower() not in STOP_WORDS]
+        return " ".join(words) or query
+    return query
