@@ -300,6 +300,10 @@ def test_the_row_budget_keeps_rare_terms_and_leaves_out_the_commonest(
         assert terms("ns", ["common", "nowhere"]) == ["nowhere"]
         monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 40)
         assert terms("ns", ["common", "middle", "rare"]) == ["rare"]  # 10 + 31 rows would pass 40
+        monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 50)
+        for i in range(40):  # counts are cached between writes only: "rare" is now in 50 rows
+            put(store, "ns", f"rare again {i}")
+        assert terms("ns", ["common", "middle", "rare"]) == ["middle"]
     finally:
         store.close()
 

@@ -12,6 +12,7 @@ ranking (never which memories match). The common-term filter below counts per na
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ...memory.model import MemoryFilter
 from .connection import Connection, Database, DatabaseError
@@ -49,10 +50,35 @@ def bounded_count_sql(db: Connection, select: str, parameter: str, limit: int) -
     return int(db.execute(f"SELECT count(*) FROM ({select} LIMIT ?)", (parameter, limit)).fetchone()[0])
 
 
+COUNT_CACHE_SIZE = 4096
+
+
 class Fts5Keywords:
     def __init__(self, database: Database, memories: SqliteMemories):
         self.db = database
         self.memories = memories
+        self._counts: dict[tuple[str, str], int] = {}
+        self._stamp: tuple[object, ...] = ()
+
+    def _counted(self, key: tuple[str, str], count: Callable[[], int]) -> int:
+        """A count for the term rules, reused until the store changes: counting a common term walks up to
+        the budget's rows (at 100k, most of the rules' cost), and between writes the answer is the same."""
+        cached = self._counts.get(key)
+        if cached is not None:
+            return cached
+        if len(self._counts) >= COUNT_CACHE_SIZE:
+            self._counts.clear()
+        n = self._counts[key] = count()
+        return n
+
+    def _check_stamp(self, db: Connection) -> None:
+        """Drop the cached counts if any memory was written or deleted since they were taken (the newest key
+        and the change log's newest entry, which every delete appends to; two index lookups)."""
+        newest = db.execute("SELECT (SELECT max(pk) FROM memories), (SELECT max(seq) FROM changes)").fetchone()
+        stamp = (*newest, KEYWORD_ROW_BUDGET, PRUNE_TERMS_FROM_ROWS)
+        if stamp != self._stamp:
+            self._counts.clear()
+            self._stamp = stamp
 
     def informative_terms(self, namespace: str, terms: list[str]) -> list[str]:
         """The terms worth an OR query, in namespaces of PRUNE_TERMS_FROM_ROWS memories or more.
@@ -75,20 +101,29 @@ class Fts5Keywords:
 
         def q(db: Connection) -> list[str]:
             # Bounded too: past 2 x budget every term the half rule would drop is left out by the budget.
-            total = bounded_count_sql(
-                db, "SELECT 1 FROM memories WHERE namespace = ?", namespace, max(PRUNE_TERMS_FROM_ROWS, 2 * budget + 2)
+            self._check_stamp(db)
+            total = self._counted(
+                ("", namespace),
+                lambda: bounded_count_sql(
+                    db,
+                    "SELECT 1 FROM memories WHERE namespace = ?",
+                    namespace,
+                    max(PRUNE_TERMS_FROM_ROWS, 2 * budget + 2),
+                ),
             )
             if total < PRUNE_TERMS_FROM_ROWS:
                 return terms
-            counts: dict[str, int] = {}
-            for term in terms:
+
+            def count(term: str) -> int:
                 # The count over every namespace bounds this namespace's and is cheap for a rare term (the
                 # count confined to the namespace walks the namespace's token too): only a term that common
                 # overall needs the confined count.
                 n = bounded_count_sql(db, match_rows, f'text : "{term}"', budget + 1)
                 if n > budget or n * 2 > total:
                     n = bounded_count_sql(db, match_rows, f'ns : "{ns}" AND text : "{term}"', budget + 1)
-                counts[term] = n
+                return n
+
+            counts = {term: self._counted((term, namespace), lambda term=term: count(term)) for term in terms}  # type: ignore[misc]
             kept = [t for t in terms if counts[t] * 2 <= total] or terms
             chosen: set[str] = set()
             rows = 0
