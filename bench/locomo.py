@@ -132,8 +132,8 @@ def mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 RETRIEVERS: dict[str, FusionParams | None] = {
     # The baselines of ../shared/bench/locomo/README.md: each retriever alone, on the memory's own text.
-    "bm25": FusionParams(method="keyword", context_weight=0.0, neighbour_weights=()),
-    "dense": FusionParams(method="vector", neighbour_weights=()),
+    "bm25": FusionParams(method="keyword", context_weight=0.0, neighbour_weights=(), temporal_weight=0.0),
+    "dense": FusionParams(method="vector", neighbour_weights=(), temporal_weight=0.0),
     "hybrid": None,  # the shipped default
 }
 
@@ -424,6 +424,13 @@ def main() -> None:
         help="vectors by text, reused across runs ('' for none)",
     )
     parser.add_argument("--fake-embedder", action="store_true", help="a hashed bag of words instead of the model")
+    parser.add_argument(
+        "--row-budget-share",
+        type=float,
+        default=None,
+        help="simulate SQLite's keyword row budget at LoCoMo's size: the common-term rules act in every "
+        "namespace, with a budget of this share of a conversation's memories (100k store: 5000 rows = 0.05)",
+    )
     args = parser.parse_args()
     retrievers = [r for r in args.retrievers.split(",") if r]
     for spec in args.variant:
@@ -436,6 +443,14 @@ def main() -> None:
         grids[name] = parse_grid(grid)
     if not args.data.is_file():
         sys.exit(f"LoCoMo data not found at {args.data} (pass the path to locomo_dev.json)")
+    if args.row_budget_share is not None:
+        from agentcache_mcp.backends.sqlite import keywords
+
+        conversations, _ = load(args.data, args.limit_conversations)
+        mean_size = sum(len(t) for t in conversations.values()) / len(conversations)
+        keywords.PRUNE_TERMS_FROM_ROWS = 0
+        keywords.KEYWORD_ROW_BUDGET = max(1, round(args.row_budget_share * mean_size))
+        print(f"row budget {keywords.KEYWORD_ROW_BUDGET} rows in every namespace", file=sys.stderr)
     inner: Embedder = HashedWordsEmbedder() if args.fake_embedder else SentenceTransformerEmbedder()
     cache_path = None if args.fake_embedder or not str(args.embedding_cache) else args.embedding_cache
     embedder = CachedEmbedder(inner, cache_path)
