@@ -419,8 +419,7 @@ def main() -> None:
     parser.add_argument("--cv", action="append", default=[], metavar="NAME=GRID", help="cross-validate a grid")
     parser.add_argument(
         "--embedding-cache",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "agentcache-locomo-embeddings.npz",
+        default=str(Path(tempfile.gettempdir()) / "agentcache-locomo-embeddings.npz"),
         help="vectors by text, reused across runs ('' for none)",
     )
     parser.add_argument("--fake-embedder", action="store_true", help="a hashed bag of words instead of the model")
@@ -452,7 +451,7 @@ def main() -> None:
         keywords.KEYWORD_ROW_BUDGET = max(1, round(args.row_budget_share * mean_size))
         print(f"row budget {keywords.KEYWORD_ROW_BUDGET} rows in every namespace", file=sys.stderr)
     inner: Embedder = HashedWordsEmbedder() if args.fake_embedder else SentenceTransformerEmbedder()
-    cache_path = None if args.fake_embedder or not str(args.embedding_cache) else args.embedding_cache
+    cache_path = None if args.fake_embedder or not args.embedding_cache else Path(args.embedding_cache)
     embedder = CachedEmbedder(inner, cache_path)
     try:
         out = run(args.data, args.limit_conversations, args.questions, retrievers, grids, embedder)
