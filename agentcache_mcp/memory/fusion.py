@@ -245,7 +245,8 @@ class FusionParams:
     """What the embedding model sees of the query: the question as written, or its content words only."""
 
 
-_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+# "May" only capitalised: lower-case "may" is nearly always the verb.
+_MONTHS = "january|february|march|april|(?-i:May)|june|july|august|september|october|november|december"
 _WEEKDAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
 _TIME_EXPRESSION_RE = re.compile(
     rf"\b(?:{_MONTHS}|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec|{_WEEKDAYS}|yesterday|today|tonight|"
