@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import numpy as np
 from anyio.abc import TaskStatus
 
 from . import __version__
@@ -41,8 +42,8 @@ EMBED_POLL_S = 30.0
 """Also look for pending rows this often: rows another process wrote and did not embed before it died."""
 PROGRESS_LOG_S = 5.0
 EMBED_WINDOW = 256
-"""Memories the background writer embeds per model call (the model still runs them 64 at a time).
-sentence-transformers sorts what it is given by length, so a wider window pads less; one write per window.
+"""Memories the background writer takes at once: sorted by length and embedded 64 at a time, a wider window
+pads less (memories arrive in random lengths); one write per window.
 With 64 at a time, in the order remembered, a host's burst was embedded at 0.40-0.51 of the model's own
 speed (bench/embed_pipeline.py; bench/RESULTS.md)."""
 
@@ -122,7 +123,16 @@ class App:
         batch = await self.run(self.memory.embedding_batch, after_key, size)
         if not batch:
             return 0, 0
-        vectors = await self.run_abandonable(self.memory.embedder.embed, [text for _, text, _ in batch])
+        # Shortest first, one model batch at a time: sorted, each batch pads little; and a recall's query
+        # embedding (same encoder thread) waits for one batch, never for the whole window.
+        step = self.settings.embed_batch_size
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i][1]))
+        parts = []
+        for start in range(0, len(order), step):
+            texts = [batch[i][1] for i in order[start : start + step]]
+            parts.append(await self.run_abandonable(self.memory.embedder.embed, texts))
+        vectors = np.empty_like(np.concatenate(parts))
+        vectors[order] = np.concatenate(parts)
         written = await self.run(self.memory.store_embeddings, batch, vectors)
         return written, batch[-1][0]
 
