@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import numpy as np
 from anyio.abc import TaskStatus
 
 from . import __version__
@@ -42,6 +43,11 @@ EMBED_DEBOUNCE_S = 0.05
 EMBED_POLL_S = 30.0
 """Also look for pending rows this often: rows another process wrote and did not embed before it died."""
 PROGRESS_LOG_S = 5.0
+EMBED_WINDOW = 256
+"""Memories the background writer takes at once: sorted by length and embedded 64 at a time, a wider window
+pads less (memories arrive in random lengths); one write per window.
+With 64 at a time, in the order remembered, a host's burst was embedded at 0.40-0.51 of the model's own
+speed (bench/embed_pipeline.py; bench/RESULTS.md)."""
 
 
 @dataclass
@@ -114,13 +120,23 @@ class App:
                 log.exception("embedding batch failed; the rows stay pending and are retried")
                 await anyio.sleep(1.0)
 
-    async def embed_one_batch(self, after_key: int = 0) -> tuple[int, int]:
-        """Embed the next pending batch after after_key: (rows written, last key seen; 0 if none pending).
-        The model runs abandonably (a shutdown does not wait for it); the write is one quick transaction."""
-        batch = await self.run(self.memory.embedding_batch, after_key)
+    async def embed_one_batch(self, after_key: int = 0, size: int | None = None) -> tuple[int, int]:
+        """Embed the next pending batch (`size`, else the configured batch size) after after_key: (rows
+        written, last key seen; 0 if none pending). The model runs abandonably (a shutdown does not wait for
+        it); the write is one quick transaction."""
+        batch = await self.run(self.memory.embedding_batch, after_key, size)
         if not batch:
             return 0, 0
-        vectors = await self.run_abandonable(self.memory.embedder.embed, [text for _, text, _ in batch])
+        # Shortest first, one model batch at a time: sorted, each batch pads little; and a recall's query
+        # embedding (same encoder thread) waits for one batch, never for the whole window.
+        step = self.settings.embed_batch_size
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i][1]))
+        parts = []
+        for start in range(0, len(order), step):
+            texts = [batch[i][1] for i in order[start : start + step]]
+            parts.append(await self.run_abandonable(self.memory.embedder.embed, texts))
+        vectors = np.empty_like(np.concatenate(parts))
+        vectors[order] = np.concatenate(parts)
         written = await self.run(self.memory.store_embeddings, batch, vectors)
         return written, batch[-1][0]
 
@@ -130,7 +146,7 @@ class App:
         done = after = 0
         started = last_log = time.monotonic()
         while True:
-            written, after = await self.embed_one_batch(after)
+            written, after = await self.embed_one_batch(after, EMBED_WINDOW)
             if not after:
                 self.memory.mark_embeddings_caught_up()
                 break

@@ -279,6 +279,35 @@ def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path
         store.close()
 
 
+def test_the_row_budget_keeps_rare_terms_and_leaves_out_the_commonest(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.sqlite import keywords
+
+    monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 50)
+    store = Store(db_path)
+    try:
+        with store.db.atomic():
+            for i in range(PRUNE_TERMS_FROM_ROWS):
+                words = ["entry"]
+                words += ["rare"] if i % 100 == 0 else []  # 10 rows
+                words += ["middle"] if i % 33 == 0 else []  # 31 rows
+                words += ["common"] if i % 3 == 0 else []  # 334 rows: under half, over the budget
+                put(store, "ns", " ".join(words) + f" {i}")
+        terms = store.keywords.informative_terms
+        assert terms("ns", ["common", "middle", "rare"]) == ["middle", "rare"]  # query order kept
+        assert terms("ns", ["common"]) == ["common"]  # the rarest term is always kept
+        assert terms("ns", ["common", "nowhere"]) == ["nowhere"]
+        monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 40)
+        assert terms("ns", ["common", "middle", "rare"]) == ["rare"]  # 10 + 31 rows would pass 40
+        monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 50)
+        for i in range(40):  # counts are cached between writes only: "rare" is now in 50 rows
+            put(store, "ns", f"rare again {i}")
+        assert terms("ns", ["common", "middle", "rare"]) == ["middle"]
+    finally:
+        store.close()
+
+
 def test_neighbours_within_a_namespace_at_each_distance(engine) -> None:  # type: ignore[no-untyped-def]
     ids = [engine.remember(f"memory {i}", namespace="ns").id for i in range(5)]
     engine.remember("other namespace in between", namespace="other")

@@ -88,3 +88,16 @@ async def test_auto_forget_can_be_disabled(db_path: Path) -> None:
     async with open_app(settings, embedder=HashEmbedder()) as app:
         await anyio.sleep(0.2)
         assert app.sweeps == 0
+
+
+async def test_a_window_embedded_shortest_first_stores_each_memory_its_own_vector(db_path: Path) -> None:
+    settings = Settings(db_path=db_path, auto_forget_enabled=False, embed_batch_size=4)
+    texts = [("word " * (1 + (i * 7) % 11)) + f"item{i}" for i in range(10)]  # lengths out of order
+    async with open_app(settings, embedder=HashEmbedder()) as app:
+        for text in texts:
+            await app.run(app.memory.remember, text, "ns")
+        await wait_for(lambda: app.memory.pending_embeddings() == 0)
+        keys, stored = app.memory.backend.vectors.vectors("ns")
+        by_key = {m.key: m.text for m in app.memory.backend.memories.get_by_keys("ns", keys.tolist()).values()}
+        expected = HashEmbedder().embed([by_key[int(k)] for k in keys])
+        assert len(keys) == 10 and abs(stored - expected).max() < 1e-3  # float16 copy

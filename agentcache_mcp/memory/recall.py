@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .fusion import FusionParams, fuse, query_terms, ranked, smooth_with_neighbours
+import numpy as np
+
+from .fusion import (
+    FusionParams,
+    asks_about_time,
+    boost_time_mentions,
+    fuse,
+    query_terms,
+    ranked,
+    smooth_with_neighbours,
+)
 from .model import Memory, MemoryFilter
 from .ports import StorageBackend, Vector
 
@@ -42,6 +52,15 @@ def recall(
             vector.update(backend.vectors.scores_for(namespace, query_vector, [k for k in keyword if k not in vector]))
 
     scores = fuse(keyword, vector, fusion)
+    if fusion.feedback_docs > 0 and query_vector is not None and vector and fusion.method == "weighted":
+        query_vector = _with_feedback(backend, namespace, query_vector, scores, fusion)
+        vector = backend.vectors.scores_for(namespace, query_vector, list(vector))
+        scores = fuse(keyword, vector, fusion)
+    about_time = fusion.temporal_weight > 0 and asks_about_time(request.text)
+    if about_time and not fusion.neighbour_weights and scores:
+        top_keys = [k for k, _ in ranked(scores)[: max(fusion.rerank_depth, request.limit)]]
+        texts = {k: m.text for k, m in backend.memories.get_by_keys(namespace, top_keys).items()}
+        scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
     width = len(fusion.neighbour_weights)
     if width and scores:
         top = dict(ranked(scores)[: max(fusion.rerank_depth, request.limit)])
@@ -55,7 +74,23 @@ def recall(
             vector.update({k: s for k, s in extra.items() if k not in scores})
             scores = fuse(keyword, vector, fusion)
         neighbours.update(backend.memories.neighbours(namespace, list(live), width))
+        if about_time:
+            texts = {k: m.text for k, m in backend.memories.get_by_keys(namespace, list(neighbours)).items()}
+            scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
         scores = smooth_with_neighbours(scores, neighbours, fusion.neighbour_weights)
     ranking = ranked(scores)[: request.limit]
     found = backend.memories.get_by_keys(namespace, [k for k, _ in ranking])
     return [(found[k], score) for k, score in ranking if k in found]
+
+
+def _with_feedback(
+    backend: StorageBackend, namespace: str, query: Vector, scores: dict[int, float], fusion: FusionParams
+) -> Vector:
+    """The query vector moved toward the mean of the best fused memories' vectors (Rocchio feedback)."""
+    best = [k for k, _ in ranked(scores)[: fusion.feedback_docs]]
+    found = backend.embeddings.vectors_of(backend.vectors.model_id, best)
+    if not found:
+        return query
+    centroid = np.mean([v / max(float(np.linalg.norm(v)), 1e-12) for v in found.values()], axis=0)
+    moved = np.asarray(query, dtype=np.float32) + fusion.feedback_weight * centroid.astype(np.float32)
+    return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..embeddings import Embedder, EmbeddingModelError
 from .forgetting import AutoForgetPolicy, AutoForgetReport, auto_forget, forget
-from .fusion import FusionParams
+from .fusion import FusionParams, dense_query_text
 from .model import (
     DAY,
     ForgetResult,
@@ -239,7 +239,7 @@ class MemoryService:
         query_vector: Vector | None = None
         note: str | None = "keyword-only ranking was asked for"
         if fusion.method != "keyword":
-            query_vector, note = self._query_vector(query)
+            query_vector, note = self._query_vector(dense_query_text(query, fusion))
         ranked = run_recall(self.backend, request, query_vector, fusion)
         if touch and ranked:
             self._record_access([m.key for m, _ in ranked], now)

@@ -12,6 +12,7 @@ ranking (never which memories match). The common-term filter below counts per na
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ...memory.model import MemoryFilter
 from .connection import Connection, Database, DatabaseError
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 PRUNE_TERMS_FROM_ROWS = 1000
 """Namespaces smaller than this keep every query term: there a memory matching only a common word may be the
 only keyword match there is."""
+
+KEYWORD_ROW_BUDGET = 5000
+"""How many rows (summed over its terms) an OR query may match before its commoner terms are left out; see
+informative_terms. Chosen on the 100k synthetic store of bench/scale.py (bench/RESULTS.md)."""
 
 
 def namespace_token(namespace: str) -> str:
@@ -40,41 +45,94 @@ def match_expression(terms: list[str]) -> str | None:
     return " OR ".join(f'"{t}"' for t in terms)
 
 
+def bounded_count_sql(db: Connection, select: str, parameter: str, limit: int) -> int:
+    """How many rows `select` yields, counting no further than limit."""
+    return int(db.execute(f"SELECT count(*) FROM ({select} LIMIT ?)", (parameter, limit)).fetchone()[0])
+
+
+COUNT_CACHE_SIZE = 4096
+
+
 class Fts5Keywords:
     def __init__(self, database: Database, memories: SqliteMemories):
         self.db = database
         self.memories = memories
+        self._counts: dict[tuple[str, str], int] = {}
+        self._stamp: tuple[object, ...] = ()
+
+    def _counted(self, key: tuple[str, str], count: Callable[[], int]) -> int:
+        """A count for the term rules, reused until the store changes: counting a common term walks up to
+        the budget's rows (at 100k, most of the rules' cost), and between writes the answer is the same."""
+        cached = self._counts.get(key)
+        if cached is not None:
+            return cached
+        if len(self._counts) >= COUNT_CACHE_SIZE:
+            self._counts.clear()
+        n = self._counts[key] = count()
+        return n
+
+    def _check_stamp(self, db: Connection) -> None:
+        """Drop the cached counts if any memory was written or deleted since they were taken (the newest key
+        and the change log's newest entry, which every delete appends to; two index lookups)."""
+        newest = db.execute("SELECT (SELECT max(pk) FROM memories), (SELECT max(seq) FROM changes)").fetchone()
+        stamp = (*newest, KEYWORD_ROW_BUDGET, PRUNE_TERMS_FROM_ROWS)
+        if stamp != self._stamp:
+            self._counts.clear()
+            self._stamp = stamp
 
     def informative_terms(self, namespace: str, terms: list[str]) -> list[str]:
-        """Drop terms found in more than half of the namespace's memories (own text), unless all would go.
+        """The terms worth an OR query, in namespaces of PRUNE_TERMS_FROM_ROWS memories or more.
 
-        FTS5's BM25 gives such a term an IDF of ~0, yet it makes the OR query match and score most of the
-        namespace: at 10k memories the common words of a query made it match 63% of rows.
+        1. Drop terms found in more than half of the namespace's memories (own text), unless all would go:
+           FTS5's BM25 gives them an IDF of ~0, yet they make the OR query match and score most of the
+           namespace (at 10k memories the common words of a query matched 63% of rows).
+        2. A row budget: take the terms rarest first and stop before one would take the rows the query
+           matches past KEYWORD_ROW_BUDGET (the rarest term is always kept). FTS5 computes BM25 for every
+           row an OR query matches; at 100k memories a query's common words matched ~50,000 rows
+           (keyword search 54 ms); the rare terms, which carry the IDF, match few.
+        Counts stop just past the budget (a term past it is never needed exactly), so checking costs at most
+        budget rows per term.
         """
         if not terms:
             return terms
         ns = namespace_token(namespace)
+        budget = KEYWORD_ROW_BUDGET
+        match_rows = "SELECT 1 FROM memories_fts WHERE memories_fts MATCH ?"
 
         def q(db: Connection) -> list[str]:
-            total = db.execute("SELECT count(*) FROM memories WHERE namespace = ?", (namespace,)).fetchone()[0]
+            # Bounded too: past 2 x budget every term the half rule would drop is left out by the budget.
+            self._check_stamp(db)
+            total = self._counted(
+                ("", namespace),
+                lambda: bounded_count_sql(
+                    db,
+                    "SELECT 1 FROM memories WHERE namespace = ?",
+                    namespace,
+                    max(PRUNE_TERMS_FROM_ROWS, 2 * budget + 2),
+                ),
+            )
             if total < PRUNE_TERMS_FROM_ROWS:
                 return terms
-            kept = []
-            for term in terms:
-                # The count over every namespace bounds this namespace's: only a term that common overall
-                # needs the (dearer) count confined to the namespace.
-                anywhere = db.execute(
-                    "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (f'text : "{term}"',)
-                ).fetchone()[0]
-                if anywhere * 2 > total:
-                    here = db.execute(
-                        "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?",
-                        (f'ns : "{ns}" AND text : "{term}"',),
-                    ).fetchone()[0]
-                    if here * 2 > total:
-                        continue
-                kept.append(term)
-            return kept or terms
+
+            def count(term: str) -> int:
+                # The count over every namespace bounds this namespace's and is cheap for a rare term (the
+                # count confined to the namespace walks the namespace's token too): only a term that common
+                # overall needs the confined count.
+                n = bounded_count_sql(db, match_rows, f'text : "{term}"', budget + 1)
+                if n > budget or n * 2 > total:
+                    n = bounded_count_sql(db, match_rows, f'ns : "{ns}" AND text : "{term}"', budget + 1)
+                return n
+
+            counts = {term: self._counted((term, namespace), lambda term=term: count(term)) for term in terms}  # type: ignore[misc]
+            kept = [t for t in terms if counts[t] * 2 <= total] or terms
+            chosen: set[str] = set()
+            rows = 0
+            for term in sorted(kept, key=lambda t: counts[t]):
+                if chosen and rows + counts[term] > budget:
+                    break
+                chosen.add(term)
+                rows += counts[term]
+            return [t for t in terms if t in chosen]
 
         return self.db.read(q)
 

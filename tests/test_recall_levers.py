@@ -1,0 +1,95 @@
+"""The recall levers of issue 13, each off by default unless bench/locomo.py's cross-validation kept it:
+time awareness, the dense query text, vector-side pseudo-relevance feedback."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from agentcache_mcp.memory.fusion import (
+    FusionParams,
+    asks_about_time,
+    boost_time_mentions,
+    dense_query_text,
+    mentions_time,
+)
+from agentcache_mcp.memory.service import MemoryService
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["When did Alice move to Berlin?", "what year was the wedding", "How long ago did we meet?", "In what month..."],
+)
+def test_questions_about_time_are_recognised(question: str) -> None:
+    assert asks_about_time(question)
+
+
+@pytest.mark.parametrize("question", ["What does Alice drink?", "Where is the deploy key?", "whenever"])
+def test_other_questions_are_not_about_time(question: str) -> None:
+    assert not asks_about_time(question)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I went there yesterday",
+        "back in 2019",
+        "last week was busy",
+        "on 3/14",
+        "see you on Friday",
+        "two days ago",
+        "since May",
+    ],
+)
+def test_time_expressions_are_found(text: str) -> None:
+    assert mentions_time(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["I like pottery", "the deploy key is in the vault", "Mayhem at the office", "I may join you"]
+)
+def test_texts_without_a_time_are_not_marked(text: str) -> None:
+    assert not mentions_time(text)
+
+
+def test_the_boost_multiplies_only_memories_that_mention_a_time() -> None:
+    scores = {1: 1.0, 2: 0.9, 3: 0.5}
+    texts = {1: "we went hiking", 2: "we went hiking last weekend", 3: "in March"}
+    assert boost_time_mentions(scores, texts, 0.5) == {1: 1.0, 2: pytest.approx(1.35), 3: pytest.approx(0.75)}
+
+
+def test_dense_query_text_keeps_the_question_unless_asked_for_terms() -> None:
+    assert dense_query_text("When did Alice go?", FusionParams()) == "When did Alice go?"
+    terms = FusionParams(dense_query="terms")
+    assert dense_query_text("When did Alice go?", terms) == "Alice go"
+    assert dense_query_text("when did", terms) == "when did"  # nothing left: the question as written
+
+
+def test_a_when_question_ranks_the_dated_memory_first_with_the_time_lever(engine: MemoryService) -> None:
+    undated = engine.remember("Alice painted the fence blue", namespace="ns").id
+    dated = engine.remember("Alice painted the fence last Saturday", namespace="ns").id
+    engine.embed_pending()
+    off = dataclasses.replace(FusionParams(), neighbour_weights=(), temporal_weight=0.0)
+    on = dataclasses.replace(off, temporal_weight=0.5)
+    assert engine.recall("When did Alice paint the fence blue?", namespace="ns", fusion=off)[0].id == undated
+    assert engine.recall("When did Alice paint the fence blue?", namespace="ns", fusion=on)[0].id == dated
+    # The same lever through neighbour re-scoring, and not for a question that is not about time.
+    with_neighbours = dataclasses.replace(FusionParams(), temporal_weight=0.5)
+    assert engine.recall("When did Alice paint the fence blue?", namespace="ns", fusion=with_neighbours)[0].id == dated
+    assert engine.recall("Did Alice paint the fence blue?", namespace="ns", fusion=on)[0].id == undated
+
+
+def test_feedback_moves_the_query_toward_the_best_memories(engine: MemoryService) -> None:
+    # "zebra" alone matches one memory; feedback from it pulls in the memory that shares its other words.
+    engine.remember("zebra stripes savanna grassland", namespace="ns")
+    related = engine.remember("savanna grassland herds migrate", namespace="ns").id
+    engine.remember("office printer toner", namespace="ns")
+    engine.embed_pending()
+    plain = FusionParams(method="vector", neighbour_weights=())
+    fused_plain = dataclasses.replace(FusionParams(), neighbour_weights=())
+    with_feedback = dataclasses.replace(fused_plain, feedback_docs=1, feedback_weight=1.0)
+    before = {h.id: h.score for h in engine.recall("zebra", namespace="ns", fusion=fused_plain)}
+    after = {h.id: h.score for h in engine.recall("zebra", namespace="ns", fusion=with_feedback)}
+    assert related in after and after[related] > before.get(related, 0.0)
+    assert engine.recall("zebra", namespace="ns", fusion=plain)  # the vector-only path is untouched
