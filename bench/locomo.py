@@ -307,12 +307,14 @@ def run(
     retrievers: list[str],
     grids: dict[str, list[dict[str, Any]]],
     embedder: Embedder,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
     conversations, questions = load(data, max_conversations)
     if max_questions:
         questions = questions[:max_questions]
     with tempfile.TemporaryDirectory() as tmp:
-        engine = open_memory(Settings(db_path=Path(tmp) / "locomo.db"), embedder=embedder)
+        store = Settings(database_url=database_url) if database_url else Settings(db_path=Path(tmp) / "locomo.db")
+        engine = open_memory(store, embedder=embedder)
         started = time.perf_counter()
         ingest(engine, conversations)
         ingest_s = time.perf_counter() - started
@@ -424,6 +426,11 @@ def main() -> None:
     )
     parser.add_argument("--fake-embedder", action="store_true", help="a hashed bag of words instead of the model")
     parser.add_argument(
+        "--database-url",
+        default=None,
+        help="score on this (empty) PostgreSQL database instead of a temporary SQLite file",
+    )
+    parser.add_argument(
         "--row-budget-share",
         type=float,
         default=None,
@@ -454,7 +461,7 @@ def main() -> None:
     cache_path = None if args.fake_embedder or not args.embedding_cache else Path(args.embedding_cache)
     embedder = CachedEmbedder(inner, cache_path)
     try:
-        out = run(args.data, args.limit_conversations, args.questions, retrievers, grids, embedder)
+        out = run(args.data, args.limit_conversations, args.questions, retrievers, grids, embedder, args.database_url)
     finally:
         embedder.save()
     print(report(out))
