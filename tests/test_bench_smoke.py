@@ -155,3 +155,34 @@ def test_embedding_pipeline_harness_runs_small() -> None:
     [row] = [line for line in out.stdout.splitlines() if line.startswith("| 1 ")]
     ratio = float(row.split("|")[6])
     assert ratio > 0
+
+
+def test_scale_harness_runs_small_on_postgres() -> None:
+    """`--backend postgres` on the bundled server: the SQLite build moved across with its vectors, ANN recall."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--backend", "postgres", "--sizes", "300", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    assert "import into PostgreSQL (s; memories/s)" in rows and "peak RSS (MiB)" in rows
+    recall = float(rows["ANN recall@10 vs exact, k=10 (p50 ms)"].split("|")[2].split()[0])
+    assert recall == 1.0, out.stdout  # 300 vectors in one namespace: searched exactly
+
+
+def test_load_harness_runs_replicas_on_postgres() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "load.py"),
+            *("--postgres", "--replicas", "2", "--clients", "2", "--seconds", "3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "2 server(s)" in out.stdout and "errors 0" in out.stdout, out.stdout
+    assert "replica exit codes after SIGTERM: [0, 0]" in out.stdout, out.stdout

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -457,3 +458,36 @@ def test_a_sweep_with_its_erase_runs_on_the_smallest_pool(postgres_url: str) -> 
             other.close()
     finally:
         memory.close()
+
+
+def test_the_keyword_search_counts_each_terms_idf_once_not_per_matching_row(postgres_url: str) -> None:
+    """Regression: the per-term IDF CTE is used only inside the per-row score subquery, so PostgreSQL inlined it
+    and re-ran every term's document-frequency count (a scan of the namespace) for every matching row: 20-55 s
+    per keyword search at 10,000 memories (bench/scale.py --backend postgres). It must be computed once."""
+    from agentcache_mcp.backends.postgres.keywords import TsvectorKeywords
+
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    for i in range(30):
+        memory.remember(f"alpha bravo note {i}")
+    keywords = memory.backend.keywords
+    assert isinstance(keywords, TsvectorKeywords)
+    executed: list[tuple[Any, Any]] = []
+
+    class Recording:
+        def execute(self, statement: Any, args: Any = None) -> list[Any]:
+            executed.append((statement, args))
+            return []
+
+    class Reader:
+        def read(self, fn: Any) -> Any:
+            return fn(Recording())
+
+    TsvectorKeywords(Reader()).search("default", ["alpha", "bravo"], 10, MemoryFilter("default"), 0.4)  # type: ignore[arg-type]
+    [(statement, args)] = executed
+    with psycopg.connect(postgres_url) as conn:
+        plan = "\n".join(line for (line,) in conn.execute("EXPLAIN ANALYZE " + statement, args))
+        hits = conn.execute(statement, args).fetchall()
+    assert len(hits) == 10
+    assert "CTE per_term" in plan  # computed once, read by every row's score (inlined, the node is absent)
+    assert keywords.search("default", ["alpha", "bravo"], 10, MemoryFilter("default"), 0.4)
+    memory.close()

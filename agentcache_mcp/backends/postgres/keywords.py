@@ -76,7 +76,8 @@ class TsvectorKeywords:
         clause, params = filter_sql(where)
         weights = [0.0, 0.0, float(context_weight), 1.0]  # D, C, B (context), A (own text)
         own_only = "AND ts_filter(m.terms, '{a}') @@ q.query" if context_weight == 0 else ""
-        # Per term: its lexemes and its idf in the namespace. The count uses the GIN index.
+        # Per term: its lexemes and its idf in the namespace. The count uses the GIN index. MATERIALIZED: used once,
+        # inside the per-row score subquery, the CTE would be inlined and every count re-run for every matching row.
         per_term = (
             "SELECT t.query, ln(1 + (n.total - t.df + 0.5) / (t.df + 0.5)) AS idf FROM ("
             "SELECT plainto_tsquery('english', term) AS query, (SELECT count(*) FROM memories d WHERE "
@@ -84,7 +85,7 @@ class TsvectorKeywords:
             ") t, (SELECT count(*)::float8 AS total FROM memories WHERE namespace = %s) n WHERE t.query <> ''::tsquery"
         )
         statement = (
-            f"WITH per_term AS ({per_term}), "
+            f"WITH per_term AS MATERIALIZED ({per_term}), "
             "q AS (SELECT " + _term_query(len(terms)) + " AS query) "
             "SELECT m.pk, (SELECT sum(p.idf * ts_rank(%s::float4[], m.terms, p.query, 1)) FROM per_term p) AS score "
             f"FROM memories m, q WHERE m.terms @@ q.query {own_only} AND {clause} "
