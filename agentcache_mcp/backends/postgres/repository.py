@@ -482,9 +482,10 @@ class PgEmbeddings:
 
     def claim(self, model_id: str, limit: int, after_key: int = 0, lease_s: float = 60.0) -> list[tuple[int, str, str]]:
         """Pending rows no live claim holds, claimed for lease_s. FOR UPDATE SKIP LOCKED: two replicas claiming
-        at the same moment take different rows instead of waiting for each other. A replica whose claim
-        statement started just before another's committed can still claim the same row (its snapshot did not
-        see that claim): the row is then embedded twice, which `write` makes harmless."""
+        at the same moment take different rows instead of waiting for each other. A claim statement that
+        started just before another's committed does not see that claim in its snapshot, but its insert meets
+        the committed claim row (the unique key) and the upsert only takes over an expired lease, checked on
+        the newest row version: a row is claimed by one live writer at a time."""
 
         def txn(db: Connection) -> list[tuple[int, str, str]]:
             return db.execute(
@@ -498,6 +499,7 @@ class PgEmbeddings:
                     " INSERT INTO embedding_claims (memory_pk, model, claimed_until)"
                     " SELECT pk, %(model)s, clock_timestamp() + make_interval(secs => %(lease)s) FROM picked"
                     " ON CONFLICT (memory_pk, model) DO UPDATE SET claimed_until = excluded.claimed_until"
+                    " WHERE embedding_claims.claimed_until <= clock_timestamp()"
                     " RETURNING memory_pk"
                     ") SELECT m.pk, m.text, m.content_hash FROM memories m JOIN claimed c ON c.memory_pk = m.pk "
                     "ORDER BY m.pk"
