@@ -237,7 +237,12 @@ class _EvilSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        Handler.timeout = 5  # a connection chromium opens ahead and never uses must not hold the server
+        # Threaded, without joining: a single-threaded server blocked reading such a connection never got
+        # back to its shutdown check (the test hung in close() once, under load).
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
