@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,13 @@ import pytest
 from mcp import Client
 from psycopg import sql
 
+from conftest import free_port, wait_until_listening
+
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 LEASE_S = 3
 PARAPHRASED = "The quarterly budget review meeting was moved to Thursday afternoon"
 QUESTION = "when is the finance planning session happening"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_replica(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -53,17 +48,8 @@ def start_replica(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("replica did not start listening")
+    wait_until_listening(proc, port, "replica", log=log)
+    return proc
 
 
 async def stats(url: str) -> dict[str, Any]:

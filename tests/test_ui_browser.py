@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
 from agentcache_mcp.memory.fusion import FusionParams
 
-from conftest import HashEmbedder
+from conftest import HashEmbedder, free_port, wait_until_listening
 from ui_support import XSS_TEXTS, UiServer, chromium, chromium_missing, seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -343,12 +342,6 @@ def test_with_a_token_no_page_is_reachable_without_logging_in(tmp_path: Path, br
 # --- `agentcache-mcp ui` with the real model: search by meaning ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.model
 def test_ui_command_search_finds_a_memory_by_a_paraphrase(tmp_path: Path) -> None:
     _require_chromium()
@@ -360,21 +353,14 @@ def test_ui_command_search_finds_a_memory_by_a_paraphrase(tmp_path: Path) -> Non
     assert ids["home1"] not in [h.id for h in keyword_only]  # no shared word: only meaning can find it
     seeding.close()
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentcache_mcp", "ui", "--port", str(port), "--db", str(db)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "agentcache-mcp ui did not start"
-                time.sleep(0.1)
+        wait_until_listening(proc, port, "agentcache-mcp ui")
         with chromium() as driver:
             driver.set_page_load_timeout(120)  # the first search waits for the model to load
             driver.get(f"http://127.0.0.1:{port}/")
