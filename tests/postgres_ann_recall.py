@@ -102,7 +102,9 @@ def main(namespaces: int, per_namespace: int) -> None:
     assert isinstance(backend, PostgresBackend)
     started = time.time()
     backend.erase()
-    print(f"erase (VACUUM FULL memories, VACUUM vectors) at {namespaces * per_namespace}: {time.time() - started:.2f} s")
+    print(
+        f"erase (VACUUM FULL memories, VACUUM vectors) at {namespaces * per_namespace}: {time.time() - started:.2f} s"
+    )
     memory.close()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

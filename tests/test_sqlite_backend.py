@@ -264,6 +264,38 @@ def test_keyword_search_is_confined_to_its_namespace_inside_fts(engine) -> None:
     assert [engine.backend.memories.get_by_keys("a.b", [key])[key].id for key, _ in hits] == [other.id]
 
 
+def test_a_namespace_alone_in_the_store_is_searched_without_its_token_and_scored_the_same(
+    engine,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentcache_mcp.backends.sqlite.keywords import Fts5Keywords, namespace_token
+
+    only = Fts5Keywords._only_namespace
+    alone = lambda ns: engine.backend.db.read(lambda db: only(db, ns))  # noqa: E731
+    for i in range(6):
+        engine.remember(f"apple number {i} " + "pear " * i, namespace="m")
+    assert alone("m") and not alone("elsewhere")
+    statements: list[str] = []
+    engine.backend.db.read(lambda db: db.set_trace_callback(statements.append))
+    try:
+        fast = keyword_search(engine.backend, "m", "apple pear", 10)
+        assert statements and not any(namespace_token("m") in s for s in statements)
+        with monkeypatch.context() as m:  # the confined query, as with other namespaces present
+            m.setattr(Fts5Keywords, "_only_namespace", staticmethod(lambda db, ns: False))
+            statements.clear()
+            confined = keyword_search(engine.backend, "m", "apple pear", 10)
+            assert any(namespace_token("m") in s for s in statements)
+    finally:
+        engine.backend.db.read(lambda db: db.set_trace_callback(None))
+    assert len(fast) == 6 and fast == confined  # same rows, same scores, same order
+    # Another namespace sorts before / after "m": the token is back and confines the search.
+    for ns in ("a", "z"):
+        engine.remember("apple pear pear pear", namespace=ns)
+        assert not alone("m") and not alone(ns)
+        hits = keyword_search(engine.backend, "m", "apple pear", 10)
+        assert sorted(k for k, _ in hits) == sorted(k for k, _ in fast)
+
+
 def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path) -> None:
     store = Store(db_path)
     try:

@@ -107,3 +107,22 @@ def test_neighbour_smoothing_adds_the_better_neighbour_at_each_distance() -> Non
     }
     out = smooth_with_neighbours(scores, neighbours, (0.2, 0.1))
     assert out == pytest.approx({1: 1.0 + 0.1 * 0.5, 2: 0.2, 3: 0.5 + 0.1, 4: 0.1})
+
+
+@pytest.mark.parametrize("with_torch", [True, False])
+def test_top_k_is_best_first_ties_in_position_order_with_or_without_torch(
+    with_torch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.sqlite import matrix
+
+    if not with_torch:
+        monkeypatch.setattr(matrix, "_torch", lambda: None)
+    scores = np.array([0.1, 0.9, 0.5, 0.9, -np.inf, 0.5, 0.7], dtype=np.float32)
+    assert matrix._top_k(scores, 3).tolist() == [1, 3, 6]
+    assert matrix._top_k(scores, 5).tolist() == [1, 3, 6, 2, 5]
+    assert matrix._top_k(scores, 4).tolist() in ([1, 3, 6, 2], [1, 3, 6, 5])  # a tie at the cut: either
+    assert matrix._top_k(scores, 7).tolist() == [1, 3, 6, 2, 5, 0, 4]
+    assert matrix._top_k(scores, 10).tolist() == [1, 3, 6, 2, 5, 0, 4]
+    rng = np.random.default_rng(3)
+    many = rng.normal(size=5000).astype(np.float32)
+    assert matrix._top_k(many, 100).tolist() == np.argsort(-many, kind="stable")[:100].tolist()

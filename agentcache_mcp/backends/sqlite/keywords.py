@@ -151,8 +151,15 @@ class Fts5Keywords:
         if expression is None:
             return []
         scope = f"text : ({expression})" if context_weight == 0 else f"({expression})"
-        match = f'ns : "{namespace_token(namespace)}" AND {scope}'
+        confined = f'ns : "{namespace_token(namespace)}" AND {scope}'
         weights = (1.0, float(context_weight), 0.0)
+
+        def match(db: Connection) -> str:
+            # The namespace token is left out where the namespace holds every memory in the store (one user,
+            # one namespace): it matches every row there, and intersecting with it cost FTS5 a third of the
+            # search at 100k memories. Same rows, same scores: its column weighs 0 in the BM25.
+            return scope if self._only_namespace(db, namespace) else confined
+
         if not where.narrows_recall:
             # Rank inside FTS5 alone, then drop the rare superseded or expired rows; only if that left the
             # page short while more matches may exist, fall back to filtering every match.
@@ -160,7 +167,7 @@ class Fts5Keywords:
                 lambda db: db.execute(
                     "SELECT rowid, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
                     "WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
-                    [*weights, match, limit],
+                    [*weights, match(db), limit],
                 ).fetchall()
             )
             live = self.memories.live_keys(namespace, [pk for pk, _ in ranked], where)
@@ -174,10 +181,20 @@ class Fts5Keywords:
                     "SELECT m.pk, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
                     f"JOIN memories m ON m.pk = memories_fts.rowid WHERE memories_fts MATCH ? AND {sql} "
                     "ORDER BY score LIMIT ?",
-                    [*weights, match, *params, limit],
+                    [*weights, match(db), *params, limit],
                 )
             ]
         )
+
+    @staticmethod
+    def _only_namespace(db: Connection, namespace: str) -> bool:
+        """No memory of another namespace exists (two seeks on the namespace index)."""
+        row = db.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM memories WHERE namespace < ?1) "
+            "AND NOT EXISTS (SELECT 1 FROM memories WHERE namespace > ?1)",
+            (namespace,),
+        ).fetchone()
+        return bool(row[0])
 
     def check(self) -> bool:
         """The index is internally sound and holds exactly the stored memories."""

