@@ -428,3 +428,26 @@ def test_a_read_does_not_wait_for_a_write_transaction(db_path: Path) -> None:
         assert waited < 0.5, waited
     finally:
         store.close()
+
+
+def test_neighbours_at_twice_the_width_give_every_adjacent_memorys_own_neighbours(engine) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    from agentcache_mcp.memory.recall import neighbours_within
+
+    rng = random.Random(5)
+    for i in range(60):
+        engine.remember(f"memory {i}", namespace=rng.choice(["ns", "ns", "other"]))
+    keys = sorted(
+        engine.backend.db.read(
+            lambda db: [pk for (pk,) in db.execute("SELECT pk FROM memories WHERE namespace = 'ns'")]
+        )
+    )
+    memories = engine.backend.memories
+    for width in (1, 2, 3):
+        top = [keys[0], keys[1], keys[len(keys) // 2], keys[-1]]
+        derived = neighbours_within(memories.neighbours("ns", top, 2 * width), width)
+        direct = memories.neighbours("ns", list(derived), width)
+        assert derived == direct
+        assert set(top) <= set(derived)
+        assert len(derived) > len(top)  # the adjacent memories came with their own neighbours

@@ -64,16 +64,16 @@ def recall(
     width = len(fusion.neighbour_weights)
     if width and scores:
         top = dict(ranked(scores)[: max(fusion.rerank_depth, request.limit)])
-        neighbours = backend.memories.neighbours(namespace, list(top), width)
-        adjacent = {
-            k for pairs in neighbours.values() for pair in pairs for k in pair if k is not None and k not in top
-        }
+        # Twice the width around each top memory holds the neighbours of every memory within the width of
+        # it as well: one round trip instead of a second one for the adjacent memories' own neighbours.
+        neighbours = neighbours_within(backend.memories.neighbours(namespace, list(top), 2 * width), width)
+        adjacent = {k for k in neighbours if k not in top}
         live = backend.memories.live_keys(namespace, list(adjacent), where)
         if query_vector is not None and live and fusion.method != "keyword":
             extra = backend.vectors.scores_for(namespace, query_vector, list(live))
             vector.update({k: s for k, s in extra.items() if k not in scores})
             scores = fuse(keyword, vector, fusion)
-        neighbours.update(backend.memories.neighbours(namespace, list(live), width))
+        neighbours = {k: pairs for k, pairs in neighbours.items() if k in top or k in live}
         if about_time:
             texts = {k: m.text for k, m in backend.memories.get_by_keys(namespace, list(neighbours)).items()}
             scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
@@ -94,3 +94,23 @@ def _with_feedback(
     centroid = np.mean([v / max(float(np.linalg.norm(v)), 1e-12) for v in found.values()], axis=0)
     moved = np.asarray(query, dtype=np.float32) + fusion.feedback_weight * centroid.astype(np.float32)
     return (moved / max(float(np.linalg.norm(moved)), 1e-12)).astype(np.float32)
+
+
+def neighbours_within(
+    wide: dict[int, list[tuple[int | None, int | None]]], width: int
+) -> dict[int, list[tuple[int | None, int | None]]]:
+    """From each key's (before, after) pairs at distances 1..2 x width, the pairs at distances 1..width of
+    the key and of every memory within width of it (read off the same stretch of the namespace's order)."""
+    out: dict[int, list[tuple[int | None, int | None]]] = {}
+    for key, pairs in wide.items():
+        before = [b for b, _ in pairs]
+        after = [a for _, a in pairs]
+        # The stretch around key, oldest first: before[-1] ... before[0], key, after[0] ... after[-1].
+        line: list[int | None] = [*reversed(before), key, *after]
+        centre = len(before)
+        for offset in range(-width, width + 1):
+            at = centre + offset
+            member = line[at]
+            if member is not None and member not in out:
+                out[member] = [(line[at - d], line[at + d]) for d in range(1, width + 1)]
+    return out

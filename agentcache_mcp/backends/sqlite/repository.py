@@ -369,18 +369,27 @@ class SqliteMemories:
     ) -> dict[int, list[tuple[int | None, int | None]]]:
         if width < 1 or not keys:
             return {int(k): [] for k in keys}
-        # One statement for all keys: the correlated lookups run inside SQLite on the namespace index.
-        lookups = ", ".join(
-            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk < j.value ORDER BY pk DESC LIMIT 1 OFFSET {k}), "
-            f"(SELECT pk FROM memories WHERE namespace = ?1 AND pk > j.value ORDER BY pk LIMIT 1 OFFSET {k})"
-            for k in range(width)
+        # One statement for all keys: two correlated lookups per key, each reading `width` entries of the
+        # namespace index from the key outward.
+        side = (
+            "(SELECT group_concat(pk) FROM (SELECT pk FROM memories WHERE namespace = ?1 AND pk {op} j.value "
+            "ORDER BY pk {order} LIMIT ?3))"
+        )
+        sql = (
+            f"SELECT j.value, {side.format(op='<', order='DESC')}, {side.format(op='>', order='ASC')} "
+            "FROM json_each(?2) AS j"
         )
 
         def q(db: Connection) -> dict[int, list[tuple[int | None, int | None]]]:
-            rows = db.execute(
-                f"SELECT j.value, {lookups} FROM json_each(?2) AS j", (namespace, json.dumps([int(k) for k in keys]))
-            )
-            return {row[0]: [(row[1 + 2 * k], row[2 + 2 * k]) for k in range(width)] for row in rows}
+            out: dict[int, list[tuple[int | None, int | None]]] = {}
+            for key, before, after in db.execute(sql, (namespace, json.dumps([int(k) for k in keys]), width)):
+                # Sorted here: group_concat's order is not guaranteed by SQLite.
+                b: list[int | None] = sorted((int(x) for x in before.split(",")), reverse=True) if before else []
+                a: list[int | None] = sorted(int(x) for x in after.split(",")) if after else []
+                b += [None] * (width - len(b))
+                a += [None] * (width - len(a))
+                out[key] = list(zip(b, a, strict=True))
+            return out
 
         return self.db.read(q)
 
