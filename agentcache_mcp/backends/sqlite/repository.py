@@ -384,11 +384,10 @@ class SqliteMemories:
             out: dict[int, list[tuple[int | None, int | None]]] = {}
             for key, before, after in db.execute(sql, (namespace, json.dumps([int(k) for k in keys]), width)):
                 # Sorted here: group_concat's order is not guaranteed by SQLite.
-                b: list[int | None] = sorted((int(x) for x in before.split(",")), reverse=True) if before else []
-                a: list[int | None] = sorted(int(x) for x in after.split(",")) if after else []
-                b += [None] * (width - len(b))
-                a += [None] * (width - len(a))
-                out[key] = list(zip(b, a, strict=True))
+                b = sorted((int(x) for x in before.split(",")), reverse=True) if before else []
+                a = sorted(int(x) for x in after.split(",")) if after else []
+                pad: list[None] = [None] * width
+                out[key] = list(zip([*b, *pad][:width], [*a, *pad][:width], strict=True))
             return out
 
         return self.db.read(q)
