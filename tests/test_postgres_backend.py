@@ -406,6 +406,51 @@ def test_a_small_namespace_is_searched_exactly(postgres_url: str) -> None:
         memory.close()
 
 
+def test_a_namespace_past_the_exact_limit_is_searched_through_the_index_completely(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.postgres import vectors
+
+    monkeypatch.setattr(vectors, "EXACT_SEARCH_MAX", 20)
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=6, per_namespace=40)
+        rng = np.random.default_rng(9)
+        overlap = []
+        for q in range(12):
+            ns = f"ns{q % 6}"
+            query = rng.normal(size=DIM).astype(np.float32)
+            where = MemoryFilter(ns, live_at=time.time())
+            found = memory.backend.vectors.search(ns, query, 10, where)
+            exact = memory.backend.vectors.exact_search(ns, query, 10, where)  # type: ignore[attr-defined]
+            assert len(found) == 10
+            overlap.append(len({k for k, _ in found} & {k for k, _ in exact}) / 10)
+        assert sum(overlap) / len(overlap) >= 0.9
+    finally:
+        memory.close()
+
+
+def test_the_vector_table_size_comes_from_the_catalogue_once_it_has_an_estimate(postgres_url: str) -> None:
+    from agentcache_mcp.backends.postgres.vectors import table_rows
+
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=3, per_namespace=40)
+    finally:
+        memory.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        [(table,)] = conn.execute("SELECT table_name FROM vector_models").fetchall()
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE memory_pk IN (SELECT memory_pk FROM {} LIMIT 20)").format(
+                sql.Identifier(table), sql.Identifier(table)
+            )
+        )
+        conn.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = %s::regclass", (table,))
+        assert table_rows(conn, table) == 100  # no estimate yet: counted
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        assert table_rows(conn, table) == 100  # analyzed: the catalogue's figure
+
+
 def test_replicas_answer_a_recall_identically(pair: tuple[MemoryService, MemoryService]) -> None:
     a, b = pair
     for i in range(40):

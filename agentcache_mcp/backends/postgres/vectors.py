@@ -45,9 +45,23 @@ def search_sql(table: str, clause: str, *, exact: bool = False) -> sql.Composed:
     ).format(sql.Identifier(table), sql.SQL(clause), sql.SQL(order))
 
 
+def table_rows(db: Connection, table: str) -> int:
+    """The table's row count as the catalogue estimates it (kept by (auto)vacuum and analyze), or counted
+    where it has no estimate yet."""
+    row = db.execute(
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", (table,)
+    ).fetchone()
+    if row is not None and int(row[0]) > 0:
+        return int(row[0])
+    counted = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+    return int(counted[0]) if counted else 0
+
+
 def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
     """For this transaction: HNSW scans keep going until k rows pass the filter (pgvector 0.8), with a wider
-    candidate list and a tuple budget large enough to expect k of the namespace's rows among them."""
+    candidate list and a tuple budget large enough to expect k of the namespace's rows among them. `total`
+    may be an estimate and `in_namespace` a lower bound (counted to EXACT_SEARCH_MAX + 1): the budget errs
+    on the large side."""
     ef = min(1000, max(EF_SEARCH_MIN, 2 * k))
     budget = max(20_000, math.ceil(total / max(in_namespace, 1) * k * 8))
     db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
@@ -94,7 +108,12 @@ class PgVectors:
             if table is None:
                 return []
             name = sql.Identifier(table)
-            row = db.execute(sql.SQL("SELECT count(*) FROM {} WHERE namespace = %s").format(name), (namespace,))
+            # Counted no further than the exact search's limit: a namespace past it takes the index, however
+            # large it is (a full count cost a scan of the namespace's index entries on every recall).
+            row = db.execute(
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE namespace = %s LIMIT %s) n").format(name),
+                (namespace, EXACT_SEARCH_MAX + 1),
+            )
             found = row.fetchone()
             in_namespace = int(found[0]) if found else 0
             if in_namespace == 0:
@@ -102,8 +121,7 @@ class PgVectors:
             query_sql = search_sql(table, clause)
             args = [q_vec, namespace, *params, q_vec, k]
             if in_namespace > EXACT_SEARCH_MAX:
-                total_row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
-                use_iterative_scan(db, k, int(total_row[0]) if total_row else in_namespace, in_namespace)
+                use_iterative_scan(db, k, table_rows(db, table), in_namespace)
                 hits = db.execute(query_sql, args).fetchall()
                 if len(hits) >= k:
                     return [(int(pk), float(score)) for pk, score in hits]
