@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,68 @@ def test_grid_specs_expand_to_every_combination() -> None:
         {"keyword_weight": 0.6, "neighbour_weights": (0.3, 0.1)},
         {"keyword_weight": 0.6, "neighbour_weights": (0.2,)},
     ]
+
+
+def synthetic_fusion_rows(tmp_path: Path, conversations: tuple[str, ...], per_question: int = 6) -> Path:
+    """A rows file shaped like bench/fusion_features.py's: 3 questions per conversation, gold = best "kw"."""
+    features = bench_module("fusion_features").FEATURES
+    rng = np.random.default_rng(7)
+    namespaces = [c for c in conversations for _ in range(3)]
+    rows = rng.random((len(namespaces) * per_question, len(features)))
+    question = np.repeat(np.arange(len(namespaces)), per_question)
+    gold = np.zeros(len(rows), dtype=bool)
+    for i in range(len(namespaces)):
+        block = np.flatnonzero(question == i)
+        gold[block[np.argmax(rows[block, features.index("kw")])]] = True
+    path = tmp_path / "rows.npz"
+    np.savez(
+        path,
+        rows=rows,
+        gold=gold,
+        question=question,
+        dia=np.array([""] * len(rows)),
+        namespace=np.array(namespaces),
+        category=np.array([1] * len(namespaces)),
+        n_gold=np.ones(len(namespaces), dtype=int),
+        features=np.array(features),
+    )
+    return path
+
+
+def test_learned_fusion_cv_never_fits_on_the_conversation_it_scores(tmp_path: Path) -> None:
+    fusion_features = bench_module("fusion_features")
+    conversations = ("a", "b", "c")
+    data = fusion_features.Dataset(synthetic_fusion_rows(tmp_path, conversations))
+    cols = data.columns(["kw", "cos"])
+    fitted_on: list[set[str]] = []
+
+    def fit(data, qs, cols, value):  # type: ignore[no-untyped-def]
+        fitted_on.append({str(data.namespace[i]) for i in qs})
+        return np.array([1.0, value])
+
+    grid = (0.0, 0.5)
+    rows, chosen = fusion_features.nested_cv(data, cols, fit, grid)
+    assert len(rows) == 9 and all(r is not None for r in rows)
+    per_fold = len(grid) * (len(conversations) - 1) + 1  # the inner fits, then one on all the others
+    assert len(fitted_on) == per_fold * len(conversations)
+    for fold, held_out in enumerate(conversations):
+        for trained in fitted_on[fold * per_fold : (fold + 1) * per_fold]:
+            assert held_out not in trained and trained
+    assert set(chosen) == set(conversations)
+
+
+def test_listwise_fusion_finds_the_feature_that_marks_the_gold(tmp_path: Path) -> None:
+    fusion_features = bench_module("fusion_features")
+    data = fusion_features.Dataset(synthetic_fusion_rows(tmp_path, ("a", "b", "c", "d"), per_question=20))
+    cols = data.columns(["cos", "kw"])
+    # The pull toward the shipped weights (0.5 each) is weak: the fit moves the weight onto kw.
+    w = fusion_features.fit_listwise(data, list(range(len(data.namespace))), cols, 0.001)
+    assert w[1] > 3 * abs(w[0])
+    rows = data.score_questions(list(range(len(data.namespace))), data.rows[:, cols] @ w)
+    assert all(r["MRR"] == 1.0 for r in rows)
+    # A strong pull keeps them.
+    w = fusion_features.fit_listwise(data, list(range(len(data.namespace))), cols, 1000.0)
+    assert w == pytest.approx([0.5, 0.5], abs=0.01)
 
 
 @pytest.mark.skipif(not DATA.is_file(), reason="needs ../shared/bench/locomo/locomo_dev.json beside the repo")
