@@ -1,17 +1,20 @@
 """The recall levers of issue 13, each off by default unless bench/locomo.py's cross-validation kept it:
-time awareness, the dense query text, vector-side pseudo-relevance feedback."""
+time awareness, the length prior, the dense query text, vector-side pseudo-relevance feedback."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from agentcache_mcp.memory.fusion import (
     FusionParams,
+    add_length_prior,
     asks_about_time,
     boost_time_mentions,
     dense_query_text,
+    length_prior,
     mentions_time,
 )
 from agentcache_mcp.memory.service import MemoryService
@@ -93,3 +96,30 @@ def test_feedback_moves_the_query_toward_the_best_memories(engine: MemoryService
     after = {h.id: h.score for h in engine.recall("zebra", namespace="ns", fusion=with_feedback)}
     assert related in after and after[related] > before.get(related, 0.0)
     assert engine.recall("zebra", namespace="ns", fusion=plain)  # the vector-only path is untouched
+
+
+def test_the_length_prior_grows_with_the_log_of_the_words_and_stops_at_99() -> None:
+    assert length_prior("") == 0.0
+    assert length_prior("one two three four five") == pytest.approx(math.log(6) / math.log(100))
+    assert length_prior(" ".join(["w"] * 99)) == pytest.approx(1.0)
+    assert length_prior(" ".join(["w"] * 5000)) == 1.0
+    assert add_length_prior({1: 0.5, 2: 0.5}, {1: "a b c d e"}, 0.2) == pytest.approx(
+        {1: 0.5 + 0.2 * math.log(6) / math.log(100), 2: 0.5}
+    )
+
+
+@pytest.mark.parametrize("neighbours", [(), (0.3, 0.2, 0.1)])
+def test_the_length_prior_lifts_the_memory_with_more_to_say(
+    engine: MemoryService, neighbours: tuple[float, ...]
+) -> None:
+    short = engine.remember("apple", namespace="ns").id
+    long = engine.remember(
+        "apple pie: butter, flour, sugar, cinnamon and six sliced apples, baked for an hour at 180 degrees "
+        "until the crust is golden and the filling bubbles",
+        namespace="ns",
+    ).id
+    engine.embed_pending()
+    off = dataclasses.replace(FusionParams(), neighbour_weights=neighbours, length_weight=0.0)
+    on = dataclasses.replace(off, length_weight=2.0)
+    assert [h.id for h in engine.recall("apple", namespace="ns", fusion=off)] == [short, long]
+    assert [h.id for h in engine.recall("apple", namespace="ns", fusion=on)] == [long, short]

@@ -11,6 +11,7 @@ import numpy as np
 
 from .fusion import (
     FusionParams,
+    add_length_prior,
     asks_about_time,
     boost_time_mentions,
     fuse,
@@ -57,10 +58,14 @@ def recall(
         vector = backend.vectors.scores_for(namespace, query_vector, list(vector))
         scores = fuse(keyword, vector, fusion)
     about_time = fusion.temporal_weight > 0 and asks_about_time(request.text)
-    if about_time and not fusion.neighbour_weights and scores:
+    # The texts of the memories ranked past this point (for time and length), read once.
+    texts: dict[int, str] = {}
+    if (about_time or fusion.length_weight > 0) and not fusion.neighbour_weights and scores:
         top_keys = [k for k, _ in ranked(scores)[: max(fusion.rerank_depth, request.limit)]]
-        texts = {k: m.text for k, m in backend.memories.get_by_keys(namespace, top_keys).items()}
-        scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
+        texts = backend.memories.texts(namespace, top_keys)
+        scores = {k: scores[k] for k in top_keys}
+        if about_time:
+            scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
     width = len(fusion.neighbour_weights)
     if width and scores:
         top = dict(ranked(scores)[: max(fusion.rerank_depth, request.limit)])
@@ -74,10 +79,13 @@ def recall(
             vector.update({k: s for k, s in extra.items() if k not in scores})
             scores = fuse(keyword, vector, fusion)
         neighbours = {k: pairs for k, pairs in neighbours.items() if k in top or k in live}
+        if about_time or fusion.length_weight > 0:
+            texts = backend.memories.texts(namespace, list(neighbours))
         if about_time:
-            texts = {k: m.text for k, m in backend.memories.get_by_keys(namespace, list(neighbours)).items()}
             scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
         scores = smooth_with_neighbours(scores, neighbours, fusion.neighbour_weights)
+    if fusion.length_weight > 0 and texts:
+        scores = add_length_prior(scores, texts, fusion.length_weight)
     ranking = ranked(scores)[: request.limit]
     found = backend.memories.get_by_keys(namespace, [k for k, _ in ranking])
     return [(found[k], score) for k, score in ranking if k in found]

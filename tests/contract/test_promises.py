@@ -289,6 +289,16 @@ def test_keyword_search_is_confined_to_its_namespace(service: MemoryService) -> 
     assert service.backend.memories.get_by_keys("a-b", [k for k, _ in hits]) == {}
 
 
+
+def test_texts_are_read_for_the_given_memories_of_one_namespace_only(service: MemoryService) -> None:
+    mine = service.remember("my own words", namespace="mine")
+    theirs = service.remember("their words", namespace="theirs")
+    memories = service.backend.memories
+    key = {m.id: m.key for m in memories.get("mine", [mine.id])}[mine.id]
+    other = {m.id: m.key for m in memories.get("theirs", [theirs.id])}[theirs.id]
+    assert memories.texts("mine", [key, other, 10**9]) == {key: "my own words"}
+    assert memories.texts("mine", []) == {}
+
 # --- stale means unused --------------------------------------------------------------------------------
 
 

@@ -204,6 +204,19 @@ class PgMemories:
             }
         )
 
+    def texts(self, namespace: str, keys: Sequence[int]) -> dict[int, str]:
+        if not keys:
+            return {}
+        return self.db.read(
+            lambda db: {
+                int(pk): text
+                for pk, text in db.execute(
+                    "SELECT pk, text FROM memories WHERE pk = ANY(%s) AND namespace = %s",
+                    ([int(k) for k in keys], namespace),
+                )
+            }
+        )
+
     def find(self, where: MemoryFilter) -> list[Memory]:
         clause, params = filter_sql(where)
         return self.db.read(

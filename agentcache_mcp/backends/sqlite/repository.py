@@ -184,6 +184,20 @@ class SqliteMemories:
 
         return self.db.read(q) if keys else {}
 
+    def texts(self, namespace: str, keys: Sequence[int]) -> dict[int, str]:
+        def q(db: Connection) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for chunk in chunks(list(keys)):
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    db.execute(
+                        f"SELECT pk, text FROM memories WHERE pk IN ({marks}) AND namespace = ?", [*chunk, namespace]
+                    )
+                )
+            return out
+
+        return self.db.read(q) if keys else {}
+
     def find(self, where: MemoryFilter) -> list[Memory]:
         sql, params = filter_sql(where)
         return self.db.read(
