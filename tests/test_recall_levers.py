@@ -103,6 +103,8 @@ def test_the_length_prior_grows_with_the_log_of_the_words_and_stops_at_99() -> N
     assert length_prior("one two three four five") == pytest.approx(math.log(6) / math.log(100))
     assert length_prior(" ".join(["w"] * 99)) == pytest.approx(1.0)
     assert length_prior(" ".join(["w"] * 5000)) == 1.0
+    # A script without spaces: a 60-character sentence counts as 10 words, not 1.
+    assert length_prior("记" * 60) == pytest.approx(math.log(11) / math.log(100))
     assert add_length_prior({1: 0.5, 2: 0.5}, {1: "a b c d e"}, 0.2) == pytest.approx(
         {1: 0.5 + 0.2 * math.log(6) / math.log(100), 2: 0.5}
     )

@@ -289,8 +289,11 @@ _LENGTH_FULL_WORDS = 99
 
 def length_prior(text: str) -> float:
     """log(1 + words) / log(1 + 99), capped at 1: 0.39 for 5 words, 0.66 for 20, 1 from 99 words on (the cap keeps
-    a long document from outranking a matching fact on length alone)."""
-    return min(1.0, math.log1p(len(text.split())) / math.log1p(_LENGTH_FULL_WORDS))
+    a long document from outranking a matching fact on length alone). Words are whitespace-separated, or one
+    per 6 characters where that is more (scripts written without spaces, such as Chinese or Japanese, would
+    otherwise count a whole sentence as one word)."""
+    words = max(len(text.split()), len(text) / 6)
+    return min(1.0, math.log1p(words) / math.log1p(_LENGTH_FULL_WORDS))
 
 
 def add_length_prior(scores: dict[int, float], texts: dict[int, str], weight: float) -> dict[int, float]:

@@ -289,7 +289,6 @@ def test_keyword_search_is_confined_to_its_namespace(service: MemoryService) -> 
     assert service.backend.memories.get_by_keys("a-b", [k for k, _ in hits]) == {}
 
 
-
 def test_texts_are_read_for_the_given_memories_of_one_namespace_only(service: MemoryService) -> None:
     mine = service.remember("my own words", namespace="mine")
     theirs = service.remember("their words", namespace="theirs")
@@ -298,6 +297,7 @@ def test_texts_are_read_for_the_given_memories_of_one_namespace_only(service: Me
     other = {m.id: m.key for m in memories.get("theirs", [theirs.id])}[theirs.id]
     assert memories.texts("mine", [key, other, 10**9]) == {key: "my own words"}
     assert memories.texts("mine", []) == {}
+
 
 # --- stale means unused --------------------------------------------------------------------------------
 
