@@ -103,8 +103,13 @@ def test_the_length_prior_grows_with_the_log_of_the_words_and_stops_at_99() -> N
     assert length_prior("one two three four five") == pytest.approx(math.log(6) / math.log(100))
     assert length_prior(" ".join(["w"] * 99)) == pytest.approx(1.0)
     assert length_prior(" ".join(["w"] * 5000)) == 1.0
-    # A script without spaces: a 60-character sentence counts as 10 words, not 1.
-    assert length_prior("记" * 60) == pytest.approx(math.log(11) / math.log(100))
+    # Chinese or Japanese script: one word per 1.5 characters, not one per sentence.
+    assert length_prior("记" * 60) == pytest.approx(math.log(41) / math.log(100))
+    assert length_prior("今日は" * 10 + " ok") == pytest.approx(math.log(1 + 20 + 1) / math.log(100))
+    # Whitespace counts nothing; one long token (a hash, a URL) is one word.
+    assert length_prior("\n" * 700) == 0.0
+    assert length_prior("x" * 700) == pytest.approx(math.log(2) / math.log(100))
+    assert length_prior("https://example.com/" + "a" * 300) == pytest.approx(math.log(2) / math.log(100))
     assert add_length_prior({1: 0.5, 2: 0.5}, {1: "a b c d e"}, 0.2) == pytest.approx(
         {1: 0.5 + 0.2 * math.log(6) / math.log(100), 2: 0.5}
     )
@@ -125,3 +130,15 @@ def test_the_length_prior_lifts_the_memory_with_more_to_say(
     on = dataclasses.replace(off, length_weight=2.0)
     assert [h.id for h in engine.recall("apple", namespace="ns", fusion=off)] == [short, long]
     assert [h.id for h in engine.recall("apple", namespace="ns", fusion=on)] == [long, short]
+
+
+@pytest.mark.parametrize("method", ["rrf", "keyword", "vector"])
+def test_the_length_prior_is_for_the_weighted_fusion_only(engine: MemoryService, method: str) -> None:
+    engine.remember("who is my dentist: Dr Alvarez on Main Street", namespace="ns")
+    for i in range(5):
+        engine.remember(f"log dump {i} " + " ".join(f"line{j} dentist status ok" for j in range(30)), namespace="ns")
+    engine.embed_pending()
+    plain = FusionParams(method=method, length_weight=0.0)  # type: ignore[arg-type]
+    with_prior = dataclasses.replace(plain, length_weight=0.2)
+    got = [(h.id, h.score) for h in engine.recall("who is my dentist", namespace="ns", fusion=with_prior)]
+    assert got == [(h.id, h.score) for h in engine.recall("who is my dentist", namespace="ns", fusion=plain)]

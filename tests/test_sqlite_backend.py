@@ -296,6 +296,37 @@ def test_a_namespace_alone_in_the_store_is_searched_without_its_token_and_scored
         assert sorted(k for k, _ in hits) == sorted(k for k, _ in fast)
 
 
+def test_a_memory_written_to_another_namespace_between_the_check_and_the_search_is_not_matched(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The namespace-alone check and the FTS5 search share one snapshot: a second process that writes to another
+    namespace in between (forced here, inside the check) is not seen by the search."""
+    from agentcache_mcp.backends.sqlite.keywords import Fts5Keywords
+
+    me, other = Store(db_path), Store(db_path)
+    try:
+        for i in range(5):
+            put(me, "alice", f"note {i} about gardening")
+        put(me, "alice", "the launch code is apple")
+        check = Fts5Keywords._only_namespace
+        written: list[str] = []
+
+        def check_then_write(db, namespace):  # type: ignore[no-untyped-def]
+            alone = check(db, namespace)
+            if not written:
+                written.append(put(other, "bob", "bob's secret apple password"))
+            return alone
+
+        monkeypatch.setattr(Fts5Keywords, "_only_namespace", staticmethod(check_then_write))
+        hits = keyword_search(me, "alice", "apple", 10, time.time())
+        assert written
+        bob = other.db.read(lambda db: db.execute("SELECT pk FROM memories WHERE namespace = 'bob'").fetchone()[0])
+        assert len(hits) == 1 and bob not in dict(hits)
+    finally:
+        me.close()
+        other.close()
+
+
 def test_terms_in_most_memories_are_dropped_from_large_stores_only(db_path: Path) -> None:
     store = Store(db_path)
     try:

@@ -123,6 +123,7 @@ def test_top_k_is_best_first_ties_in_position_order_with_or_without_torch(
     assert matrix._top_k(scores, 4).tolist() in ([1, 3, 6, 2], [1, 3, 6, 5])  # a tie at the cut: either
     assert matrix._top_k(scores, 7).tolist() == [1, 3, 6, 2, 5, 0, 4]
     assert matrix._top_k(scores, 10).tolist() == [1, 3, 6, 2, 5, 0, 4]
+    assert matrix._top_k(np.array([0.5, np.nan, 0.9, 0.1], dtype=np.float32), 2).tolist() == [2, 0]  # NaN last
     rng = np.random.default_rng(3)
     many = rng.normal(size=5000).astype(np.float32)
     assert matrix._top_k(many, 100).tolist() == np.argsort(-many, kind="stable")[:100].tolist()

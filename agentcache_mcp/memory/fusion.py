@@ -245,10 +245,11 @@ class FusionParams:
     dense_query: Literal["question", "terms"] = "question"
     """What the embedding model sees of the query: the question as written, or its content words only."""
     length_weight: float = 0.2
-    """A prior for longer memories: after neighbour re-scoring every ranked memory gains
+    """weighted only: a prior for longer memories. After neighbour re-scoring every ranked memory gains
     length_weight x length_prior(text) (0 to 1, logarithmic in words, full at 99 words): of two memories that
     match alike, the one with more to say is more often the answer. 0: off. Chosen by leave-one-conversation-out
-    cross-validation on the LoCoMo dev split (bench/RESULTS.md)."""
+    cross-validation on the LoCoMo dev split (bench/RESULTS.md). Not applied to rrf, keyword or vector, whose
+    scores are on other scales (it would outweigh an RRF score) or are the raw retriever's."""
 
 
 # "May" only capitalised: lower-case "may" is nearly always the verb.
@@ -285,14 +286,20 @@ def boost_time_mentions(scores: dict[int, float], texts: dict[int, str], weight:
 
 
 _LENGTH_FULL_WORDS = 99
+LENGTH_PRIOR_CHARS = 1000
+"""The length prior reads no further than this many characters of a memory: 99 words fit in it."""
+# Scripts written without spaces between words: Chinese ideographs and Japanese kana (Korean uses spaces).
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CHARS_PER_UNSPACED_WORD = 1.5
 
 
 def length_prior(text: str) -> float:
     """log(1 + words) / log(1 + 99), capped at 1: 0.39 for 5 words, 0.66 for 20, 1 from 99 words on (the cap keeps
-    a long document from outranking a matching fact on length alone). Words are whitespace-separated, or one
-    per 6 characters where that is more (scripts written without spaces, such as Chinese or Japanese, would
-    otherwise count a whole sentence as one word)."""
-    words = max(len(text.split()), len(text) / 6)
+    a long document from outranking a matching fact on length alone). Words: whitespace-separated runs, and in
+    Chinese or Japanese script one per 1.5 characters; whitespace alone counts nothing and one long token
+    (a hash, a URL) one word."""
+    unspaced = len(_UNSPACED.findall(text))
+    words = len(_UNSPACED.sub(" ", text).split()) + unspaced / _CHARS_PER_UNSPACED_WORD
     return min(1.0, math.log1p(words) / math.log1p(_LENGTH_FULL_WORDS))
 
 

@@ -65,9 +65,10 @@ class MemoryRepository(Protocol):
 
     def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]: ...
 
-    def texts(self, namespace: str, keys: Sequence[int]) -> dict[int, str]:
-        """The text of each given memory of namespace (keys of other namespaces or gone: left out); what recall
-        reads of the ~200 memories it re-ranks, without building whole Memory objects."""
+    def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
+        """The text of each given memory of namespace (keys of other namespaces or gone: left out), only its
+        first `prefix` characters if given; what recall reads of the ~200 memories it re-ranks, without building
+        whole Memory objects."""
         ...
 
     def find(self, where: MemoryFilter) -> list[Memory]:

@@ -296,6 +296,8 @@ def test_texts_are_read_for_the_given_memories_of_one_namespace_only(service: Me
     key = {m.id: m.key for m in memories.get("mine", [mine.id])}[mine.id]
     other = {m.id: m.key for m in memories.get("theirs", [theirs.id])}[theirs.id]
     assert memories.texts("mine", [key, other, 10**9]) == {key: "my own words"}
+    assert memories.texts("mine", [key], prefix=6) == {key: "my own"}
+    assert memories.texts("mine", [key], prefix=100) == {key: "my own words"}
     assert memories.texts("mine", []) == {}
 
 

@@ -204,15 +204,16 @@ class PgMemories:
             }
         )
 
-    def texts(self, namespace: str, keys: Sequence[int]) -> dict[int, str]:
+    def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
         if not keys:
             return {}
         return self.db.read(
             lambda db: {
                 int(pk): text
                 for pk, text in db.execute(
-                    "SELECT pk, text FROM memories WHERE pk = ANY(%s) AND namespace = %s",
-                    ([int(k) for k in keys], namespace),
+                    "SELECT pk, CASE WHEN %s::int IS NULL THEN text ELSE left(text, %s::int) END FROM memories "
+                    "WHERE pk = ANY(%s) AND namespace = %s",
+                    (prefix, prefix, [int(k) for k in keys], namespace),
                 )
             }
         )

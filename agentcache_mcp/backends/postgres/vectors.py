@@ -30,6 +30,8 @@ EXACT_SEARCH_MAX = 2_000
 """Namespaces with at most this many vectors are searched exactly: measured 5 ms per query at 2,000 and 228 ms
 at 15,000 (384 dims, tests/postgres_ann_recall.py), against 8 ms for the HNSW search at 15,000."""
 EF_SEARCH_MIN = 100
+MAX_SCAN_TUPLES = 100_000
+"""The most tuples an iterative HNSW scan may visit for one search (pgvector's own default is 20,000)."""
 
 
 def search_sql(table: str, clause: str, *, exact: bool = False) -> sql.Composed:
@@ -59,11 +61,12 @@ def table_rows(db: Connection, table: str) -> int:
 
 def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
     """For this transaction: HNSW scans keep going until k rows pass the filter (pgvector 0.8), with a wider
-    candidate list and a tuple budget large enough to expect k of the namespace's rows among them. `total`
-    may be an estimate and `in_namespace` a lower bound (counted to EXACT_SEARCH_MAX + 1): the budget errs
-    on the large side."""
+    candidate list and a tuple budget large enough to expect k of the namespace's rows among them. `total` is
+    the catalogue's estimate (stale by up to what autovacuum has not yet seen) and `in_namespace` a lower bound
+    (counted to EXACT_SEARCH_MAX + 1), so the budget is bounded to MAX_SCAN_TUPLES; a scan that runs out of it
+    returns short and the exact search answers (tested)."""
     ef = min(1000, max(EF_SEARCH_MIN, 2 * k))
-    budget = max(20_000, math.ceil(total / max(in_namespace, 1) * k * 8))
+    budget = min(MAX_SCAN_TUPLES, max(20_000, math.ceil(total / max(in_namespace, 1) * k * 8)))
     db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
     db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
     db.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(budget),))

@@ -193,6 +193,20 @@ class Database:
 
         return self.retry(attempt)
 
+    def read_snapshot(self, fn: Callable[[Connection], T]) -> T:
+        """Like read, inside one read transaction: every statement of fn sees the same committed state (the
+        read connection is in autocommit mode, where each statement takes its own snapshot)."""
+
+        def attempt() -> T:
+            with self._read_lock:
+                self._reader.execute("BEGIN")
+                try:
+                    return fn(self._reader)
+                finally:
+                    self._reader.execute("COMMIT")
+
+        return self.retry(attempt)
+
     def execute_outside_transaction(self, sql: str) -> None:
         """For statements SQLite refuses inside a transaction (VACUUM)."""
         with self._lock, self._read_lock:

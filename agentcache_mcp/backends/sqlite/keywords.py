@@ -157,13 +157,15 @@ class Fts5Keywords:
         def match(db: Connection) -> str:
             # The namespace token is left out where the namespace holds every memory in the store (one user,
             # one namespace): it matches every row there, and intersecting with it cost FTS5 a third of the
-            # search at 100k memories. Same rows, same scores: its column weighs 0 in the BM25.
+            # search at 100k memories. Same rows, same scores: its column weighs 0 in the BM25. The check and
+            # the search run in one read transaction (read_snapshot), so a memory another process writes to
+            # another namespace in between cannot be matched.
             return scope if self._only_namespace(db, namespace) else confined
 
         if not where.narrows_recall:
             # Rank inside FTS5 alone, then drop the rare superseded or expired rows; only if that left the
             # page short while more matches may exist, fall back to filtering every match.
-            ranked = self.db.read(
+            ranked = self.db.read_snapshot(
                 lambda db: db.execute(
                     "SELECT rowid, bm25(memories_fts, ?, ?, ?) AS score FROM memories_fts "
                     "WHERE memories_fts MATCH ? ORDER BY score LIMIT ?",
@@ -174,7 +176,7 @@ class Fts5Keywords:
             if len(live) == len(ranked) or len(ranked) < limit:
                 return [(pk, -score) for pk, score in ranked if pk in live]
         sql, params = filter_sql(where)
-        return self.db.read(
+        return self.db.read_snapshot(
             lambda db: [
                 (pk, -score)
                 for pk, score in db.execute(

@@ -197,6 +197,7 @@ def _top_k(scores: Vector, k: int) -> npt.NDArray[np.int64]:
     """Positions of the k best scores, best first, equal scores in position order (which of several equal
     scores at the cut-off makes it is unspecified, as with any partial selection)."""
     torch = _torch()
+    scores = np.nan_to_num(scores, nan=-np.inf)  # a corrupt vector's NaN ranks last, with either path
     if k < len(scores):
         if torch is not None:  # a partial selection in torch: ~0.2 ms at 100k rows against ~1.2 ms in numpy
             top = torch.topk(torch.from_numpy(scores), k, sorted=False).indices.numpy()

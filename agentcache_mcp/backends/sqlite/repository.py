@@ -184,14 +184,17 @@ class SqliteMemories:
 
         return self.db.read(q) if keys else {}
 
-    def texts(self, namespace: str, keys: Sequence[int]) -> dict[int, str]:
+    def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
+        column = "text" if prefix is None else f"substr(text, 1, {int(prefix)})"
+
         def q(db: Connection) -> dict[int, str]:
             out: dict[int, str] = {}
             for chunk in chunks(list(keys)):
                 marks = ",".join("?" * len(chunk))
                 out.update(
                     db.execute(
-                        f"SELECT pk, text FROM memories WHERE pk IN ({marks}) AND namespace = ?", [*chunk, namespace]
+                        f"SELECT pk, {column} FROM memories WHERE pk IN ({marks}) AND namespace = ?",
+                        [*chunk, namespace],
                     )
                 )
             return out
