@@ -7,7 +7,9 @@ then for every question run the shipped recall pipeline's retrieval through the 
 both retrievers -> fuse -> the 50 best and their neighbours -> time boost -> neighbour smoothing) and record,
 for every memory the shipped pipeline ranks (the 50 best fused and their live neighbours, ~210), a row of
 features (FEATURES below) and whether it is in the question's gold evidence. The shipped score is recomputed
-from the same rows and its top 10 checked against engine.recall, so the features are the pipeline's own.
+from the same rows and its top 10 checked against engine.recall, so the features are the pipeline's own. The
+pipeline is taken without its length prior (length_weight 0; shipped since, at 0.2): length is one of the
+features here ("log_words"), and this study is where that lever came from.
 The per-question rows are LoCoMo-derived (CC BY-NC): they go to /tmp, never into this repository.
 
 Step 2: linear rankers over feature sets (FEATURE_SETS), fitted on four conversations and scored on the
@@ -209,7 +211,7 @@ def shipped_score(x: np.ndarray) -> np.ndarray:
 def extract(data: Path, cache: str, out: Path) -> None:
     conversations, questions = locomo.load(data, None)
     embedder = locomo.CachedEmbedder(SentenceTransformerEmbedder(), Path(cache) if cache else None)
-    fusion = FusionParams()
+    fusion = FusionParams(length_weight=0.0)  # length is a feature here, not part of the baseline
     parts: dict[str, list[Any]] = defaultdict(list)
     mismatched = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,7 +223,7 @@ def extract(data: Path, cache: str, out: Path) -> None:
             got = question_rows(engine, q, fusion)
             s = shipped_score(got["rows"])
             order = sorted(range(len(got["keys"])), key=lambda j: (-s[j], got["keys"][j]))[:10]
-            hits = engine.recall(q.text, namespace=q.namespace, limit=10, touch=False)
+            hits = engine.recall(q.text, namespace=q.namespace, limit=10, touch=False, fusion=fusion)
             mine = [got["keys"][j] for j in order]
             theirs = [h_key(engine, q.namespace, h) for h in hits]
             if mine != theirs:
