@@ -55,8 +55,13 @@ def table_rows(db: Connection, table: str) -> int:
     ).fetchone()
     if row is not None and int(row[0]) > 0:
         return int(row[0])
-    counted = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
-    return int(counted[0]) if counted else 0
+    return counted_rows(db, table)
+
+
+def counted_rows(db: Connection, table: str) -> int:
+    """The table's exact row count."""
+    row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
@@ -89,10 +94,7 @@ class PgVectors:
     def __len__(self) -> int:
         def q(db: Connection) -> int:
             table = self.embeddings.table(db, self._model_id)
-            if table is None:
-                return 0
-            row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
-            return int(row[0]) if row else 0
+            return 0 if table is None else counted_rows(db, table)
 
         return self.db.read(q)
 
