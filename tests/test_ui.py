@@ -3,6 +3,7 @@ the same guarded ASGI app the HTTP transports serve (cli._http_server), with sta
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -700,12 +701,24 @@ def _replica(db: Path, token: str | None = TOKEN) -> tuple[App, Any]:
     return app, cli._http_server(build_server(config, app=app), config, "streamable-http", app=app).config.app
 
 
-def test_a_login_on_one_replica_works_on_another_with_its_csrf_tokens(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
-    app_a, asgi_a = _replica(db)
-    app_b, asgi_b = _replica(db)  # another process on the same store: its own MemoryService
-    memory_id = app_a.memory.remember("a memory both replicas serve", namespace="work").id
+@contextlib.contextmanager
+def _replicas(db: Path, *tokens: str | None) -> Iterator[list[tuple[App, Any]]]:
+    """One replica per token (each its own MemoryService on the same store, as separate processes would
+    have), all closed afterwards."""
+    opened: list[tuple[App, Any]] = []
     try:
+        for token in tokens:
+            opened.append(_replica(db, token))
+        yield opened
+    finally:
+        for app, _ in opened:
+            app.memory.close()
+
+
+def test_a_login_on_one_replica_works_on_another_with_its_csrf_tokens(tmp_path: Path) -> None:
+    # Two replicas: other processes on the same store, each its own MemoryService.
+    with _replicas(tmp_path / "shared.db", TOKEN, TOKEN) as [(app_a, asgi_a), (_, asgi_b)]:
+        memory_id = app_a.memory.remember("a memory both replicas serve", namespace="work").id
         with TestClient(asgi_a, base_url=BASE) as a, TestClient(asgi_b, base_url=BASE) as b:
             ui_a = Ui(app_a, a, {"home1": memory_id})
             assert login(ui_a).status_code == 303
@@ -720,16 +733,10 @@ def test_a_login_on_one_replica_works_on_another_with_its_csrf_tokens(tmp_path: 
                 follow_redirects=False,
             )
             assert answer.status_code == 303 and app_a.memory.get(memory_id).tags == ["shared"]
-    finally:
-        app_a.memory.close()
-        app_b.memory.close()
 
 
 def test_replicas_starting_together_agree_on_the_session_secret(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
-    app_a, _ = _replica(db)
-    app_b, _ = _replica(db)
-    try:
+    with _replicas(tmp_path / "shared.db", TOKEN, TOKEN) as [(app_a, _), (app_b, _)]:
         seen: list[str] = []
         memories = [app_a.memory, app_b.memory] * 3
         threads = [threading.Thread(target=lambda m=m: seen.append(m.ui_secret())) for m in memories]
@@ -741,30 +748,19 @@ def test_replicas_starting_together_agree_on_the_session_secret(tmp_path: Path) 
         # cached the other re-reads it on the first cookie it cannot verify).
         assert len(seen) == 6 and all(seen)
         assert app_a.memory.ui_secret() == app_b.memory.ui_secret()
-    finally:
-        app_a.memory.close()
-        app_b.memory.close()
 
 
 def test_a_session_survives_a_restart_and_ends_when_the_token_changes(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
-    app_a, asgi_a = _replica(db)
-    try:
-        with TestClient(asgi_a, base_url=BASE) as a:
-            login(Ui(app_a, a, {}))
-            cookies = dict(a.cookies)
-    finally:
-        app_a.memory.close()
-    app_b, asgi_b = _replica(db)  # restarted, same token
-    app_c, asgi_c = _replica(db, token="a-new-token")
-    try:
+    with _replicas(db, TOKEN) as [(app_a, asgi_a)], TestClient(asgi_a, base_url=BASE) as a:
+        login(Ui(app_a, a, {}))
+        cookies = dict(a.cookies)
+    # Restarted with the same token, and with a new one.
+    with _replicas(db, TOKEN, "a-new-token") as [(_, asgi_b), (_, asgi_c)]:
         with TestClient(asgi_b, base_url=BASE, cookies=cookies) as b:
             assert b.get("/ui/stats", follow_redirects=False).status_code == 200
         with TestClient(asgi_c, base_url=BASE, cookies=cookies) as c:
             assert c.get("/ui/stats", follow_redirects=False).status_code == 303  # to the login form
-    finally:
-        app_b.memory.close()
-        app_c.memory.close()
 
 
 def test_the_cookie_is_named_after_the_port_the_browser_sees(ui: Ui) -> None:
