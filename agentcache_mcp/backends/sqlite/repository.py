@@ -89,6 +89,19 @@ def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "1"), params
 
 
+def _rows_of_keys(
+    db: Connection, columns: str, namespace: str, keys: Sequence[int], clause: str = "1", params: Sequence[Any] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """`columns` of the memories with these keys in namespace (and matching `clause`), in chunks of the IN list
+    SQLite allows."""
+    for chunk in chunks(list(keys)):
+        marks = ",".join("?" * len(chunk))
+        yield from db.execute(
+            f"SELECT {columns} FROM memories m WHERE m.pk IN ({marks}) AND m.namespace = ? AND {clause}",
+            [*chunk, namespace, *params],
+        )
+
+
 class SqliteMemories:
     def __init__(self, database: Database):
         self.db = database
@@ -172,34 +185,13 @@ class SqliteMemories:
 
     def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]:
         def q(db: Connection) -> dict[int, Memory]:
-            out: dict[int, Memory] = {}
-            for chunk in chunks(list(keys)):
-                marks = ",".join("?" * len(chunk))
-                for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE m.pk IN ({marks}) AND m.namespace = ?",
-                    [*chunk, namespace],
-                ):
-                    out[r[0]] = _memory(r)
-            return out
+            return {r[0]: _memory(r) for r in _rows_of_keys(db, _COLUMNS, namespace, keys)}
 
         return self.db.read(q) if keys else {}
 
     def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
-        column = "text" if prefix is None else f"substr(text, 1, {int(prefix)})"
-
-        def q(db: Connection) -> dict[int, str]:
-            out: dict[int, str] = {}
-            for chunk in chunks(list(keys)):
-                marks = ",".join("?" * len(chunk))
-                out.update(
-                    db.execute(
-                        f"SELECT pk, {column} FROM memories WHERE pk IN ({marks}) AND namespace = ?",
-                        [*chunk, namespace],
-                    )
-                )
-            return out
-
-        return self.db.read(q) if keys else {}
+        column = "m.text" if prefix is None else f"substr(m.text, 1, {int(prefix)})"
+        return self.db.read(lambda db: dict(_rows_of_keys(db, f"m.pk, {column}", namespace, keys))) if keys else {}
 
     def find(self, where: MemoryFilter) -> list[Memory]:
         sql, params = filter_sql(where)
@@ -335,21 +327,7 @@ class SqliteMemories:
         if not where.narrows_recall and not self._may_hide(namespace):
             return set(keys)  # nothing in the namespace is superseded or has an expiry: all are live
         sql, params = filter_sql(where)
-
-        def q(db: Connection) -> set[int]:
-            out: set[int] = set()
-            for chunk in chunks(list(keys)):
-                marks = ",".join("?" * len(chunk))
-                out.update(
-                    pk
-                    for (pk,) in db.execute(
-                        f"SELECT m.pk FROM memories m WHERE m.pk IN ({marks}) AND m.namespace = ? AND {sql}",
-                        [*chunk, namespace, *params],
-                    )
-                )
-            return out
-
-        return self.db.read(q)
+        return self.db.read(lambda db: {pk for (pk,) in _rows_of_keys(db, "m.pk", namespace, keys, sql, params)})
 
     def _may_hide(self, namespace: str) -> bool:
         return self.db.read(
