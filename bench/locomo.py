@@ -346,6 +346,7 @@ def run(
                 cv[name] = cross_validate(questions, scored, settings)
                 best_all = max(settings, key=lambda s: headline_objective(questions, scored[s]))
                 cv[name]["all_dev_best"] = {"setting": best_all, **summarise(questions, scored[best_all])}
+                cv[name]["each_setting_all_dev"] = {s: summarise(questions, scored[s])["headline"] for s in settings}
         engine.close()
     return {
         "memories": sum(len(t) for t in conversations.values()),
