@@ -250,9 +250,6 @@ class FusionParams:
     match alike, the one with more to say is more often the answer. 0: off. Chosen by leave-one-conversation-out
     cross-validation on the LoCoMo dev split (bench/RESULTS.md). Not applied to rrf, keyword or vector, whose
     scores are on other scales (it would outweigh an RRF score) or are the raw retriever's."""
-    coverage_weight: float = 0.0
-    """weighted only: after neighbour re-scoring every ranked memory gains coverage_weight x the share of the
-    question's content words (stop-words dropped, suffixes stripped) found in its own text. 0: off."""
 
 
 # "May" only capitalised: lower-case "may" is nearly always the verb.
@@ -309,35 +306,6 @@ def length_prior(text: str) -> float:
 def add_length_prior(scores: dict[int, float], texts: dict[int, str], weight: float) -> dict[int, float]:
     """Add weight x length_prior(text) to the score of each memory whose text is given."""
     return {k: s + weight * length_prior(texts[k]) if k in texts else s for k, s in scores.items()}
-
-
-def _stem(word: str) -> str:
-    """A light English suffix strip ("painting" -> "paint", "races" -> "rac", "race" -> "rac"), enough to
-    match a question's word with the same word in a memory; never below three letters."""
-    for suffix in ("ing", "ed", "es", "s", "e"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
-
-
-def content_stems(query: str) -> frozenset[str]:
-    """The stems of a question's content words (its query terms), for term_coverage."""
-    return frozenset(_stem(t) for t in query_terms(query))
-
-
-def term_coverage(stems: frozenset[str], text: str) -> float:
-    """The share of the stems found among the text's own words (0 to 1)."""
-    if not stems:
-        return 0.0
-    words = {_stem(part) for t in _TOKEN_RE.findall(text.lower()) for part in t.split("_") if part}
-    return len(stems & words) / len(stems)
-
-
-def add_term_coverage(
-    scores: dict[int, float], texts: dict[int, str], stems: frozenset[str], weight: float
-) -> dict[int, float]:
-    """Add weight x term_coverage(stems, text) to the score of each memory whose text is given."""
-    return {k: s + weight * term_coverage(stems, texts[k]) if k in texts else s for k, s in scores.items()}
 
 
 def _scaled(scores: dict[int, float]) -> dict[int, float]:

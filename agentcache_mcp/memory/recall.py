@@ -13,10 +13,8 @@ from .fusion import (
     LENGTH_PRIOR_CHARS,
     FusionParams,
     add_length_prior,
-    add_term_coverage,
     asks_about_time,
     boost_time_mentions,
-    content_stems,
     fuse,
     query_terms,
     ranked,
@@ -62,12 +60,11 @@ def recall(
         scores = fuse(keyword, vector, fusion)
     about_time = fusion.temporal_weight > 0 and asks_about_time(request.text)
     by_length = fusion.length_weight > 0 and fusion.method == "weighted"
-    by_coverage = fusion.coverage_weight > 0 and fusion.method == "weighted"
     # The texts of the memories ranked past this point (for time and length), read once; whole for a time
     # expression anywhere in them, else only as far as the length prior looks.
     prefix = None if about_time else LENGTH_PRIOR_CHARS
     texts: dict[int, str] = {}
-    if (about_time or by_length or by_coverage) and not fusion.neighbour_weights and scores:
+    if (about_time or by_length) and not fusion.neighbour_weights and scores:
         top_keys = [k for k, _ in ranked(scores)[: max(fusion.rerank_depth, request.limit)]]
         texts = backend.memories.texts(namespace, top_keys, prefix)
         scores = {k: scores[k] for k in top_keys}
@@ -86,15 +83,13 @@ def recall(
             vector.update({k: s for k, s in extra.items() if k not in scores})
             scores = fuse(keyword, vector, fusion)
         neighbours = {k: pairs for k, pairs in neighbours.items() if k in top or k in live}
-        if about_time or by_length or by_coverage:
+        if about_time or by_length:
             texts = backend.memories.texts(namespace, list(neighbours), prefix)
         if about_time:
             scores = boost_time_mentions(scores, texts, fusion.temporal_weight)
         scores = smooth_with_neighbours(scores, neighbours, fusion.neighbour_weights)
     if by_length and texts:
         scores = add_length_prior(scores, texts, fusion.length_weight)
-    if by_coverage and texts:
-        scores = add_term_coverage(scores, texts, content_stems(request.text), fusion.coverage_weight)
     ranking = ranked(scores)[: request.limit]
     found = backend.memories.get_by_keys(namespace, [k for k, _ in ranking])
     return [(found[k], score) for k, score in ranking if k in found]
