@@ -265,6 +265,40 @@ def test_second_engine_on_same_file_sees_writes_and_vectors(db_path: Path) -> No
         b.close()
 
 
+def test_the_vector_index_reads_the_change_log_only_after_a_commit(db_path: Path) -> None:
+    engine = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    other = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    statements: list[str] = []
+    try:
+        engine.load_vectors()
+        engine.backend.vectors.db._reader.set_trace_callback(statements.append)
+        engine.backend.vectors.refresh()
+        statements.clear()
+        engine.backend.vectors.refresh()  # nothing committed since: one pragma, no change-log query
+        assert not [s for s in statements if "changes" in s]
+        r = engine.remember("kiwi orchard in the south", namespace="ns")
+        engine.embed_pending()  # this process's own writer commits: the reader's data_version moves
+        assert len(engine.backend.vectors) == 1
+        assert any("changes" in s for s in statements)
+        other.remember("kiwi grove up north", namespace="ns")
+        other.embed_pending()  # another connection's commit
+        assert len(other.backend.vectors) == 2 and r.id in ids(engine.recall("kiwi", namespace="ns"))
+        assert len(engine.backend.vectors) == 2
+    finally:
+        engine.close()
+        other.close()
+
+
+def test_data_version_is_unknown_where_reads_share_the_writers_connection() -> None:
+    from agentcache_mcp.backends.sqlite.connection import Database
+
+    database = Database(Path(":memory:"))
+    try:
+        assert database.data_version() is None
+    finally:
+        database.close()
+
+
 def test_pruned_change_log_triggers_full_reload(db_path: Path) -> None:
     a = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
     b = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())

@@ -298,8 +298,11 @@ def length_prior(text: str) -> float:
     a long document from outranking a matching fact on length alone). Words: whitespace-separated runs, and in
     Chinese or Japanese script one per 1.5 characters; whitespace alone counts nothing and one long token
     (a hash, a URL) one word."""
-    unspaced = len(_UNSPACED.findall(text))
-    words = len(_UNSPACED.sub(" ", text).split()) + unspaced / _CHARS_PER_UNSPACED_WORD
+    if text.isascii():  # no unspaced script: the same count, a fifth of the time (~200 texts per recall)
+        words = float(len(text.split()))
+    else:
+        unspaced = len(_UNSPACED.findall(text))
+        words = len(_UNSPACED.sub(" ", text).split()) + unspaced / _CHARS_PER_UNSPACED_WORD
     return min(1.0, math.log1p(words) / math.log1p(_LENGTH_FULL_WORDS))
 
 

@@ -193,6 +193,14 @@ class Database:
 
         return self.retry(attempt)
 
+    def data_version(self) -> int | None:
+        """The read connection's PRAGMA data_version: it changes whenever another connection (another
+        process's, or this process's writer) commits. None where reads share the writer's connection
+        (":memory:"), whose own commits leave it unchanged."""
+        if self._reader is self._db:
+            return None
+        return self.read(lambda db: int(db.execute("PRAGMA data_version").fetchone()[0]))
+
     def read_snapshot(self, fn: Callable[[Connection], T]) -> T:
         """Like read, inside one read transaction: every statement of fn sees the same committed state (the
         read connection is in autocommit mode, where each statement takes its own snapshot)."""

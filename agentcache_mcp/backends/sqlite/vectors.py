@@ -71,6 +71,8 @@ class MatrixVectors:
         self.matrix: VectorMatrix | None = None
         self._loaded = False
         self._seen_seq = 0
+        self._seen_version: int | None = None
+        """The database's data_version when the change log was last read to its end."""
         self._lock = threading.Lock()
 
     @property
@@ -102,11 +104,17 @@ class MatrixVectors:
             self.load()
             return
         with self._lock:
+            # Nothing committed since the last look (one pragma, where a recall's three searches would
+            # otherwise each read the change log twice).
+            version = self.db.data_version()
+            if version is not None and version == self._seen_version:
+                return
             while True:
                 changes, complete = self.changes.since(self._seen_seq)
                 if not complete:
                     break
                 if not changes:
+                    self._seen_version = version
                     return
                 embedded = [key for _, key, op in changes if op == "embed"]
                 fresh = {key: (ns, blob) for key, ns, blob in self.embeddings.vectors_for(self.model_id, embedded)}
