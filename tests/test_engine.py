@@ -289,6 +289,43 @@ def test_the_vector_index_reads_the_change_log_only_after_a_commit(db_path: Path
         other.close()
 
 
+def test_a_forget_committed_while_the_change_log_is_read_is_not_skipped(db_path: Path) -> None:
+    # The data_version that marks the log as read must be the one taken before reading it: a forget another
+    # connection commits just after the (empty) log read must still reach the index at the next refresh.
+    engine = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    other = open_memory(Settings(db_path=db_path), embedder=HashEmbedder())
+    try:
+        doomed = other.remember("kiwi orchard in the south", namespace="ns")
+        other.embed_pending()
+        from agentcache_mcp.backends.sqlite.vectors import MatrixVectors
+
+        vectors = engine.backend.vectors
+        assert isinstance(vectors, MatrixVectors)
+        vectors.load()
+        key = vectors.db.read(lambda db: db.execute("SELECT pk FROM memories WHERE id = ?", (doomed.id,)).fetchone()[0])
+        assert vectors.matrix is not None and key in vectors.matrix
+        since = vectors.changes.since
+        armed = [True]
+
+        def since_then_forget(seq: int, limit: int = 10_000) -> tuple[list[tuple[int, int, str]], bool]:
+            found = since(seq, limit)
+            if armed and not found[0]:
+                armed.clear()
+                other.forget(ids=[doomed.id], namespace="ns")  # commits after the log was read to its end
+            return found
+
+        vectors.changes.since = since_then_forget  # type: ignore[method-assign]
+        engine.remember("an unrelated write, so the next refresh reads the log", namespace="ns")
+        vectors.refresh()
+        assert not armed  # the forget ran inside that refresh
+        vectors.refresh()
+        assert key not in vectors.matrix
+        assert key not in vectors.vectors("ns")[0].tolist()
+    finally:
+        engine.close()
+        other.close()
+
+
 def test_data_version_is_unknown_where_reads_share_the_writers_connection() -> None:
     from agentcache_mcp.backends.sqlite.connection import Database
 
