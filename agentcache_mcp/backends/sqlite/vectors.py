@@ -105,7 +105,8 @@ class MatrixVectors:
             return
         with self._lock:
             # Nothing committed since the last look (one pragma, where a recall's three searches would
-            # otherwise each read the change log twice).
+            # otherwise each read the change log twice). The version must be read before the log: a commit
+            # landing after an empty read of the log then still moves it past the one recorded below.
             version = self.db.data_version()
             if version is not None and version == self._seen_version:
                 return
