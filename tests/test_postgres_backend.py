@@ -159,6 +159,38 @@ def test_a_server_without_usable_pgvector_is_refused_clearly(
             admin.execute(f"DROP ROLE {role}")
 
 
+@pytest.mark.parametrize(
+    ("installed", "refused"),
+    [
+        ("0.7.4", True),
+        ("0.5.1", True),
+        ("0.8.0", False),
+        ("0.8.1", False),
+        ("0.10.2", False),
+        ("1.0", False),
+        ("0.9.0-dev", False),
+    ],
+)
+def test_a_pgvector_older_than_0_8_is_refused_with_the_fix(installed: str, refused: bool) -> None:
+    from agentcache_mcp.backends.postgres.schema import check_pgvector_version
+
+    if refused:
+        with pytest.raises(
+            StoreUnavailable, match=rf"has pgvector {installed}; .* needs 0\.8 or newer .*ALTER EXTENSION"
+        ):
+            check_pgvector_version(installed, "postgresql://db/m")
+    else:
+        check_pgvector_version(installed, "postgresql://db/m")
+
+
+def test_the_installed_pgvector_version_is_checked_at_start(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentcache_mcp.backends.postgres import schema
+
+    monkeypatch.setattr(schema, "PGVECTOR_MINIMUM", (99, 0))  # as if the bundled server's pgvector were old
+    with pytest.raises(StoreUnavailable, match=r"has pgvector \d+\.\d+\.\d+; agentcache-mcp needs 99\.0 or newer"):
+        PostgresBackend(postgres_url, "m")
+
+
 def test_the_password_is_shown_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     parts = urlsplit(postgres_url)

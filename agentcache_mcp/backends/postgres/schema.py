@@ -127,6 +127,29 @@ SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 
 
+PGVECTOR_MINIMUM = (0, 8)
+"""Iterative index scans (hnsw.iterative_scan), which a filtered search in a large table needs, came in 0.8."""
+
+
+def check_pgvector_version(installed: str, location: str) -> None:
+    """StoreUnavailable naming the fix if the database's pgvector is older than PGVECTOR_MINIMUM: found at
+    start rather than as a failed recall once a namespace outgrows exact search."""
+    parts = []
+    for part in installed.split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    if tuple(parts) >= PGVECTOR_MINIMUM:
+        return
+    need = ".".join(map(str, PGVECTOR_MINIMUM))
+    raise StoreUnavailable(
+        f"the PostgreSQL database {location} has pgvector {installed}; agentcache-mcp needs {need} or newer "
+        f"(iterative index scans). Install pgvector {need}+ on the server, then run ALTER EXTENSION vector UPDATE "
+        "in this database"
+    )
+
+
 def migrate(conn: Connection, location: str) -> int:
     """Create the extension and bring the schema up to SCHEMA_VERSION, under an advisory lock; refuse a
     database written by a newer version. StoreUnavailable if pgvector is not installed on the server."""
@@ -141,6 +164,8 @@ def migrate(conn: Connection, location: str) -> int:
                 f"failed ({first_line(exc)}). Install pgvector on the server (0.8 or newer), or have its owner run "
                 "CREATE EXTENSION vector in this database"
             ) from None
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        check_pgvector_version(str(row[0]) if row else "(none)", location)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)"
         )
