@@ -744,9 +744,8 @@ def test_replicas_starting_together_agree_on_the_session_secret(tmp_path: Path) 
             t.start()
         for t in threads:
             t.join()
-        # Both wrote and read back; from then on both read the one value the store kept (a guard that had
-        # cached the other re-reads it on the first cookie it cannot verify).
-        assert len(seen) == 6 and all(seen)
+        # The first write is kept and every caller gets it.
+        assert len(seen) == 6 and all(seen) and len(set(seen)) == 1
         assert app_a.memory.ui_secret() == app_b.memory.ui_secret()
 
 

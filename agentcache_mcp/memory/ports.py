@@ -144,6 +144,11 @@ class MemoryRepository(Protocol):
 
     def put_setting(self, name: str, value: str) -> None: ...
 
+    def put_setting_once(self, name: str, value: str) -> str:
+        """Store value under name unless a value is stored there already, and return the stored value: one
+        atomic step, so of several processes doing this at once every one gets the first one's value."""
+        ...
+
 
 class KeywordIndex(Protocol):
     """BM25 over the memories' words, kept in step with the repository by the backend."""

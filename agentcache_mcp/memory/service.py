@@ -475,14 +475,12 @@ class MemoryService:
 
     def ui_secret(self) -> str:
         """The web UI's session secret, shared by every process on this store (sessions and CSRF tokens made
-        by one are valid in all): random, created by the first process that asks. Two processes creating it at
-        once both write and then read back; the store keeps the last write, and a UI that meets a cookie it
-        cannot verify reads the secret again, so both end up on the stored value."""
+        by one are valid in all): random, created by the first process that asks. Processes creating it at once
+        all get the first one's value (an insert that keeps an existing value, and a read, in one transaction)."""
         stored = self.backend.memories.get_setting(UI_SECRET_KEY)
         if stored:
             return stored
-        self.backend.memories.put_setting(UI_SECRET_KEY, secrets.token_urlsafe(32))
-        stored = self.backend.memories.get_setting(UI_SECRET_KEY)
+        stored = self.backend.memories.put_setting_once(UI_SECRET_KEY, secrets.token_urlsafe(32))
         if not stored:
             raise StoreError("the web UI's session secret could not be kept in the store")
         return stored

@@ -72,8 +72,9 @@ ANONYMOUS_LIFETIME_S = 7 * 24 * 3600.0
 FAILED_LOGIN_PAUSE_S = 1.0
 """A wrong token is answered after this pause, taken one failure at a time across every connection."""
 SECRET_REREAD_S = 5.0
-"""A cookie whose MAC does not verify makes the guard re-read the stored secret, at most this often (two
-processes creating the secret at once: the one whose write was overwritten adopts the stored one)."""
+"""A cookie whose MAC does not verify makes the guard re-read the stored secret, at most this often (a secret
+replaced in the store, by hand or by a restore, is adopted without a restart; processes creating it at once
+already agree: the store keeps the first one's)."""
 _COOKIE = re.compile(r"([A-Za-z0-9_-]{43})\.([0-9]{1,12})\.([01])\.([0-9a-f]{64})")
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 PUBLIC_PATHS = ("/login", "/static/")

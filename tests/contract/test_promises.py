@@ -405,3 +405,35 @@ def test_a_memory_made_more_important_during_a_sweep_is_not_superseded(
     assert service.auto_forget().superseded == []
     [m] = service.backend.memories.get(None, [older])
     assert m.superseded_by is None and m.importance == 1.0
+
+
+# --- settings ------------------------------------------------------------------------------------------
+
+
+def test_a_setting_written_once_keeps_the_first_value_for_every_process(harness: Harness) -> None:
+    """Processes creating a shared value at once (the web UI's session secret) all get the first one's."""
+    services = [harness.open(), harness.open(), harness.open()]
+    try:
+        seen: list[str] = []
+        start = threading.Barrier(len(services) * 2)
+
+        def create(memory: MemoryService, value: str) -> None:
+            start.wait()
+            seen.append(memory.backend.memories.put_setting_once("shared", value))
+
+        threads = [
+            threading.Thread(target=create, args=(m, f"value-{i}-{j}"))
+            for i, m in enumerate(services)
+            for j in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 6 and len(set(seen)) == 1 and seen[0].startswith("value-")
+        assert services[0].backend.memories.put_setting_once("shared", "later") == seen[0]
+        assert all(m.backend.memories.get_setting("shared") == seen[0] for m in services)
+        assert len({m.ui_secret() for m in services}) == 1
+    finally:
+        for m in services:
+            m.close()

@@ -458,6 +458,16 @@ class PgMemories:
             )
         )
 
+    def put_setting_once(self, name: str, value: str) -> str:
+        def txn(db: Connection) -> str:
+            # A concurrent insert of the same key makes this one wait for it to commit, then do nothing; the
+            # SELECT (a new snapshot under READ COMMITTED) then reads the committed value.
+            db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (name, value))
+            row = db.execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone()
+            return "" if row is None else str(row[0])
+
+        return self.db.write(txn)
+
 
 class PgEmbeddings:
     """The vectors of each model in that model's table; the backlog is every memory without a row there."""

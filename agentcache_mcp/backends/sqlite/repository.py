@@ -414,6 +414,13 @@ class SqliteMemories:
     def put_setting(self, name: str, value: str) -> None:
         self.db.write(lambda db: db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (name, value)))
 
+    def put_setting_once(self, name: str, value: str) -> str:
+        def txn(db: Connection) -> str:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (name, value))
+            return str(db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()[0])
+
+        return self.db.write(txn)
+
 
 _NOT_EMBEDDED = "NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.memory_pk = m.pk AND e.model = ?)"
 
