@@ -191,6 +191,30 @@ def test_the_installed_pgvector_version_is_checked_at_start(postgres_url: str, m
         PostgresBackend(postgres_url, "m")
 
 
+def test_a_replica_starting_on_a_database_set_up_earlier_checks_pgvector_too(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check must run on every start, not only the one that created the extension and the schema: a
+    replica (or a restart) on an existing database whose pgvector is old is refused too. The start test
+    above uses a fresh database, so it still passes if the check is moved under `if not done:`."""
+    from agentcache_mcp.backends.postgres import schema
+
+    PostgresBackend(postgres_url, "m").close()  # extension created, migrations applied
+    monkeypatch.setattr(schema, "PGVECTOR_MINIMUM", (99, 0))
+    with pytest.raises(StoreUnavailable, match=r"has pgvector \d+\.\d+\.\d+; agentcache-mcp needs 99\.0 or newer"):
+        PostgresBackend(postgres_url, "m")
+
+
+@pytest.mark.parametrize("installed", ["0.7rc1", "0.7-1", "0.5beta3"])
+def test_a_suffix_is_not_read_as_more_digits_of_the_version(installed: str) -> None:
+    """check_pgvector_version joins every digit of a component: '0.7rc1' is read as (0, 71) and accepted.
+    Latent (pgvector's released extversions are plain X.Y.Z), but the parser claims to handle suffixes."""
+    from agentcache_mcp.backends.postgres.schema import check_pgvector_version
+
+    with pytest.raises(StoreUnavailable, match="needs 0\\.8 or newer"):
+        check_pgvector_version(installed, "postgresql://db/m")
+
+
 def test_the_password_is_shown_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     parts = urlsplit(postgres_url)

@@ -145,8 +145,8 @@ class MemoryRepository(Protocol):
     def put_setting(self, name: str, value: str) -> None: ...
 
     def put_setting_once(self, name: str, value: str) -> str:
-        """Store value under name unless a value is stored there already, and return the stored value: one
-        atomic step, so of several processes doing this at once every one gets the first one's value."""
+        """Store value under name unless a non-empty value is stored there already, and return the stored
+        value: one atomic step, so of several processes doing this at once every one gets the first one's."""
         ...
 
 

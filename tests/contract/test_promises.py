@@ -437,3 +437,47 @@ def test_a_setting_written_once_keeps_the_first_value_for_every_process(harness:
     finally:
         for m in services:
             m.close()
+
+
+def test_a_process_whose_first_read_missed_the_secret_gets_the_one_created_meanwhile(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race ui_secret() must win, made deterministic: `late` reads no secret, then `first` creates one
+    before `late` writes its own. `late` must end up with first's secret (the old write-then-read-back let
+    `late` overwrite it, logging out sessions `first` had signed). The thread test in test_ui.py only sees
+    this in about one run of four."""
+    from agentcache_mcp.memory.service import UI_SECRET_KEY
+
+    first, late = harness.open(), harness.open()
+    try:
+        real_get = late.backend.memories.get_setting
+        created: list[str] = []
+
+        def get_setting(name: str) -> str | None:
+            value = real_get(name)
+            if name == UI_SECRET_KEY and not created:
+                created.append(first.ui_secret())  # right after late's read found nothing
+            return value
+
+        monkeypatch.setattr(late.backend.memories, "get_setting", get_setting)
+        assert late.ui_secret() == created[0]
+        assert first.backend.memories.get_setting(UI_SECRET_KEY) == created[0]
+    finally:
+        first.close()
+        late.close()
+
+
+def test_an_empty_stored_ui_secret_is_replaced_not_fatal(harness: Harness) -> None:
+    """ui_secret() treats an empty stored value as no secret (`if stored:`), but put_setting_once keeps it:
+    since 0fdcf52 the UI answers every page with 503 until someone deletes the row by hand. Before, the
+    write replaced it and the UI started. (An empty value: a hand edit meant to rotate the secret, a
+    restore of a doctored copy.)"""
+    from agentcache_mcp.memory.service import UI_SECRET_KEY
+
+    memory = harness.open()
+    try:
+        memory.backend.memories.put_setting(UI_SECRET_KEY, "")
+        secret = memory.ui_secret()
+        assert secret and memory.ui_secret() == secret
+    finally:
+        memory.close()

@@ -462,7 +462,12 @@ class PgMemories:
         def txn(db: Connection) -> str:
             # A concurrent insert of the same key makes this one wait for it to commit, then do nothing; the
             # SELECT (a new snapshot under READ COMMITTED) then reads the committed value.
-            db.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (name, value))
+            # An empty stored value counts as none (the core treats "" as unset), so it is replaced.
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value = ''",
+                (name, value),
+            )
             row = db.execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone()
             return "" if row is None else str(row[0])
 

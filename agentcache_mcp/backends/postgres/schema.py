@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 
 import psycopg
@@ -136,10 +137,12 @@ def check_pgvector_version(installed: str, location: str) -> None:
     start rather than as a failed recall once a namespace outgrows exact search."""
     parts = []
     for part in installed.split("."):
-        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
+        digits = re.match(r"\d+", part)  # the leading digits only: "7rc1" is 7
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.end() < len(part):  # a suffix ends the version: "0.7rc1.5" is 0.7
+            break
     if tuple(parts) >= PGVECTOR_MINIMUM:
         return
     need = ".".join(map(str, PGVECTOR_MINIMUM))

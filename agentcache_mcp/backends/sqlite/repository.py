@@ -416,7 +416,12 @@ class SqliteMemories:
 
     def put_setting_once(self, name: str, value: str) -> str:
         def txn(db: Connection) -> str:
-            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (name, value))
+            # An empty stored value counts as none (the core treats "" as unset), so it is replaced.
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value = ''",
+                (name, value),
+            )
             return str(db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()[0])
 
         return self.db.write(txn)
