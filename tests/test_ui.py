@@ -108,6 +108,33 @@ def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) ->
     assert "older »" not in second
 
 
+def test_a_newer_link_pages_back_toward_the_newest_memories(ui: Ui) -> None:
+    for n in range(120):
+        ui.memory.remember(f"bulk note number {n}", namespace="bulk")
+
+    def go(page: str, rel: str) -> str:
+        link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
+        assert link, f"no {rel} link"
+        return ui.client.get(link.group(1).replace("&amp;", "&")).text
+
+    def notes(page: str) -> list[int]:
+        return [int(n) for n in re.findall(r"<bdi>bulk note number (\d+)<", page)]
+
+    first = ui.client.get("/ui/ns/bulk").text
+    assert 'rel="prev"' not in first  # the newest page has nothing newer
+    second = go(first, "next")
+    third = go(second, "next")
+    assert notes(third) == list(range(19, -1, -1)) and 'rel="next"' not in third
+    back = go(third, "prev")
+    assert notes(back) == notes(second) == list(range(69, 19, -1))
+    newest = go(back, "prev")
+    assert notes(newest) == notes(first) == list(range(119, 69, -1))
+    assert 'rel="prev"' not in newest and 'rel="next"' in newest
+    assert notes(go(newest, "next")) == notes(second)
+    # a bad anchor is a clear error
+    assert ui.client.get("/ui/ns/bulk", params={"newer_than": "x1"}).status_code == 400
+
+
 def test_search_is_a_linkable_get_showing_scores_and_the_retrieval(ui: Ui) -> None:
     page = ui.client.get("/ui/", params={"namespace": "work", "q": "which port does the staging database use"})
     assert page.status_code == 200

@@ -92,10 +92,17 @@ class MemoryRepository(Protocol):
         ...
 
     def recent(
-        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+        self,
+        namespace: str,
+        limit: int,
+        before_key: int | None = None,
+        tags: Sequence[str] = (),
+        after_key: int | None = None,
     ) -> list[Memory]:
         """A page of the namespace's memories, newest first (by key), with keys below before_key if given, and
-        with all of `tags` if any. Superseded and expired memories are included."""
+        with all of `tags` if any. Superseded and expired memories are included. after_key (not with
+        before_key): the `limit` memories with keys just above it (the page before, for paging back), still
+        newest first."""
         ...
 
     def edit(self, namespace: str, memory_id: str, change: Change) -> Memory | None:

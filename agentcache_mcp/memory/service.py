@@ -338,22 +338,24 @@ class MemoryService:
         before: str | None = None,
         tags: list[str] | None = None,
         before_key: int | None = None,
+        after_key: int | None = None,
     ) -> list[Memory]:
         """A page of a namespace's memories, newest first, with all of `tags` if given; `before`: the id the
         previous page ended with, or `before_key`: its key (which still pages once that memory is forgotten:
-        keys are never reused)."""
+        keys are never reused); or `after_key`: the page just above that key (paging back toward the newest)."""
         namespace = validate_namespace(namespace)
         clean_tags = validate_tags(tags)
-        if before_key is not None and (isinstance(before_key, bool) or not isinstance(before_key, int)):
-            raise InvalidInput(f"before_key must be a whole number, got {before_key!r}")
-        if before is not None and before_key is not None:
-            raise InvalidInput("give either before or before_key, not both")
+        for name, key in (("before_key", before_key), ("after_key", after_key)):
+            if key is not None and (isinstance(key, bool) or not isinstance(key, int)):
+                raise InvalidInput(f"{name} must be a whole number, got {key!r}")
+        if sum(x is not None for x in (before, before_key, after_key)) > 1:
+            raise InvalidInput("give one of before, before_key and after_key, not several")
         if before is not None:
             anchor = self.backend.memories.get(namespace, validate_ids([before], "before"))
             if not anchor:
                 raise InvalidInput(f"no memory {before!r} in namespace {namespace!r} to page from")
             before_key = anchor[0].key
-        return self.backend.memories.recent(namespace, validate_limit(limit), before_key, clean_tags)
+        return self.backend.memories.recent(namespace, validate_limit(limit), before_key, clean_tags, after_key)
 
     def neighbours_in_time(self, memory: Memory, width: int = 3) -> tuple[list[Memory], list[Memory]]:
         """The memories written up to `width` places before and after this one in its namespace (the ones

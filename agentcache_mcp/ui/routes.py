@@ -149,8 +149,19 @@ class Pages:
     async def namespace(self, request: Request) -> Response:
         name = validate_namespace(request.path_params["namespace"])
         tags = [t for t in request.query_params.getlist("tag") if t.strip()]
-        older_than = _key(request.query_params.get("older_than"))
-        page: list[Memory] = await self.call(self.memory.recent, name, PAGE + 1, None, tags, older_than)
+        older_than = _key(request.query_params.get("older_than"), "older_than")
+        newer_than = None if older_than is not None else _key(request.query_params.get("newer_than"), "newer_than")
+        page: list[Memory] = await self.call(self.memory.recent, name, PAGE + 1, None, tags, older_than, newer_than)
+        newer: int | None
+        older: int | None
+        if newer_than is not None:
+            # The PAGE just above the anchor, newest first; one more above them means a newer page still.
+            newer = page[1].key if len(page) > PAGE else None
+            page = page[-PAGE:]
+            older = page[-1].key if page else newer_than
+        else:
+            newer = page[0].key if older_than is not None and page else None
+            older = page[PAGE - 1].key if len(page) > PAGE else None
         namespaces = await self.namespaces()
         now = time.time()
         return self.render(
@@ -163,8 +174,9 @@ class Pages:
             tags=tags,
             memories=page[:PAGE],
             states={m.id: _state(m, now) for m in page},
-            older=page[PAGE - 1].key if len(page) > PAGE else None,
-            paged=older_than is not None,
+            older=older,
+            newer=newer,
+            paged=older_than is not None or newer_than is not None,
             here=_here(request, name),
             done=request.query_params.get("done"),
         )
@@ -327,19 +339,19 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _key(value: str | None) -> int | None:
-    """A page anchor (a memory's key, from an "older" link), or None for the newest page."""
+def _key(value: str | None, name: str) -> int | None:
+    """A page anchor (a memory's key, from an "older" or "newer" link), or None for the newest page."""
     if value is None or not value.strip():
         return None
     if not value.strip().isdigit() or len(value.strip()) > 19:
-        raise InvalidInput(f"older_than must be a whole number, got {value[:40]!r}")
+        raise InvalidInput(f"{name} must be a whole number, got {value[:40]!r}")
     return int(value)
 
 
 def _here(request: Request, namespace: str) -> str:
     """This page of a namespace (path and query, without a done= flash), as a `back` to return to."""
     root = request.scope.get("root_path", "")
-    pairs = [(k, v) for k, v in request.query_params.multi_items() if k in ("tag", "older_than")]
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if k in ("tag", "older_than", "newer_than")]
     return f"{root}/ns/{segment(namespace)}" + (f"?{urlencode(pairs)}" if pairs else "")
 
 
@@ -351,7 +363,7 @@ def _back(request: Request, namespace: str, back: str | None) -> str:
     path, _, query = (back or "").partition("?")
     if path != own:
         return own
-    pairs = [(k, v) for k, v in parse_qsl(query) if k in ("tag", "older_than")]
+    pairs = [(k, v) for k, v in parse_qsl(query) if k in ("tag", "older_than", "newer_than")]
     return own + (f"?{urlencode(pairs)}" if pairs else "")
 
 

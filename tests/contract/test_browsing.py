@@ -112,6 +112,16 @@ def test_recent_pages_by_tag_newest_first(service: MemoryService) -> None:
     assert [m.id for m in rest] == [ids[2], ids[0]]
     assert [m.id for m in service.recent("home", limit=10, tags=["even", "odd"])] == []
     assert len(service.recent("home", limit=10)) == 7
+    # Paging back: the page just above a key, newest first, same tag filter, same namespace.
+    key = {m.id: m.key for m in service.recent("home", limit=10)}
+    back = service.recent("home", limit=2, tags=["even"], after_key=key[ids[0]])
+    assert [m.id for m in back] == [ids[4], ids[2]]
+    assert [m.id for m in service.recent("home", limit=10, tags=["even"], after_key=key[ids[2]])] == [ids[6], ids[4]]
+    assert service.recent("home", limit=10, after_key=key[ids[6]]) == []  # nothing newer; "work" is not looked at
+    with pytest.raises(InvalidInput, match="one of before, before_key and after_key"):
+        service.recent("home", limit=2, before=ids[3], after_key=key[ids[0]])
+    with pytest.raises(InvalidInput, match="after_key must be a whole number"):
+        service.recent("home", limit=2, after_key="3")  # type: ignore[arg-type]
 
 
 def test_created_per_day_counts_each_namespace_by_utc_day(service: MemoryService) -> None:

@@ -301,9 +301,19 @@ class PgMemories:
         return self.db.write(txn)
 
     def recent(
-        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+        self,
+        namespace: str,
+        limit: int,
+        before_key: int | None = None,
+        tags: Sequence[str] = (),
+        after_key: int | None = None,
     ) -> list[Memory]:
         clause, params = filter_sql(MemoryFilter(namespace=namespace, tags=tuple(tags)))
+        if after_key is not None:
+            # The `limit` just above after_key, nearest first; then newest first like every page.
+            query = f"SELECT {_COLUMNS} FROM memories m WHERE {clause} AND m.pk > %s ORDER BY m.pk LIMIT %s"
+            args: tuple[Any, ...] = (*params, after_key, limit)
+            return self.db.read(lambda db: [_memory(r) for r in db.execute(query, args)][::-1])
         return self.db.read(
             lambda db: [
                 _memory(r)

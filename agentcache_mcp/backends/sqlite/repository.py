@@ -266,9 +266,19 @@ class SqliteMemories:
         return self.db.write(txn)
 
     def recent(
-        self, namespace: str, limit: int, before_key: int | None = None, tags: Sequence[str] = ()
+        self,
+        namespace: str,
+        limit: int,
+        before_key: int | None = None,
+        tags: Sequence[str] = (),
+        after_key: int | None = None,
     ) -> list[Memory]:
         sql, params = filter_sql(MemoryFilter(namespace=namespace, tags=tuple(tags)))
+        if after_key is not None:
+            # The `limit` just above after_key, nearest first; then newest first like every page.
+            query = f"SELECT {_COLUMNS} FROM memories m WHERE {sql} AND m.pk > ? ORDER BY m.pk LIMIT ?"
+            args: tuple[Any, ...] = (*params, after_key, limit)
+            return self.db.read(lambda db: [_memory(r) for r in db.execute(query, args)][::-1])
         return self.db.read(
             lambda db: [
                 _memory(r)
