@@ -1133,13 +1133,17 @@ class _CancellableStdin:
     def __init__(self, stream: Any, on_eof: Callable[[], None] | None = None):
         self._stream = stream
         self._on_eof = on_eof
+        # Its own thread, never one of the default pool's that tool calls hold: with requests queued the read
+        # of the next line (and of EOF) would otherwise wait behind them, and the exit with it.
+        self._limiter = anyio.CapacityLimiter(1)
 
     def __aiter__(self) -> _CancellableStdin:
         return self
 
     async def __anext__(self) -> str:
-        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True, limiter=self._limiter)
         if not line:
+            log.info("stdin closed by the host; shutting down")
             if self._on_eof is not None:
                 self._on_eof()
             raise StopAsyncIteration

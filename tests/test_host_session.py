@@ -7,6 +7,8 @@ its model loads, and must be gone within 2 s of stdin closing, with the WAL chec
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +71,37 @@ def test_exit_within_2_s_while_an_embedding_backlog_is_being_worked(db_path: Pat
         server.close()
     assert elapsed < HOST_GRACE_S
     assert wal_size(db_path) == 0
+
+
+def test_exit_within_2_s_with_many_requests_still_queued(db_path: Path) -> None:
+    """A host that closes stdin with requests it no longer waits for: the server must see the EOF at once
+    rather than after the queued calls (the stdin reads once waited for threads the calls held: 4-5 s here)."""
+    server = StdioServer(db_path)
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        for i in range(20):
+            server.call("remember", text=f"note {i} about rivers, boats and the sea")
+        while server.stats()["pending_embeddings"]:
+            time.sleep(0.1)
+        assert server.proc.stdin is not None and server.proc.stdout is not None
+        answers: list[str] = []  # read as a host does, or the pipe fills and the server blocks on it
+        reader = threading.Thread(target=lambda: answers.extend(server.proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        for i in range(200):
+            call = {"name": "recall", "arguments": {"query": f"rivers and boats {i}"}}
+            server.proc.stdin.write(
+                json.dumps({"jsonrpc": "2.0", "id": 1000 + i, "method": "tools/call", "params": call})
+            )
+            server.proc.stdin.write("\n")
+        server.proc.stdin.flush()
+        elapsed = close_like_a_host(server)
+        reader.join(10)
+    finally:
+        server.close()
+    assert elapsed < HOST_GRACE_S, f"{elapsed:.2f} s"
+    assert wal_size(db_path) == 0
+    assert all("result" in json.loads(a) or "error" in json.loads(a) for a in answers)  # answers or closed, no junk
 
 
 def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_path: Path) -> None:
