@@ -183,3 +183,47 @@ def test_a_recall_waiting_for_the_model_does_not_hold_up_the_exit(db_path: Path)
         server.close()
     assert elapsed < HOST_GRACE_S
     assert wal_size(db_path) == 0
+
+
+def test_writes_piped_before_stdin_closes_are_stored_or_refused_behind_queued_calls(db_path: Path) -> None:
+    """Review finding (5cbde66): a host pipes its requests and closes stdin. Since stdin is read on its own
+    thread, the EOF is seen while calls still wait for a worker thread, and the SDK cancels them: remembers
+    sent before the EOF are lost, most with no answer at all. On 8621024 (the EOF read queued behind them,
+    FIFO) all of them were stored. At the least, a write must be stored or answered with an error."""
+    import sqlite3
+
+    server = StdioServer(db_path)
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        for i in range(20):
+            server.call("remember", text=f"note {i} about rivers, boats and the sea")
+        while server.stats()["pending_embeddings"]:
+            time.sleep(0.1)
+        assert server.proc.stdin is not None and server.proc.stdout is not None
+        answers: list[str] = []
+        reader = threading.Thread(target=lambda: answers.extend(server.proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        requests = [("recall", {"query": f"rivers and boats {i}"}) for i in range(200)]
+        requests += [("remember", {"text": f"piped write {i} about kayaks"}) for i in range(30)]
+        for n, (tool, arguments) in enumerate(requests):
+            call = {"name": tool, "arguments": arguments}
+            server.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1000 + n, "method": "tools/call", "params": call}))
+            server.proc.stdin.write("\n")
+        server.proc.stdin.flush()
+        close_like_a_host(server)
+        reader.join(10)
+    finally:
+        server.close()
+    db = sqlite3.connect(db_path)
+    try:
+        stored = {t for (t,) in db.execute("SELECT text FROM memories WHERE text LIKE 'piped write %'")}
+    finally:
+        db.close()
+    replies = {json.loads(a)["id"]: json.loads(a) for a in answers}
+    refused = {i for i, r in replies.items() if "error" in r or r["result"].get("isError")}
+    writes = {1000 + n: a["text"] for n, (tool, a) in enumerate(requests) if tool == "remember"}
+    silent = sorted(i for i, text in writes.items() if text not in stored and i not in refused)
+    lost = sorted(i for i, text in writes.items() if text not in stored)
+    assert silent == [], f"{len(silent)} writes neither stored nor answered; {len(lost)} of 30 not stored"
+    assert lost == [], f"{len(lost)} of 30 piped writes not stored (refused: {len(refused & set(writes))})"

@@ -180,3 +180,18 @@ def test_sweeps_are_recorded_durably_newest_first_and_bounded(harness: Harness) 
         assert len(reopened.recent_sweeps()) == RECENT_SWEEPS_KEPT
     finally:
         reopened.close()
+
+
+def test_a_page_anchor_beyond_any_key_is_the_same_on_both_backends(service: MemoryService) -> None:
+    """Review finding (8621024): the service checks that before_key/after_key are ints, not that they fit a
+    key: 2**63 is a plain comparison on PostgreSQL (an empty page) but an OverflowError out of SQLite."""
+    service.remember("a note")
+    outcomes = []
+    for kwargs in ({"after_key": 2**63}, {"before_key": 2**63}, {"after_key": -(2**63) - 1}):
+        try:
+            outcomes.append(len(service.recent("home", limit=10, **kwargs)))  # type: ignore[arg-type]
+        except InvalidInput:
+            outcomes.append("invalid")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+    assert all(o in (0, 1, "invalid") for o in outcomes), outcomes
