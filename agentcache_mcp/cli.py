@@ -1133,15 +1133,16 @@ class _CancellableStdin:
     def __init__(self, stream: Any, on_eof: Callable[[], None] | None = None):
         self._stream = stream
         self._on_eof = on_eof
-        # Its own thread, never one of the default pool's that tool calls hold: with requests queued the read
-        # of the next line (and of EOF) would otherwise wait behind them, and the exit with it.
-        self._limiter = anyio.CapacityLimiter(1)
 
     def __aiter__(self) -> _CancellableStdin:
         return self
 
     async def __anext__(self) -> str:
-        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True, limiter=self._limiter)
+        # On the default thread pool, which tool calls share: with many requests queued, the next read (and the
+        # EOF) waits behind them, so every request a host sent before closing stdin is handled (its writes
+        # stored) before the SDK cancels what is still in flight. Reading on a thread of its own saw the EOF
+        # at once and exited sooner, but the SDK then cancelled the queued calls: piped writes were lost.
+        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
         if not line:
             log.info("stdin closed by the host; shutting down")
             if self._on_eof is not None:

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 DAY = 86_400.0
+MAX_KEY = 2**63 - 1
+"""The largest memory key (a store's row key: a signed 64-bit integer in both backends)."""
 
 MetadataValue = str | int | float | bool
 

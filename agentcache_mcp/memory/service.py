@@ -20,6 +20,7 @@ from .forgetting import AutoForgetPolicy, AutoForgetReport, auto_forget, forget
 from .fusion import FusionParams, dense_query_text
 from .model import (
     DAY,
+    MAX_KEY,
     ForgetResult,
     Hit,
     Memory,
@@ -346,8 +347,8 @@ class MemoryService:
         namespace = validate_namespace(namespace)
         clean_tags = validate_tags(tags)
         for name, key in (("before_key", before_key), ("after_key", after_key)):
-            if key is not None and (isinstance(key, bool) or not isinstance(key, int)):
-                raise InvalidInput(f"{name} must be a whole number, got {key!r}")
+            if key is not None and (isinstance(key, bool) or not isinstance(key, int) or not 0 <= key <= MAX_KEY):
+                raise InvalidInput(f"{name} must be a whole number from 0 to 2^63 - 1, got {key!r}")
         if sum(x is not None for x in (before, before_key, after_key)) > 1:
             raise InvalidInput("give one of before, before_key and after_key, not several")
         if before is not None:

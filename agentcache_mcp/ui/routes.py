@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..memory.forgetting import preview
-from ..memory.model import Memory, iso, memory_fields
+from ..memory.model import MAX_KEY, Memory, iso, memory_fields
 from ..memory.ports import StoreError
 from ..memory.validation import (
     MAX_LIMIT,
@@ -152,15 +152,21 @@ class Pages:
         older_than = _key(request.query_params.get("older_than"), "older_than")
         newer_than = None if older_than is not None else _key(request.query_params.get("newer_than"), "newer_than")
         page: list[Memory] = await self.call(self.memory.recent, name, PAGE + 1, None, tags, older_than, newer_than)
-        newer: int | None
+        newer: int | None = None
         older: int | None
+        if newer_than is not None and len(page) <= PAGE:
+            # Nothing newer than this page: it is the newest page (full, and its older link from its own end;
+            # memories forgotten between clicks can leave fewer than PAGE above the anchor, even none).
+            newer_than = None
+            page = await self.call(self.memory.recent, name, PAGE + 1, None, tags)
         if newer_than is not None:
             # The PAGE just above the anchor, newest first; one more above them means a newer page still.
-            newer = page[1].key if len(page) > PAGE else None
+            newer = page[1].key
             page = page[-PAGE:]
-            older = page[-1].key if page else newer_than
+            older = page[-1].key
         else:
-            newer = page[0].key if older_than is not None and page else None
+            if older_than is not None and page:
+                newer = page[0].key
             older = page[PAGE - 1].key if len(page) > PAGE else None
         namespaces = await self.namespaces()
         now = time.time()
@@ -343,9 +349,10 @@ def _key(value: str | None, name: str) -> int | None:
     """A page anchor (a memory's key, from an "older" or "newer" link), or None for the newest page."""
     if value is None or not value.strip():
         return None
-    if not value.strip().isdigit() or len(value.strip()) > 19:
-        raise InvalidInput(f"{name} must be a whole number, got {value[:40]!r}")
-    return int(value)
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > MAX_KEY:
+        raise InvalidInput(f"{name} must be a whole number below 2^63, got {value[:40]!r}")
+    return int(digits)
 
 
 def _here(request: Request, namespace: str) -> str:
