@@ -77,12 +77,26 @@ def find_all(driver: Any, css: str) -> list[Any]:
 
 def click_and_wait(driver: Any, css: str) -> None:
     """Click something that loads a new page, and wait until it has."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = find(driver, "html")
     find(driver, css).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+    def replaced(_: Any) -> bool:
+        # selenium's staleness_of, plus chromedriver's other answer for an element of a page being replaced
+        # at that moment ("Node with given id does not belong to the document"; failed one CI run).
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, 30).until(replaced)
 
 
 def no_script_ran(driver: Any) -> None:
