@@ -78,6 +78,13 @@ class StdioServer:
             time.sleep(0.2)
         raise TimeoutError("model did not load")
 
+    def wait_embedded(self, timeout: float = 120) -> int:
+        """Wait until no memory waits for a vector, or the timeout; how many still wait."""
+        deadline = time.monotonic() + timeout
+        while (pending := int(self.stats()["pending_embeddings"])) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return pending
+
     def stderr_tail(self) -> str:
         if self.proc.poll() is None:
             return "(still running)"

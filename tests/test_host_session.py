@@ -84,9 +84,7 @@ def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_
             "The office coffee machine needs descaling every month",
         ]:
             first.call("remember", text=text)
-        deadline = time.monotonic() + 120
-        while first.stats()["pending_embeddings"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        first.wait_embedded()
         close_like_a_host(first)
     finally:
         first.close()
@@ -166,8 +164,7 @@ def test_writes_piped_before_stdin_closes_are_stored_or_refused_behind_queued_ca
         server.wait_model_ready()
         for i in range(20):
             server.call("remember", text=f"note {i} about rivers, boats and the sea")
-        while server.stats()["pending_embeddings"]:
-            time.sleep(0.1)
+        assert server.wait_embedded() == 0
         assert server.proc.stdin is not None and server.proc.stdout is not None
         answers: list[str] = []
         reader = threading.Thread(target=lambda: answers.extend(server.proc.stdout), daemon=True)  # type: ignore[arg-type]

@@ -92,9 +92,7 @@ def test_sigterm_after_a_burst_exits_0_at_once_and_leaves_the_rest_for_the_next_
     again = StdioServer(db_path)
     try:
         again.initialize()
-        deadline = time.monotonic() + 120
-        while again.stats()["pending_embeddings"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        again.wait_embedded()
         assert again.stats()["pending_embeddings"] == 0  # what the shutdown left pending, the next start embeds
     finally:
         again.close()
