@@ -108,29 +108,33 @@ def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) ->
     assert "older »" not in second
 
 
+def follow(ui: Ui, page: str, rel: str) -> str:
+    """The page the "bulk" namespace page's rel="next" (older) or rel="prev" (newer) link leads to."""
+    link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
+    assert link, f"no {rel} link"
+    return ui.client.get(link.group(1).replace("&amp;", "&")).text
+
+
+def bulk_notes(page: str) -> list[int]:
+    """The numbers of the "bulk note number N" memories a page lists, in its order."""
+    return [int(n) for n in re.findall(r"<bdi>bulk note number (\d+)<", page)]
+
+
 def test_a_newer_link_pages_back_toward_the_newest_memories(ui: Ui) -> None:
     for n in range(120):
         ui.memory.remember(f"bulk note number {n}", namespace="bulk")
 
-    def go(page: str, rel: str) -> str:
-        link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
-        assert link, f"no {rel} link"
-        return ui.client.get(link.group(1).replace("&amp;", "&")).text
-
-    def notes(page: str) -> list[int]:
-        return [int(n) for n in re.findall(r"<bdi>bulk note number (\d+)<", page)]
-
     first = ui.client.get("/ui/ns/bulk").text
     assert 'rel="prev"' not in first  # the newest page has nothing newer
-    second = go(first, "next")
-    third = go(second, "next")
-    assert notes(third) == list(range(19, -1, -1)) and 'rel="next"' not in third
-    back = go(third, "prev")
-    assert notes(back) == notes(second) == list(range(69, 19, -1))
-    newest = go(back, "prev")
-    assert notes(newest) == notes(first) == list(range(119, 69, -1))
+    second = follow(ui, first, "next")
+    third = follow(ui, second, "next")
+    assert bulk_notes(third) == list(range(19, -1, -1)) and 'rel="next"' not in third
+    back = follow(ui, third, "prev")
+    assert bulk_notes(back) == bulk_notes(second) == list(range(69, 19, -1))
+    newest = follow(ui, back, "prev")
+    assert bulk_notes(newest) == bulk_notes(first) == list(range(119, 69, -1))
     assert 'rel="prev"' not in newest and 'rel="next"' in newest
-    assert notes(go(newest, "next")) == notes(second)
+    assert bulk_notes(follow(ui, newest, "next")) == bulk_notes(second)
     # a bad anchor is a clear error
     assert ui.client.get("/ui/ns/bulk", params={"newer_than": "x1"}).status_code == 400
 
@@ -158,20 +162,12 @@ def test_the_older_link_of_an_empty_newer_page_does_not_skip_its_anchor(ui: Ui) 
     newer now shows the newest page."""
     ids = [ui.memory.remember(f"bulk note number {n}", namespace="bulk").id for n in range(120)]
 
-    def go(page: str, rel: str) -> str:
-        link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
-        assert link, f"no {rel} link"
-        return ui.client.get(link.group(1).replace("&amp;", "&")).text
-
-    def notes(page: str) -> list[int]:
-        return [int(n) for n in re.findall(r"<bdi>bulk note number (\d+)<", page)]
-
-    second = go(ui.client.get("/ui/ns/bulk").text, "next")
-    assert notes(second)[0] == 69
+    second = follow(ui, ui.client.get("/ui/ns/bulk").text, "next")
+    assert bulk_notes(second)[0] == 69
     ui.memory.forget(ids=ids[70:], namespace="bulk")  # the newer page's memories go, between clicks
-    newer = go(second, "prev")
-    assert notes(newer) == list(range(69, 19, -1)) and 'rel="prev"' not in newer  # the newest page now
-    assert notes(go(newer, "next")) == list(range(19, -1, -1))
+    newer = follow(ui, second, "prev")
+    assert bulk_notes(newer) == list(range(69, 19, -1)) and 'rel="prev"' not in newer  # the newest page now
+    assert bulk_notes(follow(ui, newer, "next")) == list(range(19, -1, -1))
 
 
 def test_a_memory_opened_from_a_newer_page_returns_to_that_page(ui: Ui) -> None:
