@@ -1,6 +1,6 @@
 """Output for people at a terminal: tables on stdout, progress on stderr, JSON for scripts.
 
-The command line's subcommands (cli.py) print through here. Rules:
+The command line's subcommands (commands.py) print through here. Rules:
 - stdout carries the result only: a table and a few lines, or with --json one JSON document and nothing else;
 - progress bars and spinners go to stderr, and only when stderr is a terminal (quiet when piped or logged);
 - memory text is data, never markup or terminal control: rich markup is off, and control characters (an

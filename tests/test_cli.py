@@ -26,7 +26,7 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
-from agentcache_mcp import cli
+from agentcache_mcp import cli, commands, serving
 from agentcache_mcp.config import ENV_VARIABLES, Settings
 from agentcache_mcp.memory.validation import InvalidInput, validate_namespace
 
@@ -71,7 +71,7 @@ def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     def no_stats(_: Settings) -> Any:
         raise AssertionError("stats ran with an invalid configuration")
 
-    monkeypatch.setattr(cli, "stats", no_stats)
+    monkeypatch.setattr(commands, "stats", no_stats)
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
@@ -371,7 +371,7 @@ async def with_http_server(
     settings: Settings, check: Callable[[MCPServer, str], Awaitable[None]], server: MCPServer | None = None
 ) -> None:
     server = server or _server()
-    uv = cli._http_server(server, settings, "streamable-http")
+    uv = serving.http_server(server, settings, "streamable-http")
     async with anyio.create_task_group() as tg:
         tg.start_soon(uv.serve)
         with anyio.fail_after(10):

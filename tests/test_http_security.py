@@ -15,7 +15,7 @@ import anyio
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from agentcache_mcp import cli, transports
+from agentcache_mcp import cli, serving, transports
 from agentcache_mcp.config import Settings
 from agentcache_mcp.transports import (
     BearerAuth,
@@ -183,7 +183,7 @@ def test_non_loopback_bind_without_token_is_refused(host: str) -> None:
     assert reason is not None and "AGENTCACHE_AUTH_TOKEN" in reason
     assert bind_refusal(Settings(host=host, auth_token=TOKEN)) is None
     with pytest.raises(ValueError, match="non-loopback"):
-        cli._http_server(MCPServer("t"), Settings(host=host), "streamable-http")
+        serving.http_server(MCPServer("t"), Settings(host=host), "streamable-http")
 
 
 def test_cli_refuses_non_loopback_bind_without_token(
@@ -564,7 +564,7 @@ def _request(method: str, path: str, host: str, headers: dict[str, str] | None =
 
 
 async def _with_server(settings: Settings, transport: str, check: Any) -> None:
-    uv = cli._http_server(MCPServer("t"), settings, transport)
+    uv = serving.http_server(MCPServer("t"), settings, transport)
     async with anyio.create_task_group() as tg:
         tg.start_soon(uv.serve)
         with anyio.fail_after(10):

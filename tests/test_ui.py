@@ -1,5 +1,5 @@
 """The web UI without a browser: pages, the service rules behind its forms, and its security rules, through
-the same guarded ASGI app the HTTP transports serve (cli._http_server), with starlette's TestClient."""
+the same guarded ASGI app the HTTP transports serve (serving.http_server), with starlette's TestClient."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from starlette.testclient import TestClient
 
-from agentcache_mcp import cli
+from agentcache_mcp import cli, serving
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
 from agentcache_mcp.memory.model import DAY, NewMemory, content_hash
@@ -62,7 +62,7 @@ def _ui(tmp_path: Path, transport: str = "streamable-http", **settings: Any) -> 
         ids[text] = memory.remember(text, namespace="work", tags=["<b>x</b>"]).id
     memory.embed_pending()
     memory.load_vectors()
-    asgi = cli._http_server(build_server(config, app=app), config, transport, app=app).config.app
+    asgi = serving.http_server(build_server(config, app=app), config, transport, app=app).config.app
     try:
         with TestClient(asgi, base_url=BASE) as client:
             yield Ui(app, client, ids)
@@ -500,7 +500,7 @@ def test_a_ui_login_does_not_open_the_mcp_endpoint(ui_token: Ui) -> None:
 
 def test_the_ui_is_only_mounted_with_a_running_app(tmp_path: Path) -> None:
     settings = Settings(db_path=tmp_path / "m.db", auth_token=TOKEN)
-    asgi = cli._http_server(MCPServer("t"), settings, "streamable-http").config.app
+    asgi = serving.http_server(MCPServer("t"), settings, "streamable-http").config.app
     with TestClient(asgi, base_url=BASE) as client:
         assert client.get("/ui/").status_code == 401  # no UI here: the bearer check covers /ui like any path
 
@@ -528,7 +528,7 @@ def test_the_ui_command_serves_only_the_ui_behind_the_same_guards(tmp_path: Path
     memory = open_memory(settings, embedder=HashEmbedder())
     try:
         memory.remember("a memory behind the login", namespace="default")
-        with TestClient(cli.ui_only_app(App(settings, memory), settings), base_url=BASE) as client:
+        with TestClient(serving.ui_only_app(App(settings, memory), settings), base_url=BASE) as client:
             assert client.get("/", follow_redirects=False).headers["location"] == "/ui/"
             page = client.get("/ui/")  # to the login form: the token is asked for, not a bearer header
             assert page.status_code == 200 and "Log in" in page.text and "behind the login" not in page.text
@@ -778,7 +778,7 @@ def _replica(db: Path, token: str | None = TOKEN) -> tuple[App, Any]:
     config = Settings(db_path=db, auto_forget_enabled=False, auth_token=token)
     memory = open_memory(config, embedder=HashEmbedder())
     app = App(config, memory)
-    return app, cli._http_server(build_server(config, app=app), config, "streamable-http", app=app).config.app
+    return app, serving.http_server(build_server(config, app=app), config, "streamable-http", app=app).config.app
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""For the web UI's tests: the real HTTP server (cli._http_server: MCP at /mcp, the UI at /ui, behind the
+"""For the web UI's tests: the real HTTP server (serving.http_server: MCP at /mcp, the UI at /ui, behind the
 guards) run in a thread over a test store, some memories to look at, and a headless system chromium."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from agentcache_mcp import cli
+from agentcache_mcp import serving
 from agentcache_mcp.config import Settings
 from agentcache_mcp.embeddings import Embedder
 from agentcache_mcp.memory.model import DAY, NewMemory, content_hash, new_id
@@ -64,7 +64,7 @@ class UiServer:
     async def _main(self) -> None:
         async with open_app(self.settings, embedder=self.embedder) as app:
             self.app = app
-            uv = cli._http_server(build_server(self.settings, app=app), self.settings, "streamable-http", app=app)
+            uv = serving.http_server(build_server(self.settings, app=app), self.settings, "streamable-http", app=app)
             self._uv = uv
             async with anyio.create_task_group() as tg:
                 tg.start_soon(uv.serve)

@@ -1,0 +1,712 @@
+"""The subcommands for people at a terminal (and scripts): recall, list, show, forget, stats, reembed, backup,
+export, import.
+
+Each opens the store, does its work and closes it (no background workers, nothing held open that could stall
+a running server), prints its result on stdout (a table, or one JSON document with --json) and progress on
+stderr, only at a terminal (console.py). Exit codes: 0 done, 1 failed (the store is unusable, a backup did
+not verify, an import was refused, an id was not found), 2 usage error (a bad flag or value), 130
+interrupted; every error is one line on stderr. `cli.py` parses the flags and calls `run_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from .memory.model import Memory
+    from .memory.service import MemoryService
+
+
+def stats(settings: Settings) -> dict[str, Any]:
+    from .app import open_memory
+
+    memory = open_memory(settings)
+    try:
+        memory.load_vectors()
+        return memory.stats()
+    finally:
+        memory.close(checkpoint=False)
+
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+"""What every id this server hands out looks like (Crockford base32); an import may have kept others."""
+PAGE = 100
+
+
+class CommandFailed(Exception):
+    """Ends a subcommand: one line on stderr, and this exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of COMMANDS; every error becomes one line on stderr and an exit code (see the module doc)."""
+    from .embeddings import EmbeddingModelError
+    from .memory.ports import StoreError, StoreUnavailable
+    from .memory.validation import InvalidInput
+
+    try:
+        return _HANDLERS[command](args, settings)
+    except CommandFailed as exc:
+        return print_error(str(exc), exc.code)
+    except StoreUnavailable as exc:  # as at `serve`: the configuration names a store that cannot be used
+        return print_error(f"invalid configuration: {exc}", EXIT_USAGE)
+    except InvalidInput as exc:  # the service's own checks: the same words as the tools' errors
+        return print_error(str(exc), EXIT_USAGE)
+    except (StoreError, EmbeddingModelError) as exc:
+        return print_error(str(exc), EXIT_FAILED)
+    except BrokenPipeError:  # the reader went away (`| head`): stop without a traceback
+        try:  # and without another one when the interpreter flushes stdout on the way out
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return print_error("interrupted", EXIT_INTERRUPTED)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return print_error(f"{exc.strerror or exc}{where}", EXIT_FAILED)
+
+
+def print_error(message: str, code: int) -> int:
+    print(f"agentcache-mcp: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return code
+
+
+@contextmanager
+def _store(
+    settings: Settings, *, must_exist: bool = True, model: str | None = None, write: bool = False
+) -> Iterator[MemoryService]:
+    """The store, open for one command and closed after it: no background workers, nothing left running.
+    A read closes without a checkpoint (which could wait on running servers); a write checkpoints, so what a
+    forget deleted leaves the WAL too."""
+    if must_exist and settings.database_url is None and not settings.db_path.exists():
+        raise CommandFailed(
+            f"no memory database at {settings.db_path} (nothing has been stored yet, or --db / AGENTCACHE_DB "
+            "names another file)"
+        )
+    from . import app
+
+    if model is not None:
+        settings = settings.model_copy(update={"embedding_model": model})
+    memory = app.open_memory(settings)
+    try:
+        yield memory
+    finally:
+        memory.close(checkpoint=write)
+
+
+def _load_model(memory: MemoryService, *, required: bool) -> None:
+    """Load the embedding model now: the CLI has no background loader. Not `required` (recall): a failure is
+    kept by the embedder, and recall answers by keyword and says why."""
+    from . import console
+    from .embeddings import EmbeddingModelError
+
+    with console.spinner(f"loading the embedding model {memory.embedder.model_id}"):
+        try:
+            memory.embedder.load()
+        except EmbeddingModelError:
+            if required:
+                raise
+
+
+def _namespace(args: argparse.Namespace, settings: Settings) -> str:
+    from .memory.validation import validate_namespace
+
+    return validate_namespace(settings.namespace if args.namespace is None else args.namespace)
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def _memory_json(m: Memory) -> dict[str, Any]:
+    """Every field of a memory, as the `agentcache://memory/{id}` resource shows it."""
+    from .memory.model import memory_fields
+
+    return memory_fields(m)
+
+
+def _state(m: Memory, now: float) -> str:
+    if m.expires_at is not None and m.expires_at <= now:
+        return "expired"
+    return "superseded" if m.superseded_by else ""
+
+
+def _check_id(memory: MemoryService, memory_id: str) -> None:
+    """An id that is not shaped like ours and is in no namespace is a usage error (a typo, a name, a path)."""
+    if not ULID.fullmatch(memory_id) and memory.get(memory_id) is None:
+        raise CommandFailed(
+            f"not a memory id: {memory_id[:70]!r} (ids are 26 letters and digits, like 01JH3X5ZQ8W5V1R7Y0K2M4N6P8)",
+            EXIT_USAGE,
+        )
+
+
+# recall
+
+
+def _recall(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+    from .memory.model import RecallOutcome
+    from .memory.validation import validate_limit, validate_query, validate_tags
+
+    query = " ".join(args.query)
+    namespace = _namespace(args, settings)
+    validate_query(query, settings.max_text_bytes)  # refuse a bad argument before the model loads
+    validate_tags(args.tag)
+    validate_limit(args.limit)
+    pending = 0
+    with _store(settings) as memory:
+        if not memory.backend.memories.counts_by_namespace().get(namespace):
+            # nothing to rank: no reason to load the model for it
+            outcome = RecallOutcome([], "keyword", f"namespace {namespace!r} has no memories")
+        else:
+            _load_model(memory, required=False)
+            # touch=False: a person looking does not count as the agent using a memory (auto-forget)
+            outcome = memory.recall_outcome(query, namespace, args.tag, args.limit, touch=False)
+            if outcome.retrieval == "hybrid":
+                pending = memory.pending_embeddings()
+        model_id = memory.embedder.model_id
+    if args.json:
+        # what the recall tool returns (RecallResult)
+        console.emit_json(
+            {
+                "results": [dataclasses.asdict(hit) for hit in outcome.hits],
+                "retrieval": outcome.retrieval,
+                "retrieval_note": outcome.note,
+            }
+        )
+        return 0
+    if outcome.hits:
+        console.table(
+            ["#", "id", ("score", {"justify": "right"}), "created (UTC)", "tags", "text"],
+            [
+                (
+                    str(n),
+                    hit.id,
+                    f"{hit.score:.3f}",
+                    console.when(hit.created_at),
+                    console.shorten(", ".join(hit.tags), 30),
+                    console.shorten(hit.text),
+                )
+                for n, hit in enumerate(outcome.hits, start=1)
+            ],
+        )
+    else:
+        console.say(f"no memory of namespace {namespace!r} matches {console.shorten(query, 60)!r}")
+    if outcome.retrieval == "hybrid":
+        console.say("retrieval: hybrid (by meaning and by keywords)")
+    else:
+        console.say(f"retrieval: keyword only ({console.safe(outcome.note or '')})")
+    if pending:
+        console.say(
+            f"{_plural(pending, 'memory', 'memories')} of the store have no vector from {model_id} yet and are "
+            "found by keyword only (a running server embeds them; or run `agentcache-mcp reembed`)"
+        )
+    return 0
+
+
+# list
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from . import console
+    from .memory.validation import validate_tags
+
+    namespace = _namespace(args, settings)
+    tags = validate_tags(args.tag)
+    if args.limit < 1:
+        raise CommandFailed(f"--limit must be at least 1, got {args.limit}", EXIT_USAGE)
+    with _store(settings) as memory:
+        total = memory.backend.memories.counts_by_namespace().get(namespace, 0)
+        found, more = _newest(memory, namespace, set(tags), args.limit)
+    if args.json:
+        console.emit_json(
+            {"namespace": namespace, "tags": tags, "memories": [_memory_json(m) for m in found], "more": more}
+        )
+        return 0
+    now = time.time()
+    if found:
+        console.table(
+            ["id", "created (UTC)", ("importance", {"justify": "right"}), "tags", "text"],
+            [
+                (
+                    m.id,
+                    console.when(m.created_at),
+                    f"{m.importance:g}",
+                    console.shorten(", ".join(m.tags), 30),
+                    (f"({state}) " if (state := _state(m, now)) else "") + console.shorten(m.text),
+                )
+                for m in found
+            ],
+        )
+    with_tags = f" with tags {console.safe(', '.join(tags))}" if tags else ""
+    if not found:
+        console.say(f"namespace {namespace!r} has no memories{with_tags}")
+    elif tags:
+        console.say(f"the {len(found)} newest{with_tags}, of {_plural(total, 'memory', 'memories')} in {namespace!r}")
+    else:
+        console.say(f"the {len(found)} newest of {_plural(total, 'memory', 'memories')} in namespace {namespace!r}")
+    if more:
+        console.say("more: raise --limit")
+    return 0
+
+
+def _newest(memory: MemoryService, namespace: str, tags: set[str], limit: int) -> tuple[list[Memory], bool]:
+    """Up to `limit` memories of the namespace with all these tags, newest first; and whether there are more.
+    Pages by row key, so a memory deleted meanwhile by a server cannot break the paging."""
+    found: list[Memory] = []
+    before: int | None = None
+    while True:
+        page = memory.backend.memories.recent(namespace, PAGE, before)
+        for m in page:
+            if tags <= set(m.tags):
+                if len(found) == limit:
+                    return found, True
+                found.append(m)
+        if len(page) < PAGE:
+            return found, False
+        before = page[-1].key
+
+
+# show
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from . import console
+    from .memory.model import iso
+    from .memory.validation import validate_ids
+
+    [memory_id] = validate_ids([args.id], "id")
+    with _store(settings) as memory:
+        found = memory.get(memory_id)
+        if found is None:
+            _check_id(memory, memory_id)
+            raise CommandFailed(f"no memory with id {memory_id!r} (in any namespace)")
+    if args.json:
+        console.emit_json(_memory_json(found))
+        return 0
+    m = found
+
+    def at(ts: float | None, none: str) -> str:
+        return none if ts is None else iso(ts)
+
+    state = _state(m, time.time())
+    console.fields(
+        [
+            ("id", m.id),
+            ("namespace", m.namespace),
+            ("text", console.safe(m.text, multiline=True)),
+            ("tags", console.safe(", ".join(m.tags)) or "-"),
+            ("importance", f"{m.importance:g}"),
+            ("metadata", console.safe(json.dumps(m.metadata, ensure_ascii=False)) if m.metadata else "-"),
+            ("created", iso(m.created_at)),
+            ("updated", iso(m.updated_at)),
+            ("last recalled", at(m.last_accessed_at, "never")),
+            ("times recalled", str(m.access_count)),
+            ("expires", at(m.expires_at, "never")),
+            ("superseded by", m.superseded_by or "-"),
+            ("state", state or "live (recall can return it)"),
+        ]
+    )
+    return 0
+
+
+# forget
+
+
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+
+    namespace = _namespace(args, settings)
+    # the tool's rules (MemoryService.forget), except that ids too are only listed unless --yes
+    selection = (args.ids, args.namespace, args.tag, args.older_than_days)
+    with _store(settings, write=args.yes) as memory:
+        for memory_id in dict.fromkeys(args.ids):
+            _check_id(memory, memory_id)
+        listed = memory.forget(*selection, dry_run=True)
+        result = memory.forget(*selection, dry_run=False) if args.yes else listed
+    previews = dict(listed.previews)
+    if args.json:
+        console.emit_json(
+            {
+                "deleted": result.deleted,
+                "dry_run": result.dry_run,
+                "not_found": result.not_found,
+                "previews": [{"id": i, "preview": previews.get(i, "")} for i in result.deleted],
+            }
+        )
+    else:
+        if result.deleted:
+            console.table(["id", "text"], [(i, console.shorten(previews.get(i, ""), 80)) for i in result.deleted])
+        count = _plural(len(result.deleted), "memory", "memories")
+        if not result.deleted:
+            console.say(f"nothing to delete in namespace {namespace!r}")
+        elif result.dry_run:
+            console.say(
+                f"would delete {count} of namespace {namespace!r}; nothing was deleted. "
+                f"Run the same command with --yes to delete {'it' if len(result.deleted) == 1 else 'them'}."
+            )
+        else:
+            console.say(f"deleted {count} of namespace {namespace!r}")
+    if result.not_found:
+        return print_error(
+            f"not memories of namespace {namespace!r} (nothing was done to them): {', '.join(result.not_found)}",
+            EXIT_FAILED,
+        )
+    return 0
+
+
+# stats
+
+
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+
+    data = stats(settings)
+    if args.json or not console.stdout_is_tty():
+        # JSON also when piped: what `stats` always printed, so scripts written for it keep working
+        console.emit_json(data)
+        return 0
+    index = data["index"]
+    namespaces: dict[str, int] = data["namespaces"]
+    pending = data["pending_embeddings"]
+    console.fields(
+        [
+            ("database", f"{data['db_path']} ({index.get('backend')}, schema {index.get('schema_version')})"),
+            ("memories", f"{data['memories']} in {_plural(len(namespaces), 'namespace')}"),
+            ("embedding model", data["embedding_model"]),
+            ("vectors", f"{index['vectors_loaded']} from this model; {pending} memories wait for one"),
+        ]
+    )
+    if namespaces:
+        console.table(
+            ["namespace", ("memories", {"justify": "right"})],
+            [(console.safe(ns), str(n)) for ns, n in sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))],
+        )
+    if pending:
+        console.say("a running server embeds waiting memories in the background; or run `agentcache-mcp reembed`")
+    return 0
+
+
+# reembed
+
+
+def _reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+
+    model = settings.embedding_model if args.model is None else args.model.strip()
+    if not model:
+        raise CommandFailed("--model must name a sentence-transformers model or a path to one", EXIT_USAGE)
+    with _store(settings, model=model, write=True) as memory:
+        model_id = memory.embedder.model_id
+        stored = sum(memory.backend.memories.counts_by_namespace().values())
+        pending = memory.pending_embeddings()
+        embedded = 0
+        if pending:
+            _load_model(memory, required=True)
+            try:
+                embedded = _embed_pending(memory, pending, settings.embed_batch_size)
+            except KeyboardInterrupt:
+                left = memory.pending_embeddings()
+                raise CommandFailed(
+                    f"interrupted: {_plural(left, 'memory', 'memories')} still to embed with {model_id}; every "
+                    "vector written so far is kept: run the same command again to continue where it stopped",
+                    EXIT_INTERRUPTED,
+                ) from None
+        left = memory.pending_embeddings()
+    switching = model != settings.embedding_model
+    if args.json:
+        console.emit_json(
+            {
+                "model": model_id,
+                "memories": stored,
+                "embedded": embedded,
+                "already_embedded": stored - pending,
+                "pending": left,
+                "servers_use": settings.embedding_model,
+            }
+        )
+        return 0
+    if not stored:
+        console.say("the store has no memories: nothing to embed")
+    elif not pending:
+        console.say(f"all {_plural(stored, 'memory', 'memories')} already have a vector from {model_id}: nothing to do")
+    else:
+        console.say(f"embedded {_plural(embedded, 'memory', 'memories')} with {model_id}")
+    if left:
+        console.say(f"{left} written meanwhile still wait; run reembed again, or let a server embed them")
+    if switching:
+        console.say(
+            f"servers use {settings.embedding_model} until you set AGENTCACHE_EMBEDDING_MODEL={model} in their "
+            "environment (a host's `env` block) and restart them; vectors of the old model are kept"
+        )
+    return 0
+
+
+def _embed_pending(memory: MemoryService, pending: int, batch_size: int) -> int:
+    """Embed every memory with no vector from the embedder's model, batch by batch, each batch written in
+    its own transaction: an interrupted run keeps what it wrote, and the next run starts with what is left
+    (vectors are stored per memory and model)."""
+    from . import console
+
+    model_id = memory.embedder.model_id
+    done = after = 0
+    with console.progress(f"embedding with {model_id}", pending, unit="memories") as update:
+        while batch := memory.embedding_batch(after, batch_size):
+            vectors = memory.embedder.embed([text for _, text, _ in batch])
+            # to the store directly: MemoryService.store_embeddings would also load every vector into this
+            # process's search index, which reembed never searches (memory would grow with the store)
+            memory.backend.embeddings.write(
+                model_id, [(key, digest, v) for (key, _, digest), v in zip(batch, vectors, strict=True)]
+            )
+            done += len(batch)
+            after = batch[-1][0]
+            update(done, max(pending, done))
+    return done
+
+
+# backup
+
+
+def other_store_kind(args: argparse.Namespace) -> str | None:
+    """For `backup`: what to use instead when the store is not a SQLite file (AGENTCACHE_DB / --db is a URL).
+    The URL itself is not repeated: it may carry a password."""
+    raw = getattr(args, "db", None) or os.environ.get("AGENTCACHE_DB") or ""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", raw)
+    if scheme is None:
+        return None
+    kind = scheme.group(1).lower()
+    if kind.startswith("postgres"):
+        return (
+            "backup copies SQLite stores; for PostgreSQL use its own tools: pg_dump --format=custom "
+            "--file=DEST 'URL' (restore with pg_restore), or `agentcache-mcp export` for a portable copy"
+        )
+    return (
+        f"backup copies SQLite stores, not {kind}:// ones; use that store's own backup tools, or agentcache-mcp export"
+    )
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+    from .backends.sqlite.backup import BackupError, backup_sqlite
+
+    source = settings.db_path
+    dest = Path(os.path.abspath(Path(args.dest).expanduser()))
+    if dest.is_dir():
+        raise CommandFailed(
+            f"{dest} is a directory: name the backup file, e.g. {dest / 'memory-backup.db'}", EXIT_USAGE
+        )
+    if not dest.parent.is_dir():
+        raise CommandFailed(f"the directory {dest.parent} does not exist", EXIT_USAGE)
+    if not source.exists():
+        raise CommandFailed(f"no memory database at {source} (--db / AGENTCACHE_DB names the one to back up)")
+    if dest.exists() and dest.samefile(source):
+        raise CommandFailed(f"{dest} is the database itself: name another file", EXIT_USAGE)
+    if dest.exists() and not args.force:
+        raise CommandFailed(f"{dest} already exists: name another file, or use --force to overwrite it")
+    with console.progress("backing up", None, unit="pages") as update:
+        try:
+            result = backup_sqlite(
+                source,
+                dest,
+                overwrite=args.force,
+                progress=update,
+                verifying=lambda: update(description="checking the copy (integrity_check)"),
+            )
+        except BackupError as exc:
+            raise CommandFailed(str(exc)) from None
+    if args.json:
+        console.emit_json(
+            {
+                "source": str(source),
+                "dest": str(result.dest),
+                "bytes": result.bytes,
+                "pages": result.pages,
+                "memories": result.memories,
+                "integrity_check": result.integrity_check,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        return 0
+    what = "" if result.memories is None else f"{_plural(result.memories, 'memory', 'memories')}, "
+    console.say(
+        f"backed up {source} to {result.dest} ({what}{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s); "
+        f"integrity_check of the copy: {result.integrity_check}"
+    )
+    return 0
+
+
+# export and import
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+    from .memory.validation import validate_namespace
+
+    namespaces = None if not args.namespace else list(dict.fromkeys(validate_namespace(n) for n in args.namespace))
+    target = None if args.output in (None, "-") else Path(os.path.abspath(Path(args.output).expanduser()))
+    if target is not None and (target.is_dir() or not target.parent.is_dir()):
+        problem = "is a directory" if target.is_dir() else "is in a directory that does not exist"
+        raise CommandFailed(f"-o {args.output}: {target} {problem}", EXIT_USAGE)
+    try:
+        from .memory.exchange import export_jsonl
+    except ImportError as exc:
+        raise CommandFailed(f"export is not available in this installation ({exc})") from None
+    with _store(settings) as memory:
+        counts = memory.backend.memories.counts_by_namespace()
+        total = sum(counts.values()) if namespaces is None else sum(counts.get(ns, 0) for ns in namespaces)
+
+        def export(out: Any, progress: Callable[[int], None]) -> int:
+            return export_jsonl(memory, out, namespaces=namespaces, with_vectors=args.with_vectors, progress=progress)
+
+        # no bar over an export scrolling by on the terminal itself
+        drawn = target is not None or not console.stdout_is_tty()
+        with console.progress("exporting", total, unit="memories", enabled=drawn) as update:
+            written = (
+                _write_stdout(lambda out: export(out, lambda n: update(n, None)))
+                if target is None
+                else _write_file(target, lambda out: export(out, lambda n: update(n, None)))
+            )
+    scope = "every namespace" if namespaces is None else "namespace " + ", ".join(namespaces)
+    summary = f"exported {_plural(written, 'memory', 'memories')} ({scope})"
+    if target is not None:
+        console.say(f"{summary} to {target}")
+    elif console.stderr_is_tty():
+        console.note(summary)  # stdout is the export
+    for ns in namespaces or []:
+        if not counts.get(ns):
+            console.note(f"agentcache-mcp: namespace {ns!r} has no memories")
+    return 0
+
+
+def _write_stdout(write: Callable[[Any], int]) -> int:
+    """Run write(out) on stdout as UTF-8 with \\n line ends, whatever the locale says."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        return write(sys.stdout)
+    out = io.TextIOWrapper(buffer, encoding="utf-8", newline="\n")
+    try:
+        written = write(out)
+        out.flush()
+        return written
+    finally:
+        out.detach()  # leave sys.stdout's buffer open
+
+
+def _write_file(target: Path, write: Callable[[Any], int]) -> int:
+    """Run write(out) into a temporary file beside target, then move it into place: no half-written export."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as out:
+            written = write(out)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+    from .memory.validation import validate_namespace
+
+    path = Path(args.file).expanduser()
+    if not path.is_file():
+        raise CommandFailed(f"no such file: {path}", EXIT_USAGE)
+    namespace = None if args.namespace is None else validate_namespace(args.namespace)
+    try:
+        from .memory.exchange import ImportRefused, import_jsonl
+    except ImportError as exc:
+        raise CommandFailed(f"import is not available in this installation ({exc})") from None
+    store_settings = settings
+    if args.dry_run and settings.database_url is None and not settings.db_path.exists():
+        # a dry run writes nothing, not even a new empty database: check against an empty in-memory store
+        store_settings = settings.model_copy(update={"db_path": Path(":memory:")})
+    with _store(store_settings, must_exist=False, write=not args.dry_run) as memory:
+        with console.progress(f"checking {path.name}", None, unit="memories") as update:
+            try:
+                report = import_jsonl(
+                    memory,
+                    path,
+                    namespace=namespace,
+                    dry_run=args.dry_run,
+                    skip_invalid=args.skip_invalid,
+                    progress=lambda done, total: update(done, total, description="importing"),
+                )
+            except ImportRefused as exc:
+                raise CommandFailed(f"import refused: {exc}") from None
+            except UnicodeDecodeError:
+                raise CommandFailed(f"import refused: {path} is not UTF-8 text; nothing was imported") from None
+        pending = memory.pending_embeddings() if report.applied else 0
+        model_id = memory.embedder.model_id
+    if args.json:
+        console.emit_json(
+            {
+                "file": str(path),
+                "format": report.format,
+                "dry_run": args.dry_run,
+                "applied": report.applied,
+                "added": report.added,
+                "skipped_existing": report.skipped_existing,
+                "invalid": [{"line": line, "reason": reason} for line, reason in report.invalid],
+                "pending_embeddings": pending,
+            }
+        )
+        return 0
+    console.say(f"{path}: {report.format}")
+    if report.invalid:
+        console.table(
+            [("line", {"justify": "right"}), "skipped: not valid"],
+            [(str(line), console.shorten(reason, 100)) for line, reason in report.invalid],
+        )
+    added = _plural(report.added, "memory", "memories")
+    existing = f"{report.skipped_existing} already in the store"
+    if args.dry_run:
+        console.say(f"dry run: would add {added} and skip {existing}; nothing was written")
+    else:
+        console.say(f"added {added}; skipped {existing}")
+    if pending:
+        console.say(
+            f"{pending} wait for a vector from {model_id}: a running server embeds them in the background, or run "
+            "`agentcache-mcp reembed` now (until then they are found by keyword)"
+        )
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "recall": _recall,
+    "list": _list,
+    "show": _show,
+    "forget": _forget,
+    "stats": _stats,
+    "reembed": _reembed,
+    "backup": _backup,
+    "export": _export,
+    "import": _import,
+}
+
+

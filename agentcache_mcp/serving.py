@@ -1,0 +1,205 @@
+"""The serving process: `serve` (stdio, SSE or streamable HTTP) and `ui` (the memory browser alone).
+
+Only protocol goes to stdout; logs go to stderr. Signals (SIGTERM, SIGINT) and stdin EOF start the bounded
+shutdown of `workers.open_app`; a signal during it is logged, never fatal. The HTTP transports run under
+uvicorn behind `transports.guard` (Host/Origin and bearer checks).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .config import Settings
+from .transports import bind_refusal, guard
+
+log = logging.getLogger("agentcache_mcp")
+
+
+async def serve(settings: Settings, transport: str) -> None:
+    from .server import build_server
+    from .workers import open_app
+
+    async with open_app(settings) as app:
+        stopping = app.memory.stopping  # set at stdin EOF or a signal: a recall waiting for the model stops waiting
+        async with anyio.create_task_group() as tg:
+            server = build_server(settings, app=app)
+            if transport == "stdio":
+                tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, stopping)
+                await _run_stdio(server, stopping)  # returns on stdin EOF, once calls in flight have answered
+            else:
+                uv = http_server(server, settings, transport, app=app)
+                tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
+                log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
+                await uv.serve()
+            stopping.set()
+            tg.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def serve_ui(settings: Settings) -> None:
+    """`agentcache-mcp ui`: the memory browser alone, on loopback, over the store the servers use. It loads the
+    model (search by meaning) and embeds what is pending like a server, but leaves auto-forget to the servers."""
+    from .workers import open_app
+
+    async with open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app:
+        stopping = app.memory.stopping
+        uv = _uvicorn(ui_only_app(app, settings), settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
+            tg.start_soon(_announce, uv)
+            await uv.serve()
+            stopping.set()
+            tg.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def ui_only_app(app: Any, settings: Settings) -> Any:
+    """`agentcache-mcp ui`'s ASGI app: the UI at /ui (and / sent there), behind transports.guard. The UI logs
+    in itself (a browser cannot send a bearer header); the Host/Origin checks apply as they do to /mcp."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount, Route, Router
+
+    from .transports import UI_PATH
+    from .ui import build_ui
+
+    asgi = Router(
+        [
+            Route("/", lambda _: RedirectResponse(UI_PATH + "/", status_code=307)),
+            Mount(UI_PATH, build_ui(app)),
+        ]
+    )
+    return guard(asgi, settings, logs_in_itself=lambda _: True)
+
+
+async def _announce(uv: Any) -> None:
+    while not uv.started:
+        await anyio.sleep(0.05)
+    host, port = uv.servers[0].sockets[0].getsockname()[:2]
+    log.info("memory browser on http://%s:%d/ui/", host, port)
+
+
+def _hold_signals_during_shutdown() -> None:
+    """Keep SIGTERM / SIGINT from killing the bounded shutdown that is already under way.
+
+    Hosts close stdin, wait about 2 s, then send SIGTERM. Closing anyio's signal receiver restores the
+    default handlers, so this is installed the moment the receiver closes (see _cancel_on_signal): a second
+    signal, or one during the WAL checkpoint, is logged and the shutdown finishes.
+    """
+
+    def note(signum: int, _frame: object) -> None:
+        log.info("received %s while shutting down; finishing the shutdown first", signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, note)
+
+
+async def _run_stdio(server: Any, stopping: threading.Event) -> None:
+    from mcp.server.stdio import stdio_server
+
+    stdin = _CancellableStdin(sys.stdin.buffer, on_eof=stopping.set)
+    async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+        lowlevel = server._lowlevel_server
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+class _CancellableStdin:
+    """Lines from stdin for the SDK's stdio transport, read so that a signal can cancel the wait.
+
+    The SDK's default reader blocks in a worker thread that cancellation must wait for, so SIGTERM could
+    not stop a server whose host keeps stdin open. Here the blocked read is abandoned on cancel. At EOF
+    `on_eof` runs at once: the SDK then waits for the calls in flight, which must not wait for the model.
+    """
+
+    def __init__(self, stream: Any, on_eof: Callable[[], None] | None = None):
+        self._stream = stream
+        self._on_eof = on_eof
+
+    def __aiter__(self) -> _CancellableStdin:
+        return self
+
+    async def __anext__(self) -> str:
+        # On the default thread pool, which tool calls share: with many requests queued, the next read (and the
+        # EOF) waits behind them, so every request a host sent before closing stdin is handled (its writes
+        # stored) before the SDK cancels what is still in flight. Reading on a thread of its own saw the EOF
+        # at once and exited sooner, but the SDK then cancelled the queued calls: piped writes were lost.
+        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+        if not line:
+            log.info("stdin closed by the host; shutting down")
+            if self._on_eof is not None:
+                self._on_eof()
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope, uv: Any, stopping: threading.Event) -> None:
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                stopping.set()
+                if uv is not None:
+                    uv.should_exit = True  # let uvicorn close its connections (bounded), then the app shuts down
+                else:
+                    scope.cancel()
+                return
+    finally:
+        _hold_signals_during_shutdown()
+
+
+def http_server(server: Any, settings: Settings, transport: str, *, app: Any = None) -> Any:
+    """A uvicorn server for the MCP transport, behind transports.guard; with `app` (the running App) the
+    memory browser is served at /ui/ beside it."""
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.routing import Mount
+
+    from .transports import UI_PATH, is_ui_path
+
+    if (refusal := bind_refusal(settings)) is not None:
+        raise ValueError(refusal)  # main checks first; this keeps any other caller from skipping it
+    # The SDK's own Host/Origin check covers only binds spelled 127.0.0.1/localhost/::1 and a fixed host
+    # list, so it would refuse names our guard admits (--allowed-host, 127.0.0.2) and protect nothing else.
+    # transports.guard is the check for every request of both transports; the SDK's is switched off.
+    sdk_security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if transport == "sse":
+        asgi = server.sse_app(
+            host=settings.host, max_request_body_size=settings.max_request_bytes, transport_security=sdk_security
+        )
+    else:
+        # Stateless by default: every request gets a fresh transport that ends with it, so nothing piles up
+        # per client (our tools need no session). --stateful-http keeps sessions, closed when idle.
+        asgi = server.streamable_http_app(
+            host=settings.host,
+            max_request_body_size=settings.max_request_bytes,
+            transport_security=sdk_security,
+            stateless_http=not settings.stateful_http,
+            session_idle_timeout=settings.session_idle_timeout_s,
+        )
+    if app is not None:
+        from .ui import build_ui
+
+        asgi.router.routes.append(Mount(UI_PATH, build_ui(app)))
+    return _uvicorn(guard(asgi, settings, logs_in_itself=is_ui_path if app is not None else None), settings)
+
+
+def _uvicorn(asgi: Any, settings: Settings) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def capture_signals(self) -> Any:  # we handle signals ourselves: flush first, then exit
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    # An open stream (an SSE or GET /mcp client) must not hold the shutdown: uvicorn waits for it at most 1 s.
+    config = uvicorn.Config(
+        asgi, host=settings.host, port=settings.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+    )
+    return Server(config)
