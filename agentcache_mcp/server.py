@@ -107,7 +107,7 @@ def _app(ctx: Context) -> App:
     return app
 
 
-async def _call(app: App, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _run_tool(app: App, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run service work off the loop; expected refusals become ToolError (is_error, no traceback logged)."""
     try:
         return await app.run(fn, *args, **kwargs)
@@ -115,6 +115,27 @@ async def _call(app: App, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise ToolError(str(exc)) from None
     except StoreError as exc:
         raise ToolError(str(exc)) from None
+
+
+def _one_line(text: str) -> str:
+    """A description as clients show it: one paragraph, no hard line breaks or indentation."""
+    return " ".join(text.split())
+
+
+REMEMBER_DESCRIPTION = _one_line(
+    """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
+    outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory. To
+    correct a memory, remember the right version with supersedes=[the old id]."""
+)
+RECALL_DESCRIPTION = _one_line(
+    """Search long-term memory, best match first. Ask about one thing at a time and include the names and
+    specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
+)
+FORGET_DESCRIPTION = _one_line(
+    """Delete memories of one namespace: by ids (immediately), or by filter (tags, older_than_days, or a
+    named namespace as a whole). A filter forget is a dry run unless dry_run=false: check the listed ids,
+    then call again to delete. Ids that are not memories of the namespace are listed as not_found."""
+)
 
 
 def build_server(
@@ -149,10 +170,20 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
     )
-    default_ns = settings.namespace
+    _add_remember(server, settings.namespace)
+    _add_recall(server, settings.namespace)
+    _add_forget(server, settings.namespace)
+    _add_stats_resource(server, settings, running)
+    _add_memory_resource(server)
+    _add_namespace_resource(server)
+    check_arguments_humanely(server)
+    return server
 
+
+def _add_remember(server: MCPServer[App], default_ns: str) -> None:
     @server.tool(
         title="Remember",
+        description=REMEMBER_DESCRIPTION,
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
@@ -183,16 +214,17 @@ def build_server(
             ),
         ] = [],  # noqa: B006
     ) -> RememberResult:
-        """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
-        outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory. To
-        correct a memory, remember the right version with supersedes=[the old id]."""
-        result = await _call(
-            _app(ctx), _app(ctx).memory.remember, text, namespace, tags, importance, ttl_days, metadata, supersedes
+        app = _app(ctx)
+        result = await _run_tool(
+            app, app.memory.remember, text, namespace, tags, importance, ttl_days, metadata, supersedes
         )
         return RememberResult.model_validate(result, from_attributes=True)
 
+
+def _add_recall(server: MCPServer[App], default_ns: str) -> None:
     @server.tool(
         title="Recall",
+        description=RECALL_DESCRIPTION,
         annotations=ToolAnnotations(
             read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
         ),
@@ -210,17 +242,19 @@ def build_server(
             str | None, Field(description="Only memories created at or before this ISO 8601 time.")
         ] = None,
     ) -> RecallResult:
-        """Search long-term memory, best match first. Ask about one thing at a time and include the names and
-        specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
-        outcome = await _call(_app(ctx), _app(ctx).memory.recall_outcome, query, namespace, tags, limit, since, until)
+        app = _app(ctx)
+        outcome = await _run_tool(app, app.memory.recall_outcome, query, namespace, tags, limit, since, until)
         return RecallResult(
             results=[MemoryHit.model_validate(h, from_attributes=True) for h in outcome.hits],
             retrieval="hybrid" if outcome.retrieval == "hybrid" else "keyword",
             retrieval_note=outcome.note,
         )
 
+
+def _add_forget(server: MCPServer[App], default_ns: str) -> None:
     @server.tool(
         title="Forget",
+        description=FORGET_DESCRIPTION,
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
         ),
@@ -241,10 +275,8 @@ def build_server(
             Field(strict=True, description="List without deleting. Default: false with ids, true with a filter."),
         ] = None,
     ) -> ForgetResult:
-        """Delete memories of one namespace: by ids (immediately), or by filter (tags, older_than_days, or a
-        named namespace as a whole). A filter forget is a dry run unless dry_run=false: check the listed ids,
-        then call again to delete. Ids that are not memories of the namespace are listed as not_found."""
-        result = await _call(_app(ctx), _app(ctx).memory.forget, ids, namespace, tags, older_than_days, dry_run)
+        app = _app(ctx)
+        result = await _run_tool(app, app.memory.forget, ids, namespace, tags, older_than_days, dry_run)
         return ForgetResult(
             deleted=result.deleted,
             dry_run=result.dry_run,
@@ -252,6 +284,8 @@ def build_server(
             previews=[ForgetPreview(id=i, preview=p) for i, p in result.previews],
         )
 
+
+def _add_stats_resource(server: MCPServer[App], settings: Settings, running: list[App]) -> None:
     @server.resource(
         "agentcache://stats",
         name="stats",
@@ -262,16 +296,18 @@ def build_server(
     async def stats() -> str:
         if not running:
             raise ResourceError("the memory store is not open")
-        app_ = running[-1]
-        data = await app_.run(app_.memory.stats)
+        app = running[-1]
+        data = await app.run(app.memory.stats)
         data["auto_forget"] = {
             "enabled": settings.auto_forget_enabled,
             "interval_s": settings.auto_forget_interval_s,
-            "sweeps": app_.sweeps,
-            "last_sweep": app_.last_sweep,
+            "sweeps": app.sweeps,
+            "last_sweep": app.last_sweep,
         }
         return json.dumps(data, indent=2)
 
+
+def _add_memory_resource(server: MCPServer[App]) -> None:
     @server.resource(
         "agentcache://memory/{memory_id}",
         name="memory",
@@ -280,11 +316,14 @@ def build_server(
         mime_type="application/json",
     )
     async def memory(memory_id: str, ctx: Context) -> str:
-        found = await _read(_app(ctx), _app(ctx).memory.get, memory_id)
+        app = _app(ctx)
+        found = await _read(app, app.memory.get, memory_id)
         if found is None:
             raise ResourceError(f"no memory with id {memory_id!r}")
         return json.dumps(memory_json(found), indent=2, ensure_ascii=False)
 
+
+def _add_namespace_resource(server: MCPServer[App]) -> None:
     @server.resource(
         "agentcache://namespace/{name}{?before}",
         name="namespace",
@@ -293,7 +332,8 @@ def build_server(
         mime_type="application/json",
     )
     async def namespace(name: str, ctx: Context, before: str | None = None) -> str:
-        page = await _read(_app(ctx), _app(ctx).memory.recent, name, NAMESPACE_PAGE + 1, before)
+        app = _app(ctx)
+        page = await _read(app, app.memory.recent, name, NAMESPACE_PAGE + 1, before)
         more = len(page) > NAMESPACE_PAGE
         page = page[:NAMESPACE_PAGE]
         next_uri = (
@@ -308,9 +348,6 @@ def build_server(
             indent=2,
             ensure_ascii=False,
         )
-
-    check_arguments_humanely(server)
-    return server
 
 
 async def _read(app: App, fn: Callable[..., T], *args: Any) -> T:

@@ -71,6 +71,20 @@ async def test_tools_are_listed_with_schemas_and_annotations(client: Client) -> 
     }
 
 
+async def test_tool_descriptions_are_one_paragraph_without_hard_line_breaks(client: Client) -> None:
+    # clients show the description as it is sent: a docstring's line breaks and indentation showed as such
+    for tool in (await client.list_tools()).tools:
+        assert tool.description and "\n" not in tool.description and "  " not in tool.description, tool.name
+
+
+async def test_the_readme_names_the_resource_templates_as_they_are_advertised(client: Client) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+    assert templates
+    for template in templates:
+        assert f"`{template}`" in readme, template
+
+
 async def test_remember_recall_forget_round_trip(client: Client) -> None:
     r = await call(
         client, "remember", text="Alice uses vim with the gruvbox theme", tags=["editor"], metadata={"src": "chat"}
