@@ -32,6 +32,7 @@ else:
     import sqlean as sqlite3
 
 from ...memory.ports import StoreError, StoreFullError
+from ...output_files import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,26 @@ class Database:
                     "(create it, or point AGENTCACHE_DB / --db somewhere else)"
                 )
             try:
-                parent.mkdir(parents=True, exist_ok=True)
+                parent.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    parent.mkdir(mode=0o700)  # memories are private: the owner only
+                except FileExistsError:
+                    pass  # made meanwhile by another process: not ours to change
+                else:
+                    parent.chmod(0o700)  # the umask may have taken bits away
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {parent}: {exc.strerror}") from None
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise StoreError(f"the memory database {self.path} is not readable and writable by this user")
-        if not self.path.exists() and not os.access(parent, os.W_OK):
-            raise StoreError(f"cannot create the memory database: directory {parent} is not writable")
+        if not self.path.exists():
+            if not os.access(parent, os.W_OK):
+                raise StoreError(f"cannot create the memory database: directory {parent} is not writable")
+            try:
+                # a new database is created owner-only (SQLite gives its -wal and -shm its mode); an existing
+                # one keeps the mode its owner gave it
+                create_private_file(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the memory database {self.path}: {exc.strerror}") from None
 
     def unusable(self, exc: Exception) -> StoreError:
         return StoreError(
