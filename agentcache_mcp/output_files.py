@@ -7,7 +7,8 @@ through a linked directory (both sides are resolved), a hard link (same inode), 
 from one only in case in the store's directory (the same file on macOS and Windows). An existing file is
 refused unless `force`; so is a symbolic link, which `force` replaces (the link, never the file it points
 to). A FIFO, a terminal or /dev/null is a stream: written in place, nothing to overwrite; any other
-special file (a disk, a socket) is refused even with `force`.
+special file (a disk, a socket) is refused even with `force`, and so is any other name in /dev, /proc or
+/sys (/dev/stderr or /dev/fd/3 naming a regular file: as root, replacing that link would break the system).
 
 A file is written to a temporary name beside the target, created with O_EXCL | O_NOFOLLOW (so it is never
 an existing file or a link planted there) and mode 0600 whatever the umask, then moved into place:
@@ -21,6 +22,7 @@ redirect the move; such a user can replace the files directly anyway.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -66,18 +68,26 @@ def check_target(
         for candidate in (entry, *(entry.with_name(entry.name + s) for s in companions)):
             if (what := _store_file(candidate, store)) is not None:
                 raise TargetRefused(f"{path} is {what}: name another file", usage=True)
-    try:
+    link: os.stat_result | None = None
+    pointed: os.stat_result | None = None
+    with contextlib.suppress(FileNotFoundError):
         link = os.lstat(entry)
-    except FileNotFoundError:
-        return Target(path, entry, stream=False)
-    try:
-        pointed: os.stat_result | None = os.stat(entry)
-    except OSError:  # a dangling link, or one into a place we may not look
-        pointed = None
+    if link is not None:
+        with contextlib.suppress(OSError):  # a dangling link, or one into a place we may not look
+            pointed = os.stat(entry)
     if pointed is not None and not stat.S_ISREG(pointed.st_mode):
         if streams and _is_stream(entry, pointed):
             return Target(path, entry, stream=True)
         raise TargetRefused(f"{path} is not a regular file ({_kind(pointed)}): name a file", usage=True)
+    if _system_directory(entry.parent):
+        # /dev/stderr, /dev/fd/N, /proc/self/fd/N name a file only through a link that is not ours to replace
+        # (as root, a rename there would replace the system's /dev/stderr)
+        raise TargetRefused(
+            f"{path} is in {entry.parent}, where only a FIFO, a terminal or /dev/null is written (stdout: -o -)",
+            usage=True,
+        )
+    if link is None:
+        return Target(path, entry, stream=False)
     if stat.S_ISLNK(link.st_mode):
         if not force:
             raise TargetRefused(
@@ -88,6 +98,13 @@ def check_target(
     elif not force:
         raise TargetRefused(f"{path} already exists: name another file, or use --force to overwrite it", usage=False)
     return Target(path, entry, stream=False)
+
+
+SYSTEM_DIRECTORIES = ("/dev", "/proc", "/sys")
+
+
+def _system_directory(directory: Path) -> bool:
+    return os.name == "posix" and any(directory == Path(d) or Path(d) in directory.parents for d in SYSTEM_DIRECTORIES)
 
 
 def _store_file(candidate: Path, store: Path) -> str | None:

@@ -215,6 +215,27 @@ def test_export_to_dev_stdout_writes_to_stdout(capsys: pytest.CaptureFixture[str
     assert len(out.splitlines()) == 4
 
 
+def test_export_never_replaces_a_name_in_dev(
+    capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path
+) -> None:
+    """/dev/null is a stream (written, left a device); /dev/zero is a device that is not one (refused); a
+    /dev/fd/N naming a regular file is a link in /dev or /proc, never replaced (as root the old export would
+    rename its temporary file over /dev/zero)."""
+    for force in ([], ["--force"]):
+        code, out, err = run(capsys, "--db", db, "export", "-o", "/dev/null", *force)
+        assert (code, err) == (0, "") and out.endswith("to /dev/null\n")
+        assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+        code, out, err = run(capsys, "--db", db, "export", "-o", "/dev/zero", *force)
+        assert (code, out) == (2, "") and "is not a regular file (a device)" in one_error_line(err)
+        assert stat.S_ISCHR(os.lstat("/dev/zero").st_mode)
+    kept = tmp_path / "kept.txt"
+    kept.write_text("kept\n")
+    with kept.open("a") as f:
+        code, out, err = run(capsys, "--db", db, "export", "-o", f"/dev/fd/{f.fileno()}", "--force")
+    assert (code, out) == (2, "") and "where only a FIFO, a terminal or /dev/null is written" in one_error_line(err)
+    assert kept.read_text() == "kept\n"
+
+
 def test_backup_refuses_a_target_that_is_not_a_regular_file_even_with_force(
     capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path
 ) -> None:
