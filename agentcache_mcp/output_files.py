@@ -6,9 +6,10 @@ file or through a link unasked, readable by the owner only, never half written.
 through a linked directory (both sides are resolved), a hard link (same inode), and a name that differs
 from one only in case in the store's directory (the same file on macOS and Windows). An existing file is
 refused unless `force`; so is a symbolic link, which `force` replaces (the link, never the file it points
-to). A FIFO, a terminal or /dev/null is a stream: written in place, nothing to overwrite; any other
-special file (a disk, a socket) is refused even with `force`, and so is any other name in /dev, /proc or
-/sys (/dev/stderr or /dev/fd/3 naming a regular file: as root, replacing that link would break the system).
+to). A FIFO, a terminal or /dev/null is a stream: written in place, nothing to overwrite. Any other
+special file (a disk, a socket, another device: not even opened) is refused even with `force`, and so is
+any other name in /dev, /proc or /sys (/dev/stderr or /dev/fd/3 naming a regular file: as root, replacing
+that link would break the system).
 
 A file is written to a temporary name beside the target, created with O_EXCL | O_NOFOLLOW (so it is never
 an existing file or a link planted there) and mode 0600 whatever the umask, then moved into place:
@@ -26,6 +27,7 @@ import contextlib
 import os
 import secrets
 import stat
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ STORE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 """The SQLite database and the files SQLite keeps beside it, named after it."""
 
 PRIVATE_MODE = 0o600
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # POSIX only (Python's descriptors are not inherited anyway)
 TEMPORARY_TRIES = 8
 
 
@@ -76,7 +79,7 @@ def check_target(
         with contextlib.suppress(OSError):  # a dangling link, or one into a place we may not look
             pointed = os.stat(entry)
     if pointed is not None and not stat.S_ISREG(pointed.st_mode):
-        if streams and _is_stream(entry, pointed):
+        if streams and _is_stream(pointed):
             return Target(path, entry, stream=True)
         raise TargetRefused(f"{path} is not a regular file ({_kind(pointed)}): name a file", usage=True)
     if _system_directory(entry.parent):
@@ -120,11 +123,16 @@ def _store_file(candidate: Path, store: Path) -> str | None:
             if own != candidate:
                 what += f" ({own})"
             for spot in spots:
-                if spot.name.casefold() == own.name.casefold() and _same_directory(spot.parent, directory):
+                if _folded(spot.name) == _folded(own.name) and _same_directory(spot.parent, directory):
                     return what
                 if _same_inode(spot, own):
                     return what
     return None
+
+
+def _folded(name: str) -> str:
+    """A name as a case-insensitive file system compares it (macOS also normalises Unicode)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _same_directory(a: Path, b: Path) -> bool:
@@ -139,33 +147,28 @@ def _same_inode(a: Path, b: Path) -> bool:
         return False
 
 
-def _is_stream(entry: Path, st: os.stat_result) -> bool:
+def _is_stream(st: os.stat_result) -> bool:
+    """A FIFO, the null device or a terminal: a stream, where writing overwrites nothing. Decided from stat
+    alone: opening an unknown device can have effects of its own (a watchdog starts counting, a tape
+    rewinds)."""
     if stat.S_ISFIFO(st.st_mode):
         return True
-    if not stat.S_ISCHR(st.st_mode):
-        return False
-    try:
-        fd = os.open(entry, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return _stream_fd(fd)
-    finally:
-        os.close(fd)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev in _stream_devices()
 
 
-def _stream_fd(fd: int) -> bool:
-    """A FIFO, a terminal or the null device: a stream, where writing overwrites nothing."""
-    st = os.fstat(fd)
-    if stat.S_ISFIFO(st.st_mode):
-        return True
-    if not stat.S_ISCHR(st.st_mode):
-        return False
-    try:
-        null = os.stat(os.devnull)
-    except OSError:
-        return os.isatty(fd)
-    return os.isatty(fd) or (stat.S_ISCHR(null.st_mode) and st.st_rdev == null.st_rdev)
+def _stream_devices() -> set[int]:
+    """The device numbers of /dev/null, /dev/tty and the terminals this process's stdin, stdout and stderr
+    are on."""
+    devices = set()
+    for name in (os.devnull, "/dev/tty"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISCHR((st := os.stat(name)).st_mode):
+                devices.add(st.st_rdev)
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                devices.add(os.fstat(fd).st_rdev)
+    return devices
 
 
 def _kind(st: os.stat_result) -> str:
@@ -185,8 +188,8 @@ def _kind(st: os.stat_result) -> str:
 def open_stream(target: Target) -> int:
     """A write descriptor on a stream target (no O_CREAT, no O_TRUNC: a file swapped in since the check is
     neither created nor truncated, and is refused)."""
-    fd = os.open(target.entry, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | os.O_CLOEXEC)
-    if not _stream_fd(fd):
+    fd = os.open(target.entry, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | _CLOEXEC)
+    if not _is_stream(os.fstat(fd)):
         os.close(fd)
         raise TargetRefused(f"{target.path} changed since it was checked: it is no longer a FIFO or terminal", usage=False)
     return fd
@@ -196,7 +199,7 @@ def create_temporary(entry: Path) -> tuple[Path, int]:
     """A new, empty, owner-only file beside `entry` (hidden, `.NAME.RANDOM.partial`), and a descriptor open
     for writing on it. A name already taken, or with a journal beside it (SQLite would apply that journal
     to a copy written there), is skipped for another."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(TEMPORARY_TRIES):
         tmp = entry.with_name(f".{entry.name}.{secrets.token_hex(4)}.partial")
         if any(os.path.lexists(tmp.with_name(tmp.name + suffix)) for suffix in STORE_SUFFIXES[1:]):
@@ -244,7 +247,7 @@ def fsync_directory(directory: Path) -> None:
 def create_private_file(path: Path) -> bool:
     """Create `path` empty and owner-only if nothing is there (not even a link); whether it was created.
     For a new SQLite database: SQLite gives its -wal, -shm and -journal the database's mode."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, PRIVATE_MODE)
     except FileExistsError:  # made meanwhile by another process, or a link the user placed: theirs
