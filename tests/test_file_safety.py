@@ -270,6 +270,44 @@ def test_export_and_backup_files_are_owner_only_whatever_the_umask(
 
 
 @pytest.mark.usefixtures("umask_022")
+@pytest.mark.parametrize("command", ["export", "backup"])
+def test_the_temporary_file_is_owner_only_while_it_is_written(
+    capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Not only the finished file: the copy is private from its first byte."""
+    from agentcache_mcp.backends.sqlite import backup as backup_module
+    from agentcache_mcp.memory import exchange
+
+    seen: list[int] = []
+
+    def look() -> None:
+        seen.extend(mode(p) for p in tmp_path.iterdir() if p.name.endswith(".partial"))
+
+    if command == "export":
+        real_export = exchange.export_jsonl
+
+        def export_and_look(*args: Any, **kwargs: Any) -> int:
+            written = real_export(*args, **kwargs)
+            look()
+            return written
+
+        monkeypatch.setattr(exchange, "export_jsonl", export_and_look)
+        argv: list[str | Path] = ["export", "-o", tmp_path / "out.jsonl"]
+    else:
+        real_verify = backup_module._verify
+
+        def verify_and_look(copy: Path) -> str:
+            look()
+            return real_verify(copy)
+
+        monkeypatch.setattr(backup_module, "_verify", verify_and_look)
+        argv = ["backup", tmp_path / "out.db"]
+    code, _, err = run(capsys, "--db", db, *argv)
+    assert (code, err) == (0, "")
+    assert seen == [0o600]
+
+
+@pytest.mark.usefixtures("umask_022")
 def test_the_default_data_folder_and_a_new_database_are_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
