@@ -27,7 +27,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from .memory.model import Memory
     from .memory.service import MemoryService
-    from .output_files import Target
+    from .output_files import Target, TargetRefused
 
 
 def stats(settings: Settings) -> dict[str, Any]:
@@ -537,7 +537,7 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
         except BackupError as exc:
             raise CommandFailed(str(exc)) from None
         except TargetRefused as exc:
-            raise CommandFailed(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED) from None
+            raise _refused(exc) from None
     if args.json:
         console.emit_json(
             {
@@ -578,7 +578,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         try:
             target = check_target(path, store=store, force=args.force, streams=True)
         except TargetRefused as exc:
-            raise CommandFailed(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED) from None
+            raise _refused(exc) from None
     try:
         from .memory.exchange import export_jsonl
     except ImportError as exc:
@@ -608,6 +608,11 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         if not counts.get(ns):
             console.note(f"agentcache-mcp: namespace {ns!r} has no memories")
     return 0
+
+
+def _refused(exc: TargetRefused) -> CommandFailed:
+    """export -o / backup may not write where asked: a usage error when no --force could make it right."""
+    return CommandFailed(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED)
 
 
 STDOUT_NAMES = (None, "-", "/dev/stdout")
@@ -649,7 +654,7 @@ def _write_file(target: Target, write: Callable[[Any], int], *, force: bool) -> 
         finally:
             tmp.unlink(missing_ok=True)
     except TargetRefused as exc:
-        raise CommandFailed(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED) from None
+        raise _refused(exc) from None
     return written
 
 
