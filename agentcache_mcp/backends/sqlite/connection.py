@@ -9,6 +9,10 @@ a killed process nor a power cut loses an acknowledged write (measured cost: ~0.
 class of disk). `secure_delete=ON` zeroes deleted cells and freed pages, so a deleted memory's bytes do not
 linger in the file; the WAL is truncated by the checkpoint at shutdown.
 
+Privacy: memories are private data. A new database file is created 0600 before SQLite opens it (SQLite gives
+its -wal, -shm and -journal the database's mode), and the default data folder 0700, whatever the umask; a
+folder or database that already exists keeps its owner's mode.
+
 Concurrency: several processes may share the file. Writes take the write lock up front (`BEGIN IMMEDIATE`)
 so SQLite's busy handler waits for it instead of failing a half-done transaction; a bounded retry loop
 covers the rare SQLITE_BUSY the handler cannot wait out.
