@@ -189,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only this namespace (repeatable; default: every namespace)",
     )
     export.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE (default: stdout)")
+    export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     export.add_argument(
         "--with-vectors",
         action="store_true",

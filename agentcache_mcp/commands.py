@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from .memory.model import Memory
     from .memory.service import MemoryService
+    from .output_files import Target, TargetRefused
 
 
 def stats(settings: Settings) -> dict[str, Any]:
@@ -513,6 +513,7 @@ def other_store_kind(args: argparse.Namespace) -> str | None:
 def _backup(args: argparse.Namespace, settings: Settings) -> int:
     from . import console
     from .backends.sqlite.backup import BackupError, backup_sqlite
+    from .output_files import TargetRefused
 
     source = settings.db_path
     dest = Path(os.path.abspath(Path(args.dest).expanduser()))
@@ -524,10 +525,6 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandFailed(f"the directory {dest.parent} does not exist", EXIT_USAGE)
     if not source.exists():
         raise CommandFailed(f"no memory database at {source} (--db / AGENTCACHE_DB names the one to back up)")
-    if dest.exists() and dest.samefile(source):
-        raise CommandFailed(f"{dest} is the database itself: name another file", EXIT_USAGE)
-    if dest.exists() and not args.force:
-        raise CommandFailed(f"{dest} already exists: name another file, or use --force to overwrite it")
     with console.progress("backing up", None, unit="pages") as update:
         try:
             result = backup_sqlite(
@@ -539,6 +536,8 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
             )
         except BackupError as exc:
             raise CommandFailed(str(exc)) from None
+        except TargetRefused as exc:
+            raise _refused(exc) from None
     if args.json:
         console.emit_json(
             {
@@ -566,12 +565,20 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from . import console
     from .memory.validation import validate_namespace
+    from .output_files import TargetRefused, check_target
 
     namespaces = None if not args.namespace else list(dict.fromkeys(validate_namespace(n) for n in args.namespace))
-    target = None if args.output in (None, "-") else Path(os.path.abspath(Path(args.output).expanduser()))
-    if target is not None and (target.is_dir() or not target.parent.is_dir()):
-        problem = "is a directory" if target.is_dir() else "is in a directory that does not exist"
-        raise CommandFailed(f"-o {args.output}: {target} {problem}", EXIT_USAGE)
+    target: Target | None = None
+    if args.output not in STDOUT_NAMES:
+        path = Path(os.path.abspath(Path(args.output).expanduser()))
+        if path.is_dir() or not path.parent.is_dir():
+            problem = "is a directory" if path.is_dir() else "is in a directory that does not exist"
+            raise CommandFailed(f"-o {args.output}: {path} {problem}", EXIT_USAGE)
+        store = None if settings.database_url is not None else settings.db_path
+        try:
+            target = check_target(path, store=store, force=args.force, streams=True)
+        except TargetRefused as exc:
+            raise _refused(exc) from None
     try:
         from .memory.exchange import export_jsonl
     except ImportError as exc:
@@ -589,18 +596,27 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             written = (
                 _write_stdout(lambda out: export(out, lambda n: update(n, None)))
                 if target is None
-                else _write_file(target, lambda out: export(out, lambda n: update(n, None)))
+                else _write_file(target, lambda out: export(out, lambda n: update(n, None)), force=args.force)
             )
     scope = "every namespace" if namespaces is None else "namespace " + ", ".join(namespaces)
     summary = f"exported {_plural(written, 'memory', 'memories')} ({scope})"
     if target is not None:
-        console.say(f"{summary} to {target}")
+        console.say(f"{summary} to {target.path}")
     elif console.stderr_is_tty():
         console.note(summary)  # stdout is the export
     for ns in namespaces or []:
         if not counts.get(ns):
             console.note(f"agentcache-mcp: namespace {ns!r} has no memories")
     return 0
+
+
+def _refused(exc: TargetRefused) -> CommandFailed:
+    """export -o / backup may not write where asked: a usage error when no --force could make it right."""
+    return CommandFailed(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED)
+
+
+STDOUT_NAMES = (None, "-", "/dev/stdout")
+"""`-o` values that mean stdout: /dev/stdout is not a file in /dev to replace."""
 
 
 def _write_stdout(write: Callable[[Any], int]) -> int:
@@ -618,15 +634,27 @@ def _write_stdout(write: Callable[[Any], int]) -> int:
         out.detach()  # leave sys.stdout's buffer open
 
 
-def _write_file(target: Path, write: Callable[[Any], int]) -> int:
-    """Run write(out) into a temporary file beside target, then move it into place: no half-written export."""
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+def _write_file(target: Target, write: Callable[[Any], int], *, force: bool) -> int:
+    """Run write(out) into a new owner-only temporary file beside the target, then move it into place: no
+    half-written export, nothing overwritten unless `force` (output_files). A FIFO or terminal is written
+    in place."""
+    from .output_files import TargetRefused, create_temporary, move_into_place, open_stream
+
     try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as out:
-            written = write(out)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if target.stream:
+            with os.fdopen(open_stream(target), "w", encoding="utf-8", newline="\n") as out:
+                return write(out)
+        tmp, fd = create_temporary(target.entry)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                written = write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            move_into_place(tmp, target, force=force)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except TargetRefused as exc:
+        raise _refused(exc) from None
     return written
 
 

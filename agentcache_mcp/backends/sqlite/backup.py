@@ -6,18 +6,22 @@ on the source: every step reads the same snapshot, so servers writing meanwhile 
 restart nor end up half in it (in WAL mode they are not held up by the reader either). The copy is written
 to a temporary file beside the destination, switched to a single-file journal, checked with
 `PRAGMA integrity_check` (which covers the FTS5 keyword index too), and only then moved into place.
+
+The destination is checked and written as `output_files` says: never one of the store's own files, never
+an existing file or a link without `overwrite`, never a special file; the temporary file is created new
+(O_EXCL) and owner-only before SQLite opens it, so the copy, and its journal, are 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...output_files import STORE_SUFFIXES, Target, check_target, create_temporary, move_into_place
 from .connection import BUSY_TIMEOUT_MS, sqlite3
 
 STEP_PAGES = 1024
@@ -53,22 +57,28 @@ def backup_sqlite(
     """Copy the SQLite database `source` to `dest` while other processes may be using it; verify the copy.
 
     `progress(pages_done, pages_total)` is called after each step, `verifying()` once the copy is made and
-    its check begins (it reads the whole copy: on a large store it takes a while). Raises BackupError (nothing written at
-    `dest`) if the source is missing or not SQLite, `dest` exists and not `overwrite`, or the copy fails
-    `integrity_check`."""
+    its check begins (it reads the whole copy: on a large store it takes a while). Raises
+    output_files.TargetRefused (nothing written) if `dest` is one of the store's files or a special file, or
+    exists and not `overwrite`; BackupError (nothing written at `dest`) if the source is missing or not
+    SQLite, or the copy fails `integrity_check`."""
     started = time.monotonic()
+    # with overwrite, DEST's -wal, -shm and -journal are deleted too: they must not be the store's either
+    target = check_target(
+        dest, store=source, force=overwrite, streams=False, companions=STORE_SUFFIXES[1:] if overwrite else ()
+    )
     _check_source(source)
-    if dest.exists() and not overwrite:
-        raise BackupError(f"{dest} already exists (use --force to overwrite it)")
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.partial")
+    tmp, fd = create_temporary(target.entry)
     try:
         pages, memories = _copy(source, tmp, step_pages or STEP_PAGES, progress)
         if verifying is not None:
             verifying()
         verdict = _verify(tmp)
-        _fsync(tmp)
-        _move_into_place(tmp, dest, overwrite)
+        if not os.path.samestat(os.fstat(fd), os.lstat(tmp)):
+            raise BackupError(f"the temporary copy {tmp} was replaced by another file; nothing was written")
+        os.fsync(fd)
+        _move_into_place(tmp, target, overwrite)
     finally:
+        os.close(fd)
         for leftover in (tmp, *_companions(tmp)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
@@ -149,42 +159,14 @@ def _verify(copy: Path) -> str:
     return "ok"
 
 
-def _move_into_place(tmp: Path, dest: Path, overwrite: bool) -> None:
+def _move_into_place(tmp: Path, target: Target, overwrite: bool) -> None:
     if overwrite:
         # a journal left by an earlier database at dest would be applied to the copy when it is opened
-        for stale in _companions(dest):
+        for stale in _companions(target.entry):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        os.replace(tmp, dest)
-    else:
-        try:
-            os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrite without being asked
-        except FileExistsError:
-            raise BackupError(f"{dest} already exists (use --force to overwrite it)") from None
-        except OSError:  # a file system without hard links
-            if dest.exists():
-                raise BackupError(f"{dest} already exists (use --force to overwrite it)") from None
-            os.replace(tmp, dest)
-    _fsync_directory(dest.parent)
+    move_into_place(tmp, target, force=overwrite)
 
 
 def _companions(path: Path) -> list[Path]:
-    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows flushes only a file open for writing
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return [path.with_name(path.name + suffix) for suffix in STORE_SUFFIXES[1:]]

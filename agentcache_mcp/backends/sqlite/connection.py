@@ -9,6 +9,10 @@ a killed process nor a power cut loses an acknowledged write (measured cost: ~0.
 class of disk). `secure_delete=ON` zeroes deleted cells and freed pages, so a deleted memory's bytes do not
 linger in the file; the WAL is truncated by the checkpoint at shutdown.
 
+Privacy: memories are private data. A new database file is created 0600 before SQLite opens it (SQLite gives
+its -wal, -shm and -journal the database's mode), and the default data folder 0700, whatever the umask; a
+folder or database that already exists keeps its owner's mode.
+
 Concurrency: several processes may share the file. Writes take the write lock up front (`BEGIN IMMEDIATE`)
 so SQLite's busy handler waits for it instead of failing a half-done transaction; a bounded retry loop
 covers the rare SQLITE_BUSY the handler cannot wait out.
@@ -32,6 +36,7 @@ else:
     import sqlean as sqlite3
 
 from ...memory.ports import StoreError, StoreFullError
+from ...output_files import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +102,26 @@ class Database:
                     "(create it, or point AGENTCACHE_DB / --db somewhere else)"
                 )
             try:
-                parent.mkdir(parents=True, exist_ok=True)
+                parent.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    parent.mkdir(mode=0o700)  # memories are private: the owner only
+                except FileExistsError:
+                    pass  # made meanwhile by another process: not ours to change
+                else:
+                    parent.chmod(0o700)  # the umask may have taken bits away
             except OSError as exc:
                 raise StoreError(f"cannot create the data directory {parent}: {exc.strerror}") from None
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise StoreError(f"the memory database {self.path} is not readable and writable by this user")
-        if not self.path.exists() and not os.access(parent, os.W_OK):
-            raise StoreError(f"cannot create the memory database: directory {parent} is not writable")
+        if not self.path.exists():
+            if not os.access(parent, os.W_OK):
+                raise StoreError(f"cannot create the memory database: directory {parent} is not writable")
+            try:
+                # a new database is created owner-only (SQLite gives its -wal and -shm its mode); an existing
+                # one keeps the mode its owner gave it
+                create_private_file(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot create the memory database {self.path}: {exc.strerror}") from None
 
     def unusable(self, exc: Exception) -> StoreError:
         return StoreError(
