@@ -662,7 +662,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             except ImportInterrupted as exc:
                 raise CommandFailed(f"import interrupted: {exc}") from None
             except OSError as exc:
-                raise CommandFailed(f"cannot read {path}: {exc.strerror}; nothing was imported") from None
+                raise CommandFailed(f"cannot import {path}: {exc.strerror or exc}; nothing was imported") from None
         pending = memory.pending_embeddings() if report.applied else 0
         model_id = memory.embedder.model_id
     if args.json:

@@ -77,9 +77,22 @@ def record(n: int, **fields: Any) -> dict[str, Any]:
     } | fields
 
 
+class Raw(str):
+    """Written into the line as it is, not as a JSON string."""
+
+
+def dumps(value: dict[str, Any]) -> str:
+    """JSON, with the Raw values among value's own written as they are."""
+    text = json.dumps(value)
+    for v in value.values():
+        if isinstance(v, Raw):
+            text = text.replace(json.dumps(v), v, 1)
+    return text
+
+
 def write_file(path: Path, lines: list[Any], header: dict[str, Any] | None = HEADER) -> Path:
     """Each line as given if a string (raw), else as JSON; the header first unless None."""
-    rows = ([json.dumps(header)] if header is not None else []) + [
+    rows = ([dumps(header)] if header is not None else []) + [
         line if isinstance(line, str) else json.dumps(line, ensure_ascii=False) for line in lines
     ]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8", errors="surrogatepass")
@@ -106,10 +119,6 @@ def run_import(memory: MemoryService, path: Path, **kwargs: Any) -> Any:
 
 
 # --- times every read can show ---------------------------------------------------------------------------
-
-class Raw(str):
-    """Written into the line as it is, not as a JSON string."""
-
 
 OUT_OF_RANGE_TIMES: list[Any] = [
     "9999-12-31T23:59:59.999999Z",  # rounds into year 10000 as a float
@@ -266,6 +275,8 @@ def hostile_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
     add("an official observation with NUL", [{"type": "entity", "name": "A", "entityType": "p", "observations": ["a\u0000b"]}], "line 1: observations[0]", header=None)
     add("an official name with a lone surrogate", ['{"type":"entity","name":"A\\ud800","entityType":"p","observations":["o"]}'], "line 1: name", header=None)
     add("an official relation type as a number", ['{"type":"relation","from":"A","to":"B","relationType":1e999}'], "line 1: relationType", header=None)
+    add("a line over 8 MiB", [record(1, text="x" * (9 * 1024 * 1024))], "line 2 is longer than")
+    add("a header with a huge version", [record(1)], "version", header={"format": FORMAT, "version": Raw("9" * 5000)})
     legacy = tmp_path / "legacy-bad.json"
     legacy.write_text(json.dumps({"entities": [5, {"name": "A", "entityType": "p", "observations": [None]}]}))
     files.append(("a legacy file with a number for an entity", legacy, "line 1: entities[0]: expected a JSON object"))

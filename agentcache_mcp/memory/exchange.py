@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
+from ..embeddings import Embedder, EmbeddingModelError
 from .model import Memory, content_hash, memory_fields, new_id
 from .ports import Vector
 from .service import MemoryService
@@ -289,13 +290,27 @@ def detect_format(snapshot: Snapshot, path: Path) -> str:
     )
 
 
-@dataclass(slots=True, frozen=True)
 class StoreModel:
-    """The embedding model of the store an import goes into: a vector is kept only if it is this model's."""
+    """The embedding model of the store an import goes into: a vector is kept only if it is this model's, of its
+    dimension. The dimension is learnt when a vector names the model (loading it, for a sentence-transformers
+    model: a few seconds, once)."""
 
-    model_id: str
-    dim: int | None
-    """None: the model could not be loaded to learn it (every vector is then dropped, to be embedded)."""
+    def __init__(self, embedder: Embedder):
+        self.model_id = embedder.model_id
+        self._embedder = embedder
+        self._dim: int | None = None
+        self._known = False
+
+    @property
+    def dim(self) -> int | None:
+        """None: the model could not be loaded to learn it (its vectors are then dropped, to be embedded)."""
+        if not self._known:
+            try:
+                self._dim = int(self._embedder.dim)
+            except EmbeddingModelError:
+                self._dim = None
+            self._known = True
+        return self._dim
 
 
 @dataclass(slots=True)
@@ -540,7 +555,7 @@ def _vector(raw: Any, model: StoreModel) -> tuple[tuple[str, Vector] | None, str
     norm = float(np.linalg.norm(values.astype(np.float64)))
     if abs(norm - 1.0) > UNIT_TOLERANCE:
         raise InvalidInput(f"vector has length {norm:.4g}; an embedding is a unit vector")
-    if raw["model"] != model.model_id or model.dim is None:
+    if raw["model"] != model.model_id or model.dim is None:  # (dim: only now, for a vector of the store's model)
         return None, raw["model"]
     if dim != model.dim:
         raise InvalidInput(f"vector.dim is {dim}, but {model.model_id} (this store's model) has {model.dim}")
@@ -576,15 +591,6 @@ class _Plan:
     skipped: int = 0
     dropped_vectors: int = 0
     dropped_models: set[str] = field(default_factory=set)
-
-
-def _store_model(memory: MemoryService) -> StoreModel:
-    from ..embeddings import EmbeddingModelError
-
-    try:
-        return StoreModel(memory.embedder.model_id, int(memory.embedder.dim))
-    except EmbeddingModelError:
-        return StoreModel(memory.embedder.model_id, None)
 
 
 def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
@@ -715,7 +721,7 @@ def _import(
 ) -> ImportReport:
     kind = detect_format(snapshot, path)
     report = ImportReport(format=kind)
-    model = _store_model(memory) if kind == FORMAT and _has_vectors(snapshot) else StoreModel(memory.embedder.model_id, None)
+    model = StoreModel(memory.embedder)
 
     def records() -> Iterator[Record | Refusal]:
         return _records(snapshot, kind, namespace, memory.limits.namespace, memory.limits.max_text_bytes, model)
@@ -805,11 +811,6 @@ class _Batch:
                 return
             self.taken += 1
             yield item
-
-
-def _has_vectors(snapshot: Snapshot) -> bool:
-    """Whether any line carries a vector (only then is the model loaded to learn its dimension)."""
-    return any('"vector"' in line for _, line in snapshot.lines())
 
 
 def _shown_reason(where: str, reason: str) -> str:
