@@ -6,6 +6,7 @@ without adding anything twice. On both backends where the store is involved."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -167,11 +168,15 @@ def test_an_import_refuses_times_no_read_can_show_naming_line_and_field(store: M
     assert everything(store) == before
 
 
-def test_whatever_times_a_file_holds_what_is_imported_stays_readable_everywhere(tmp_path: Path) -> None:
-    """Export, recall, the CLI's list and show, the namespace and memory resources and every UI page, after an
-    import (with --skip-invalid) of a file holding every edge and out-of-range time in every time field."""
-    db = tmp_path / "memory.db"
-    settings = Settings(db_path=db, auto_forget_enabled=False, namespace="imported")
+def test_whatever_times_a_file_holds_what_is_imported_stays_readable_everywhere(harness: Harness, tmp_path: Path) -> None:
+    """Export, recall, the CLI's list, recall and show, the namespace and memory resources and every UI page,
+    after an import (with --skip-invalid) of a file holding every edge and out-of-range time in every time
+    field."""
+    if isinstance(harness, SqliteHarness):
+        db, settings = str(harness.path), Settings(db_path=harness.path, auto_forget_enabled=False, namespace="imported")
+    else:
+        assert isinstance(harness, PostgresHarness)
+        db, settings = harness.url, Settings(database_url=harness.url, auto_forget_enabled=False, namespace="imported")
     memory = app_module.open_memory(settings, embedder=HashEmbedder())
     lines, n = [], 0
     for name in TIME_FIELDS:
@@ -213,16 +218,14 @@ def test_whatever_times_a_file_holds_what_is_imported_stays_readable_everywhere(
     finally:
         memory.close()
     for argv in (["list", "--namespace", "imported", "--limit", "100"], ["recall", "--namespace", "imported", "imported"]):
-        assert cli_run(["--db", str(db), *argv])[0] == 0, argv
+        assert cli_run(["--db", db, *argv]) == (0, ""), argv
     for memory_id in ids:
-        assert cli_run(["--db", str(db), "show", memory_id])[0] == 0, memory_id
+        assert cli_run(["--db", db, "show", memory_id]) == (0, ""), memory_id
 
 
 def cli_run(argv: list[str]) -> tuple[int, str]:
     """cli.main in this process with the fake model; (exit code, stderr)."""
     captured = io.StringIO()
-    import contextlib
-
     with pytest.MonkeyPatch.context() as patch:
         for name in ENV_VARIABLES:
             patch.delenv(name, raising=False)
