@@ -33,7 +33,7 @@ from agentcache_mcp.memory.exchange import (
     export_jsonl,
     import_jsonl,
 )
-from agentcache_mcp.memory.model import MemoryFilter
+from agentcache_mcp.memory.model import MemoryFilter, content_hash
 from agentcache_mcp.memory.service import MemoryService
 from agentcache_mcp.server import build_server
 from agentcache_mcp.workers import App
@@ -379,9 +379,19 @@ def test_a_vector_of_another_model_is_dropped_with_a_note_and_a_damaged_one_refu
 
 def test_ids_and_supersession_never_reach_into_another_namespace(store: MemoryService, tmp_path: Path) -> None:
     theirs = store.remember("their private fact", namespace="other")
+    # A memory naming an id no memory has, as an import before these checks could store: not superseded yet.
+    [dangling] = store.backend.memories.find(MemoryFilter("other"))
+    dangling.id, dangling.text, dangling.content_hash = "DANGLING1", "their older fact", content_hash("their older fact")
+    dangling.superseded_by = "GHOST0000001"
+    store.backend.memories.restore([(dangling, None)])
     before = everything(store)
     cases = {
         "an id that is another namespace's memory": ([record(1, id=theirs.id)], "line 2: id", "namespace 'other'"),
+        "an id another namespace's memory names as superseding it": (
+            [record(1, id="GHOST0000001")],
+            "line 2: id 'GHOST0000001' is what a memory of namespace 'other' names as superseding it",
+            "",
+        ),
         "an id twice with different memories": (
             [record(1), record(2, id="IMPORTED000001")],
             "line 3: id 'IMPORTED000001' is also the id of another memory, on line 2",
@@ -404,7 +414,8 @@ def test_ids_and_supersession_never_reach_into_another_namespace(store: MemorySe
             run_import(store, path)
         assert expect in str(refused.value) and also in str(refused.value), (what, str(refused.value))
         assert everything(store) == before, what
-    assert [h.id for h in store.recall("their private fact", namespace="other")] == [theirs.id]
+    assert [h.id for h in store.recall("their private fact", namespace="other", limit=1)] == [theirs.id]
+    assert [h.id for h in store.recall("their older fact", namespace="other", limit=1)] == ["DANGLING1"]
 
     # A correction within the file is kept; one naming no memory anywhere is stored as not superseded (what a
     # dangling pointer means to every read), so no memory written later can take that id and hide it.

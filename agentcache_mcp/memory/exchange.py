@@ -613,11 +613,23 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 [(r.memory.namespace, r.memory.content_hash) for r in page if r.memory.id not in stored]
             )
         }
+        # A memory of the store may still name an id no memory has (written by an import before these checks):
+        # a new memory with that id in another namespace would hide it there.
+        named_by: dict[str, set[str]] = {}
+        for by, namespace in memory.backend.memories.superseding([r.memory.id for r in page if r.memory.id not in stored]):
+            named_by.setdefault(by, set()).add(namespace)
         for r in page:
             m, there = r.memory, stored.get(r.memory.id)
             if there is not None and (there.namespace, there.content_hash) != (m.namespace, m.content_hash):
                 where = "in namespace " + repr(there.namespace) if there.namespace != m.namespace else "with other text"
                 plan.refused[r.where] = f"id {m.id!r} is already the id of another memory of this store ({where})"
+                continue
+            others = sorted(named_by.get(m.id, set()) - {m.namespace})
+            if others:
+                plan.refused[r.where] = (
+                    f"id {m.id!r} is what a memory of namespace {others[0]!r} names as superseding it: stored in "
+                    f"namespace {m.namespace!r}, it would hide that memory"
+                )
                 continue
             if there is not None or (m.namespace, m.content_hash) in by_content or (m.namespace, m.content_hash) in contents:
                 plan.skipped += 1
