@@ -636,7 +636,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
     path = Path(args.file).expanduser()
     if not path.is_file():
-        raise CommandFailed(f"no such file: {path}", EXIT_USAGE)
+        what = "not a regular file (a pipe or a device is not read: save it to a file first)" if path.exists() else ""
+        raise CommandFailed(f"{path} is {what}" if what else f"no such file: {path}", EXIT_USAGE)
     namespace = None if args.namespace is None else validate_namespace(args.namespace)
     try:
         from .memory.exchange import ImportInterrupted, ImportRefused, import_jsonl

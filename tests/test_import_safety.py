@@ -553,3 +553,31 @@ def test_a_remember_from_another_thread_is_not_held_up_by_a_large_import(store: 
         worker.join(60)
     assert len(during) >= 3
     assert len(everything(store)) >= 3000 + len(during)
+
+
+def test_the_command_line_says_what_an_interrupted_import_left_and_a_second_run_completes_it(tmp_path: Path) -> None:
+    from agentcache_mcp.backends.sqlite.repository import SqliteMemories
+
+    db = str(tmp_path / "memory.db")
+    path = write_file(tmp_path / "many.jsonl", [record(n) for n in range(1200)])
+    real = SqliteMemories.restore
+    calls: list[int] = []
+
+    def failing(self: SqliteMemories, items: Any) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, items)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqliteMemories, "restore", failing)
+        code, err = cli_run(["--db", db, "import", str(path)])
+    assert code == 1 and len(err.splitlines()) == 1, err
+    found = re.search(r"import interrupted: stopped after (\d+) memories were added \(in 1 whole batch\)", err)
+    assert found and "No space left on device" in err and "Import the same file again" in err, err
+    assert cli_run(["--db", db, "import", str(path)]) == (0, "")
+    memory = app_module.open_memory(Settings(db_path=Path(db)), embedder=HashEmbedder())
+    try:
+        assert len(everything(memory)) == 1200
+    finally:
+        memory.close()

@@ -571,7 +571,8 @@ class ImportInterrupted(RuntimeError):
 
     def __init__(self, report: ImportReport, cause: BaseException):
         super().__init__(
-            f"stopped after {report.added} memories were added (in {report.batches} whole batches): {cause}. "
+            f"stopped after {report.added} memories were added (in {report.batches} whole "
+            f"{'batch' if report.batches == 1 else 'batches'}): {cause}. "
             "Import the same file again to add the rest: what is already there is skipped, nothing is added twice."
         )
         self.report = report
