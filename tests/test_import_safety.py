@@ -581,3 +581,21 @@ def test_the_command_line_says_what_an_interrupted_import_left_and_a_second_run_
         assert len(everything(memory)) == 1200
     finally:
         memory.close()
+
+
+def test_a_refused_line_is_applied_neither_through_a_copy_of_it_nor_in_part(store: MemoryService, tmp_path: Path) -> None:
+    theirs = store.remember("their private fact", namespace="other")
+    hiding = record(1, superseded_by=theirs.id)
+    path = write_file(tmp_path / "twice.jsonl", [hiding, hiding, record(2)])
+    report = run_import(store, path, skip_invalid=True)
+    assert [n for n, _ in report.invalid] == [2] and (report.added, report.skipped_existing) == (1, 1)
+    assert {m.id: m.superseded_by for m in store.backend.memories.find(MemoryFilter("imported"))} == {
+        "IMPORTED000002": None
+    }
+
+    entity = {"type": "entity", "name": "A", "entityType": "p", "observations": ["fits", "x" * 70_000]}
+    official = write_file(tmp_path / "half.jsonl", [entity], header=None)
+    planned = run_import(store, official, namespace="kg", skip_invalid=True, dry_run=True)
+    done = run_import(store, official, namespace="kg", skip_invalid=True)
+    assert (planned.added, done.added, [n for n, _ in done.invalid]) == (0, 0, [1])
+    assert store.backend.memories.find(MemoryFilter("kg")) == []

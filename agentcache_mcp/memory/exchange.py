@@ -356,10 +356,14 @@ def _records(
         try:
             if isinstance(item, Exception):
                 raise item
-            for text, tags in _graph_memories(item, max_text_bytes):
-                yield Record(where, _new_memory(target, text, tags, now, max_text_bytes), None)
+            built = [  # all of the line, or none of it
+                Record(where, _new_memory(target, text, tags, now, max_text_bytes), None)
+                for text, tags in _graph_memories(item, max_text_bytes)
+            ]
         except (json.JSONDecodeError, InvalidInput, KeyError) as exc:
             yield Refusal(where, _reason(exc))
+            continue
+        yield from built
 
 
 def _graph_items(snapshot: Snapshot) -> Iterator[tuple[str, Any]]:
@@ -588,6 +592,9 @@ class _Plan:
     unlinked: set[str] = field(default_factory=set)
     """Lines whose superseded_by names no memory in the file or the store: stored as not superseded (what a
     dangling pointer means to every read, without the risk of a later memory taking that id)."""
+    repeated: set[tuple[str, str]] = field(default_factory=set)
+    """(where, id) of the records that repeat an earlier line's memory exactly: skipped, never applied (the
+    check of the first stands for both)."""
     added: int = 0
     skipped: int = 0
     dropped_vectors: int = 0
@@ -655,7 +662,8 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
             if seen[:2] != (m.namespace, m.content_hash):
                 plan.refused[item.where] = f"id {m.id!r} is also the id of another memory, on {seen[2]}"
             else:
-                plan.skipped += 1  # the same memory twice: the second is skipped
+                plan.repeated.add((item.where, m.id))
+                plan.skipped += 1
             continue
         in_file[m.id] = (m.namespace, m.content_hash, item.where)
         if m.superseded_by is not None:
@@ -757,12 +765,13 @@ def _import(
 
     def valid() -> Iterator[tuple[Memory, tuple[str, Vector] | None]]:
         for item in records():
-            if isinstance(item, Refusal) or item.where in plan.refused:
+            if isinstance(item, Refusal) or item.where in plan.refused or (item.where, item.memory.id) in plan.repeated:
                 continue
             if item.where in plan.unlinked:
                 item.memory.superseded_by = None
             yield item.memory, item.vector
 
+    report.skipped_existing = len(plan.repeated)
     try:
         _apply(memory, valid(), report, total, progress, batch_size)
     except Exception as exc:
