@@ -262,6 +262,7 @@ def hostile_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
     add("an escape sequence in an id", [record(1, id="ABC\u001b[31mDEF")], "line 2: id")
     add("a lone surrogate in superseded_by", [json.dumps(record(1)).replace('"superseded_by": null', '"superseded_by": "\\udfff"')], "line 2: superseded_by")
     add("a raw NUL byte", [json.dumps(record(1)).replace("memory number", "memory\x00number")], "line 2: not JSON")
+    add("an object for tags", [record(1, tags={"a": 1})], "line 2: tags must be a list")
     add("33 tags", [record(1, tags=[f"t{i}" for i in range(33)])], "line 2: at most 32 tags")
     add("metadata over the key limit", [record(1, metadata={f"k{i}": i for i in range(65)})], "line 2: metadata")
     add("nested metadata", [record(1, metadata={"a": {"b": 1}})], "line 2: metadata value for 'a'")

@@ -489,7 +489,7 @@ def _own_record(
         id=memory_id,
         namespace=validate_namespace(namespace or raw["namespace"]),
         text=text,
-        tags=validate_tags(raw.get("tags", [])),
+        tags=validate_tags(_list_field(raw, "tags")),
         importance=validate_importance(raw.get("importance", 0.5)),
         metadata=validate_metadata(raw.get("metadata", {})),
         created_at=created,
@@ -521,6 +521,13 @@ _OWN_FIELDS = {
 
 UNIT_TOLERANCE = 1e-3
 """How far from 1 a vector's length may be: every embedder writes unit vectors (float32: ~1e-7 off)."""
+
+
+def _list_field(raw: dict[str, Any], name: str) -> list[Any]:
+    value = raw.get(name) or []
+    if not isinstance(value, list):
+        raise InvalidInput(f"{name} must be a list of strings, got {_json_type(value)}")
+    return value
 
 
 def _required_time(raw: dict[str, Any], name: str) -> float:
