@@ -664,10 +664,11 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
     path = Path(args.file).expanduser()
     if not path.is_file():
-        raise CommandFailed(f"no such file: {path}", EXIT_USAGE)
+        what = "not a regular file (a pipe or a device is not read: save it to a file first)" if path.exists() else ""
+        raise CommandFailed(f"{path} is {what}" if what else f"no such file: {path}", EXIT_USAGE)
     namespace = None if args.namespace is None else validate_namespace(args.namespace)
     try:
-        from .memory.exchange import ImportRefused, import_jsonl
+        from .memory.exchange import ImportInterrupted, ImportRefused, import_jsonl
     except ImportError as exc:
         raise CommandFailed(f"import is not available in this installation ({exc})") from None
     store_settings = settings
@@ -687,8 +688,10 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
                 )
             except ImportRefused as exc:
                 raise CommandFailed(f"import refused: {exc}") from None
-            except UnicodeDecodeError:
-                raise CommandFailed(f"import refused: {path} is not UTF-8 text; nothing was imported") from None
+            except ImportInterrupted as exc:
+                raise CommandFailed(f"import interrupted: {exc}") from None
+            except OSError as exc:
+                raise CommandFailed(f"cannot import {path}: {exc.strerror or exc}; nothing was imported") from None
         pending = memory.pending_embeddings() if report.applied else 0
         model_id = memory.embedder.model_id
     if args.json:
@@ -701,6 +704,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
                 "added": report.added,
                 "skipped_existing": report.skipped_existing,
                 "invalid": [{"line": line, "reason": reason} for line, reason in report.invalid],
+                "dropped_vectors": report.dropped_vectors,
                 "pending_embeddings": pending,
             }
         )
@@ -717,6 +721,12 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         console.say(f"dry run: would add {added} and skip {existing}; nothing was written")
     else:
         console.say(f"added {added}; skipped {existing}")
+    if report.dropped_vectors:
+        named = ", ".join(repr(m) for m in report.dropped_models)
+        console.say(
+            f"{report.dropped_vectors} vectors of another model ({named}) were left out: this store embeds with "
+            f"{model_id}, so those memories wait for a vector like any new one"
+        )
     if pending:
         console.say(
             f"{pending} wait for a vector from {model_id}: a running server embeds them in the background, or run "

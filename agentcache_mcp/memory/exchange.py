@@ -1,8 +1,13 @@
 """Export and import: our own JSONL format, and the official MCP memory server's knowledge-graph files.
 
-Export streams page by page (constant memory whatever the store's size). Import reads the file twice: once to
-check every line with the same rules as the tools (reporting each bad line by its number), once inside ONE
-transaction that applies it, so a file with a bad line applies nothing unless `skip_invalid` is asked for.
+Export streams page by page (constant memory whatever the store's size). Import reads the file once, into a
+private unnamed copy that the check and the apply both read (a file changed during an import is never applied
+unchecked); checks every line against this store (the tools' rules, times every read can show, vectors of this
+store's model and dimension, ids and supersession confined to a namespace), reporting each bad line by its
+number; and only then applies it, in batches of at most BATCH_MEMORIES memories and about BATCH_SECONDS each,
+letting go of the write lock between them, so a large import never holds up another process's write for long.
+A refused file changes nothing; a failure while applying leaves whole batches, and the same import run again
+adds the rest (what is already stored is skipped).
 
 Our format, one JSON object per line:
 - line 1, the header: {"format": "agentcache-export", "version": 1, "schema": ..., "embedding_model": ...,
@@ -18,26 +23,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
+import math
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
+from ..embeddings import Embedder, EmbeddingModelError
 from .model import Memory, content_hash, memory_fields, new_id
 from .ports import Vector
 from .service import MemoryService
 from .validation import (
     MAX_TAG_CHARS,
     InvalidInput,
-    parse_time,
-    validate_ids,
+    validate_access_count,
     validate_importance,
     validate_metadata,
     validate_namespace,
+    validate_stored_id,
+    validate_stored_time,
     validate_tags,
     validate_text,
 )
@@ -47,6 +59,15 @@ VERSION = 1
 PAGE = 500
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_REPORTED_ERRORS = 20
+
+BATCH_MEMORIES = 500
+"""At most this many memories per transaction."""
+BATCH_SECONDS = 0.25
+"""And at most about this long: a batch stops taking memories once it has run this long, so another process's
+write waits at most about this (plus one insert) for the write lock."""
+BATCH_PAUSE_S = 0.12
+"""Between batches the import lets go of the write lock this long: more than the longest sleep of SQLite's busy
+handler (100 ms), so a write that is waiting gets the lock before the next batch takes it."""
 
 
 class ImportRefused(ValueError):
@@ -62,6 +83,12 @@ class ImportReport:
     invalid: list[tuple[int, str]] = field(default_factory=list)
     """(line number, reason) of each line skipped as invalid (with skip_invalid)."""
     applied: bool = False
+    batches: int = 0
+    """Transactions applied (each a whole batch of memories)."""
+    dropped_vectors: int = 0
+    """Vectors left out because they are not of this store's model (those memories wait for embedding)."""
+    dropped_models: list[str] = field(default_factory=list)
+    """The models they named (a few)."""
 
 
 # --- export ------------------------------------------------------------------------------------------------
@@ -125,12 +152,32 @@ def export_jsonl(
 # --- reading files -----------------------------------------------------------------------------------------
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line; a line over MAX_LINE_BYTES is reported, not read whole."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
+class Snapshot:
+    """The file, read once into a private copy (an unnamed temporary file, constant memory) that the check and
+    the apply both read: a file swapped, rewritten or appended to during an import is never applied unchecked."""
+
+    def __init__(self, path: Path):
+        self.file: BinaryIO = tempfile.TemporaryFile(prefix="agentcache-import-")  # noqa: SIM115 (closed by close())
+        try:
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, self.file, 1024 * 1024)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, text) of each non-blank line; a UTF-8 byte order mark before line 1 is dropped."""
+        self.file.seek(0)
+        number = 0
+        while True:
+            raw = self.file.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
             if len(raw) > MAX_LINE_BYTES:
                 raise ImportRefused(f"line {number} is longer than {MAX_LINE_BYTES} bytes; nothing was imported")
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -138,18 +185,93 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             if line.strip():
                 yield number, line
 
+    def whole(self) -> str:
+        self.file.seek(0)
+        data = self.file.read()
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ImportRefused(f"the file is not UTF-8 text (byte {exc.start}); nothing was imported") from None
 
-def detect_format(path: Path) -> str:
-    first = next(_lines(path), None)
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Unusable:
+    """What a JSON number no field can hold parses to (more than 20 digits, beyond a float's range, NaN or
+    Infinity), so the check names the field (see _unusable_number) instead of failing inside the JSON parser
+    (Python refuses ints of over 4300 digits with a ValueError) or storing a value no read can use."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+_OUT_OF_RANGE = _Unusable("a number out of range (beyond 64-bit integers or floats)")
+
+
+def _parse_int(text: str) -> int | _Unusable:
+    return int(text) if len(text) <= 20 else _OUT_OF_RANGE
+
+
+def _parse_float(text: str) -> float | _Unusable:
+    value = float(text)
+    return value if math.isfinite(value) else _OUT_OF_RANGE
+
+
+def _parse_constant(name: str) -> _Unusable:
+    return _Unusable(f"{name} is not a number (JSON has no NaN or Infinity)")
+
+
+def strict_json(text: str) -> Any:
+    """json.loads with the limits every field check relies on: numbers no field can hold (NaN, Infinity,
+    over 20 digits, beyond a float) parse to a marker that _unusable_number finds by field; nesting too deep
+    for the parser is refused as such."""
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except RecursionError:
+        raise InvalidInput("not JSON this can read: arrays or objects nested too deeply") from None
+
+
+def _unusable_number(value: Any) -> str | None:
+    """'field: why' for the first number in value that no field can hold ('metadata.n', 'created_at'), if
+    any. Iterative: a value nested as deep as the parser allows must not overflow the stack here either."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, _Unusable):
+            return f"{path or 'the value'}: {item.reason}"
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
+            return f"{path or 'the value'}: {_OUT_OF_RANGE.reason}"
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def _record_json(line: str) -> Any:
+    raw = strict_json(line)
+    unusable = _unusable_number(raw)
+    if unusable is not None:
+        raise InvalidInput(unusable)
+    return raw
+
+
+def detect_format(snapshot: Snapshot, path: Path) -> str:
+    first = next(snapshot.lines(), None)
     if first is None:
         raise ImportRefused(f"{path} is empty")
     try:
-        head = json.loads(first[1])
+        head = strict_json(first[1])
     except json.JSONDecodeError:
         head = None
+    except InvalidInput as exc:
+        raise ImportRefused(f"line {first[0]}: {exc}; nothing was imported") from None
     if isinstance(head, dict) and head.get("format") == FORMAT:
         if head.get("version") != VERSION:
-            raise ImportRefused(f"{path} is {FORMAT} version {head.get('version')!r}; this version reads {VERSION}")
+            raise ImportRefused(
+                f"{path} is {FORMAT} version {head.get('version')!r:.40}; this version reads {VERSION}"
+            )
         return FORMAT
     if isinstance(head, dict) and head.get("type") in ("entity", "relation"):
         return "official-memory-jsonl"
@@ -157,8 +279,8 @@ def detect_format(path: Path) -> str:
         return "official-memory-json"
     if head is None:
         try:
-            whole = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = strict_json(snapshot.whole())
+        except (json.JSONDecodeError, InvalidInput, ImportRefused):
             whole = None
         if isinstance(whole, dict) and "entities" in whole:
             return "official-memory-json"
@@ -168,50 +290,102 @@ def detect_format(path: Path) -> str:
     )
 
 
-Record = tuple[str, Memory, tuple[str, Vector] | None]
-"""(where, memory, vector): where names the line ('line 12', 'entities[3]') for error reports."""
+class StoreModel:
+    """The embedding model of the store an import goes into: a vector is kept only if it is this model's, of its
+    dimension. The dimension is learnt when a vector names the model (loading it, for a sentence-transformers
+    model: a few seconds, once)."""
+
+    def __init__(self, embedder: Embedder):
+        self.model_id = embedder.model_id
+        self._embedder = embedder
+        self._dim: int | None = None
+        self._known = False
+
+    @property
+    def dim(self) -> int | None:
+        """None: the model could not be loaded to learn it (its vectors are then dropped, to be embedded)."""
+        if not self._known:
+            try:
+                self._dim = int(self._embedder.dim)
+            except EmbeddingModelError:
+                self._dim = None
+            self._known = True
+        return self._dim
+
+
+@dataclass(slots=True)
+class Record:
+    where: str
+    """'line 12', or 'entities[3]' in a single-JSON file: named in error reports."""
+    memory: Memory
+    vector: tuple[str, Vector] | None
+    dropped_model: str | None = None
+    """The model of a vector dropped because it is not the store's (the memory waits for embedding)."""
+
+
+@dataclass(slots=True)
+class Refusal:
+    where: str
+    reason: str
 
 
 def _records(
-    path: Path, kind: str, namespace: str | None, default_namespace: str, max_text_bytes: int
-) -> Iterator[Record | tuple[str, str]]:
-    """Each item: a Record, or (where, reason) for an invalid one. Checked with the tools' rules."""
+    snapshot: Snapshot, kind: str, namespace: str | None, default_namespace: str, max_text_bytes: int, model: StoreModel
+) -> Iterator[Record | Refusal]:
+    """Each line's memories, checked with the tools' rules and this store's limits, or why it is refused."""
     if kind == FORMAT:
-        lines = _lines(path)
+        lines = snapshot.lines()
         next(lines)  # the header
         for number, line in lines:
             where = f"line {number}"
             try:
-                memory, vector = _own_record(json.loads(line), namespace, max_text_bytes)
-            except (json.JSONDecodeError, InvalidInput, KeyError, TypeError, ValueError) as exc:
-                yield where, _reason(exc)
+                memory, vector, dropped = _own_record(_record_json(line), namespace, max_text_bytes, model)
+            except (json.JSONDecodeError, InvalidInput, KeyError) as exc:
+                yield Refusal(where, _reason(exc))
                 continue
-            yield where, memory, vector
+            yield Record(where, memory, vector, dropped)
         return
     target = validate_namespace(namespace or default_namespace)
     now = datetime.now(UTC).timestamp()
+    items: Iterator[tuple[str, Any]]
     if kind == "official-memory-jsonl":
-        items: Iterator[tuple[str, Any]] = ((f"line {number}", _json_or_error(line)) for number, line in _lines(path))
+        items = ((f"line {number}", _json_or_error(line)) for number, line in snapshot.lines())
     else:
-        graph = json.loads(path.read_text(encoding="utf-8"))
-        items = iter(
-            [(f"entities[{i}]", {"type": "entity", **e}) for i, e in enumerate(graph.get("entities") or [])]
-            + [(f"relations[{i}]", {"type": "relation", **r}) for i, r in enumerate(graph.get("relations") or [])]
-        )
+        items = _graph_items(snapshot)
     for where, item in items:
         try:
             if isinstance(item, Exception):
                 raise item
-            for text, tags in _graph_memories(item):
-                yield where, _new_memory(target, text, tags, now, max_text_bytes), None
-        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-            yield where, _reason(exc)
+            built = [  # all of the line, or none of it
+                Record(where, _new_memory(target, text, tags, now, max_text_bytes), None)
+                for text, tags in _graph_memories(item, max_text_bytes)
+            ]
+        except (json.JSONDecodeError, InvalidInput, KeyError) as exc:
+            yield Refusal(where, _reason(exc))
+            continue
+        yield from built
+
+
+def _graph_items(snapshot: Snapshot) -> Iterator[tuple[str, Any]]:
+    """The entities and relations of a single-JSON file (the official server's older memory.json)."""
+    try:
+        graph = _record_json(snapshot.whole())
+    except (json.JSONDecodeError, InvalidInput) as exc:
+        raise ImportRefused(f"the file cannot be read: {_reason(exc)}; nothing was imported") from None
+    if not isinstance(graph, dict):
+        raise ImportRefused("the file must hold one JSON object with entities and relations; nothing was imported")
+    for part, kind in (("entities", "entity"), ("relations", "relation")):
+        listed = graph.get(part) or []
+        if not isinstance(listed, list):
+            raise ImportRefused(f"{part} must be a list; nothing was imported")
+        for i, item in enumerate(listed):
+            yield f"{part}[{i}]", ({"type": kind, **item} if isinstance(item, dict) else item)
 
 
 def _json_or_error(line: str) -> Any:
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
+        return _record_json(line)
+    except (json.JSONDecodeError, InvalidInput) as exc:
         return exc
 
 
@@ -223,26 +397,49 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _graph_memories(item: Any) -> list[tuple[str, list[str]]]:
+def _graph_memories(item: Any, max_text_bytes: int) -> list[tuple[str, list[str]]]:
     """The memories one knowledge-graph line becomes: an entity's observations, or a relation."""
     if not isinstance(item, dict):
         raise InvalidInput("expected a JSON object")
     if item.get("type") == "entity":
-        name, kind, observations = _text_field(item, "name"), _text_field(item, "entityType"), item["observations"]
-        if not isinstance(observations, list) or not all(isinstance(o, str) for o in observations):
+        name, kind = _text_field(item, "name"), _text_field(item, "entityType")
+        observations = item.get("observations", [])
+        if not isinstance(observations, list):
             raise InvalidInput("observations must be a list of strings")
-        tags = [_tag(kind), _tag(name)]
-        return [(f"{name} ({kind}): {o.strip()}", tags) for o in observations if o.strip()]
+        out = []
+        for i, observation in enumerate(observations):
+            if not isinstance(observation, str):
+                raise InvalidInput(f"observations[{i}] must be a string, got {_json_type(observation)}")
+            _check_chars(observation, f"observations[{i}]")
+            if observation.strip():
+                out.append((f"{name} ({kind}): {observation.strip()}", [_tag(kind), _tag(name)]))
+        return out
     if item.get("type") == "relation":
         source, target, relation = _text_field(item, "from"), _text_field(item, "to"), _text_field(item, "relationType")
         return [(f"{source} {relation} {target}", ["relation", _tag(source), _tag(target)])]
-    raise InvalidInput(f"type must be 'entity' or 'relation', got {item.get('type')!r}")
+    raise InvalidInput(f"type must be 'entity' or 'relation', got {_json_type(item.get('type'))}")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value[:40])
+    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _check_chars(value: str, name: str) -> None:
+    if "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} is not valid Unicode (unpaired surrogate at {exc.start})") from None
 
 
 def _text_field(item: dict[str, Any], name: str) -> str:
     value = item[name]
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{name} must be a non-empty string")
+        raise InvalidInput(f"{name} must be a non-empty string, got {_json_type(value)}")
+    _check_chars(value, name)
     return value.strip()
 
 
@@ -270,39 +467,41 @@ def _new_memory(namespace: str, text: str, tags: list[str], now: float, max_text
     )
 
 
-def _own_record(raw: Any, namespace: str | None, max_text_bytes: int) -> tuple[Memory, tuple[str, Vector] | None]:
+def _own_record(
+    raw: Any, namespace: str | None, max_text_bytes: int, model: StoreModel
+) -> tuple[Memory, tuple[str, Vector] | None, str | None]:
     if not isinstance(raw, dict):
         raise InvalidInput("expected a JSON object")
     unknown = set(raw) - {*_OWN_FIELDS, "vector"}
     if unknown:
-        raise InvalidInput(f"unknown field(s) {', '.join(sorted(unknown))}")
-    [memory_id] = validate_ids([raw["id"]], "id")
+        raise InvalidInput(f"unknown field(s) {', '.join(repr(k[:40]) for k in sorted(unknown)[:5])}")
+    memory_id = validate_stored_id(raw["id"], "id")
     text = validate_text(raw["text"], max_text_bytes)
     created = _required_time(raw, "created_at")
     updated = _required_time(raw, "updated_at")
-    access_count = raw.get("access_count", 0)
-    if isinstance(access_count, bool) or not isinstance(access_count, int) or access_count < 0:
-        raise InvalidInput("access_count must be a whole number >= 0")
     superseded_by = raw.get("superseded_by")
     if superseded_by is not None:
-        [superseded_by] = validate_ids([superseded_by], "superseded_by")
+        superseded_by = validate_stored_id(superseded_by, "superseded_by")
+        if superseded_by == memory_id:
+            superseded_by = None  # superseded by itself: the same as not superseded (and never hidden)
     memory = Memory(
         key=0,
         id=memory_id,
         namespace=validate_namespace(namespace or raw["namespace"]),
         text=text,
-        tags=validate_tags(raw.get("tags", [])),
+        tags=validate_tags(_list_field(raw, "tags")),
         importance=validate_importance(raw.get("importance", 0.5)),
         metadata=validate_metadata(raw.get("metadata", {})),
         created_at=created,
         updated_at=max(updated, created),
-        last_accessed_at=parse_time(raw.get("last_accessed_at"), "last_accessed_at"),
-        access_count=access_count,
-        expires_at=parse_time(raw.get("expires_at"), "expires_at"),
+        last_accessed_at=validate_stored_time(raw.get("last_accessed_at"), "last_accessed_at"),
+        access_count=validate_access_count(raw.get("access_count", 0)),
+        expires_at=validate_stored_time(raw.get("expires_at"), "expires_at"),
         superseded_by=superseded_by,
         content_hash=content_hash(text),
     )
-    return memory, _vector(raw.get("vector"))
+    vector, dropped = _vector(raw.get("vector"), model)
+    return memory, vector, dropped
 
 
 _OWN_FIELDS = {
@@ -320,35 +519,195 @@ _OWN_FIELDS = {
     "superseded_by",
 }
 
+UNIT_TOLERANCE = 1e-3
+"""How far from 1 a vector's length may be: every embedder writes unit vectors (float32: ~1e-7 off)."""
+
+
+def _list_field(raw: dict[str, Any], name: str) -> list[Any]:
+    value = raw.get(name) or []
+    if not isinstance(value, list):
+        raise InvalidInput(f"{name} must be a list of strings, got {_json_type(value)}")
+    return value
+
 
 def _required_time(raw: dict[str, Any], name: str) -> float:
-    value = parse_time(raw[name], name)
+    value = validate_stored_time(raw[name], name)
     if value is None:
         raise InvalidInput(f"{name} is required")
     return value
 
 
-def _vector(raw: Any) -> tuple[str, Vector] | None:
+def _vector(raw: Any, model: StoreModel) -> tuple[tuple[str, Vector] | None, str | None]:
+    """(the vector to store, or None; the model of a well-formed vector dropped because it is not the
+    store's). A damaged vector (not base64, wrong length, not finite, not unit length) refuses its line,
+    whatever its model: the file is not what an export writes."""
     if raw is None:
-        return None
+        return None, None
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
         raise InvalidInput("vector must be an object with model, dim and float32_base64")
+    unknown = set(raw) - {"model", "dim", "float32_base64"}
+    if unknown:
+        raise InvalidInput(f"vector has unknown field(s) {', '.join(repr(k[:40]) for k in sorted(unknown)[:5])}")
     dim = raw.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 8192:
         raise InvalidInput("vector.dim must be a whole number from 1 to 8192")
+    encoded = raw.get("float32_base64")
+    if not isinstance(encoded, str):
+        raise InvalidInput("vector.float32_base64 must be a base64 string")
     try:
-        data = base64.b64decode(raw["float32_base64"], validate=True)
-    except (binascii.Error, TypeError, KeyError):
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
         raise InvalidInput("vector.float32_base64 is not base64") from None
     if len(data) != 4 * dim:
-        raise InvalidInput(f"vector has {len(data) // 4} values, dim says {dim}")
+        raise InvalidInput(f"vector.float32_base64 holds {len(data) / 4:g} float32 values, vector.dim says {dim}")
     values = np.frombuffer(data, dtype="<f4").astype(np.float32)
     if not np.isfinite(values).all():
         raise InvalidInput("vector has values that are not finite numbers")
-    return raw["model"], values
+    norm = float(np.linalg.norm(values.astype(np.float64)))
+    if abs(norm - 1.0) > UNIT_TOLERANCE:
+        raise InvalidInput(f"vector has length {norm:.4g}; an embedding is a unit vector")
+    if raw["model"] != model.model_id or model.dim is None:  # (dim: only now, for a vector of the store's model)
+        return None, raw["model"]
+    if dim != model.dim:
+        raise InvalidInput(f"vector.dim is {dim}, but {model.model_id} (this store's model) has {model.dim}")
+    return (model.model_id, values), None
 
 
 # --- import ------------------------------------------------------------------------------------------------
+
+
+class ImportInterrupted(RuntimeError):
+    """Applying stopped part-way: `report` says what was applied (whole batches). Importing the same file again
+    adds the rest, and nothing twice."""
+
+    def __init__(self, report: ImportReport, cause: BaseException):
+        super().__init__(
+            f"stopped after {report.added} memories were added (in {report.batches} whole "
+            f"{'batch' if report.batches == 1 else 'batches'}): {cause}. "
+            "Import the same file again to add the rest: what is already there is skipped, nothing is added twice."
+        )
+        self.report = report
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the check found: the refused lines, and the decisions the apply follows."""
+
+    valid: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    """where -> reason."""
+    unlinked: set[str] = field(default_factory=set)
+    """Lines whose superseded_by names no memory in the file or the store: stored as not superseded (what a
+    dangling pointer means to every read, without the risk of a later memory taking that id)."""
+    repeated: set[tuple[str, str]] = field(default_factory=set)
+    """(where, id) of the records that repeat an earlier line's memory exactly: skipped, never applied (the
+    check of the first stands for both)."""
+    added: int = 0
+    skipped: int = 0
+    dropped_vectors: int = 0
+    dropped_models: set[str] = field(default_factory=set)
+
+
+def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
+    """Every record against the file's other records and against this store, before anything is written."""
+    plan = _Plan()
+    skipped: set[str] = set()
+    """Records counted as skipped (already stored, or twice in the file)."""
+    in_file: dict[str, tuple[str, str, str]] = {}
+    """id -> (namespace, content_hash, where) of each record seen."""
+    contents: set[tuple[str, str]] = set()
+    references: list[tuple[str, str, str]] = []
+    """(where, namespace, superseded_by) of the records that name one."""
+    page: list[Record] = []
+
+    def check_page() -> None:
+        stored = {m.id: m for m in memory.backend.memories.get(None, [r.memory.id for r in page])}
+        by_content = {
+            (m.namespace, m.content_hash)
+            for m in memory.backend.memories.find_by_content(
+                [(r.memory.namespace, r.memory.content_hash) for r in page if r.memory.id not in stored]
+            )
+        }
+        # A memory of the store may still name an id no memory has (written by an import before these checks):
+        # a new memory with that id in another namespace would hide it there.
+        named_by: dict[str, set[str]] = {}
+        for by, namespace in memory.backend.memories.superseding([r.memory.id for r in page if r.memory.id not in stored]):
+            named_by.setdefault(by, set()).add(namespace)
+        for r in page:
+            m, there = r.memory, stored.get(r.memory.id)
+            if there is not None and (there.namespace, there.content_hash) != (m.namespace, m.content_hash):
+                where = "in namespace " + repr(there.namespace) if there.namespace != m.namespace else "with other text"
+                plan.refused[r.where] = f"id {m.id!r} is already the id of another memory of this store ({where})"
+                continue
+            others = sorted(named_by.get(m.id, set()) - {m.namespace})
+            if others:
+                plan.refused[r.where] = (
+                    f"id {m.id!r} is what a memory of namespace {others[0]!r} names as superseding it: stored in "
+                    f"namespace {m.namespace!r}, it would hide that memory"
+                )
+                continue
+            if there is not None or (m.namespace, m.content_hash) in by_content or (m.namespace, m.content_hash) in contents:
+                plan.skipped += 1
+                skipped.add(r.where)
+            else:
+                plan.added += 1
+            contents.add((m.namespace, m.content_hash))
+            plan.valid += 1
+        page.clear()
+
+    for item in records:
+        if isinstance(item, Refusal):
+            plan.refused[item.where] = item.reason
+            continue
+        m = item.memory
+        if item.dropped_model is not None:
+            plan.dropped_vectors += 1
+            if len(plan.dropped_models) < 5:
+                plan.dropped_models.add(item.dropped_model[:80])
+        seen = in_file.get(m.id)
+        if seen is not None:
+            if seen[:2] != (m.namespace, m.content_hash):
+                plan.refused[item.where] = f"id {m.id!r} is also the id of another memory, on {seen[2]}"
+            else:
+                plan.repeated.add((item.where, m.id))
+                plan.skipped += 1
+            continue
+        in_file[m.id] = (m.namespace, m.content_hash, item.where)
+        if m.superseded_by is not None:
+            references.append((item.where, m.namespace, m.superseded_by))
+        page.append(item)
+        if len(page) == PAGE:
+            check_page()
+    check_page()
+
+    # superseded_by: a memory of the same namespace (in the file or the store), so an import can never hide a
+    # memory of one namespace behind one of another. Checked once every id of the file is known (an export
+    # lists a correction after what it corrects).
+    outside = [target for where, _, target in references if target not in in_file and where not in plan.refused]
+    stored_namespace: dict[str, str] = {}
+    for start in range(0, len(outside), PAGE):
+        for m in memory.backend.memories.get(None, outside[start : start + PAGE]):
+            stored_namespace[m.id] = m.namespace
+    for where, namespace, target in references:
+        if where in plan.refused:
+            continue
+        if target in in_file and in_file[target][2] not in plan.refused:
+            found: str | None = in_file[target][0]
+        else:
+            found = stored_namespace.get(target)
+        if found is None:
+            plan.unlinked.add(where)
+        elif found != namespace:
+            plan.refused[where] = (
+                f"superseded_by {target!r} is a memory of namespace {found!r}, not {namespace!r}: a memory is only "
+                "superseded by one of its own namespace"
+            )
+            plan.valid -= 1
+            if where in skipped:
+                plan.skipped -= 1
+            else:
+                plan.added -= 1
+    return plan
 
 
 def import_jsonl(
@@ -359,29 +718,45 @@ def import_jsonl(
     dry_run: bool,
     skip_invalid: bool,
     progress: Callable[[int, int], None] | None = None,
+    batch_size: int = BATCH_MEMORIES,
 ) -> ImportReport:
-    """Check the whole file, then apply it in one transaction (or, with dry_run, say what it would do).
+    """Read the file once, check all of it against this store, then apply it in batches (or, with dry_run,
+    say what it would do).
 
     `namespace`: the official server's files go there (default: the configured namespace); our own exports
-    keep their namespaces unless one is given. `progress(done, total)` is called as records are applied.
+    keep their namespaces unless one is given. `progress(done, total)` is called after each batch.
+    A refused file changes nothing. A failure while applying raises ImportInterrupted: the batches before it
+    are applied, and importing the same file again adds the rest, nothing twice.
     """
     if namespace is not None:
         namespace = validate_namespace(namespace)
-    kind = detect_format(path)
+    snapshot = Snapshot(path)
+    try:
+        return _import(memory, snapshot, path, namespace, dry_run, skip_invalid, progress, batch_size)
+    finally:
+        snapshot.close()
+
+
+def _import(
+    memory: MemoryService,
+    snapshot: Snapshot,
+    path: Path,
+    namespace: str | None,
+    dry_run: bool,
+    skip_invalid: bool,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+) -> ImportReport:
+    kind = detect_format(snapshot, path)
     report = ImportReport(format=kind)
-    default_namespace = memory.limits.namespace
+    model = StoreModel(memory.embedder)
 
-    def records() -> Iterator[Record | tuple[str, str]]:
-        return _records(path, kind, namespace, default_namespace, memory.limits.max_text_bytes)
+    def records() -> Iterator[Record | Refusal]:
+        return _records(snapshot, kind, namespace, memory.limits.namespace, memory.limits.max_text_bytes, model)
 
-    total = 0
-    for item in records():
-        if len(item) == 2:
-            where, reason = item[0], item[1]
-            number = _line_number(where)
-            report.invalid.append((number, reason if where.startswith("line") else f"{where}: {reason}"))
-        else:
-            total += 1
+    plan = _check(memory, records())
+    report.invalid = sorted(((_line_number(w), _shown_reason(w, r)) for w, r in plan.refused.items()), key=lambda x: x[0])
+    report.dropped_vectors, report.dropped_models = plan.dropped_vectors, sorted(plan.dropped_models)
     if report.invalid and not skip_invalid:
         shown = "; ".join(f"line {n}: {reason}" for n, reason in report.invalid[:MAX_REPORTED_ERRORS])
         more = len(report.invalid) - MAX_REPORTED_ERRORS
@@ -390,61 +765,85 @@ def import_jsonl(
             "Fix them, or import the valid lines with --skip-invalid."
         )
     if dry_run:
-        for page in _pages(_valid(records())):
-            existing = _existing(memory, [m for m, _ in page])
-            report.skipped_existing += len(existing)
-            report.added += len(page) - len(existing)
+        report.added, report.skipped_existing = plan.added, plan.skipped
         return report
 
-    done = 0
+    total = plan.valid
 
-    def applied() -> Iterator[tuple[Memory, tuple[str, Vector] | None]]:
-        nonlocal done
-        for item in _valid(records()):
-            yield item
-            done += 1
-            if progress is not None and done % PAGE == 0:
-                progress(done, total)
+    def valid() -> Iterator[tuple[Memory, tuple[str, Vector] | None]]:
+        for item in records():
+            if isinstance(item, Refusal) or item.where in plan.refused or (item.where, item.memory.id) in plan.repeated:
+                continue
+            if item.where in plan.unlinked:
+                item.memory.superseded_by = None
+            yield item.memory, item.vector
 
-    report.added, report.skipped_existing = memory.backend.memories.restore(applied())
+    report.skipped_existing = len(plan.repeated)
+    try:
+        _apply(memory, valid(), report, total, progress, batch_size)
+    except Exception as exc:
+        raise ImportInterrupted(report, exc) from exc
+    finally:
+        if report.added:
+            for callback in memory.on_remember:
+                callback()
     report.applied = True
-    if progress is not None:
-        progress(done, total)
-    if report.added:
-        for callback in memory.on_remember:
-            callback()
     return report
 
 
-def _valid(records: Iterator[Record | tuple[str, str]]) -> Iterator[tuple[Memory, tuple[str, Vector] | None]]:
-    for item in records:
-        if len(item) == 3:
-            _, m, vector = item
-            yield m, vector
+def _apply(
+    memory: MemoryService,
+    items: Iterator[tuple[Memory, tuple[str, Vector] | None]],
+    report: ImportReport,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+) -> None:
+    done = 0
+    pending: list[tuple[Memory, tuple[str, Vector] | None]] = []
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < batch_size:  # parsed before the transaction, not inside it
+            item = next(items, None)
+            if item is None:
+                exhausted = True
+            else:
+                pending.append(item)
+        if not pending:
+            return
+        if report.batches:
+            time.sleep(BATCH_PAUSE_S)
+        batch = _Batch(pending)
+        added, skipped = memory.backend.memories.restore(batch)
+        report.added += added
+        report.skipped_existing += skipped
+        report.batches += 1
+        del pending[: batch.taken]
+        done += batch.taken
+        if progress is not None:
+            progress(done, total)
 
 
-def _pages(items: Iterator[tuple[Memory, tuple[str, Vector] | None]]) -> Iterator[list[tuple[Memory, Any]]]:
-    page: list[tuple[Memory, Any]] = []
-    for item in items:
-        page.append(item)
-        if len(page) == PAGE:
-            yield page
-            page = []
-    if page:
-        yield page
+class _Batch:
+    """The memories one transaction applies: from the front of `pending`, until BATCH_SECONDS have passed.
+    Iterable again from the start, for a backend that retries a whole transaction (a busy or deadlocked one)."""
+
+    def __init__(self, pending: list[tuple[Memory, tuple[str, Vector] | None]]):
+        self.pending = pending
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[tuple[Memory, tuple[str, Vector] | None]]:
+        deadline = time.monotonic() + BATCH_SECONDS
+        self.taken = 0
+        for item in self.pending:
+            if self.taken and time.monotonic() > deadline:
+                return
+            self.taken += 1
+            yield item
 
 
-def _existing(memory: MemoryService, page: list[Memory]) -> set[str]:
-    """Ids of this page that the store already has, by id or by text in the namespace (an import skips them)."""
-    stored = memory.backend.memories.get(None, [m.id for m in page])
-    found = {m.id for m in stored}
-    by_content = {
-        (m.namespace, m.content_hash)
-        for m in memory.backend.memories.find_by_content(
-            [(m.namespace, m.content_hash) for m in page if m.id not in found]
-        )
-    }
-    return found | {m.id for m in page if (m.namespace, m.content_hash) in by_content}
+def _shown_reason(where: str, reason: str) -> str:
+    return reason if where.startswith("line") else f"{where}: {reason}"
 
 
 def _line_number(where: str) -> int:

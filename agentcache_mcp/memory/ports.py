@@ -91,6 +91,11 @@ class MemoryRepository(Protocol):
         Returns (added, skipped). The iterable is consumed lazily, inside the transaction."""
         ...
 
+    def superseding(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, namespace) of the stored memories whose superseded_by is one of `ids`, whether or not a memory
+        with that id exists: what an import checks before it stores a memory under one of these ids."""
+        ...
+
     def recent(
         self,
         namespace: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 
@@ -220,3 +221,43 @@ def _is_date_only(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- what an import may store: values every later read (export, recall, the CLI, the UI) can handle --------
+
+EARLIEST_TIME = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+"""0001-01-01T00:00:00Z as epoch seconds: the first instant a datetime (and so every time shown) can hold."""
+LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""9999-12-31T23:59:59Z: the last whole second a datetime can hold. Not a fraction later: near year 9999 a
+float has ~30 microseconds of precision, and 23:59:59.999999 rounds up into year 10000."""
+MAX_ACCESS_COUNT = 2**53 - 1
+"""Leaves recalls room to count on without overflowing a 64-bit integer (PostgreSQL's BIGINT)."""
+
+
+def validate_stored_time(value: object, name: str) -> float | None:
+    """A time an import may store: parse_time's forms, from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+    (the range a datetime can show: export, recall, list, show and the UI format every stored time)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        raise InvalidInput(f"{name} is out of range: use a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z")
+    when = parse_time(value, name)
+    if when is not None and not EARLIEST_TIME <= when <= LATEST_TIME:
+        raise InvalidInput(f"{name} is out of range: use a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z")
+    return when
+
+
+def validate_stored_id(value: object, name: str) -> str:
+    """A memory id an import may store: what validate_ids takes, and also valid Unicode with no control
+    characters (an id is shown in tables and typed as an argument)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string")
+    [memory_id] = validate_ids([value], name)
+    _check_text_chars(memory_id, name)
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in memory_id) or memory_id != memory_id.strip():
+        raise InvalidInput(f"{name} {memory_id!r} has control characters or surrounding spaces")
+    return memory_id
+
+
+def validate_access_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACCESS_COUNT:
+        raise InvalidInput(f"access_count must be a whole number from 0 to {MAX_ACCESS_COUNT}")
+    return value

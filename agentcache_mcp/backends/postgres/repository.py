@@ -300,6 +300,18 @@ class PgMemories:
 
         return self.db.write(txn)
 
+    def superseding(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        if not ids:
+            return []
+        return self.db.read(
+            lambda db: [
+                (str(by), str(namespace))
+                for by, namespace in db.execute(
+                    "SELECT superseded_by, namespace FROM memories WHERE superseded_by = ANY(%s)", (list(ids),)
+                )
+            ]
+        )
+
     def recent(
         self,
         namespace: str,

@@ -265,6 +265,20 @@ class SqliteMemories:
 
         return self.db.write(txn)
 
+    def superseding(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        def q(db: Connection) -> list[tuple[str, str]]:
+            out: list[tuple[str, str]] = []
+            for chunk in chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                out.extend(
+                    db.execute("SELECT superseded_by, namespace FROM memories WHERE superseded_by IS NOT NULL "
+                        f"AND superseded_by IN ({marks})",
+                        chunk,)
+                )
+            return out
+
+        return self.db.read(q) if ids else []
+
     def recent(
         self,
         namespace: str,
