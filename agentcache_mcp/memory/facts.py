@@ -195,7 +195,10 @@ STOPWORDS = frozenset(
     this that these those it its is are was were be been being am do does did done have has had having
     i me my mine we our ours you your yours he him his she her hers they them their there here what which
     who whom whose when where why how all any both each every some such only own same than too very can
-    could will would shall should may might must let also just still even again ok okay yes hi hey well""")
+    could will would shall should may might must let also just still even again ok okay yes hi hey well
+    above across against along among around behind below beneath beside besides between beyond despite down
+    during except inside like near outside past per plus through throughout till toward towards under
+    underneath unlike upon via within""")
 )
 FILLERS = frozenset(
     _words("""please note noted notes fyi btw reminder remember remind important tip heads headsup apparently
@@ -205,7 +208,9 @@ FILLERS = frozenset(
 )
 """Words that say how a fact is told, not what it is: not a name even when capitalised ('Note:', 'FYI')."""
 NOT_UNITS = STOPWORDS | FILLERS | TIME_WORDS.keys()
-"""Words never read as the unit of the number before them ('at 3 please', '5 tomorrow')."""
+"""Words never read as the unit of the number before them ('at 3 please', '5 tomorrow'). The word after a
+number is its unit ('2 adults and 3 children' is not '3 adults and 2 children') only in the Latin script,
+where these lists can tell a unit from a preposition."""
 
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "−": "-"})
 URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`]+|\bwww\.[^\s<>\"'`]+", re.IGNORECASE)
@@ -378,7 +383,7 @@ def salient_facts(text: str) -> SalientFacts:
             if unit is None and not apart[i] and i + 1 < len(chunks):
                 following = chunks[i + 1]
                 word = _fold(following)
-                if WORD.fullmatch(following) and word not in NOT_UNITS:
+                if WORD.fullmatch(following) and following.isascii() and word not in NOT_UNITS:
                     unit = _unit(following)
             exact.add(_amount(fact, unit))
             continue
