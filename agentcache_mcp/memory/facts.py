@@ -1,23 +1,23 @@
-"""Salient facts: what two texts must share for the auto-forget sweep to count them as near-duplicates.
+"""Same facts: what two texts must share for the auto-forget sweep to count them as near-duplicates.
 
-A sentence model scores "dentist on Tuesday at 3pm" and "dentist on Thursday at 10am" 0.96 alike: it reads the
-topic, and a day, a time, an amount, a key or a name is one token of many. So a high cosine is not enough:
-the two texts must also state the same facts, compared here without any model:
+A sentence model scores "dentist on Tuesday at 3pm" and "dentist on Thursday at 10am" 0.96 alike: it reads
+the topic, and a day, a time, an amount, a key or a name is one token of many (and it reads only the first
+256 word pieces of a text). So a high cosine is not enough: the two texts must also state the same facts,
+compared here without any model, as two sets that must be equal:
 
-- exact: numbers with their unit (the next word, a glued suffix or a currency), times (3pm = 15:00 = 3 p.m.),
-  dates (March 12 = 12 March), weekdays, months, seasons, parts of the day, relative days and frequencies,
-  the words before/after/next/last, identifiers (any word with a digit, an underscore, a slash, an inner dot
-  or colon: keys, ids, hashes, versions, paths, host names; compared with their case, since keys and
-  passwords are case-sensitive), e-mail addresses, URLs, negation (not, never, n't, ...), and the letter
-  pairs of scripts without case (Chinese, Japanese, Arabic, ...), where a name cannot be told by its
-  capital. These must be equal as sets.
-- names: capitalised words that are not function or filler words, words with an inner capital, and words in
-  quotes. Each must occur, case and accents aside, among the other text's words.
+- exact: numbers with their unit (the next word, a glued suffix or a currency: '$45,000' = '45000 dollars',
+  '2 adults and 3 children' is not '3 adults and 2 children'), times ('3pm' = '3 p.m.' = '15:00'), dates
+  ('March 12' = '12 March'), weekdays and months (in a few languages), seasons, parts of the day, relative
+  days, frequencies, the words before/after/next/last, identifiers (any word with a digit, an underscore, a
+  slash or @, or an inner dot or colon: keys, ids, hashes, versions, paths, host names; with their case,
+  since keys and passwords are case-sensitive), e-mail addresses, URLs, and negation (not, never, n't...).
+- words: every other word, case and accents aside ('Núñez' = 'NUNEZ'), without function words and filler
+  ('please note that', 'I think', 'FYI').
 
-What this lets through on purpose: case, punctuation, spacing, word order, and filler ("please note that",
-"I think"). What it cannot see: a changed common word ("peanuts" / "shellfish", "likes" / "dislikes") and
-swapped roles ("Alice owes Bob" / "Bob owes Alice"); those are left to the cosine. Every pattern here is
-linear in the text (no nested repetition), so a 32 KiB text costs milliseconds.
+What this lets through on purpose: case, punctuation, spacing, word order, filler, and numbers written
+another way. What it cannot see: swapped roles ("Alice owes Bob" / "Bob owes Alice"; "Mia is 8, Noah is 5"
+/ "Mia is 5, Noah is 8"). What it gives up: paraphrases in other words ("prefers" / "likes"), which the
+cosine alone would merge. Every pattern here is linear in the text (no nested repetition).
 """
 
 from __future__ import annotations
@@ -33,20 +33,19 @@ __all__ = ["SalientFacts", "facts_agree", "salient_facts", "same_facts"]
 @dataclass(frozen=True, slots=True)
 class SalientFacts:
     exact: frozenset[str]
-    """Facts both texts must hold, as a set: numbers, times, dates, time words, identifiers, negation."""
-    names: frozenset[str]
-    """Folded names: each must be one of the other text's `words`."""
+    """Numbers with units, times, dates, time words, identifiers, e-mails, URLs, negation, letter pairs of
+    scripts without case: compared as values ('3pm' = '15:00', '$45,000' = '45000 dollars')."""
     words: frozenset[str]
-    """Every folded word of the text."""
+    """Every other word, case and accents aside, without function words and filler."""
 
 
 def same_facts(a: str, b: str) -> bool:
-    """Do the two texts state the same salient facts (see the module docstring)?"""
+    """Do the two texts state the same facts (see the module docstring)?"""
     return facts_agree(salient_facts(a), salient_facts(b))
 
 
 def facts_agree(a: SalientFacts, b: SalientFacts) -> bool:
-    return a.exact == b.exact and a.names <= b.words and b.names <= a.words
+    return a.exact == b.exact and a.words == b.words
 
 
 def _words(text: str) -> list[str]:
@@ -215,7 +214,6 @@ where these lists can tell a unit from a preposition."""
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "−": "-"})
 URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`]+|\bwww\.[^\s<>\"'`]+", re.IGNORECASE)
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-QUOTED = re.compile(r"\"([^\"\n]{1,200})\"|`([^`\n]{1,200})`|(?<!\w)'([^'\n]{1,200})'(?!\w)")
 FILLER_PHRASES = re.compile(r"\b(?:don't|dont|do not|never) forget(?: that)?\b|\bnot to forget\b", re.IGNORECASE)
 AM_PM = re.compile(r"(\d)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
 """'3 p.m.', '3 PM' -> '3pm', before the text is cut into chunks."""
@@ -223,7 +221,6 @@ GLUE_SYMBOL = re.compile(r"(\d)\s*([%°])")
 CHUNK = re.compile(r"\S+")
 EDGE_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»…*"
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
-LETTERS = re.compile(r"[^\W\d_]+")
 TIME_12 = re.compile(r"(\d{1,2})(?:[:.](\d{2}))?([ap])m")
 TIME_24 = re.compile(r"(\d{1,2})[:h](\d{2})(?:h|uhr)?")
 TIME_H = re.compile(r"(\d{1,2})h")
@@ -329,7 +326,7 @@ def salient_facts(text: str) -> SalientFacts:
     text = unicodedata.normalize("NFKC", text)
     text = text.translate(QUOTES)
     exact: set[str] = set()
-    names: set[str] = set()
+    words: set[str] = set()
 
     def take(kind: str, fold: bool) -> Callable[[re.Match[str]], str]:
         def keep(m: re.Match[str]) -> str:
@@ -341,9 +338,6 @@ def salient_facts(text: str) -> SalientFacts:
 
     work = URL.sub(take("url", False), text)
     work = EMAIL.sub(take("email", True), work)
-    for m in QUOTED.finditer(work):
-        quoted = next(g for g in m.groups() if g is not None)
-        names.update(_fold(w) for w in WORD.findall(quoted) if _fold(w) not in STOPWORDS)
     work = FILLER_PHRASES.sub(" ", work)
     work = AM_PM.sub(r"\1\2m", work)
     work = GLUE_SYMBOL.sub(r"\1\2", work)
@@ -361,9 +355,9 @@ def salient_facts(text: str) -> SalientFacts:
             chunks.append(core)
             apart.append(raw[-1:] in EDGE_PUNCTUATION)
 
-    bound: set[int] = set()  # month chunks already read as part of a date
+    consumed: set[int] = set()  # chunks already read: a month as part of a date, a word as a number's unit
     for i, core in enumerate(chunks):
-        if i in bound:
+        if i in consumed:
             continue
         low = core.casefold()
         numeric = _numeric(core) or NUMBER_WORDS.get(low)
@@ -372,38 +366,33 @@ def salient_facts(text: str) -> SalientFacts:
             if fact.startswith(("time:", "date:")):
                 exact.add(fact)
                 continue
-            month = _month_next_to(chunks, i) if unit is None and fact.isdigit() and len(fact) <= 2 and 1 <= int(fact) <= 31 else None
+            day = unit is None and fact.isdigit() and len(fact) <= 2 and 1 <= int(fact) <= 31
+            month = _month_next_to(chunks, i) if day else None
             if month is not None:
                 j, month_fact = month
                 exact.add(f"date:{month_fact[len('month:') :]}-{int(fact):02d}")
-                if j < i:
-                    exact.discard(month_fact)  # unless another chunk names the month alone, added later
-                bound.add(j)
+                if j < i:  # already read as a month alone ('March'), or as a word ('mar')
+                    exact.discard(month_fact)  # (a later 'March' alone adds it again)
+                    words.discard(_fold(chunks[j].rstrip(".")))
+                consumed.add(j)
                 continue
             if unit is None and not apart[i] and i + 1 < len(chunks):
                 following = chunks[i + 1]
-                word = _fold(following)
-                if WORD.fullmatch(following) and following.isascii() and word not in NOT_UNITS:
+                if WORD.fullmatch(following) and following.isascii() and _fold(following) not in NOT_UNITS:
                     unit = _unit(following)
+                    consumed.add(i + 1)
             exact.add(_amount(fact, unit))
             continue
         if _is_identifier(core):
             exact.add(f"id:{core}")
             continue
         for part in WORD.findall(core):
-            _read_word(part, exact, names)
+            _read_word(part, exact, words)
 
-    # Scripts without case (Chinese, Japanese, Arabic, Hebrew, Thai...): every pair of neighbouring letters.
-    for run in LETTERS.findall(text):
-        for piece in "".join(c if c.lower() == c.upper() else " " for c in run).split():
-            exact.update({piece} if len(piece) == 1 else {piece[k : k + 2] for k in range(len(piece) - 1)})
-
-    words = {_fold(w) for w in WORD.findall(text)}
-    words |= {part for w in list(words) for part in w.split("'")}
-    return SalientFacts(frozenset(exact), frozenset(names), frozenset(words))
+    return SalientFacts(frozenset(exact), frozenset(words))
 
 
-def _read_word(part: str, exact: set[str], names: set[str]) -> None:
+def _read_word(part: str, exact: set[str], words: set[str]) -> None:
     low = _fold(part)
     if low in NEGATIONS or low.endswith("n't"):
         exact.add("negation")
@@ -412,8 +401,6 @@ def _read_word(part: str, exact: set[str], names: set[str]) -> None:
     if fact:
         exact.add(fact)
         return
-    base = low.split("'")[0]
-    if low in STOPWORDS or base in STOPWORDS or low in FILLERS:
-        return
-    if part[:1].isupper() or (any(c.isupper() for c in part[1:]) and any(c.islower() for c in part)):
-        names.add(base)
+    base = low.split("'")[0]  # the user's = the user
+    if low not in STOPWORDS and base not in STOPWORDS and low not in FILLERS:
+        words.add(base)
