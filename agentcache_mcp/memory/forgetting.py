@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .facts import SalientFacts, facts_agree, salient_facts
 from .model import DAY, ForgetResult, Memory, MemoryFilter
 from .ports import EmbeddingStore, MemoryRepository, VectorIndex
 from .validation import InvalidInput
@@ -159,6 +160,12 @@ def keeps_over(a: Memory, b: Memory) -> bool:
     return (a.importance, a.created_at, a.key) > (b.importance, b.created_at, b.key)
 
 
+def _facts_of(cache: dict[int, SalientFacts], memory: Memory) -> SalientFacts:
+    if memory.key not in cache:
+        cache[memory.key] = salient_facts(memory.text)
+    return cache[memory.key]
+
+
 def _near_duplicates(
     memories: MemoryRepository,
     vectors: VectorIndex,
@@ -169,7 +176,9 @@ def _near_duplicates(
     now: float,
 ) -> list[tuple[str, str]]:
     """(superseded id, superseding id) for memories added since the watermark that nearly repeat another live
-    memory of their namespace (cosine >= threshold). Costs new x namespace size, not namespace size squared."""
+    memory of their namespace: cosine >= threshold, and the same salient facts (numbers, times, dates,
+    identifiers, names, negation: see facts.py), so a memory is never hidden behind one that says another day
+    or amount in the same words. Costs new x namespace size, not namespace size squared."""
     if mark <= checked:
         return []
     new = memories.find(MemoryFilter(namespace=None, key_after=checked, key_upto=mark, live_at=now))
@@ -195,10 +204,13 @@ def _near_duplicates(
         involved = sorted({k for pair in candidates for k in pair})
         live = memories.live_keys(namespace, involved, MemoryFilter(namespace=namespace, live_at=now))
         found = memories.get_by_keys(namespace, [k for k in involved if k in live])
+        facts: dict[int, SalientFacts] = {}
         superseded: set[int] = set()
         for a, b in candidates:
             if a not in found or b not in found or found[a].id in gone or found[b].id in gone:
                 continue
+            if not facts_agree(_facts_of(facts, found[a]), _facts_of(facts, found[b])):
+                continue  # alike in wording, but another day, time, amount, key or name: a different fact
             keep, lose = (found[a], found[b]) if keeps_over(found[a], found[b]) else (found[b], found[a])
             if keep.key in superseded or lose.key in superseded:
                 continue
