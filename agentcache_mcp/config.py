@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -74,11 +75,118 @@ def is_postgres_url(value: object) -> bool:
     return isinstance(value, str) and POSTGRES_URL.match(value) is not None
 
 
+MASK = "***"
+_SECRET_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
+"""A connection parameter whose value is hidden: password, sslpassword, oauth_client_secret (and passfile, a
+path, which does no harm hidden)."""
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
+_HOSTS = re.compile(r"[\w.~%\[\]:,-]*")
+"""What may follow the user info's '@' up to the path or query: host[:port] (a list; IPv6 in brackets)."""
+_PLAIN_AUTHORITY = re.compile(r"[^:@/?]*(?::\d*)?(?:,[^:@/?]*(?::\d*)?)*(?:/[^?]*)?")
+_PAIRS = re.compile(r"[^=&]+=[^&]*(?:&[^=&]+=[^&]*)*")
+_QUERY_PARAMETER = re.compile(r"&(?=[\w%.-]+=)")
+"""Query parameters are split where '&' starts another `key=`, so a secret's value holding '&' stays whole."""
+_KEYWORD_VALUE = re.compile(r"([\w.-]+)(\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s'\\]|\\.)*)")
+LIBPQ_KEYWORDS = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service", "sslmode",
+        "connect_timeout", "application_name", "options", "sslpassword", "sslcert", "sslkey", "sslrootcert",
+        "target_session_attrs",
+    }
+)
+"""The libpq parameters that make a string a keyword/value connection string (`host=db password=...`)."""
+
+
+def is_keyword_conninfo(value: object) -> bool:
+    """A libpq keyword/value connection string (`host=db dbname=m`), which AGENTCACHE_DB does not take."""
+    if not isinstance(value, str):
+        return False
+    found = re.match(r"\s*([A-Za-z_]+)\s*=", value)
+    return found is not None and found.group(1).lower() in LIBPQ_KEYWORDS
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by '***' (in the user-info part and in a `password=` parameter), for
-    logs, stats and errors: a database URL is shown, its password never."""
-    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*?:)[^/?#@]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    """A PostgreSQL connection string as shown to people (logs, errors, stats, the UI): every secret replaced
+    by '***', in every form libpq takes: the password of a URL's user info (percent-encoded, or holding '@',
+    '/', '#', '?' or '[' that break URL parsing: everything up to the last '@' before the hosts is hidden),
+    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not),
+    and keyword/value strings (`host=db password='...'`). Anything else (a file path) is returned as it is."""
+    return _masked(url)[0]
+
+
+def mask_secrets(text: str, url: str) -> str:
+    """`text` (a driver's error about `url`) with the URL masked and every secret of it, whole or in the pieces
+    a parser may have cut it into (libpq takes 'ss@host' for the host of 'user:p@ss@host'), hidden."""
+    masked, found = _masked(url)
+    text = text.replace(url, masked)
+    wholes: set[str] = set()
+    pieces: set[str] = set()
+    for secret in found:
+        for form in {secret, unquote(secret)}:
+            wholes.add(form)
+            pieces.update(p for p in re.split(r"[@/?#:&,=\[\]\s'\\%]", form) if len(p) >= 2)
+    for secret in sorted(wholes - {""}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", MASK, text)
+    return text
+
+
+def _masked(url: str) -> tuple[str, list[str]]:
+    """(the masked string, the secrets taken out of it)."""
+    found: list[str] = []
+    uri = _SCHEME.fullmatch(url)
+    if uri is None:
+        if not is_keyword_conninfo(url):
+            return url, found
+
+        def hide(match: re.Match[str]) -> str:
+            if not _SECRET_KEY.search(match.group(1)):
+                return match.group(0)
+            found.append(match.group(3).strip("'"))
+            return match.group(1) + match.group(2) + MASK
+
+        return _KEYWORD_VALUE.sub(hide, url), found
+    scheme, rest = uri.groups()
+    userinfo = ""
+    end = _userinfo_end(rest)
+    if end is not None:
+        userinfo, rest = rest[:end], rest[end:]
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            found.append(password)
+            userinfo = f"{user}:{MASK}"
+    head, question, query = rest.partition("?")
+    if question:
+        parameters = []
+        for parameter in _QUERY_PARAMETER.split(query):
+            key, equals, value = parameter.partition("=")
+            if equals and _SECRET_KEY.search(unquote(key)):
+                found.append(value)
+                value = MASK
+            parameters.append(key + equals + value)
+        query = "&".join(parameters)
+    return scheme + userinfo + head + question + query, found
+
+
+def _userinfo_end(rest: str) -> int | None:
+    """Where a URL's user info ends (the index of its '@', after 'scheme://'), or None if it has none. A
+    password may hold '@', '/', '?' or '#' unencoded (libpq then misreads it): the user info runs to the last
+    '@' that hosts follow, unless that '@' is in a query (`?user=me@corp`) after a plain host:port/dbname."""
+    ats = [i for i, ch in enumerate(rest) if ch == "@"]
+    if not ats:
+        return None
+    hosts = [i for i in ats if _HOSTS.fullmatch(re.split(r"[/?]", rest[i + 1 :], maxsplit=1)[0])]
+    end = (hosts or ats)[-1]
+    question = rest.find("?")
+    if (
+        0 <= question < end
+        and "@" not in rest[:question]
+        and _PLAIN_AUTHORITY.fullmatch(rest[:question])
+        and _PAIRS.fullmatch(rest[question + 1 : end])
+    ):
+        return None
+    return end
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -136,7 +244,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     db_path: Path = Field(default_factory=default_db_path)
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)
     """A PostgreSQL URL (AGENTCACHE_DB / --db given as postgresql://...): selects the PostgreSQL backend and
     db_path is not used. Shown only through `store_location` (password masked)."""
     pg_pool_size: int = Field(default=8, ge=2, le=1000)
@@ -243,6 +351,12 @@ class Settings(BaseModel):
         for field, value in overrides.items():
             if value is not None:
                 given[field] = (FLAGS.get(field, field), value)
+        if is_keyword_conninfo(given.get("db_path", (None, None))[1]):
+            source, conninfo = given["db_path"]
+            raise ConfigError(
+                f"{source} {_show(mask_url(conninfo))} is invalid: a keyword/value connection string; give a "
+                "PostgreSQL database as a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME (see the README)"
+            )
         if is_postgres_url(given.get("db_path", (None, None))[1]):
             # A URL names a PostgreSQL database, not a file: kept verbatim (a Path would fold its '//').
             source, url = given.pop("db_path")
