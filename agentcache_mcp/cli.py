@@ -245,8 +245,7 @@ def postgres_driver_missing() -> str | None:
 
 def _refuse_to_start(message: str) -> NoReturn:
     """One line on stderr and exit 2 (a usage error): before anything is opened or any client served."""
-    print(f"agentcache-mcp: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(print_error(message, 2))
 
 
 def _checked_settings(args: argparse.Namespace, command: str, transport: str) -> Settings:
@@ -290,8 +289,20 @@ QUIET_THIRD_PARTY = {
 A value the user set is kept."""
 
 
+class _TerminalSafeFormatter(logging.Formatter):
+    """Log lines with control characters shown as escapes: a request path (`/ui/%1b[2J`), a file name or an
+    id in a log line must not drive the terminal that shows stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .console import safe
+
+        return safe(super().format(record), multiline=True)
+
+
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # The SDK logs an INFO line per streamable-HTTP session and per request; ours (transports.RequestLog)
     # says the same at DEBUG. Below DEBUG the SDK keeps its warnings and errors only.
     if level != "DEBUG":

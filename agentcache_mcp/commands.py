@@ -88,7 +88,11 @@ def run_command(command: str, args: argparse.Namespace, settings: Settings) -> i
 
 
 def print_error(message: str, code: int) -> int:
-    print(f"agentcache-mcp: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """One line on stderr: whitespace folded, control characters (an id, a path or a file's line may carry
+    them) shown as escapes."""
+    from .console import safe
+
+    print(f"agentcache-mcp: {safe(' '.join(message.split()))}", file=sys.stderr, flush=True)
     return code
 
 

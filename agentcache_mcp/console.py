@@ -4,8 +4,10 @@ The command line's subcommands (commands.py) print through here. Rules:
 - stdout carries the result only: a table and a few lines, or with --json one JSON document and nothing else;
 - progress bars and spinners go to stderr, and only when stderr is a terminal (quiet when piped or logged);
 - memory text is data, never markup or terminal control: rich markup is off, and control characters (an
-  escape sequence a web page slipped into a memory could otherwise move the cursor or retitle the window)
-  are shown as visible escapes.
+  escape sequence a web page slipped into a memory could otherwise move the cursor or retitle the window;
+  C0 and C1 controls, \r and backspace that overwrite what was printed, bidi overrides that reorder it) are
+  shown as visible escapes. Every way out of here applies `safe` itself, to every cell, field, line and
+  progress label, so no caller can forget it; JSON escapes them too (`\u009b`), so it is the same data.
 
 rich is imported only here and only when a subcommand runs, so serving never pays for it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -32,7 +35,12 @@ class ProgressUpdate(Protocol):
         """Move the bar to `completed`; a `total` or `description` given replaces the one shown."""
 
 
-_BIDI_CONTROLS = {0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
+_BIDI_CONTROLS = {0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
+_UNSAFE_CATEGORIES = {"Cc", "Zl", "Zp"}  # controls; U+2028 and U+2029 break lines in some terminals
+_UNSAFE_IN_JSON = re.compile(
+    "[\u007f-\u009f\u2028\u2029" + "".join(chr(c) for c in sorted(_BIDI_CONTROLS)) + "]"
+)
+"""What json.dumps leaves unescaped (it escapes C0 controls) that a terminal could act on."""
 
 
 def stderr_is_tty() -> bool:
@@ -58,7 +66,7 @@ def safe(text: str, *, multiline: bool = False) -> str:
         code = ord(ch)
         if multiline and ch in "\n\t":
             out.append(ch)
-        elif unicodedata.category(ch) == "Cc" or code in _BIDI_CONTROLS:
+        elif unicodedata.category(ch) in _UNSAFE_CATEGORIES or code in _BIDI_CONTROLS:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
             out.append(ch)
@@ -84,18 +92,19 @@ def emit_json(data: Any) -> None:
     """One JSON document on stdout, UTF-8 where stdout is UTF-8, else ASCII with \\u escapes (valid either way)."""
     encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
     text = json.dumps(data, indent=2, ensure_ascii=encoding != "utf8")
+    text = _UNSAFE_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)  # only inside strings
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
 def say(line: str = "") -> None:
-    """A plain line on stdout (already safe: built from our own words and `safe`/`shorten` parts)."""
-    sys.stdout.write(line + "\n")
+    """A plain line on stdout, made safe (it may quote stored text or an argument)."""
+    sys.stdout.write(safe(line, multiline=True) + "\n")
 
 
 def note(line: str) -> None:
-    """A line for the person on stderr (never mixed into stdout's data)."""
-    sys.stderr.write(line + "\n")
+    """A line for the person on stderr (never mixed into stdout's data), made safe."""
+    sys.stderr.write(safe(line, multiline=True) + "\n")
     sys.stderr.flush()
 
 
@@ -129,7 +138,7 @@ def table(
         one_line: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"} if n < len(columns) else {}
         grid.add_column(header, **{**one_line, **options})
     for row in rows:
-        grid.add_row(*row)
+        grid.add_row(*(safe(cell) for cell in row))
     _console().print(grid)
     sys.stdout.flush()
 
@@ -142,7 +151,7 @@ def fields(pairs: Sequence[tuple[str, str]]) -> None:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for name, value in pairs:
-        grid.add_row(name, value)
+        grid.add_row(safe(name), safe(value, multiline=True))
     _console().print(grid)
     sys.stdout.flush()
 
@@ -170,7 +179,7 @@ def progress(
     )
 
     bar = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(unit),
@@ -183,7 +192,7 @@ def progress(
         redirect_stderr=False,
     )
     with bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(safe(description), total=total)
 
         def update(completed: int | None = None, total: int | None = None, *, description: str | None = None) -> None:
             changes: dict[str, Any] = {}
@@ -192,7 +201,7 @@ def progress(
             if total is not None:
                 changes["total"] = total
             if description is not None:
-                changes["description"] = description
+                changes["description"] = safe(description)
             bar.update(task, **changes)
 
         yield update
@@ -208,12 +217,12 @@ def spinner(description: str) -> Iterator[None]:
 
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         TimeElapsedColumn(),
         console=_console(stderr=True),
         transient=True,
         redirect_stdout=False,
         redirect_stderr=False,
     ) as live:
-        live.add_task(description, total=None)
+        live.add_task(safe(description), total=None)
         yield

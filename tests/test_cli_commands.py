@@ -338,6 +338,114 @@ def test_list_shows_control_characters_as_escapes(capsys: pytest.CaptureFixture[
     assert json.loads(out)["memories"][0]["text"].startswith("innocent \x1b]0;owned\x07")
 
 
+# --- control characters never reach the terminal ----------------------------------------------------------
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202e\r\x08\x85\u2028\u061c"
+"""What an imported file or a web page may slip into a memory: escape sequences (clear the screen, retitle
+the window), a C1 CSI, a bidi override, a carriage return and a backspace (overwrite what was printed)."""
+
+
+def terminal_safe(text: str) -> bool:
+    import unicodedata
+
+    bidi = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    return not [
+        ch for ch in text
+        if ch not in "\n\t" and (unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ord(ch) in bidi)
+    ]  # fmt: skip
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+@pytest.fixture
+def hostile(db: Path) -> str:
+    """A store with one memory whose id, text, tags and metadata carry control characters (an import keeps
+    the ids it is given); returns its id."""
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        m = memory.remember(f"hostile note {HOSTILE} end", tags=[f"tag{HOSTILE}x"], metadata={"k": HOSTILE})
+        evil = f"id{HOSTILE}x"
+        memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = ? WHERE id = ?", (evil, m.id)))
+        memory.embed_pending()
+    finally:
+        memory.close()
+    return evil
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["list", "--tag", f"tag{HOSTILE}x"],
+        ["recall", "hostile", "note"],
+        ["recall", f"hostile {HOSTILE}"],
+        ["show", "{id}"],
+        ["forget", "{id}"],
+        ["forget", "--tag", f"tag{HOSTILE}x"],
+        ["show", f"nope{HOSTILE}"],
+        ["show", f"01JH3X5ZQ8W5V1R7Y0K2M4N6P{HOSTILE}"],
+        ["forget", f"nope{HOSTILE}"],
+        ["forget", "--namespace", f"ns{HOSTILE}"],
+        ["list", "--json"],
+        ["recall", "hostile", "--json"],
+        ["show", "{id}", "--json"],
+        ["forget", "{id}", "--json"],
+    ],
+    ids=lambda argv: "-".join(a for a in argv if a.isascii() and a.isprintable()),
+)
+def test_control_characters_from_the_store_or_the_command_line_never_reach_the_terminal(
+    capsys: pytest.CaptureFixture[str], hostile: str, db: Path, argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "--db", db, *[a.replace("{id}", hostile) for a in argv])
+    assert terminal_safe(out), out
+    assert terminal_safe(err), err
+    assert out or err
+    if "--json" in argv:
+        assert code == 0 and any(HOSTILE in text for text in strings(json.loads(out)))  # the same data, escaped
+    elif code == 0:
+        assert "\\x1b[2J" in out  # shown, as a visible escape
+
+
+def test_an_import_refusal_line_never_carries_control_characters(
+    capsys: pytest.CaptureFixture[str], empty: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("agentcache_mcp.memory.exchange", reason="the import module is not written yet")
+    bad = tmp_path / f"bad{HOSTILE}.jsonl"
+    bad.write_text(f'{{"text": 5, "id": "x{HOSTILE}"}}\n{HOSTILE}\n', encoding="utf-8")
+    for flags in ([], ["--skip-invalid"], ["--dry-run", "--skip-invalid"]):
+        _, out, err = run(capsys, "--db", empty, "import", bad, *flags)
+        assert terminal_safe(out) and terminal_safe(err), (flags, out, err)
+        assert out or err
+
+
+def test_a_refusal_to_start_never_carries_control_characters(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "--db", tmp_path / f"no{HOSTILE}dir" / "m.db", "list")
+    assert code == 2 and out == "" and "does not exist" in one_error_line(err)
+    assert terminal_safe(err), err
+
+
+@pytest.mark.slow
+def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentcache_mcp", "--log-level", "INFO", "stats", "--db", str(tmp_path / f"m{HOSTILE}.db")],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "applied schema migration" in done.stderr  # the line names the file
+    assert terminal_safe(done.stderr) and terminal_safe(done.stdout), done.stderr
+
+
 # --- show -------------------------------------------------------------------------------------------------
 
 
