@@ -628,6 +628,24 @@ def test_a_link_from_another_site_to_a_search_still_opens_it(ui: Ui) -> None:
     assert answer.status_code == 200 and "staging database runs on port 5433" in answer.text
 
 
+@pytest.mark.parametrize("site", ["cross-site", "same-site", "same-origin", None])
+@pytest.mark.parametrize("dest", ["iframe", "frame", "embed", "object", "fencedframe"])
+def test_a_page_loaded_into_a_frame_is_refused_before_the_search_runs(
+    ui: Ui, monkeypatch: pytest.MonkeyPatch, dest: str, site: str | None
+) -> None:
+    searches: list[Any] = []
+    recall = ui.memory.recall_outcome
+    monkeypatch.setattr(ui.memory, "recall_outcome", lambda *a, **k: searches.append(a) or recall(*a, **k))
+    headers = {"Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": "navigate", **({"Sec-Fetch-Site": site} if site else {})}
+    answer = ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=headers)
+    assert answer.status_code == 403 and "staging database" not in answer.text and "frame" in answer.text
+    assert searches == []  # refused before the search, not only hidden from view (frame-ancestors)
+    assert ui.client.get(f"/ui/memory/{ui.ids['editor']}/forget", headers=headers).status_code == 403
+    top = {**headers, "Sec-Fetch-Dest": "document"}  # the same link opened as a page of its own
+    assert ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=top).status_code == 200
+    assert searches
+
+
 ODD_IDS = ["a/b", "x?y#z", "../../stats", "ID/forget", "100% sure", "ns/../work"]
 
 
