@@ -202,7 +202,14 @@ def _recall(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if outcome.hits:
         console.table(
-            ["#", "id", ("score", {"justify": "right"}), "created (UTC)", "tags", "text"],
+            [
+                ("#", {"justify": "right"}),
+                ("id", console.WHOLE),
+                ("score", {"justify": "right", **console.WHOLE}),
+                "created (UTC)",
+                "tags",
+                "text",
+            ],
             [
                 (
                     str(n),
@@ -253,7 +260,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     now = time.time()
     if found:
         console.table(
-            ["id", "created (UTC)", ("importance", {"justify": "right"}), "tags", "text"],
+            [("id", console.WHOLE), "created (UTC)", ("importance", {"justify": "right"}), "tags", "text"],
             [
                 (
                     m.id,
@@ -365,7 +372,7 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         if result.deleted:
-            console.table(["id", "text"], [(i, console.shorten(previews.get(i, ""), 80)) for i in result.deleted])
+            console.table([("id", console.WHOLE), "text"], [(i, console.shorten(previews.get(i, ""), 80)) for i in result.deleted])
         count = _plural(len(result.deleted), "memory", "memories")
         if not result.deleted:
             console.say(f"nothing to delete in namespace {namespace!r}")
@@ -408,7 +415,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     )
     if namespaces:
         console.table(
-            ["namespace", ("memories", {"justify": "right"})],
+            [("namespace", console.WHOLE), ("memories", {"justify": "right"})],
             [(console.safe(ns), str(n)) for ns, n in sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))],
         )
     if pending:

@@ -121,25 +121,87 @@ def _console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, markup=False, emoji=False, highlight=False, width=width)
 
 
+WHOLE: dict[str, Any] = {"whole": True}
+"""Column option of a value a person copies into another command (an id, a score, a namespace): never cut."""
+MIN_TEXT_WIDTH = 40
+"""The fewest columns a table's text may have beside its other columns; with fewer (an 80- or 100-column
+terminal), each row takes two lines: its other columns, then its text, indented, on a line of its own."""
+_GAP = 3  # between two columns of a rich SIMPLE_HEAD table without edge padding
+_INDENT = 4
+
+
 def table(
     columns: Sequence[str | tuple[str, dict[str, Any]]],
     rows: Sequence[Sequence[str]],
     *,
     title: str | None = None,
 ) -> None:
-    """A table on stdout. A column is a header, or (header, rich column options: justify, ...). Every column
-    but the last keeps to one line (ids, times, scores); the last one (the text) wraps."""
+    """A table on stdout. A column is a header, or (header, options): rich's `justify`, and `whole` (WHOLE) for
+    a value that is never cut. Every column but the last keeps to one line (cut with an ellipsis unless
+    whole); the last one (the text) wraps, beside the others if it has MIN_TEXT_WIDTH columns there, else
+    below them (`_two_line_rows`). Every cell is made safe."""
     from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
 
+    specs = [(column, {}) if isinstance(column, str) else (column[0], dict(column[1])) for column in columns]
+    cells = [[safe(cell) for cell in row] for row in rows]
+    widths = [max([cell_len(header), *(cell_len(row[n]) for row in cells)]) for n, (header, _) in enumerate(specs)]
+    out = _console()
+    beside = sum(widths[:-1]) + _GAP * (len(specs) - 1)
+    if len(specs) > 1 and out.width - beside < MIN_TEXT_WIDTH:
+        _two_line_rows(specs, cells, widths, title)
+        return
     grid = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
-    for n, column in enumerate(columns, start=1):
-        header, options = (column, {}) if isinstance(column, str) else column
-        one_line: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"} if n < len(columns) else {}
+    for n, (header, options) in enumerate(specs, start=1):
+        whole = options.pop("whole", False)
+        one_line: dict[str, Any] = {"no_wrap": True, "overflow": "ellipsis"} if n < len(specs) else {}
+        if whole:
+            one_line["min_width"] = widths[n - 1]
         grid.add_column(header, **{**one_line, **options})
-    for row in rows:
-        grid.add_row(*(safe(cell) for cell in row))
-    _console().print(grid)
+    for row in cells:
+        grid.add_row(*row)
+    out.print(grid)
+    sys.stdout.flush()
+
+
+def _two_line_rows(
+    specs: Sequence[tuple[str, dict[str, Any]]], cells: Sequence[Sequence[str]], widths: Sequence[int], title: str | None
+) -> None:
+    """A table too narrow for its text beside the other columns: per row, one line of the other columns (the
+    last of them cut to the width unless whole; whole values are never cut, even past the width), then the
+    text, indented and wrapped."""
+    from rich.cells import cell_len, set_cell_size
+    from rich.padding import Padding
+    from rich.text import Text
+
+    out = _console()
+    others = specs[:-1]
+
+    def line(values: Sequence[str]) -> str:
+        parts: list[str] = []
+        used = 0
+        for n, ((_, options), value) in enumerate(zip(others, values, strict=True)):
+            if n == len(others) - 1:
+                room = out.width - used
+                if not options.get("whole") and cell_len(value) > room:
+                    value = set_cell_size(value, max(room - 1, 0)) + "…"
+                parts.append(value)
+            else:
+                pad = " " * (widths[n] - cell_len(value))
+                parts.append(pad + value if options.get("justify") == "right" else value + pad)
+                used += widths[n] + 2
+        return "  ".join(parts).rstrip()
+
+    if title:
+        out.print(Text(title), soft_wrap=True)
+    out.print(Text(line([header for header, _ in others])), soft_wrap=True)
+    out.print(Text(" " * _INDENT + specs[-1][0]), soft_wrap=True)
+    out.print(Text("─" * out.width), soft_wrap=True)
+    for row in cells:
+        out.print(Text(line(row[:-1])), soft_wrap=True)  # soft_wrap: never cut or folded by rich
+        if row[-1]:
+            out.print(Padding(Text(row[-1]), (0, 0, 0, _INDENT), expand=False))
     sys.stdout.flush()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -336,6 +337,32 @@ def test_list_shows_control_characters_as_escapes(capsys: pytest.CaptureFixture[
     assert "\\x1b]0;owned\\x07" in out and "[bold]not markup[/bold]" in out and "\\u202eevil" in out
     _, out, _ = run(capsys, "--db", db, "list", "--json")  # JSON carries the text as it is
     assert json.loads(out)["memories"][0]["text"].startswith("innocent \x1b]0;owned\x07")
+
+
+# --- tables at the width of the terminal -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [80, 100, 160])
+@pytest.mark.parametrize("argv", [["list"], ["recall", "Alice", "Neovim", "deploy", "key"], ["forget", "--tag", "alice"]])
+def test_tables_keep_whole_ids_scores_and_readable_text_at_80_100_and_160_columns(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path, monkeypatch: pytest.MonkeyPatch,
+    columns: int, argv: list[str],
+) -> None:  # fmt: skip
+    from rich.cells import cell_len
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, err = run(capsys, "--db", db, *argv)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    shown = [(text, memory_id) for text, memory_id in populated.items() if memory_id in out]
+    assert len(shown) >= 2, out  # every id shown whole, so it can be passed to show or forget
+    for text, memory_id in shown:
+        row = next(n for n, line in enumerate(lines) if memory_id in line)
+        # the text whole on the row or on the line below it, not one word a line; nothing past the width
+        assert text in lines[row] or text in lines[row + 1], out
+        assert cell_len(lines[row]) <= columns and cell_len(lines[row + (text not in lines[row])]) <= columns, out
+    if argv[0] == "recall":
+        assert len(re.findall(r"\b\d\.\d{3}\b", out)) == len(shown)  # each score whole
 
 
 # --- control characters never reach the terminal ----------------------------------------------------------
