@@ -505,9 +505,26 @@ def test_show_unknown_and_malformed_ids(
     assert "no memory with id '01JH3X5ZQ8W5V1R7Y0K2M4N6P8'" in one_error_line(err)
     code, out, err = run(capsys, "--db", db, "show", "alice")
     assert (code, out) == (2, "")
-    assert "not a memory id: 'alice'" in one_error_line(err)
+    assert "no memory has the id 'alice' in any namespace" in one_error_line(err)
     code, _, err = run(capsys, "--db", db, "show", "")
     assert code == 2 and one_error_line(err)
+
+
+def test_show_and_forget_say_what_ids_may_be_an_imported_id_works(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path
+) -> None:
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    bob = populated["Bob's birthday is on the 3rd of March"]
+    memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = 'a/b' WHERE id = ?", (bob,)))
+    memory.close()
+    code, out, _ = run(capsys, "--db", db, "show", "a/b")
+    assert code == 0 and "Bob's birthday" in out
+    for argv in (["show", "a/c"], ["forget", "a/c"]):
+        code, out, err = run(capsys, "--db", db, *argv)
+        line = one_error_line(err)
+        assert code == 2 and out == ""
+        assert "not a memory id" not in line  # it is shaped like one: it names no memory
+        assert "no memory has the id 'a/c'" in line and "an imported memory keeps the id it came with" in line
 
 
 # --- forget -----------------------------------------------------------------------------------------------
@@ -570,11 +587,11 @@ def test_forget_not_found_ids_fail_after_doing_the_rest(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["forget"], "forget needs ids, or a filter"),
-        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--tag", "x"], "either ids or a filter"),
-        (["forget", "--older-than-days", "-3"], "older_than_days must be a positive number of days"),
+        (["forget"], "forget needs ids, or a filter: --tag, --older-than-days, or --namespace"),
+        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--tag", "x"], "either ids or a filter (--tag, --older-than-days)"),
+        (["forget", "--older-than-days", "-3"], "--older-than-days must be a positive number of days"),
         (["forget", "--older-than-days", "soon"], "argument --older-than-days: invalid float value: 'soon'"),
-        (["forget", "not-an-id"], "not a memory id: 'not-an-id'"),
+        (["forget", "not-an-id"], "no memory has the id 'not-an-id' in any namespace"),
         (["forget", "--tag", "x", "--namespace", "a b"], "invalid namespace 'a b'"),
     ],
 )
@@ -585,6 +602,33 @@ def test_forget_usage_errors(
     assert (code, out) == (2, "")
     assert expected in one_error_line(err)
     assert len(stored(db)) == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["forget"], "a filter: --tag, --older-than-days, or --namespace"),
+        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--older-than-days", "2"], "(--tag, --older-than-days)"),
+        (["forget", "--older-than-days", "-3"], "--older-than-days must be a positive number of days"),
+        (["forget", "--older-than-days", "1e9"], "--older-than-days must be a positive number of days"),
+        (["forget", "--namespace", ""], "--namespace must not be empty"),
+        (["forget", "--tag", " "], "--tag must not be empty strings"),
+        (["recall", "x", "--limit", "500"], "--limit must be from 1 to 100, got 500"),
+        (["recall", "x", "--tag", " "], "--tag must not be empty strings"),
+        (["recall", "x", "--namespace", ""], "--namespace must not be empty"),
+        (["list", "--tag", " "], "--tag must not be empty strings"),
+        (["list", *[f"--tag=t{i}" for i in range(40)]], "--tag: at most 32 tags are allowed"),
+    ],
+    ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None,
+)
+def test_errors_name_the_commands_flags_not_the_tools_arguments(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path, argv: list[str], expected: str
+) -> None:
+    code, out, err = run(capsys, "--db", db, *argv)
+    assert (code, out) == (2, "")
+    line = one_error_line(err)
+    assert expected in line
+    assert not re.search(r"(?<![-\w])(older_than_days|tags|limit|namespace) must\b", line)  # the tools' words
 
 
 def test_forget_on_an_empty_store(capsys: pytest.CaptureFixture[str], empty: Path) -> None:
