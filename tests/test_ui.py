@@ -108,6 +108,29 @@ def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) ->
     assert "older »" not in second
 
 
+def test_a_tag_filter_never_gives_the_namespace_count_as_the_count_with_the_tag(ui: Ui) -> None:
+    for n in range(30):
+        ui.memory.remember(f"untagged note number {n}", namespace="work")
+    total = ui.memory.backend.memories.counts_by_namespace()["work"]
+    page = ui.client.get("/ui/ns/work", params={"tag": "infra"}).text
+    lede = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.search(r'<p class="lede">(.*?)</p>', page, re.S).group(1)))
+    assert not re.search(rf"\b{total} memories, newest first, with tag", lede), lede
+    assert lede == f"The memories with tag infra (clear), newest first, of the {total} memories in this namespace."
+    unfiltered = ui.client.get("/ui/ns/work").text
+    assert f'<p class="lede">{total} memories, newest first.</p>' in unfiltered
+
+
+def test_searching_an_empty_namespace_selects_it_and_says_keyword_only_as_the_cli_does(ui: Ui) -> None:
+    page = ui.client.get("/ui/", params={"namespace": "nothing-here", "q": "staging database"}).text
+    assert '<option value="nothing-here" selected>nothing-here (empty)</option>' in page
+    assert len(re.findall(r"<option [^>]*selected", page)) == 1  # not another namespace shown as the one searched
+    assert "retrieval: keyword only" in page and "hybrid" not in page
+    assert "namespace &#39;nothing-here&#39; has no memories" in page  # the CLI's words (recall --json's note)
+    assert "This namespace has no memories." in page
+    browse = ui.client.get("/ui/ns/nothing-here").text
+    assert '<option value="nothing-here" selected>nothing-here (empty)</option>' in browse
+
+
 def follow(ui: Ui, page: str, rel: str) -> str:
     """The page the "bulk" namespace page's rel="next" (older) or rel="prev" (newer) link leads to."""
     link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
