@@ -76,25 +76,34 @@ def is_postgres_url(value: object) -> bool:
 
 
 MASK = "***"
-_SECRET_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
-"""A connection parameter whose value is hidden: password, sslpassword, oauth_client_secret (and passfile, a
-path, which does no harm hidden)."""
+LIBPQ_KEYWORDS = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding",
+        "connect_timeout", "client_encoding", "options", "application_name", "fallback_application_name", "keepalives",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
+        "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslcertmode", "sslrootcert",
+        "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "min_protocol_version", "max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "service",
+        "target_session_attrs", "load_balance_hosts", "oauth_issuer", "oauth_client_id", "oauth_client_secret",
+        "oauth_scope", "scram_client_key", "scram_server_key"
+    }
+)
+"""libpq's connection parameters (PostgreSQL 18): what a query of a URL, or a keyword/value string, holds."""
+_SECRET_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+"""A connection parameter whose value is hidden: password, sslpassword, oauth_client_secret, scram_client_key
+(and passfile and sslkey, paths, which do no harm hidden)."""
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
 _HOSTS = re.compile(r"[\w.~%\[\]:,-]*")
 """What may follow the user info's '@' up to the path or query: host[:port] (a list; IPv6 in brackets)."""
-_PLAIN_AUTHORITY = re.compile(r"[^:@/?]*(?::\d*)?(?:,[^:@/?]*(?::\d*)?)*(?:/[^?]*)?")
-_PAIRS = re.compile(r"[^=&]+=[^&]*(?:&[^=&]+=[^&]*)*")
-_QUERY_PARAMETER = re.compile(r"&(?=[\w%.-]+=)")
-"""Query parameters are split where '&' starts another `key=`, so a secret's value holding '&' stays whole."""
+_HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[^:@/?\[\],]+)(?::\d+)?"
+_PLAIN_AUTHORITY = re.compile(rf"(?:{_HOST_PORT}(?:,{_HOST_PORT})*)?(?:/[^?]*)?")
+"""hosts[:port] (a list, IPv6 in brackets) and a database name: what precedes a query."""
+_QUERY_KEY = re.compile(r"(?<=[?&])([\w%.-]+)=")
 _KEYWORD_VALUE = re.compile(r"([\w.-]+)(\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s'\\]|\\.)*)")
-LIBPQ_KEYWORDS = frozenset(
-    {
-        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service", "sslmode",
-        "connect_timeout", "application_name", "options", "sslpassword", "sslcert", "sslkey", "sslrootcert",
-        "target_session_attrs",
-    }
-)
-"""The libpq parameters that make a string a keyword/value connection string (`host=db password=...`)."""
+
+
+def _known_key(key: str) -> bool:
+    return unquote(key).lower() in LIBPQ_KEYWORDS
 
 
 def is_keyword_conninfo(value: object) -> bool:
@@ -102,7 +111,7 @@ def is_keyword_conninfo(value: object) -> bool:
     if not isinstance(value, str):
         return False
     found = re.match(r"\s*([A-Za-z_]+)\s*=", value)
-    return found is not None and found.group(1).lower() in LIBPQ_KEYWORDS
+    return found is not None and _known_key(found.group(1))
 
 
 def mask_url(url: str) -> str:
@@ -148,45 +157,49 @@ def _masked(url: str) -> tuple[str, list[str]]:
 
         return _KEYWORD_VALUE.sub(hide, url), found
     scheme, rest = uri.groups()
-    userinfo = ""
+    # The password of the user info first: it may hold what looks like a query (`user:a?token=b@host`).
     end = _userinfo_end(rest)
     if end is not None:
-        userinfo, rest = rest[:end], rest[end:]
-        user, colon, password = userinfo.partition(":")
+        user, colon, password = rest[:end].partition(":")
         if colon:
             found.append(password)
-            userinfo = f"{user}:{MASK}"
-    head, question, query = rest.partition("?")
-    if question:
-        parameters = []
-        for parameter in _QUERY_PARAMETER.split(query):
-            key, equals, value = parameter.partition("=")
-            if equals and _SECRET_KEY.search(unquote(key)):
-                found.append(value)
-                value = MASK
-            parameters.append(key + equals + value)
-        query = "&".join(parameters)
-    return scheme + userinfo + head + question + query, found
+            rest = f"{user}:{MASK}{rest[end:]}"
+    # Then every secret parameter, wherever a '?' or '&' starts one (also in what was taken for user info): a
+    # value runs to the next '&' that starts a libpq parameter, or the end, so a value holding '&', '@' or
+    # `&x=` stays whole.
+    masked: list[str] = []
+    at = 0
+    for key in _QUERY_KEY.finditer(rest):
+        if key.start() < at or not _SECRET_KEY.search(unquote(key.group(1))):
+            continue
+        value_end = next(
+            (k.start() - 1 for k in _QUERY_KEY.finditer(rest, key.end()) if rest[k.start() - 1] == "&" and _known_key(k.group(1))),
+            len(rest),
+        )
+        found.append(rest[key.end() : value_end])
+        masked += [rest[at : key.end()], MASK]
+        at = value_end
+    return scheme + "".join([*masked, rest[at:]]), found
 
 
 def _userinfo_end(rest: str) -> int | None:
     """Where a URL's user info ends (the index of its '@', after 'scheme://'), or None if it has none. A
     password may hold '@', '/', '?' or '#' unencoded (libpq then misreads it): the user info runs to the last
-    '@' that hosts follow, unless that '@' is in a query (`?user=me@corp`) after a plain host:port/dbname."""
+    '@' that hosts follow, unless that '@' is in a query (`?user=me@corp`: plain hosts and database before the
+    '?', a libpq parameter after it), when the '@' before it is taken."""
     ats = [i for i, ch in enumerate(rest) if ch == "@"]
-    if not ats:
-        return None
     hosts = [i for i in ats if _HOSTS.fullmatch(re.split(r"[/?]", rest[i + 1 :], maxsplit=1)[0])]
-    end = (hosts or ats)[-1]
     question = rest.find("?")
-    if (
-        0 <= question < end
-        and "@" not in rest[:question]
-        and _PLAIN_AUTHORITY.fullmatch(rest[:question])
-        and _PAIRS.fullmatch(rest[question + 1 : end])
-    ):
-        return None
-    return end
+    for end in reversed(hosts or ats):
+        first = re.match(r"([\w%.-]+)=", rest[question + 1 : end]) if 0 <= question < end else None
+        in_query = (
+            first is not None
+            and _known_key(first.group(1))
+            and _PLAIN_AUTHORITY.fullmatch(rest[:question].rsplit("@", 1)[-1]) is not None
+        )
+        if not in_query:
+            return end
+    return None
 
 
 def _names(value: str) -> tuple[str, ...]:
