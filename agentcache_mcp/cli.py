@@ -172,8 +172,8 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         metavar="NAME",
-        help="sentence-transformers model name or path "
-        "(default: $AGENTCACHE_EMBEDDING_MODEL, else the bundled all-MiniLM-L6-v2)",
+        help="a sentence-transformers model's directory, or its name if it is in the local Hugging Face cache "
+        "(never downloaded; default: $AGENTCACHE_EMBEDDING_MODEL, else the bundled all-MiniLM-L6-v2)",
     )
 
     backup = _command(sub, "backup", "copy the database consistently while servers run, and verify the copy")
