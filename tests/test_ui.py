@@ -669,6 +669,21 @@ def test_a_page_loaded_into_a_frame_is_refused_before_the_search_runs(
     assert searches
 
 
+@pytest.mark.parametrize("purpose", [{"Sec-Purpose": "prefetch"}, {"Sec-Purpose": "prefetch;prerender"}, {"Purpose": "prefetch"}])
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_another_site_cannot_prefetch_or_prerender_a_search(
+    ui: Ui, monkeypatch: pytest.MonkeyPatch, site: str, purpose: dict[str, str]
+) -> None:
+    searches: list[Any] = []
+    recall = ui.memory.recall_outcome
+    monkeypatch.setattr(ui.memory, "recall_outcome", lambda *a, **k: searches.append(a) or recall(*a, **k))
+    headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", **purpose}
+    answer = ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=headers)
+    assert answer.status_code == 403 and searches == []
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", **purpose}
+    assert ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=own).status_code == 200
+
+
 ODD_IDS = ["a/b", "x?y#z", "../../stats", "ID/forget", "100% sure", "ns/../work"]
 
 

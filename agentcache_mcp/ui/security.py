@@ -25,7 +25,8 @@ covers `/ui` too; the bearer check leaves `/ui` to this guard, since a browser c
   (`Sec-Fetch-Mode: navigate`): a link to a search works, an `<img src=...>` on another site does not run one.
   A request to load a page into a frame (`Sec-Fetch-Dest` iframe, frame, embed, object, fencedframe) is
   refused whoever asks, before any page code runs: `frame-ancestors 'none'` only stops the browser from
-  showing a framed page, after the server has run its search; the UI never frames itself.
+  showing a framed page, after the server has run its search; the UI never frames itself. A navigation
+  another site asked for ahead of a click (`Sec-Purpose: prefetch` or `prefetch;prerender`) is refused too.
 - With a token configured, every page but the login form and the static files needs a logged-in session:
   a GET is sent to the login form, anything else refused. The login form compares the token in constant
   time (transports.same_token), answers a wrong one after a pause taken one failure at a time across all
@@ -243,6 +244,10 @@ class UiGuard:
             # navigation) but not make the browser fetch a page (an <img>, a fetch, a frame).
             if site in ("cross-site", "same-site") and request.headers.get("sec-fetch-mode") != "navigate":
                 return "forbidden: a page of another site asked for this (Sec-Fetch-Site); open the link itself"
+            if site in ("cross-site", "same-site") and (
+                request.headers.get("sec-purpose") or request.headers.get("purpose")
+            ):  # a prefetch or prerender is a navigation nobody made: the page would run unseen
+                return "forbidden: a page of another site asked for this ahead of a click (Sec-Purpose); open the link"
             return None
         origin = request.headers.get("origin")
         if origin is not None:
