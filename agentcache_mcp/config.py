@@ -92,7 +92,10 @@ LIBPQ_KEYWORDS = frozenset(
 _SECRET_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 """A connection parameter whose value is hidden: password, sslpassword, oauth_client_secret, scram_client_key
 (and passfile and sslkey, paths, which do no harm hidden)."""
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/+)(.*)", re.DOTALL)
+"""A URL's start, with one slash or more: a mistyped `postgres:/user:pw@host` is masked as well."""
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+"""An AGENTCACHE_DB that is a URL, but not PostgreSQL's (a typo of it, most likely); a drive letter is not."""
 _HOSTS = re.compile(r"[\w.~%\[\]:,-]*")
 """What may follow the user info's '@' up to the path or query: host[:port] (a list; IPv6 in brackets)."""
 _HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[^:@/?\[\],]+)(?::\d+)?"
@@ -369,6 +372,12 @@ class Settings(BaseModel):
             raise ConfigError(
                 f"{source} {_show(mask_url(conninfo))} is invalid: a keyword/value connection string; give a "
                 "PostgreSQL database as a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME (see the README)"
+            )
+        db_given = given.get("db_path", (None, None))[1]
+        if isinstance(db_given, str) and not is_postgres_url(db_given) and _OTHER_URL.match(db_given):
+            raise ConfigError(
+                f"{given['db_path'][0]} {_show(mask_url(db_given))} is invalid: a URL, but not a PostgreSQL one; give "
+                "a database file's path, or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
             )
         if is_postgres_url(given.get("db_path", (None, None))[1]):
             # A URL names a PostgreSQL database, not a file: kept verbatim (a Path would fold its '//').

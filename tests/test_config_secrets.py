@@ -77,6 +77,28 @@ def test_a_keyword_value_string_in_agentcache_db_is_refused_with_its_password_ma
     assert "Kq7Zr9w" not in message and "postgresql://" in message and "AGENTCACHE_DB" in message
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresq://agent:Kq7Zr9w@db.example/m", "postgres:/agent:Kq7Zr9w@db.example/m", "pg://a:Kq7Zr9w@h/m"]
+)
+def test_a_mistyped_url_in_agentcache_db_is_refused_with_its_password_masked(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"AGENTCACHE_DB": url})
+    assert "Kq7Zr9w" not in str(caught.value) and "not a PostgreSQL one" in str(caught.value)
+    for name in ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["list", "--db", url])
+    out, err = capsys.readouterr()
+    assert "Kq7Zr9w" not in out + err and len(err.splitlines()) == 1
+
+
+def test_a_windows_drive_path_is_still_a_path(tmp_path: Path) -> None:
+    assert Settings.from_env({"AGENTCACHE_DB": str(tmp_path / "m.db")}).database_url is None
+    assert mask_url("C:/Users/me/memory.db") == "C:/Users/me/memory.db"
+
+
 def test_settings_repr_never_carries_the_url() -> None:
     settings = Settings.from_env({"AGENTCACHE_DB": "postgresql://agent:Kq7Zr9w@db.example/m"})
     assert "Kq7Zr9w" not in repr(settings) and "Kq7Zr9w" not in str(settings)
