@@ -30,7 +30,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2), like every other error of the command line."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"agentcache-mcp: {message} (see: {self.prog} --help)\n")
+        from .console import safe
+
+        # argparse quotes most values with repr, but not unrecognized arguments: escape control characters
+        self.exit(2, f"agentcache-mcp: {safe(message)} (see: {safe(self.prog)} --help)\n")
 
 
 class _LogLevel(argparse.Action):

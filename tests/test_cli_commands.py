@@ -455,6 +455,15 @@ def test_an_import_refusal_line_never_carries_control_characters(
         assert out or err
 
 
+@pytest.mark.parametrize("argv", [["list", f"--bogus{HOSTILE}"], [f"frob{HOSTILE}"], ["list", "--limit", HOSTILE]])
+def test_a_usage_error_never_carries_control_characters(
+    capsys: pytest.CaptureFixture[str], empty: Path, argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "--db", empty, *argv)
+    assert code == 2 and out == "" and one_error_line(err)
+    assert terminal_safe(err), err
+
+
 def test_a_refusal_to_start_never_carries_control_characters(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "--db", tmp_path / f"no{HOSTILE}dir" / "m.db", "list")
     assert code == 2 and out == "" and "does not exist" in one_error_line(err)
