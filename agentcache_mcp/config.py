@@ -127,21 +127,27 @@ def mask_url(url: str) -> str:
 
 
 def mask_secrets(text: str, url: str) -> str:
-    """`text` (a driver's error about `url`) with the URL masked and every secret of it, whole or in the pieces
-    a parser may have cut it into (libpq takes 'ss@host' for the host of 'user:p@ss@host'), hidden."""
+    """`text` (a driver's error about `url`) with the URL masked and every secret of it hidden: whole, and every
+    run of it between the characters a parser cuts at (libpq takes 'ss#w@host' for the host of
+    'user:p@ss#w@host', and quotes it in its error); runs of one character are left, unless whole, and runs
+    shorter than four characters are hidden only where they stand alone."""
     masked, found = _masked(url)
     text = text.replace(url, masked)
-    wholes: set[str] = set()
-    pieces: set[str] = set()
+    runs: set[str] = set()
     for secret in found:
         for form in {secret, unquote(secret)}:
-            wholes.add(form)
-            pieces.update(p for p in re.split(r"[@/?#:&,=\[\]\s'\\%]", form) if len(p) >= 2)
-    for secret in sorted(wholes - {""}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    for piece in sorted(pieces, key=len, reverse=True):
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", MASK, text)
+            cuts = sorted({0, len(form), *(m.start() for m in _CUT.finditer(form)), *(m.end() for m in _CUT.finditer(form))})
+            runs.update(form[i:j] for i in cuts for j in cuts if j - i >= 2 or (i, j) == (0, len(form)))
+    for run in sorted(runs - {""}, key=len, reverse=True):
+        if len(run) >= 4 or run in found:
+            text = text.replace(run, MASK)
+        else:  # a short run only where it stands alone: 'ab' of 'p@ab' must not turn 'unable' into 'un***le'
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(run)}(?![A-Za-z0-9])", MASK, text)
     return text
+
+
+_CUT = re.compile(r"[@/?#:&,=\[\]\s'\\%;]")
+"""Where a parser may cut a password: what libpq's URL and keyword/value parsers split at."""
 
 
 def _masked(url: str) -> tuple[str, list[str]]:

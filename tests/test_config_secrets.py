@@ -68,6 +68,10 @@ def test_a_drivers_error_about_the_url_is_masked_too() -> None:
     url = "postgresql://agent:Kq7@Zr9w@127.0.0.1:1/m"
     said = mask_secrets("failed to resolve host 'Zr9w@127.0.0.1': [Errno -2] Name or service not known", url)
     assert "Zr9w" not in said and "failed to resolve host" in said
+    said = mask_secrets("failed to resolve host 'x#W@127.0.0.1'", "postgresql://agent:Kq@x#W@127.0.0.1:1/m")
+    assert "x#W" not in said and "#W" not in said and "failed to resolve host" in said  # short pieces too
+    said = mask_secrets("could not connect: unable to reach 'ab@h'", "postgresql://agent:p@ab@h/m")
+    assert "'***@h'" in said and "unable" in said  # a short piece only where it stands alone
 
 
 def test_a_keyword_value_string_in_agentcache_db_is_refused_with_its_password_masked() -> None:
