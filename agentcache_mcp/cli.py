@@ -30,7 +30,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2), like every other error of the command line."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"agentcache-mcp: {message} (see: {self.prog} --help)\n")
+        from .console import safe
+
+        # argparse quotes most values with repr, but not unrecognized arguments: escape control characters
+        self.exit(2, f"agentcache-mcp: {safe(message)} (see: {safe(self.prog)} --help)\n")
 
 
 class _LogLevel(argparse.Action):
@@ -172,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         default=None,
         metavar="NAME",
-        help="sentence-transformers model name or path "
-        "(default: $AGENTCACHE_EMBEDDING_MODEL, else the bundled all-MiniLM-L6-v2)",
+        help="a sentence-transformers model's directory, or its name if it is in the local Hugging Face cache "
+        "(never downloaded; default: $AGENTCACHE_EMBEDDING_MODEL, else the bundled all-MiniLM-L6-v2)",
     )
 
     backup = _command(sub, "backup", "copy the database consistently while servers run, and verify the copy")
@@ -246,8 +249,7 @@ def postgres_driver_missing() -> str | None:
 
 def _refuse_to_start(message: str) -> NoReturn:
     """One line on stderr and exit 2 (a usage error): before anything is opened or any client served."""
-    print(f"agentcache-mcp: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(print_error(message, 2))
 
 
 def _checked_settings(args: argparse.Namespace, command: str, transport: str) -> Settings:
@@ -291,8 +293,20 @@ QUIET_THIRD_PARTY = {
 A value the user set is kept."""
 
 
+class _TerminalSafeFormatter(logging.Formatter):
+    """Log lines with control characters shown as escapes: a request path (`/ui/%1b[2J`), a file name or an
+    id in a log line must not drive the terminal that shows stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .console import safe
+
+        return safe(super().format(record), multiline=True)
+
+
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # The SDK logs an INFO line per streamable-HTTP session and per request; ours (transports.RequestLog)
     # says the same at DEBUG. Below DEBUG the SDK keeps its warnings and errors only.
     if level != "DEBUG":

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import Settings
 
@@ -47,6 +47,7 @@ EXIT_INTERRUPTED = 130
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 """What every id this server hands out looks like (Crockford base32); an import may have kept others."""
 PAGE = 100
+T = TypeVar("T")
 
 
 class CommandFailed(Exception):
@@ -88,7 +89,11 @@ def run_command(command: str, args: argparse.Namespace, settings: Settings) -> i
 
 
 def print_error(message: str, code: int) -> int:
-    print(f"agentcache-mcp: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """One line on stderr: whitespace folded, control characters (an id, a path or a file's line may carry
+    them) shown as escapes."""
+    from .console import safe
+
+    print(f"agentcache-mcp: {safe(' '.join(message.split()))}", file=sys.stderr, flush=True)
     return code
 
 
@@ -132,7 +137,24 @@ def _load_model(memory: MemoryService, *, required: bool) -> None:
 def _namespace(args: argparse.Namespace, settings: Settings) -> str:
     from .memory.validation import validate_namespace
 
-    return validate_namespace(settings.namespace if args.namespace is None else args.namespace)
+    if args.namespace is None:
+        return settings.namespace  # checked with the settings
+    return _flag("--namespace", ("namespace",), lambda: validate_namespace(args.namespace))
+
+
+def _flag(flag: str, names: tuple[str, ...], check: Callable[[], T]) -> T:
+    """Run one of the service's checks on a flag's value: its refusal names the flag (`--limit must be ...`),
+    not the tool argument the same check names for the tools (`limit`, `older_than_days`)."""
+    from .memory.validation import InvalidInput
+
+    try:
+        return check()
+    except InvalidInput as exc:
+        message = str(exc)
+        for name in names:
+            if message.startswith(name + " "):
+                raise CommandFailed(flag + message[len(name) :], EXIT_USAGE) from None
+        raise CommandFailed(f"{flag}: {message}", EXIT_USAGE) from None
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -156,7 +178,8 @@ def _check_id(memory: MemoryService, memory_id: str) -> None:
     """An id that is not shaped like ours and is in no namespace is a usage error (a typo, a name, a path)."""
     if not ULID.fullmatch(memory_id) and memory.get(memory_id) is None:
         raise CommandFailed(
-            f"not a memory id: {memory_id[:70]!r} (ids are 26 letters and digits, like 01JH3X5ZQ8W5V1R7Y0K2M4N6P8)",
+            f"no memory has the id {memory_id[:70]!r} in any namespace: the ids this server gives are 26 letters and "
+            "digits, like 01JH3X5ZQ8W5V1R7Y0K2M4N6P8; an imported memory keeps the id it came with (`list` shows ids)",
             EXIT_USAGE,
         )
 
@@ -172,8 +195,8 @@ def _recall(args: argparse.Namespace, settings: Settings) -> int:
     query = " ".join(args.query)
     namespace = _namespace(args, settings)
     validate_query(query, settings.max_text_bytes)  # refuse a bad argument before the model loads
-    validate_tags(args.tag)
-    validate_limit(args.limit)
+    _flag("--tag", ("tags",), lambda: validate_tags(args.tag))
+    _flag("--limit", ("limit",), lambda: validate_limit(args.limit))
     pending = 0
     with _store(settings) as memory:
         if not memory.backend.memories.counts_by_namespace().get(namespace):
@@ -198,7 +221,14 @@ def _recall(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if outcome.hits:
         console.table(
-            ["#", "id", ("score", {"justify": "right"}), "created (UTC)", "tags", "text"],
+            [
+                ("#", {"justify": "right"}),
+                ("id", console.WHOLE),
+                ("score", {"justify": "right", **console.WHOLE}),
+                "created (UTC)",
+                "tags",
+                "text",
+            ],
             [
                 (
                     str(n),
@@ -235,7 +265,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     from .memory.validation import validate_tags
 
     namespace = _namespace(args, settings)
-    tags = validate_tags(args.tag)
+    tags = _flag("--tag", ("tags",), lambda: validate_tags(args.tag))
     if args.limit < 1:
         raise CommandFailed(f"--limit must be at least 1, got {args.limit}", EXIT_USAGE)
     with _store(settings) as memory:
@@ -249,7 +279,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     now = time.time()
     if found:
         console.table(
-            ["id", "created (UTC)", ("importance", {"justify": "right"}), "tags", "text"],
+            [("id", console.WHOLE), "created (UTC)", ("importance", {"justify": "right"}), "tags", "text"],
             [
                 (
                     m.id,
@@ -340,10 +370,22 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _forget(args: argparse.Namespace, settings: Settings) -> int:
     from . import console
+    from .memory.validation import validate_positive_days, validate_tags
 
     namespace = _namespace(args, settings)
-    # the tool's rules (MemoryService.forget), except that ids too are only listed unless --yes
-    selection = (args.ids, args.namespace, args.tag, args.older_than_days)
+    tags = _flag("--tag", ("tags",), lambda: validate_tags(args.tag))
+    days = _flag(
+        "--older-than-days", ("--older-than-days",), lambda: validate_positive_days(args.older_than_days, "--older-than-days")
+    )
+    # the tool's rules (MemoryService.forget), in the words of the flags; ids too are only listed unless --yes
+    if args.ids and (tags or days is not None):
+        raise CommandFailed("forget takes either ids or a filter (--tag, --older-than-days), not both", EXIT_USAGE)
+    if not args.ids and not tags and days is None and args.namespace is None:
+        raise CommandFailed(
+            "forget needs ids, or a filter: --tag, --older-than-days, or --namespace (to forget a whole namespace)",
+            EXIT_USAGE,
+        )
+    selection = (args.ids, args.namespace, tags, days)
     with _store(settings, write=args.yes) as memory:
         for memory_id in dict.fromkeys(args.ids):
             _check_id(memory, memory_id)
@@ -361,7 +403,7 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         if result.deleted:
-            console.table(["id", "text"], [(i, console.shorten(previews.get(i, ""), 80)) for i in result.deleted])
+            console.table([("id", console.WHOLE), "text"], [(i, console.shorten(previews.get(i, ""), 80)) for i in result.deleted])
         count = _plural(len(result.deleted), "memory", "memories")
         if not result.deleted:
             console.say(f"nothing to delete in namespace {namespace!r}")
@@ -404,7 +446,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     )
     if namespaces:
         console.table(
-            ["namespace", ("memories", {"justify": "right"})],
+            [("namespace", console.WHOLE), ("memories", {"justify": "right"})],
             [(console.safe(ns), str(n)) for ns, n in sorted(namespaces.items(), key=lambda kv: (-kv[1], kv[0]))],
         )
     if pending:

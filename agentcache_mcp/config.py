@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -74,11 +75,140 @@ def is_postgres_url(value: object) -> bool:
     return isinstance(value, str) and POSTGRES_URL.match(value) is not None
 
 
+MASK = "***"
+LIBPQ_KEYWORDS = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding",
+        "connect_timeout", "client_encoding", "options", "application_name", "fallback_application_name", "keepalives",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
+        "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslcertmode", "sslrootcert",
+        "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "min_protocol_version", "max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "service",
+        "target_session_attrs", "load_balance_hosts", "oauth_issuer", "oauth_client_id", "oauth_client_secret",
+        "oauth_scope", "scram_client_key", "scram_server_key"
+    }
+)
+"""libpq's connection parameters (PostgreSQL 18): what a query of a URL, or a keyword/value string, holds."""
+_SECRET_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+"""A connection parameter whose value is hidden: password, sslpassword, oauth_client_secret, scram_client_key
+(and passfile and sslkey, paths, which do no harm hidden)."""
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/+)(.*)", re.DOTALL)
+"""A URL's start, with one slash or more: a mistyped `postgres:/user:pw@host` is masked as well."""
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
+"""An AGENTCACHE_DB that is a URL, but not PostgreSQL's (a typo of it, most likely); a drive letter is not."""
+_HOSTS = re.compile(r"[\w.~%\[\]:,-]*")
+"""What may follow the user info's '@' up to the path or query: host[:port] (a list; IPv6 in brackets)."""
+_HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[^:@/?\[\],]+)(?::\d+)?"
+_PLAIN_AUTHORITY = re.compile(rf"(?:{_HOST_PORT}(?:,{_HOST_PORT})*)?(?:/[^?]*)?")
+"""hosts[:port] (a list, IPv6 in brackets) and a database name: what precedes a query."""
+_QUERY_KEY = re.compile(r"(?<=[?&])([\w%.-]+)=")
+_KEYWORD_VALUE = re.compile(r"([\w.-]+)(\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s'\\]|\\.)*)")
+
+
+def _known_key(key: str) -> bool:
+    return unquote(key).lower() in LIBPQ_KEYWORDS
+
+
+def is_keyword_conninfo(value: object) -> bool:
+    """A libpq keyword/value connection string (`host=db dbname=m`), which AGENTCACHE_DB does not take."""
+    if not isinstance(value, str):
+        return False
+    found = re.match(r"\s*([A-Za-z_]+)\s*=", value)
+    return found is not None and _known_key(found.group(1))
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by '***' (in the user-info part and in a `password=` parameter), for
-    logs, stats and errors: a database URL is shown, its password never."""
-    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*?:)[^/?#@]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    """A PostgreSQL connection string as shown to people (logs, errors, stats, the UI): every secret replaced
+    by '***', in every form libpq takes: the password of a URL's user info (percent-encoded, or holding '@',
+    '/', '#', '?' or '[' that break URL parsing: everything up to the last '@' before the hosts is hidden),
+    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not),
+    and keyword/value strings (`host=db password='...'`). Anything else (a file path) is returned as it is."""
+    return _masked(url)[0]
+
+
+def mask_secrets(text: str, url: str) -> str:
+    """`text` (a driver's error about `url`) with the URL masked and every secret of it hidden: whole, and every
+    run of it between the characters a parser cuts at (libpq takes 'ss#w@host' for the host of
+    'user:p@ss#w@host', and quotes it in its error); runs of one character are left, unless whole, and runs
+    shorter than four characters are hidden only where they stand alone."""
+    masked, found = _masked(url)
+    text = text.replace(url, masked)
+    runs: set[str] = set()
+    for secret in found:
+        for form in {secret, unquote(secret)}:
+            cuts = sorted({0, len(form), *(m.start() for m in _CUT.finditer(form)), *(m.end() for m in _CUT.finditer(form))})
+            runs.update(form[i:j] for i in cuts for j in cuts if j - i >= 2 or (i, j) == (0, len(form)))
+    for run in sorted(runs - {""}, key=len, reverse=True):
+        if len(run) >= 4 or run in found:
+            text = text.replace(run, MASK)
+        else:  # a short run only where it stands alone: 'ab' of 'p@ab' must not turn 'unable' into 'un***le'
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(run)}(?![A-Za-z0-9])", MASK, text)
+    return text
+
+
+_CUT = re.compile(r"[@/?#:&,=\[\]\s'\\%;]")
+"""Where a parser may cut a password: what libpq's URL and keyword/value parsers split at."""
+
+
+def _masked(url: str) -> tuple[str, list[str]]:
+    """(the masked string, the secrets taken out of it)."""
+    found: list[str] = []
+    uri = _SCHEME.fullmatch(url)
+    if uri is None:
+        if not is_keyword_conninfo(url):
+            return url, found
+
+        def hide(match: re.Match[str]) -> str:
+            if not _SECRET_KEY.search(match.group(1)):
+                return match.group(0)
+            found.append(match.group(3).strip("'"))
+            return match.group(1) + match.group(2) + MASK
+
+        return _KEYWORD_VALUE.sub(hide, url), found
+    scheme, rest = uri.groups()
+    # The password of the user info first: it may hold what looks like a query (`user:a?token=b@host`).
+    end = _userinfo_end(rest)
+    if end is not None:
+        user, colon, password = rest[:end].partition(":")
+        if colon:
+            found.append(password)
+            rest = f"{user}:{MASK}{rest[end:]}"
+    # Then every secret parameter, wherever a '?' or '&' starts one (also in what was taken for user info): a
+    # value runs to the next '&' that starts a libpq parameter, or the end, so a value holding '&', '@' or
+    # `&x=` stays whole.
+    masked: list[str] = []
+    at = 0
+    for key in _QUERY_KEY.finditer(rest):
+        if key.start() < at or not _SECRET_KEY.search(unquote(key.group(1))):
+            continue
+        value_end = next(
+            (k.start() - 1 for k in _QUERY_KEY.finditer(rest, key.end()) if rest[k.start() - 1] == "&" and _known_key(k.group(1))),
+            len(rest),
+        )
+        found.append(rest[key.end() : value_end])
+        masked += [rest[at : key.end()], MASK]
+        at = value_end
+    return scheme + "".join([*masked, rest[at:]]), found
+
+
+def _userinfo_end(rest: str) -> int | None:
+    """Where a URL's user info ends (the index of its '@', after 'scheme://'), or None if it has none. A
+    password may hold '@', '/', '?' or '#' unencoded (libpq then misreads it): the user info runs to the last
+    '@' that hosts follow, unless that '@' is in a query (`?user=me@corp`: plain hosts and database before the
+    '?', a libpq parameter after it), when the '@' before it is taken."""
+    ats = [i for i, ch in enumerate(rest) if ch == "@"]
+    hosts = [i for i in ats if _HOSTS.fullmatch(re.split(r"[/?]", rest[i + 1 :], maxsplit=1)[0])]
+    question = rest.find("?")
+    for end in reversed(hosts or ats):
+        first = re.match(r"([\w%.-]+)=", rest[question + 1 : end]) if 0 <= question < end else None
+        in_query = (
+            first is not None
+            and _known_key(first.group(1))
+            and _PLAIN_AUTHORITY.fullmatch(rest[:question].rsplit("@", 1)[-1]) is not None
+        )
+        if not in_query:
+            return end
+    return None
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -136,7 +266,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     db_path: Path = Field(default_factory=default_db_path)
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)
     """A PostgreSQL URL (AGENTCACHE_DB / --db given as postgresql://...): selects the PostgreSQL backend and
     db_path is not used. Shown only through `store_location` (password masked)."""
     pg_pool_size: int = Field(default=8, ge=2, le=1000)
@@ -243,6 +373,18 @@ class Settings(BaseModel):
         for field, value in overrides.items():
             if value is not None:
                 given[field] = (FLAGS.get(field, field), value)
+        if is_keyword_conninfo(given.get("db_path", (None, None))[1]):
+            source, conninfo = given["db_path"]
+            raise ConfigError(
+                f"{source} {_show(mask_url(conninfo))} is invalid: a keyword/value connection string; give a "
+                "PostgreSQL database as a URL, postgresql://USER:PASSWORD@HOST:PORT/DBNAME (see the README)"
+            )
+        db_given = given.get("db_path", (None, None))[1]
+        if isinstance(db_given, str) and not is_postgres_url(db_given) and _OTHER_URL.match(db_given):
+            raise ConfigError(
+                f"{given['db_path'][0]} {_show(mask_url(db_given))} is invalid: a URL, but not a PostgreSQL one; give "
+                "a database file's path, or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+            )
         if is_postgres_url(given.get("db_path", (None, None))[1]):
             # A URL names a PostgreSQL database, not a file: kept verbatim (a Path would fold its '//').
             source, url = given.pop("db_path")

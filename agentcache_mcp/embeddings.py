@@ -1,7 +1,9 @@
 """Embedding models: the protocol the engine needs, and the sentence-transformers implementation.
 
 The model is loaded lazily in a worker thread (importing torch alone takes seconds), so start-up and
-`remember` never wait for it. The bundled default is verified by hash before it is loaded.
+`remember` never wait for it. The bundled default is verified by hash before it is loaded. Any other model is
+loaded from this machine only, never downloaded (`local_model_source`): a directory, or a Hugging Face name
+already in the local Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -86,6 +88,38 @@ def verify_bundled_model(model_dir: Path, expected_sha256: str = BUNDLED_MODEL_S
         )
 
 
+def local_model_source(name: str) -> str:
+    """The directory to load the model `name` from: `name` itself if it is a directory, else the snapshot of
+    the Hugging Face model of that name in the local Hugging Face cache (a bare name such as
+    all-mpnet-base-v2 is looked up as sentence-transformers/all-mpnet-base-v2 first, as sentence-transformers
+    does). Never the network: agentcache-mcp works offline, so a model that is not on this machine is
+    refused (EmbeddingModelError), not downloaded. sentence-transformers given a hub name asks the hub even
+    with local_files_only (a 20 s wait on a machine without network); given a directory it does not."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or name.startswith(("/", "./", "../", "~")):
+        raise EmbeddingModelError(
+            f"cannot load embedding model {name!r}: no such directory (give the directory of a sentence-transformers "
+            "model)"
+        )
+    repos = [name] if "/" in name else [f"sentence-transformers/{name}", name]
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a dependency of sentence-transformers
+        repos = []
+    for repo in repos:
+        try:
+            return str(snapshot_download(repo, local_files_only=True))
+        except Exception:  # not in the cache (LocalEntryNotFoundError), or not a valid repository name
+            continue
+    raise EmbeddingModelError(
+        f"cannot load embedding model {name!r}: it is not on this machine, and agentcache-mcp never downloads a "
+        f"model (it works offline). Give the directory of a sentence-transformers model, or download it yourself "
+        f"first (`hf download {repos[0] if repos else name}` puts it in the Hugging Face cache) and give its name again"
+    )
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model: the bundled default, or any model name or path the user gives."""
 
@@ -161,7 +195,7 @@ class SentenceTransformerEmbedder:
                 verify_bundled_model(path)
                 source = str(path)
             else:
-                source = self.model_name
+                source = local_model_source(self.model_name)  # never the network
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(source, device=self.device, local_files_only=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -338,6 +339,149 @@ def test_list_shows_control_characters_as_escapes(capsys: pytest.CaptureFixture[
     assert json.loads(out)["memories"][0]["text"].startswith("innocent \x1b]0;owned\x07")
 
 
+# --- tables at the width of the terminal -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [80, 100, 160])
+@pytest.mark.parametrize("argv", [["list"], ["recall", "Alice", "Neovim", "deploy", "key"], ["forget", "--tag", "alice"]])
+def test_tables_keep_whole_ids_scores_and_readable_text_at_80_100_and_160_columns(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path, monkeypatch: pytest.MonkeyPatch,
+    columns: int, argv: list[str],
+) -> None:  # fmt: skip
+    from rich.cells import cell_len
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, out, err = run(capsys, "--db", db, *argv)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    shown = [(text, memory_id) for text, memory_id in populated.items() if memory_id in out]
+    assert len(shown) >= 2, out  # every id shown whole, so it can be passed to show or forget
+    for text, memory_id in shown:
+        row = next(n for n, line in enumerate(lines) if memory_id in line)
+        # the text whole on the row or on the line below it, not one word a line; nothing past the width
+        assert text in lines[row] or text in lines[row + 1], out
+        assert cell_len(lines[row]) <= columns and cell_len(lines[row + (text not in lines[row])]) <= columns, out
+    if argv[0] == "recall":
+        assert len(re.findall(r"\b\d\.\d{3}\b", out)) == len(shown)  # each score whole
+
+
+# --- control characters never reach the terminal ----------------------------------------------------------
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202e\r\x08\x85\u2028\u061c"
+"""What an imported file or a web page may slip into a memory: escape sequences (clear the screen, retitle
+the window), a C1 CSI, a bidi override, a carriage return and a backspace (overwrite what was printed)."""
+
+
+def terminal_safe(text: str) -> bool:
+    import unicodedata
+
+    bidi = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    return not [
+        ch for ch in text
+        if ch not in "\n\t" and (unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ord(ch) in bidi)
+    ]  # fmt: skip
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+@pytest.fixture
+def hostile(db: Path) -> str:
+    """A store with one memory whose id, text, tags and metadata carry control characters (an import keeps
+    the ids it is given); returns its id."""
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        m = memory.remember(f"hostile note {HOSTILE} end", tags=[f"tag{HOSTILE}x"], metadata={"k": HOSTILE})
+        evil = f"id{HOSTILE}x"
+        memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = ? WHERE id = ?", (evil, m.id)))
+        memory.embed_pending()
+    finally:
+        memory.close()
+    return evil
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["list", "--tag", f"tag{HOSTILE}x"],
+        ["recall", "hostile", "note"],
+        ["recall", f"hostile {HOSTILE}"],
+        ["show", "{id}"],
+        ["forget", "{id}"],
+        ["forget", "--tag", f"tag{HOSTILE}x"],
+        ["show", f"nope{HOSTILE}"],
+        ["show", f"01JH3X5ZQ8W5V1R7Y0K2M4N6P{HOSTILE}"],
+        ["forget", f"nope{HOSTILE}"],
+        ["forget", "--namespace", f"ns{HOSTILE}"],
+        ["list", "--json"],
+        ["recall", "hostile", "--json"],
+        ["show", "{id}", "--json"],
+        ["forget", "{id}", "--json"],
+    ],
+    ids=lambda argv: "-".join(a for a in argv if a.isascii() and a.isprintable()),
+)
+def test_control_characters_from_the_store_or_the_command_line_never_reach_the_terminal(
+    capsys: pytest.CaptureFixture[str], hostile: str, db: Path, argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "--db", db, *[a.replace("{id}", hostile) for a in argv])
+    assert terminal_safe(out), out
+    assert terminal_safe(err), err
+    assert out or err
+    if "--json" in argv:
+        assert code == 0 and any(HOSTILE in text for text in strings(json.loads(out)))  # the same data, escaped
+    elif code == 0:
+        assert "\\x1b[2J" in out  # shown, as a visible escape
+
+
+def test_an_import_refusal_line_never_carries_control_characters(
+    capsys: pytest.CaptureFixture[str], empty: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("agentcache_mcp.memory.exchange", reason="the import module is not written yet")
+    bad = tmp_path / f"bad{HOSTILE}.jsonl"
+    bad.write_text(f'{{"text": 5, "id": "x{HOSTILE}"}}\n{HOSTILE}\n', encoding="utf-8")
+    for flags in ([], ["--skip-invalid"], ["--dry-run", "--skip-invalid"]):
+        _, out, err = run(capsys, "--db", empty, "import", bad, *flags)
+        assert terminal_safe(out) and terminal_safe(err), (flags, out, err)
+        assert out or err
+
+
+@pytest.mark.parametrize("argv", [["list", f"--bogus{HOSTILE}"], [f"frob{HOSTILE}"], ["list", "--limit", HOSTILE]])
+def test_a_usage_error_never_carries_control_characters(
+    capsys: pytest.CaptureFixture[str], empty: Path, argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "--db", empty, *argv)
+    assert code == 2 and out == "" and one_error_line(err)
+    assert terminal_safe(err), err
+
+
+def test_a_refusal_to_start_never_carries_control_characters(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "--db", tmp_path / f"no{HOSTILE}dir" / "m.db", "list")
+    assert code == 2 and out == "" and "does not exist" in one_error_line(err)
+    assert terminal_safe(err), err
+
+
+@pytest.mark.slow
+def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentcache_mcp", "--log-level", "INFO", "stats", "--db", str(tmp_path / f"m{HOSTILE}.db")],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "applied schema migration" in done.stderr  # the line names the file
+    assert terminal_safe(done.stderr) and terminal_safe(done.stdout), done.stderr
+
+
 # --- show -------------------------------------------------------------------------------------------------
 
 
@@ -370,9 +514,26 @@ def test_show_unknown_and_malformed_ids(
     assert "no memory with id '01JH3X5ZQ8W5V1R7Y0K2M4N6P8'" in one_error_line(err)
     code, out, err = run(capsys, "--db", db, "show", "alice")
     assert (code, out) == (2, "")
-    assert "not a memory id: 'alice'" in one_error_line(err)
+    assert "no memory has the id 'alice' in any namespace" in one_error_line(err)
     code, _, err = run(capsys, "--db", db, "show", "")
     assert code == 2 and one_error_line(err)
+
+
+def test_show_and_forget_say_what_ids_may_be_an_imported_id_works(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path
+) -> None:
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    bob = populated["Bob's birthday is on the 3rd of March"]
+    memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = 'a/b' WHERE id = ?", (bob,)))
+    memory.close()
+    code, out, _ = run(capsys, "--db", db, "show", "a/b")
+    assert code == 0 and "Bob's birthday" in out
+    for argv in (["show", "a/c"], ["forget", "a/c"]):
+        code, out, err = run(capsys, "--db", db, *argv)
+        line = one_error_line(err)
+        assert code == 2 and out == ""
+        assert "not a memory id" not in line  # it is shaped like one: it names no memory
+        assert "no memory has the id 'a/c'" in line and "an imported memory keeps the id it came with" in line
 
 
 # --- forget -----------------------------------------------------------------------------------------------
@@ -435,11 +596,11 @@ def test_forget_not_found_ids_fail_after_doing_the_rest(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["forget"], "forget needs ids, or a filter"),
-        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--tag", "x"], "either ids or a filter"),
-        (["forget", "--older-than-days", "-3"], "older_than_days must be a positive number of days"),
+        (["forget"], "forget needs ids, or a filter: --tag, --older-than-days, or --namespace"),
+        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--tag", "x"], "either ids or a filter (--tag, --older-than-days)"),
+        (["forget", "--older-than-days", "-3"], "--older-than-days must be a positive number of days"),
         (["forget", "--older-than-days", "soon"], "argument --older-than-days: invalid float value: 'soon'"),
-        (["forget", "not-an-id"], "not a memory id: 'not-an-id'"),
+        (["forget", "not-an-id"], "no memory has the id 'not-an-id' in any namespace"),
         (["forget", "--tag", "x", "--namespace", "a b"], "invalid namespace 'a b'"),
     ],
 )
@@ -450,6 +611,33 @@ def test_forget_usage_errors(
     assert (code, out) == (2, "")
     assert expected in one_error_line(err)
     assert len(stored(db)) == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["forget"], "a filter: --tag, --older-than-days, or --namespace"),
+        (["forget", "01JH3X5ZQ8W5V1R7Y0K2M4N6P8", "--older-than-days", "2"], "(--tag, --older-than-days)"),
+        (["forget", "--older-than-days", "-3"], "--older-than-days must be a positive number of days"),
+        (["forget", "--older-than-days", "1e9"], "--older-than-days must be a positive number of days"),
+        (["forget", "--namespace", ""], "--namespace must not be empty"),
+        (["forget", "--tag", " "], "--tag must not be empty strings"),
+        (["recall", "x", "--limit", "500"], "--limit must be from 1 to 100, got 500"),
+        (["recall", "x", "--tag", " "], "--tag must not be empty strings"),
+        (["recall", "x", "--namespace", ""], "--namespace must not be empty"),
+        (["list", "--tag", " "], "--tag must not be empty strings"),
+        (["list", *[f"--tag=t{i}" for i in range(40)]], "--tag: at most 32 tags are allowed"),
+    ],
+    ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None,
+)
+def test_errors_name_the_commands_flags_not_the_tools_arguments(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path, argv: list[str], expected: str
+) -> None:
+    code, out, err = run(capsys, "--db", db, *argv)
+    assert (code, out) == (2, "")
+    line = one_error_line(err)
+    assert expected in line
+    assert not re.search(r"(?<![-\w])(older_than_days|tags|limit|namespace) must\b", line)  # the tools' words
 
 
 def test_forget_on_an_empty_store(capsys: pytest.CaptureFixture[str], empty: Path) -> None:

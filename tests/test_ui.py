@@ -108,6 +108,29 @@ def test_namespace_page_is_newest_first_filtered_by_tag_and_paginated(ui: Ui) ->
     assert "older »" not in second
 
 
+def test_a_tag_filter_never_gives_the_namespace_count_as_the_count_with_the_tag(ui: Ui) -> None:
+    for n in range(30):
+        ui.memory.remember(f"untagged note number {n}", namespace="work")
+    total = ui.memory.backend.memories.counts_by_namespace()["work"]
+    page = ui.client.get("/ui/ns/work", params={"tag": "infra"}).text
+    lede = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.search(r'<p class="lede">(.*?)</p>', page, re.S).group(1)))
+    assert not re.search(rf"\b{total} memories, newest first, with tag", lede), lede
+    assert lede == f"The memories with tag infra (clear), newest first, of the {total} memories in this namespace."
+    unfiltered = ui.client.get("/ui/ns/work").text
+    assert f'<p class="lede">{total} memories, newest first.</p>' in unfiltered
+
+
+def test_searching_an_empty_namespace_selects_it_and_says_keyword_only_as_the_cli_does(ui: Ui) -> None:
+    page = ui.client.get("/ui/", params={"namespace": "nothing-here", "q": "staging database"}).text
+    assert '<option value="nothing-here" selected>nothing-here (empty)</option>' in page
+    assert len(re.findall(r"<option [^>]*selected", page)) == 1  # not another namespace shown as the one searched
+    assert "retrieval: keyword only" in page and "hybrid" not in page
+    assert "namespace &#39;nothing-here&#39; has no memories" in page  # the CLI's words (recall --json's note)
+    assert "This namespace has no memories." in page
+    browse = ui.client.get("/ui/ns/nothing-here").text
+    assert '<option value="nothing-here" selected>nothing-here (empty)</option>' in browse
+
+
 def follow(ui: Ui, page: str, rel: str) -> str:
     """The page the "bulk" namespace page's rel="next" (older) or rel="prev" (newer) link leads to."""
     link = re.search(rf'href="(/ui/ns/bulk\?[^"]+)" rel="{rel}"', page)
@@ -626,6 +649,39 @@ def test_a_link_from_another_site_to_a_search_still_opens_it(ui: Ui) -> None:
         headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
     )
     assert answer.status_code == 200 and "staging database runs on port 5433" in answer.text
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site", "same-origin", None])
+@pytest.mark.parametrize("dest", ["iframe", "frame", "embed", "object", "fencedframe"])
+def test_a_page_loaded_into_a_frame_is_refused_before_the_search_runs(
+    ui: Ui, monkeypatch: pytest.MonkeyPatch, dest: str, site: str | None
+) -> None:
+    searches: list[Any] = []
+    recall = ui.memory.recall_outcome
+    monkeypatch.setattr(ui.memory, "recall_outcome", lambda *a, **k: searches.append(a) or recall(*a, **k))
+    headers = {"Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": "navigate", **({"Sec-Fetch-Site": site} if site else {})}
+    answer = ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=headers)
+    assert answer.status_code == 403 and "staging database" not in answer.text and "frame" in answer.text
+    assert searches == []  # refused before the search, not only hidden from view (frame-ancestors)
+    assert ui.client.get(f"/ui/memory/{ui.ids['editor']}/forget", headers=headers).status_code == 403
+    top = {**headers, "Sec-Fetch-Dest": "document"}  # the same link opened as a page of its own
+    assert ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=top).status_code == 200
+    assert searches
+
+
+@pytest.mark.parametrize("purpose", [{"Sec-Purpose": "prefetch"}, {"Sec-Purpose": "prefetch;prerender"}, {"Purpose": "prefetch"}])
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_another_site_cannot_prefetch_or_prerender_a_search(
+    ui: Ui, monkeypatch: pytest.MonkeyPatch, site: str, purpose: dict[str, str]
+) -> None:
+    searches: list[Any] = []
+    recall = ui.memory.recall_outcome
+    monkeypatch.setattr(ui.memory, "recall_outcome", lambda *a, **k: searches.append(a) or recall(*a, **k))
+    headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", **purpose}
+    answer = ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=headers)
+    assert answer.status_code == 403 and searches == []
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", **purpose}
+    assert ui.client.get("/ui/", params={"namespace": "work", "q": "staging"}, headers=own).status_code == 200
 
 
 ODD_IDS = ["a/b", "x?y#z", "../../stats", "ID/forget", "100% sure", "ns/../work"]

@@ -306,6 +306,28 @@ def test_another_site_can_link_to_a_search_but_not_run_one_in_the_background(
         evil.close()
 
 
+def test_another_site_cannot_run_a_search_in_a_hidden_frame(
+    server: tuple[UiServer, dict[str, str]], browser: Any, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    running, _ = server
+    searches: list[Any] = []
+    recall = running.memory.recall_outcome
+    monkeypatch.setattr(running.memory, "recall_outcome", lambda *a, **k: searches.append(a) or recall(*a, **k))
+    search = f"{running.base}/ui/?namespace=work&q=staging+database+port"
+    evil = _EvilSite(f'<iframe src="{search}&via=iframe" width="1" height="1" style="opacity:0"></iframe>')
+    try:
+        with caplog.at_level("WARNING", logger="agentcache_mcp"):
+            browser.get(evil.url)
+            deadline = time.monotonic() + 10
+            while "'iframe'" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "refused GET /ui/" in caplog.text and "Sec-Fetch-Dest 'iframe'" in caplog.text
+        assert searches == []  # refused before the search ran, not only hidden by frame-ancestors
+    finally:
+        evil.close()
+
+
 def test_a_foreign_host_is_refused(server: tuple[UiServer, dict[str, str]]) -> None:
     running, _ = server
     # DNS rebinding: a name the attacker controls now resolves to 127.0.0.1

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..memory.forgetting import preview
-from ..memory.model import MAX_KEY, Memory, iso, memory_fields
+from ..memory.model import MAX_KEY, Memory, RecallOutcome, iso, memory_fields
 from ..memory.ports import StoreError
 from ..memory.validation import (
     MAX_LIMIT,
@@ -133,7 +133,11 @@ class Pages:
             return self.render(request, "home.html", namespaces=namespaces, current_namespace=namespace)
         limit = _int(request.query_params.get("limit"), SEARCH_LIMIT, 1, MAX_LIMIT)
         started = time.monotonic()
-        outcome = await self.call(self.memory.recall_outcome, q, namespace, None, limit, touch=False)
+        if not namespaces.get(validate_namespace(namespace)):
+            # nothing to rank, as the CLI's recall says: no claim of a hybrid search over nothing
+            outcome = RecallOutcome([], "keyword", f"namespace {namespace!r} has no memories")
+        else:
+            outcome = await self.call(self.memory.recall_outcome, q, namespace, None, limit, touch=False)
         return self.render(
             request,
             "search.html",

@@ -23,6 +23,10 @@ covers `/ui` too; the bearer check leaves `/ui` to this guard, since a browser c
   turns https into http), or when `Sec-Fetch-Site` says it came from another site. A GET or HEAD that
   `Sec-Fetch-Site` says came from another site is refused too unless it is a top-level navigation
   (`Sec-Fetch-Mode: navigate`): a link to a search works, an `<img src=...>` on another site does not run one.
+  A request to load a page into a frame (`Sec-Fetch-Dest` iframe, frame, embed, object, fencedframe) is
+  refused whoever asks, before any page code runs: `frame-ancestors 'none'` only stops the browser from
+  showing a framed page, after the server has run its search; the UI never frames itself. A navigation
+  another site asked for ahead of a click (`Sec-Purpose: prefetch` or `prefetch;prerender`) is refused too.
 - With a token configured, every page but the login form and the static files needs a logged-in session:
   a GET is sent to the login form, anything else refused. The login form compares the token in constant
   time (transports.same_token), answers a wrong one after a pause taken one failure at a time across all
@@ -77,6 +81,8 @@ replaced in the store, by hand or by a restore, is adopted without a restart; pr
 already agree: the store keeps the first one's)."""
 _COOKIE = re.compile(r"([A-Za-z0-9_-]{43})\.([0-9]{1,12})\.([01])\.([0-9a-f]{64})")
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+FRAME_DESTINATIONS = frozenset({"iframe", "frame", "embed", "object", "fencedframe"})
+"""`Sec-Fetch-Dest` values of a page loaded into another page: refused (a hidden frame could run searches)."""
 PUBLIC_PATHS = ("/login", "/static/")
 
 
@@ -231,11 +237,17 @@ class UiGuard:
 
     def _cross_site(self, request: Request) -> str | None:
         site = request.headers.get("sec-fetch-site", "same-origin")
+        if request.headers.get("sec-fetch-dest", "").lower() in FRAME_DESTINATIONS:
+            return "forbidden: the memory browser is not shown inside another page (a frame); open it directly"
         if request.method in SAFE_METHODS:
             # Reads change nothing, but a search runs the model: another site may link here (a top-level
             # navigation) but not make the browser fetch a page (an <img>, a fetch, a frame).
             if site in ("cross-site", "same-site") and request.headers.get("sec-fetch-mode") != "navigate":
                 return "forbidden: a page of another site asked for this (Sec-Fetch-Site); open the link itself"
+            if site in ("cross-site", "same-site") and (
+                request.headers.get("sec-purpose") or request.headers.get("purpose")
+            ):  # a prefetch or prerender is a navigation nobody made: the page would run unseen
+                return "forbidden: a page of another site asked for this ahead of a click (Sec-Purpose); open the link"
             return None
         origin = request.headers.get("origin")
         if origin is not None:
@@ -264,7 +276,7 @@ class UiGuard:
         route = scope["path"][len(root) :] or "/"
         if (problem := self._cross_site(request)) is not None:
             log.warning(
-                "refused %s %s: %s (Host %r, Origin %r, Sec-Fetch-Site %r, Sec-Fetch-Mode %r)",
+                "refused %s %s: %s (Host %r, Origin %r, Sec-Fetch-Site %r, Sec-Fetch-Mode %r, Sec-Fetch-Dest %r)",
                 scope["method"],
                 scope["path"],
                 problem,
@@ -272,6 +284,7 @@ class UiGuard:
                 request.headers.get("origin"),
                 request.headers.get("sec-fetch-site"),
                 request.headers.get("sec-fetch-mode"),
+                request.headers.get("sec-fetch-dest"),
             )
             response = refusal(problem, root, self.login_required)
             new_session = None  # nothing is set on a refused cross-site request

@@ -19,7 +19,7 @@ import psycopg.errors
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ...config import mask_url
+from ...config import mask_secrets, mask_url
 from ...memory.ports import StoreError, StoreFullError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ def connect(url: str) -> Connection:
     try:
         return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as exc:
+        # libpq quotes parts of the URL in its errors (a bad percent-escape, a host cut out of a password)
         raise StoreUnavailable(
-            f"cannot connect to the PostgreSQL database {mask_url(url)}: {first_line(exc)}"
+            f"cannot connect to the PostgreSQL database {mask_url(url)}: {mask_secrets(first_line(exc), url)}"
         ) from None
 
 
@@ -68,12 +69,14 @@ class Database:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         except PoolTimeout as exc:
             self.pool.close(timeout=0)
-            raise StoreUnavailable(f"cannot connect to the PostgreSQL database {self.location}: {exc}") from None
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL database {self.location}: {mask_secrets(str(exc), url)}"
+            ) from None
 
     def _failed(self, exc: psycopg.Error) -> StoreError:
         if isinstance(exc, psycopg.errors.DiskFull):
             return StoreFullError(f"the PostgreSQL database {self.location} is out of disk; nothing was written")
-        return StoreError(f"the PostgreSQL database {self.location} failed: {first_line(exc)}")
+        return StoreError(f"the PostgreSQL database {self.location} failed: {mask_secrets(first_line(exc), self.url)}")
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in one transaction, retried as a whole after a deadlock or serialization failure."""
