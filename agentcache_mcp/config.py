@@ -280,7 +280,7 @@ class Settings(BaseModel):
     auto_forget_enabled: bool = True
     auto_forget_interval_s: float = Field(default=3600.0, gt=0)
     auto_forget_first_delay_s: float = Field(default=30.0, ge=0)
-    auth_token: str | None = None
+    auth_token: str | None = Field(default=None, repr=False)  # a secret: never in a repr or a log line
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     allowed_hosts: tuple[str, ...] = ()  # extra Host/Origin names for the HTTP transports (NAME[:PORT])

@@ -108,6 +108,12 @@ def test_settings_repr_never_carries_the_url() -> None:
     assert "Kq7Zr9w" not in repr(settings) and "Kq7Zr9w" not in str(settings)
 
 
+def test_settings_repr_never_carries_the_auth_token() -> None:
+    settings = Settings.from_env({"AGENTCACHE_AUTH_TOKEN": "tok-Hq2Vx8PzLm4Rt6Wy"})
+    assert settings.auth_token == "tok-Hq2Vx8PzLm4Rt6Wy"
+    assert "Hq2Vx8PzLm4Rt6Wy" not in repr(settings) and "Hq2Vx8PzLm4Rt6Wy" not in str(settings)
+
+
 @pytest.mark.parametrize(
     "url",
     [
