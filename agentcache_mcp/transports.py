@@ -11,6 +11,8 @@
   UI's paths (`/ui/...`) pass the bearer check to the UI's own token login (a browser cannot send the
   header), never the Host/Origin check.
 - `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
+- `limited_h11_protocol`: uvicorn's HTTP/1.1 protocol with a request timeout and a connection limit, so
+  half-sent requests and stalled clients cannot hold connections (and file descriptors) for long.
 - `bind_host_problem(host)`: the start-up check of `--host`.
 
 The SDK has its own Host/Origin check, but it fires only when the bind address is one of three exact
@@ -376,8 +378,10 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
       closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts.
     - **Connection limit.** At most `max_connections` open. One more closes the oldest connection that is
       still waiting for its request (half-sent, or idle between requests), so stalled clients make room for
-      new ones instead of locking them out; when every connection is busy with a request, the new one is
-      answered 503 and closed.
+      new ones instead of locking them out; failing that, the oldest request that has waited longer than
+      `request_timeout_s` without the start of an answer (a queue of wrong UI logins, each paused in turn, is
+      such); failing that (every connection busy and answering, e.g. SSE streams), the new one is answered
+      503 and closed. So nobody is locked out for much longer than the request timeout.
 
     Pinned to h11 (pure Python, always installed): the limits are written against its states, and httptools,
     which uvicorn would pick if it were installed, is not used.
@@ -411,17 +415,22 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
     class LimitedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _request_started = False  # some bytes of the request now awaited have arrived
+        _received_at: float | None = None  # when the request being handled had arrived whole
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if sum(not c.transport.is_closing() for c in self.connections) > max_connections:
                 oldest = next(iter(waiting), None)
-                if oldest is None:
-                    warn_at_limit("every one is busy with a request; new connections get 503")
+                if oldest is not None:
+                    warn_at_limit("closing the oldest connections that have not sent their request")
+                    oldest._drop(too_many if oldest._request_started else None)
+                elif (unanswered := self._longest_unanswered()) is not None:
+                    warn_at_limit("closing the oldest requests unanswered for longer than the request timeout")
+                    unanswered._drop(too_many)
+                else:
+                    warn_at_limit("every one is busy answering a request; new connections get 503")
                     self._drop(too_many)
                     return
-                warn_at_limit("closing the oldest connections that have not sent their request")
-                oldest._drop(too_many if oldest._request_started else None)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -464,8 +473,28 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
             if not self._waiting_for_request():
                 self._disarm()  # the request is here (or the connection is closing): the app has it
                 self._request_started = False
-            elif self not in waiting:
-                waiting[self] = None  # idle between requests: the first to make room at the limit
+                if self._received_at is None:
+                    self._received_at = time.monotonic()
+            else:
+                self._received_at = None
+                if self not in waiting:
+                    waiting[self] = None  # idle between requests: the first to make room at the limit
+
+        def _longest_unanswered(self) -> LimitedH11Protocol | None:
+            """The connection whose request has waited longest, and over request_timeout_s, for an answer."""
+            now, found = time.monotonic(), None
+            for other in self.connections:
+                if (
+                    isinstance(other, LimitedH11Protocol)
+                    and not other.transport.is_closing()
+                    and other._received_at is not None
+                    and now - other._received_at > request_timeout_s
+                    and other.cycle is not None
+                    and not other.cycle.response_started
+                    and (found is None or other._received_at < found._received_at)  # type: ignore[operator]
+                ):
+                    found = other
+            return found
 
         def _timed_out(self) -> None:
             self._deadline = None

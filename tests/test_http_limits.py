@@ -24,9 +24,8 @@ import pytest
 from anyio.abc import SocketStream
 from mcp.server.mcpserver import MCPServer
 
-from agentcache_mcp import serving
+from agentcache_mcp import serving, transports
 from agentcache_mcp.config import ConfigError, Settings
-from agentcache_mcp.transports import LISTEN_BACKLOG
 
 from conftest import free_port, wait_until_listening
 
@@ -250,6 +249,48 @@ def test_when_every_connection_is_busy_a_new_one_is_turned_away_at_once() -> Non
     anyio.run(main)
 
 
+def test_requests_left_unanswered_past_the_request_timeout_make_room_at_the_limit() -> None:
+    # A request the app holds without answering (the UI pauses each wrong login in turn, so a flood of them
+    # queues up) is busy, not stalled: it keeps its place until it has waited longer than the request timeout.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await anyio.sleep(60)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> None:
+        uv = serving._uvicorn(app, limits(http_request_timeout_s=1, http_max_connections=3))
+        slow = b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        fast = b"GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(uv.serve)
+            with anyio.fail_after(10):
+                while not uv.started:
+                    await anyio.sleep(0.01)
+            address = uv.servers[0].sockets[0].getsockname()[:2]
+            held = [await anyio.connect_tcp(*address) for _ in range(3)]
+            try:
+                for stream in held:
+                    await stream.send(slow)
+                await anyio.sleep(0.3)
+                assert await status_of(address, fast) == 503  # all three busy, none for long
+                await anyio.sleep(1.2)
+                assert await status_of(address, fast) == 200  # the oldest unanswered request made room
+                answers = []
+                for stream in held:
+                    with contextlib.suppress(TimeoutError):
+                        answers.append(await read_until_closed(stream, limit_s=0.2))
+                assert [a[:13] for a in answers] == [b"HTTP/1.1 503 "]
+            finally:
+                for stream in held:
+                    await stream.aclose()
+                uv.should_exit = True
+
+    anyio.run(main)
+
+
 def test_the_limits_are_settings_checked_at_start() -> None:
     env = {"AGENTCACHE_HTTP_REQUEST_TIMEOUT_S": "2.5", "AGENTCACHE_HTTP_MAX_CONNECTIONS": "40"}
     settings = Settings.from_env(env)
@@ -289,7 +330,7 @@ def closed_by_server(sock: socket.socket, limit_s: float) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors in /proc")
 def test_a_slowloris_attack_keeps_the_servers_sockets_bounded(tmp_path: Path) -> None:
-    cap, timeout_s, attackers = 20, 3, 2 * (20 + LISTEN_BACKLOG)
+    cap, timeout_s, attackers = 20, 3, 2 * (20 + transports.LISTEN_BACKLOG)
     port = free_port()
     env = {
         **os.environ,
@@ -341,7 +382,7 @@ def test_a_slowloris_attack_keeps_the_servers_sockets_bounded(tmp_path: Path) ->
     )
     # A burst that waited in the listen queue is accepted at once (up to LISTEN_BACKLOG) and closed a moment
     # later; today every stalled client kept one.
-    assert most <= before + cap + LISTEN_BACKLOG, (before, most)
+    assert most <= before + cap + transports.LISTEN_BACKLOG, (before, most)
     assert took < 5, took
     assert still_open == 0
     assert after <= before, (before, after)
