@@ -419,7 +419,10 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if sum(not c.transport.is_closing() for c in self.connections) > max_connections:
+            if (
+                len(self.connections) > max_connections  # the cheap test first; then the ones not closing already
+                and sum(not c.transport.is_closing() for c in self.connections) > max_connections
+            ):
                 oldest = next(iter(waiting), None)
                 if oldest is not None:
                     warn_at_limit("closing the oldest connections that have not sent their request")
