@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(serve, settings, transport)
     except StoreUnavailable as exc:  # a URL naming a server that cannot be reached or lacks pgvector
         _refuse_to_start(f"invalid configuration: {exc}")
-    except CannotListen as exc:  # the port is in use: said before the store is opened
+    except CannotListen as exc:  # the port is in use (or the address is not ours): before the store is opened
         _refuse_to_start(str(exc))
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")

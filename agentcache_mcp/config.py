@@ -165,7 +165,8 @@ class Settings(BaseModel):
     first byte came; else the connection is closed (408). Keeps half-sent requests from holding connections."""
     http_max_connections: int = Field(default=256, ge=1, le=100_000)
     """HTTP: connections open at once at most. A new one beyond it closes the oldest connection still waiting
-    for its request (else it is answered 503), so stalled clients cannot use up the file descriptors."""
+    for its request, else the oldest request unanswered past http_request_timeout_s, else it is answered 503:
+    stalled clients can neither use up the file descriptors nor keep others out for long."""
     max_text_bytes: int = Field(default=32 * 1024, gt=0)
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     # auto_forget thresholds

@@ -144,6 +144,8 @@ def _why(exc: OSError) -> str:
 async def _listening(settings: Settings, transport: str) -> AsyncIterator[list[socket.socket]]:
     """The HTTP transports' (and the UI's) sockets, bound before the store is opened and closed at the end;
     none for stdio."""
+    if transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
+        raise ValueError(refusal)  # main checks first; this keeps any other caller from listening at all
     sockets = [] if transport == "stdio" else listen(settings.host, settings.port)
     try:
         yield sockets
