@@ -20,7 +20,7 @@ import anyio
 from . import __version__
 from .commands import EXIT_FAILED, other_store_kind, print_error, run_command
 from .config import ConfigError, Settings
-from .serving import serve, serve_ui
+from .serving import CannotListen, serve, serve_ui
 from .transports import bind_refusal
 
 log = logging.getLogger("agentcache_mcp")
@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(serve, settings, transport)
     except StoreUnavailable as exc:  # a URL naming a server that cannot be reached or lacks pgvector
         _refuse_to_start(f"invalid configuration: {exc}")
+    except CannotListen as exc:  # the port is in use (or the address is not ours): before the store is opened
+        _refuse_to_start(str(exc))
     except StoreError as exc:
         sys.exit(f"agentcache-mcp: {exc}")
     if command in ("serve", "ui"):

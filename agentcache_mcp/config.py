@@ -226,6 +226,8 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_MAX_TEXT_BYTES", "max_text_bytes", _integer),
     ("AGENTCACHE_STATEFUL_HTTP", "stateful_http", _bool),
     ("AGENTCACHE_SESSION_IDLE_TIMEOUT_S", "session_idle_timeout_s", _number),
+    ("AGENTCACHE_HTTP_REQUEST_TIMEOUT_S", "http_request_timeout_s", _number),
+    ("AGENTCACHE_HTTP_MAX_CONNECTIONS", "http_max_connections", _integer),
     ("AGENTCACHE_MODEL_WAIT_S", "model_wait_s", _number),
     ("AGENTCACHE_PG_POOL_SIZE", "pg_pool_size", _integer),
     ("AGENTCACHE_EMBEDDING_LEASE_S", "embedding_lease_s", _number),
@@ -288,6 +290,13 @@ class Settings(BaseModel):
     """Streamable HTTP keeps a session per client (else stateless: a fresh transport per request)."""
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
     """Stateful streamable HTTP only: a session with no request in flight for this long is closed."""
+    http_request_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """HTTP: a request (line, headers and body) must have arrived this long after the connection opened or its
+    first byte came; else the connection is closed (408). Keeps half-sent requests from holding connections."""
+    http_max_connections: int = Field(default=256, ge=1, le=100_000)
+    """HTTP: connections open at once at most. A new one beyond it closes the oldest connection still waiting
+    for its request, else the oldest request unanswered past http_request_timeout_s, else it is answered 503:
+    stalled clients can neither use up the file descriptors nor keep others out for long."""
     max_text_bytes: int = Field(default=32 * 1024, gt=0)
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     # auto_forget thresholds

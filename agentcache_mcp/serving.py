@@ -2,23 +2,28 @@
 
 Only protocol goes to stdout; logs go to stderr. Signals (SIGTERM, SIGINT) and stdin EOF start the bounded
 shutdown of `workers.open_app`; a signal during it is logged, never fatal. The HTTP transports run under
-uvicorn behind `transports.guard` (Host/Origin and bearer checks).
+uvicorn behind `transports.guard` (Host/Origin and bearer checks), on sockets bound before the store is
+opened: a port already in use is `CannotListen`, one line from the CLI.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from .config import Settings
-from .transports import bind_refusal, guard
+from .transports import LISTEN_BACKLOG, bind_refusal, guard, limited_h11_protocol
 
 log = logging.getLogger("agentcache_mcp")
 
@@ -27,7 +32,7 @@ async def serve(settings: Settings, transport: str) -> None:
     from .server import build_server
     from .workers import open_app
 
-    async with open_app(settings) as app:
+    async with _listening(settings, transport) as sockets, open_app(settings) as app:
         stopping = app.memory.stopping  # set at stdin EOF or a signal: a recall waiting for the model stops waiting
         async with anyio.create_task_group() as tg:
             server = build_server(settings, app=app)
@@ -37,8 +42,8 @@ async def serve(settings: Settings, transport: str) -> None:
             else:
                 uv = http_server(server, settings, transport, app=app)
                 tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
-                log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
-                await uv.serve()
+                tg.start_soon(_announce, uv, f"serving {transport} on", "")
+                await uv.serve(sockets=sockets)
             stopping.set()
             tg.cancel_scope.cancel()
     log.info("stopped")
@@ -49,13 +54,16 @@ async def serve_ui(settings: Settings) -> None:
     model (search by meaning) and embeds what is pending like a server, but leaves auto-forget to the servers."""
     from .workers import open_app
 
-    async with open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app:
+    async with (
+        _listening(settings, "ui") as sockets,
+        open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app,
+    ):
         stopping = app.memory.stopping
         uv = _uvicorn(ui_only_app(app, settings), settings)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
-            tg.start_soon(_announce, uv)
-            await uv.serve()
+            tg.start_soon(_announce, uv, "memory browser on", "/ui/")
+            await uv.serve(sockets=sockets)
             stopping.set()
             tg.cancel_scope.cancel()
     log.info("stopped")
@@ -79,11 +87,71 @@ def ui_only_app(app: Any, settings: Settings) -> Any:
     return guard(asgi, settings, logs_in_itself=lambda _: True)
 
 
-async def _announce(uv: Any) -> None:
+async def _announce(uv: Any, what: str, path: str) -> None:
+    """Log where clients reach the server once uvicorn serves (its port, also when --port 0 had it picked)."""
     while not uv.started:
         await anyio.sleep(0.05)
     host, port = uv.servers[0].sockets[0].getsockname()[:2]
-    log.info("memory browser on http://%s:%d/ui/", host, port)
+    log.info("%s http://%s:%d%s", what, f"[{host}]" if ":" in host else host, port, path)
+
+
+class CannotListen(Exception):
+    """The HTTP port cannot be bound (in use, not an address of this machine, no permission). The message is
+    one line for the user: the address, why, and what to do."""
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for `host`:`port`, bound as asyncio's create_server would bind them (every address
+    the name resolves to; SO_REUSEADDR on POSIX, so a restart need not wait out TIME_WAIT; IPv6 only on IPv6
+    sockets), all on one port when `port` is 0. CannotListen if any cannot be bound."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if os.name == "posix" and sys.platform != "cygwin":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)  # now: a port bound but not listening can be bound again (SO_REUSEADDR)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise CannotListen(f"cannot listen on {where}: {_why(exc)}") from None
+    return sockets
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another agentcache-mcp serve or ui?); choose another port with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "cannot assign requested address (not an address of this machine?); check --host"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges); choose another port with --port"
+    return (exc.strerror or str(exc)).lower()
+
+
+@contextlib.asynccontextmanager
+async def _listening(settings: Settings, transport: str) -> AsyncIterator[list[socket.socket]]:
+    """The HTTP transports' (and the UI's) sockets, bound before the store is opened and closed at the end;
+    none for stdio."""
+    if transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
+        raise ValueError(refusal)  # main checks first; this keeps any other caller from listening at all
+    sockets = [] if transport == "stdio" else listen(settings.host, settings.port)
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _hold_signals_during_shutdown() -> None:
@@ -200,6 +268,13 @@ def _uvicorn(asgi: Any, settings: Settings) -> Any:
 
     # An open stream (an SSE or GET /mcp client) must not hold the shutdown: uvicorn waits for it at most 1 s.
     config = uvicorn.Config(
-        asgi, host=settings.host, port=settings.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+        asgi,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+        http=limited_h11_protocol(settings.http_request_timeout_s, settings.http_max_connections),
+        backlog=LISTEN_BACKLOG,
     )
     return Server(config)

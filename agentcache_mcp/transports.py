@@ -11,6 +11,8 @@
   UI's paths (`/ui/...`) pass the bearer check to the UI's own token login (a browser cannot send the
   header), never the Host/Origin check.
 - `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
+- `limited_h11_protocol`: uvicorn's HTTP/1.1 protocol with a request timeout and a connection limit, so
+  half-sent requests and stalled clients cannot hold connections (and file descriptors) for long.
 - `bind_host_problem(host)`: the start-up check of `--host`.
 
 The SDK has its own Host/Origin check, but it fires only when the bind address is one of three exact
@@ -356,3 +358,161 @@ def guard(asgi: Any, settings: Settings, *, logs_in_itself: Callable[[str], bool
     if needs_host_check(settings):
         asgi = HostOriginGuard(asgi, [*_bind_entries(settings.host), *settings.allowed_hosts])
     return RequestLog(asgi)
+
+
+LISTEN_BACKLOG = 128
+"""The listening socket's queue of connections not yet accepted; also how many asyncio accepts in one go, so
+with `http_max_connections` it bounds the file descriptors a flood of connections can take at once."""
+
+_AT_LIMIT_WARNING_EVERY_S = 60.0
+
+
+def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type[Any]:
+    """uvicorn's h11 protocol with the two limits uvicorn lacks, for `uvicorn.Config(http=...)`:
+
+    - **Request timeout.** uvicorn times a connection out only while it is idle between requests (its
+      keep-alive timer, armed once a response is sent, and restarted by every byte received). A connection
+      that never finishes its request line, headers or body was held forever. Here a request must have
+      arrived whole `request_timeout_s` after the connection opened, or after the first byte of a later
+      request on a kept-alive connection; else the connection gets 408 (or, if nothing was sent, just
+      closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts.
+    - **Connection limit.** At most `max_connections` open. One more closes the oldest connection that is
+      still waiting for its request (half-sent, or idle between requests), so stalled clients make room for
+      new ones instead of locking them out; failing that, the oldest request that has waited longer than
+      `request_timeout_s` without the start of an answer (a queue of wrong UI logins, each paused in turn, is
+      such); failing that (every connection busy and answering, e.g. SSE streams), the new one is answered
+      503 and closed. So nobody is locked out for much longer than the request timeout.
+
+    Pinned to h11 (pure Python, always installed): the limits are written against its states, and httptools,
+    which uvicorn would pick if it were installed, is not used.
+    """
+    import asyncio
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: dict[Any, None] = {}  # connections waiting for (the rest of) a request, oldest first
+    last_warning = [-_AT_LIMIT_WARNING_EVERY_S]
+
+    def warn_at_limit(what: str) -> None:
+        now = time.monotonic()
+        if now - last_warning[0] >= _AT_LIMIT_WARNING_EVERY_S:
+            last_warning[0] = now
+            log.warning(
+                "HTTP: %d connections open, the limit (AGENTCACHE_HTTP_MAX_CONNECTIONS): %s (said once a minute)",
+                max_connections,
+                what,
+            )
+
+    def response(status: int, reason: str, text: str) -> bytes:
+        body = (text + "\n").encode()
+        head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        return (head + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+    request_timeout = response(408, "Request Timeout", f"the request did not arrive within {request_timeout_s:g} s")
+    too_many = response(503, "Service Unavailable", "too many connections; try again shortly")
+
+    class LimitedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _request_started = False  # some bytes of the request now awaited have arrived
+        _received_at: float | None = None  # when the request being handled had arrived whole
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if (
+                len(self.connections) > max_connections  # the cheap test first; then the ones not closing already
+                and sum(not c.transport.is_closing() for c in self.connections) > max_connections
+            ):
+                oldest = next(iter(waiting), None)
+                if oldest is not None:
+                    warn_at_limit("closing the oldest connections that have not sent their request")
+                    oldest._drop(too_many if oldest._request_started else None)
+                elif (unanswered := self._longest_unanswered()) is not None:
+                    warn_at_limit("closing the oldest requests unanswered for longer than the request timeout")
+                    unanswered._drop(too_many)
+                else:
+                    warn_at_limit("every one is busy answering a request; new connections get 503")
+                    self._drop(too_many)
+                    return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None:  # the first bytes of a request on a kept-alive connection
+                self._arm()
+            self._request_started = True
+            super().data_received(data)
+            self._settle()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and (
+                self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]
+            ):
+                if self._deadline is None:  # a pipelined request partly here (a body still coming is timed)
+                    self._arm()
+            else:
+                self._request_started = False  # idle between requests: uvicorn's keep-alive timer closes it
+            self._settle()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _waiting_for_request(self) -> bool:
+            return not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(request_timeout_s, self._timed_out)
+            waiting[self] = None  # moved to the end: the newest to wait
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            waiting.pop(self, None)
+
+        def _settle(self) -> None:
+            if not self._waiting_for_request():
+                self._disarm()  # the request is here (or the connection is closing): the app has it
+                self._request_started = False
+                if self._received_at is None:
+                    self._received_at = time.monotonic()
+            else:
+                self._received_at = None
+                if self not in waiting:
+                    waiting[self] = None  # idle between requests: the first to make room at the limit
+
+        def _longest_unanswered(self) -> LimitedH11Protocol | None:
+            """The connection whose request has waited longest, and over request_timeout_s, for an answer."""
+            now, found = time.monotonic(), None
+            for other in self.connections:
+                if (
+                    isinstance(other, LimitedH11Protocol)
+                    and not other.transport.is_closing()
+                    and other._received_at is not None
+                    and now - other._received_at > request_timeout_s
+                    and other.cycle is not None
+                    and not other.cycle.response_started
+                    and (found is None or other._received_at < found._received_at)  # type: ignore[operator]
+                ):
+                    found = other
+            return found
+
+        def _timed_out(self) -> None:
+            self._deadline = None
+            if self._waiting_for_request():
+                log.debug("HTTP: closed a connection from %s: request not received in %g s", self.client, request_timeout_s)
+                self._drop(request_timeout if self._request_started else None)
+
+        def _drop(self, answer: bytes | None) -> None:
+            """Close the connection, first answering `answer` if no response has begun."""
+            self._disarm()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True  # the app's receive() says so; its late send() writes nothing
+                self.cycle.message_event.set()
+            if answer is not None and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                self.transport.write(answer)
+            self.transport.close()
+
+    return LimitedH11Protocol
