@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import MODEL_WAIT_S
 from ..embeddings import Embedder, EmbeddingModelError
 from .forgetting import AutoForgetPolicy, AutoForgetReport, auto_forget, forget
 from .fusion import FusionParams, dense_query_text
@@ -76,7 +77,7 @@ class ServiceLimits:
     embed_batch_size: int = 64
     embedding_lease_s: float = 60.0
     """How long a claimed embedding batch is this process's before another may take it (it died, say)."""
-    model_wait_s: float = 30.0
+    model_wait_s: float = MODEL_WAIT_S
     """How long a recall waits for the embedding model to finish loading before it answers by keyword only
     (and says so)."""
 
