@@ -111,9 +111,11 @@ async def test_remember_recall_forget_round_trip(client: Client) -> None:
         "updated_at",
         "expires_at",
         "score",
+        "relevance",
     }
     assert hit["expires_at"] is None and hit["updated_at"] >= hit["created_at"]
     assert found["retrieval"] == "hybrid" and found["retrieval_note"] is None
+    assert found["match"] == "good" and 0.0 <= hit["relevance"] <= 1.0
 
     preview = await call(client, "forget", namespace="proj", tags=["editor"])
     assert preview == {
@@ -300,3 +302,19 @@ async def test_a_first_recall_answers_by_keyword_within_the_default_wait_while_t
         assert await anyio.to_thread.run_sync(model.loaded.wait, 30)
         later = await call(c, "recall", query="where is the spare key?")
         assert later["retrieval"] == "hybrid" and later["retrieval_note"] is None
+
+
+async def test_recall_says_match_none_when_nothing_stored_matches_and_describes_the_fields(client: Client) -> None:
+    await call(client, "remember", text="Alice uses vim with the gruvbox theme")
+    await call(client, "remember", text="The staging database listens on port 5433")
+    found = await call(client, "recall", query="What is the boiling point of mercury?")
+    assert found["results"] and found["match"] == "none"
+    assert all(hit["relevance"] < 0.5 for hit in found["results"])
+    assert (await call(client, "recall", query="staging database port"))["match"] == "good"
+    [tool] = [t for t in (await client.list_tools()).tools if t.name == "recall"]
+    assert tool.output_schema is not None
+    schema = tool.output_schema
+    assert "nothing" in schema["properties"]["match"]["description"]
+    hit_schema = schema["$defs"]["MemoryHit"]["properties"]
+    assert "across queries" in hit_schema["relevance"]["description"]
+    assert "within one result list" in hit_schema["score"]["description"]
