@@ -235,6 +235,7 @@ def test_recall_on_an_empty_store(capsys: pytest.CaptureFixture[str], empty: Pat
         "results": [],
         "retrieval": "keyword",
         "retrieval_note": "namespace 'default' has no memories",
+        "match": "none",
     }
     assert all(m.loads == 0 for m in FakeModel.made)  # nothing to rank: the model is not loaded for it
 

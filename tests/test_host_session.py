@@ -76,7 +76,7 @@ def test_exit_within_2_s_while_an_embedding_backlog_is_being_worked(db_path: Pat
     assert wal_size(db_path) == 0
 
 
-def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_path: Path) -> None:
+def test_first_recall_right_after_the_handshake_waits_for_the_model_if_allowed_and_says_hybrid(db_path: Path) -> None:
     first = StdioServer(db_path)
     try:
         first.initialize()
