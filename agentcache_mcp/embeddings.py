@@ -93,7 +93,8 @@ class BundledMiniLM:
     """The bundled all-MiniLM-L6-v2 as sentence-transformers runs it (its modules.json: BERT, the mean of the
     token vectors over the attention mask, unit length; at most max_seq_length tokens), on transformers alone.
     Importing sentence-transformers cost 4.5-5.3 s of the model's 6.5-8 s load on a quiet 2-core machine;
-    on a busy one this loads in 9.4-13.7 s where sentence-transformers took 17-20 s (bench/RESULTS.md).
+    timed alternately on a busy one, this loads in 4.8-6.9 s where sentence-transformers took 7.0-12.9 s
+    (bench/model_start.py, bench/RESULTS.md).
     Its vectors are sentence-transformers' to 2e-7 (tests/test_embeddings_bundled.py)."""
 
     def __init__(self, path: Path, device: str = "cpu"):
