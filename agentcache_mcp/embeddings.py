@@ -1,15 +1,17 @@
 """Embedding models: the protocol the engine needs, and the sentence-transformers implementation.
 
 The model is loaded lazily in a worker thread (importing torch alone takes seconds), so start-up and
-`remember` never wait for it. The bundled default is verified by hash before it is loaded. Any other model is
-loaded from this machine only, never downloaded (`local_model_source`): a directory, or a Hugging Face name
-already in the local Hugging Face cache.
+`remember` never wait for it. The bundled default is verified by hash before it is loaded, and run on
+transformers alone (BundledMiniLM), which spares the import of sentence-transformers. Any other model is
+loaded through sentence-transformers from this machine only, never downloaded (`local_model_source`): a
+directory, or a Hugging Face name already in the local Hugging Face cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -120,6 +122,53 @@ def local_model_source(name: str) -> str:
     )
 
 
+class BundledMiniLM:
+    """The bundled all-MiniLM-L6-v2 as sentence-transformers runs it (its modules.json: BERT, the mean of the
+    token vectors over the attention mask, unit length; at most max_seq_length tokens), on transformers alone.
+    Importing sentence-transformers cost 4.5-5.3 s of the model's 6.5-8 s load on a quiet 2-core machine;
+    timed alternately on a busy one, this loads in 4.8-6.9 s where sentence-transformers took 7.0-12.9 s
+    (bench/model_start.py, bench/RESULTS.md).
+    Its vectors are sentence-transformers' to 2e-7 (tests/test_embeddings_bundled.py)."""
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        settings = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        if not pooling.get("pooling_mode_mean_tokens") or settings.get("do_lower_case"):
+            raise EmbeddingModelError(f"the bundled model at {path} is not the mean-pooled, cased MiniLM expected")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.max_tokens = int(settings["max_seq_length"])
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int = 64, **_: Any) -> Vector:
+        """Unit-length float32 vectors, one row per text; longest first in batches (less padding)."""
+        torch = self._torch
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.get_embedding_dimension()), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                ).to(self.device)
+                tokens = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                out[rows] = torch.nn.functional.normalize(mean, p=2, dim=1).cpu().numpy()
+        return out
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model: the bundled default, or any model name or path the user gives."""
 
@@ -190,15 +239,16 @@ class SentenceTransformerEmbedder:
     def _load_locked(self) -> None:
         started = time.monotonic()
         try:
+            model: Any
             if self.model_name == DEFAULT_MODEL:
                 path = bundled_model_dir()
                 verify_bundled_model(path)
-                source = str(path)
+                model = BundledMiniLM(path, self.device)
             else:
                 source = local_model_source(self.model_name)  # never the network
-            from sentence_transformers import SentenceTransformer
+                from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(source, device=self.device, local_files_only=True)
+                model = SentenceTransformer(source, device=self.device, local_files_only=True)
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             dim = get_dim()
             if dim is None:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from . import __version__
 from .config import Settings
 from .embeddings import Embedder
-from .memory.model import Memory, memory_fields
+from .memory.model import MatchLevel, Memory, memory_fields
 from .memory.ports import StoreError
 from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput
 from .tool_arguments import check_arguments_humanely
@@ -53,7 +53,13 @@ class MemoryHit(BaseModel):
     created_at: str = Field(description="ISO 8601, UTC.")
     updated_at: str = Field(description="When it was last remembered again (ISO 8601, UTC).")
     expires_at: str | None = Field(description="When it will be forgotten (ISO 8601, UTC); null: never.")
-    score: float = Field(description="Relevance; higher is better. Comparable within one result list only.")
+    score: float = Field(
+        description="Ranking score; higher is better. Comparable within one result list only: see relevance."
+    )
+    relevance: float = Field(
+        description="0..1, comparable across queries: how well this memory matches the query in meaning and "
+        "words, whatever else is stored. Low for every result: nothing stored answers the query well."
+    )
 
 
 class RecallResult(BaseModel):
@@ -62,6 +68,10 @@ class RecallResult(BaseModel):
         description="hybrid: ranked by meaning and keywords; keyword: by keywords only (see retrieval_note)."
     )
     retrieval_note: str | None = Field(default=None, description="Why the ranking was keyword-only.")
+    match: MatchLevel = Field(
+        description="How well the best result matches: good; weak (related, may not answer); none (nothing "
+        "stored matches the query well: do not take these results as the answer)."
+    )
 
 
 class ForgetPreview(BaseModel):
@@ -248,6 +258,7 @@ def _add_recall(server: MCPServer[App], default_ns: str) -> None:
             results=[MemoryHit.model_validate(h, from_attributes=True) for h in outcome.hits],
             retrieval="hybrid" if outcome.retrieval == "hybrid" else "keyword",
             retrieval_note=outcome.note,
+            match=outcome.match,
         )
 
 

@@ -202,7 +202,7 @@ def test_recall_json_is_what_the_tool_returns(
     assert code == 0 and err == ""
     data = json.loads(out)
     assert RecallResult.model_validate(data).model_dump(mode="json") == data  # the tool's shape, field for field
-    assert list(data) == ["results", "retrieval", "retrieval_note"]
+    assert list(data) == ["results", "retrieval", "retrieval_note", "match"]
     assert len(data["results"]) == 2 and data["retrieval"] == "hybrid" and data["retrieval_note"] is None
     assert data["results"][0]["id"] == populated["Alice uses Neovim with the gruvbox theme"]
     assert list(data["results"][0]) == list(MemoryHit.model_fields)
@@ -236,6 +236,7 @@ def test_recall_on_an_empty_store(capsys: pytest.CaptureFixture[str], empty: Pat
         "results": [],
         "retrieval": "keyword",
         "retrieval_note": "namespace 'default' has no memories",
+        "match": "none",
     }
     assert all(m.loads == 0 for m in FakeModel.made)  # nothing to rank: the model is not loaded for it
 

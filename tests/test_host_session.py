@@ -19,6 +19,9 @@ from stdio_helper import StdioServer
 pytestmark = pytest.mark.slow
 
 HOST_GRACE_S = 2.0
+WAIT_FOR_THE_MODEL = {"AGENTCACHE_MODEL_WAIT_S": "120"}
+"""For the tests of what a first recall does once the model is there: by default it waits 3 s for the model
+(6-9 s to load here), then answers by keyword (tests/test_server.py)."""
 
 
 def close_like_a_host(server: StdioServer) -> float:
@@ -73,7 +76,7 @@ def test_exit_within_2_s_while_an_embedding_backlog_is_being_worked(db_path: Pat
     assert wal_size(db_path) == 0
 
 
-def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_path: Path) -> None:
+def test_first_recall_right_after_the_handshake_waits_for_the_model_if_allowed_and_says_hybrid(db_path: Path) -> None:
     first = StdioServer(db_path)
     try:
         first.initialize()
@@ -89,7 +92,7 @@ def test_first_recall_right_after_the_handshake_uses_vectors_and_says_hybrid(db_
     finally:
         first.close()
 
-    fresh = StdioServer(db_path)
+    fresh = StdioServer(db_path, env=WAIT_FOR_THE_MODEL)
     try:
         fresh.initialize()
         found = fresh.call("recall", query="Where will the kid celebrate turning seven?")  # no shared keyword
@@ -124,7 +127,7 @@ def test_one_shot_sessions_first_recall_finds_what_an_earlier_session_left_unemb
         close_like_a_host(first)
     finally:
         first.close()
-    fresh = StdioServer(db_path)
+    fresh = StdioServer(db_path, env=WAIT_FOR_THE_MODEL)
     try:
         fresh.initialize()
         found = fresh.call("recall", query="Where will the kid celebrate turning seven?")

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from .model import MatchLevel
+
 # A standard English stop-word list (the NLTK list minus a few words that carry meaning in memories,
 # such as "not" and "no"). Dropping them keeps BM25 from rewarding turns that merely share "the" or "did".
 STOP_WORDS = frozenset(
@@ -376,3 +378,78 @@ def dense_query_text(query: str, params: FusionParams) -> str:
         words = [w for w in _TOKEN_RE.findall(query) if w.lower() not in STOP_WORDS]
         return " ".join(words) or query
     return query
+
+
+# --- relevance: an absolute signal beside the fused score -------------------------------------------------
+# The fused score is relative (each retriever's best candidate scores 1), so a query with nothing relevant
+# stored still gets a top score like a real hit's. Relevance is built from signals that mean the same across
+# queries: the query-memory cosine of the bundled model, and the share of the query's words the memory holds.
+
+
+def _stem(word: str) -> str:
+    """A light English suffix strip ("painting" -> "paint", "races" -> "rac", "race" -> "rac"), enough to
+    match a question's word with the same word in a memory; never below three letters."""
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def content_stems(query: str) -> frozenset[str]:
+    """The stems of a query's content words, for term_coverage: none for a query of stop-words only (which
+    every memory would cover)."""
+    return frozenset(_stem(t) for t in query_terms(query) if t not in STOP_WORDS)
+
+
+def term_coverage(stems: frozenset[str], text: str) -> float:
+    """The share of the stems found among the text's own words (0 to 1)."""
+    if not stems:
+        return 0.0
+    words = {_stem(part) for t in _TOKEN_RE.findall(text.lower()) for part in t.split("_") if part}
+    return len(stems & words) / len(stems)
+
+
+@dataclass(frozen=True, slots=True)
+class RelevanceFit:
+    """relevance = 1 / (1 + exp(-(intercept + cosine_weight x cosine + coverage_weight x coverage))), and the
+    thresholds that turn a recall's relevances into its `match`."""
+
+    intercept: float
+    cosine_weight: float
+    coverage_weight: float
+    none_below: float
+    """No hit reaches it: `match` is "none" (nothing matches well)."""
+    good_from: float
+    """A hit reaches it: `match` is "good"; between the two, "weak"."""
+
+    def relevance(self, cosine: float, coverage: float) -> float:
+        z = self.intercept + self.cosine_weight * cosine + self.coverage_weight * coverage
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def level(self, relevance: float) -> MatchLevel:
+        return "none" if relevance < self.none_below else "good" if relevance >= self.good_from else "weak"
+
+
+# Fitted by bench/relevance.py on the LoCoMo dev split: a logistic regression of "this hit is an answer's
+# evidence" (answerable questions' gold hits) against "this hit is from a conversation that cannot answer"
+# (the questions asked in another conversation's namespace), classes weighted equally; the thresholds leave
+# 5% of answerable recalls "none" and 5% of the foreign ones "good". With the model's cosine the two sets
+# barely overlap, so the thresholds meet and "weak" does not occur. Cross-validated figures: bench/RESULTS.md.
+RELEVANCE_WITH_VECTORS = RelevanceFit(-5.113, 8.301, 6.339, none_below=0.778, good_from=0.778)
+"""For a hit with a cosine from the bundled model (all-MiniLM-L6-v2)."""
+RELEVANCE_WITHOUT_VECTORS = RelevanceFit(-2.919, 0.0, 8.805, none_below=0.646, good_from=0.815)
+"""For a hit without one: a keyword-only recall, a memory not embedded yet, or another embedding model (whose
+cosines are on another scale)."""
+_LEVELS: tuple[MatchLevel, ...] = ("none", "weak", "good")
+
+
+def relevance_of(cosine: float | None, coverage: float) -> tuple[float, MatchLevel]:
+    """A hit's relevance (0 to 1, comparable across queries) and the match level it alone would give."""
+    fit = RELEVANCE_WITHOUT_VECTORS if cosine is None else RELEVANCE_WITH_VECTORS
+    value = fit.relevance(0.0 if cosine is None else cosine, coverage)
+    return value, fit.level(value)
+
+
+def best_match(levels: list[MatchLevel]) -> MatchLevel:
+    """A recall's match: the best of its hits' levels ("none" for no hits)."""
+    return max(levels, key=_LEVELS.index, default="none")

@@ -16,13 +16,15 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 DAY = 86_400.0
 MAX_KEY = 2**63 - 1
 """The largest memory key (a store's row key: a signed 64-bit integer in both backends)."""
 
 MetadataValue = str | int | float | bool
+MatchLevel = Literal["good", "weak", "none"]
+"""How well a recall's best hit matches: good; weak (related, may not answer); none (nothing matches well)."""
 
 
 @dataclass(slots=True)
@@ -139,6 +141,10 @@ class Hit:
     updated_at: str
     expires_at: str | None
     score: float
+    """The fused ranking score: comparable within one recall only."""
+    relevance: float
+    """0 to 1, comparable across recalls: how well this memory matches the query by absolute signals (its
+    cosine with the query, the share of the query's words it holds), fitted on LoCoMo (memory/fusion.py)."""
 
 
 @dataclass(slots=True)
@@ -148,6 +154,8 @@ class RecallOutcome:
     """'hybrid' (keywords and vectors) or 'keyword' (keywords only)."""
     note: str | None = None
     """Why recall was keyword-only, when it was."""
+    match: MatchLevel = "none"
+    """'good', 'weak' or 'none': the best of the hits' relevance levels ('none': nothing matches well)."""
 
 
 @dataclass(slots=True)

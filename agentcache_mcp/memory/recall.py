@@ -15,10 +15,12 @@ from .fusion import (
     add_length_prior,
     asks_about_time,
     boost_time_mentions,
+    content_stems,
     fuse,
     query_terms,
     ranked,
     smooth_with_neighbours,
+    term_coverage,
 )
 from .model import Memory, MemoryFilter
 from .ports import StorageBackend, Vector
@@ -126,3 +128,17 @@ def neighbours_within(
             if member is not None and member not in out:
                 out[member] = [(line[at - d], line[at + d]) for d in range(1, width + 1)]
     return out
+
+
+def match_signals(
+    backend: StorageBackend, request: RecallRequest, query_vector: Vector | None, found: list[tuple[Memory, float]]
+) -> list[tuple[float | None, float]]:
+    """Per hit, what its relevance is made of: (its cosine with the query, None without a query vector or a
+    vector of its own; the share of the query's content words its text holds). Absolute, unlike the score."""
+    namespace = request.where.namespace
+    assert namespace is not None, "a recall names exactly one namespace"
+    cosines: dict[int, float] = {}
+    if query_vector is not None and found:
+        cosines = backend.vectors.scores_for(namespace, query_vector, [m.key for m, _ in found])
+    stems = content_stems(request.text)
+    return [(cosines.get(m.key), term_coverage(stems, m.text)) for m, _ in found]

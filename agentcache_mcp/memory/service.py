@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import DEFAULT_MODEL, MODEL_WAIT_S
 from ..embeddings import Embedder, EmbeddingModelError
 from .forgetting import AutoForgetPolicy, AutoForgetReport, auto_forget, forget
-from .fusion import FusionParams, dense_query_text
+from .fusion import FusionParams, best_match, dense_query_text, relevance_of
 from .model import (
     DAY,
     MAX_KEY,
@@ -35,7 +36,7 @@ from .model import (
     new_id,
 )
 from .ports import StorageBackend, StoreError, UnknownMemories, Vector
-from .recall import RecallRequest
+from .recall import RecallRequest, match_signals
 from .recall import recall as run_recall
 from .validation import (
     MAX_METADATA_KEYS,
@@ -76,7 +77,7 @@ class ServiceLimits:
     embed_batch_size: int = 64
     embedding_lease_s: float = 60.0
     """How long a claimed embedding batch is this process's before another may take it (it died, say)."""
-    model_wait_s: float = 30.0
+    model_wait_s: float = MODEL_WAIT_S
     """How long a recall waits for the embedding model to finish loading before it answers by keyword only
     (and says so)."""
 
@@ -244,8 +245,15 @@ class MemoryService:
         ranked = run_recall(self.backend, request, query_vector, fusion)
         if touch and ranked:
             self._record_access([m.key for m, _ in ranked], now)
+        # Relevance reads cosines only of the model it was fitted for; another model's are on another scale.
+        calibrated = self.embedder.model_id.startswith(f"{DEFAULT_MODEL}@")
+        signals = match_signals(self.backend, request, query_vector if calibrated else None, ranked)
+        judged = [relevance_of(cosine, coverage) for cosine, coverage in signals]
         return RecallOutcome(
-            [_hit(m, score) for m, score in ranked], "keyword" if query_vector is None else "hybrid", note
+            [_hit(m, score, value) for (m, score), (value, _) in zip(ranked, judged, strict=True)],
+            "keyword" if query_vector is None else "hybrid",
+            note,
+            best_match([level for _, level in judged]),
         )
 
     def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
@@ -594,7 +602,7 @@ class MemoryService:
         self.backend.close()
 
 
-def _hit(memory: Memory, score: float) -> Hit:
+def _hit(memory: Memory, score: float, relevance: float) -> Hit:
     return Hit(
         id=memory.id,
         text=memory.text,
@@ -606,4 +614,5 @@ def _hit(memory: Memory, score: float) -> Hit:
         updated_at=iso(memory.updated_at),
         expires_at=None if memory.expires_at is None else iso(memory.expires_at),
         score=round(float(score), 6),
+        relevance=round(relevance, 3),
     )
