@@ -1,8 +1,10 @@
 """The serving process: `serve` (stdio, SSE or streamable HTTP) and `ui` (the memory browser alone).
 
 Only protocol goes to stdout; logs go to stderr. Signals (SIGTERM, SIGINT) and stdin EOF start the bounded
-shutdown of `workers.open_app`; a signal during it is logged, never fatal. The HTTP transports run under
-uvicorn behind `transports.guard` (Host/Origin and bearer checks).
+shutdown of `workers.open_app`; a signal during it is logged, never fatal. Over stdio, a signal ends the input as
+EOF does, and either way the calls in flight are answered before the transport closes (a call the store holds
+up gets StoreBusy within `workers.ABANDON_AFTER_S`). The HTTP transports run under uvicorn behind
+`transports.guard` (Host/Origin and bearer checks).
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -20,28 +21,50 @@ import anyio.to_thread
 from .config import Settings
 from .transports import bind_refusal, guard
 
+if TYPE_CHECKING:
+    from .workers import App
+
 log = logging.getLogger("agentcache_mcp")
+
+ANSWER_WAIT_S = 1.2
+"""At the end of a stdio session: how long the calls in flight get to answer before the transport closes (a call
+the store holds up is answered with StoreBusy by workers.ABANDON_AFTER_S)."""
+SIGNAL_HARD_STOP_S = 1.6
+"""After a signal, the stdio session is cancelled outright if it has not ended by then."""
+WAITING_FOR_A_HOST = (
+    "agentcache-mcp: speaking MCP (JSON-RPC) on stdin/stdout, waiting for a host to connect; "
+    "this is not a prompt (see README, Hosts). Ctrl-D or Ctrl-C quits."
+)
+"""Said on stderr when stdin is a terminal: a person started the server by hand."""
 
 
 async def serve(settings: Settings, transport: str) -> None:
     from .server import build_server
     from .workers import open_app
 
-    async with open_app(settings) as app:
-        stopping = app.memory.stopping  # set at stdin EOF or a signal: a recall waiting for the model stops waiting
-        async with anyio.create_task_group() as tg:
-            server = build_server(settings, app=app)
-            if transport == "stdio":
-                tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, stopping)
-                await _run_stdio(server, stopping)  # returns on stdin EOF, once calls in flight have answered
-            else:
-                uv = http_server(server, settings, transport, app=app)
-                tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
-                log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
-                await uv.serve()
-            stopping.set()
-            tg.cancel_scope.cancel()
+    async with open_app(settings) as app, anyio.create_task_group() as tg:
+        server = build_server(settings, app=app)
+        if transport == "stdio":
+            if _is_terminal(sys.stdin):
+                print(WAITING_FOR_A_HOST, file=sys.stderr, flush=True)
+            stdin = _CancellableStdin(sys.stdin.buffer)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, app, stdin)
+            await _run_stdio(server, app, stdin)  # returns at stdin EOF or a signal, the calls in flight answered
+        else:
+            uv = http_server(server, settings, transport, app=app)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, app)
+            log.info("serving %s on http://%s:%d", transport, settings.host, uv.config.port)
+            await uv.serve()
+        app.begin_shutdown()
+        tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 async def serve_ui(settings: Settings) -> None:
@@ -50,13 +73,12 @@ async def serve_ui(settings: Settings) -> None:
     from .workers import open_app
 
     async with open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app:
-        stopping = app.memory.stopping
         uv = _uvicorn(ui_only_app(app, settings), settings)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, app)
             tg.start_soon(_announce, uv)
             await uv.serve()
-            stopping.set()
+            app.begin_shutdown()
             tg.cancel_scope.cancel()
     log.info("stopped")
 
@@ -101,57 +123,198 @@ def _hold_signals_during_shutdown() -> None:
         signal.signal(signum, note)
 
 
-async def _run_stdio(server: Any, stopping: threading.Event) -> None:
+async def _run_stdio(server: Any, app: App, stdin: _CancellableStdin) -> None:
     from mcp.server.stdio import stdio_server
 
-    stdin = _CancellableStdin(sys.stdin.buffer, on_eof=stopping.set)
+    in_flight = _RequestsInFlight()
+
+    async def end_of_input() -> None:
+        # Before the transport closes: the SDK cancels the calls still in flight, and a cancelled call's answer
+        # is lost. Shutting down first ends their waits for the store, so each answers (StoreBusy, if stuck).
+        app.begin_shutdown()
+        if not await in_flight.answered(ANSWER_WAIT_S):
+            log.warning("%d calls still in flight as the transport closes; they get no answer", len(in_flight))
+
+    stdin.on_end = end_of_input
     async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
         lowlevel = server._lowlevel_server
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        await lowlevel.run(
+            in_flight.reading(read_stream),
+            in_flight.writing(write_stream),
+            lowlevel.create_initialization_options(),
+        )
+
+
+class _RequestsInFlight:
+    """The ids of the requests read and not yet answered, seen on the SDK's streams, so the end of a session
+    can wait for their answers."""
+
+    def __init__(self) -> None:
+        self._ids: set[Any] = set()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    async def answered(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            while self._ids:
+                await anyio.sleep(0.01)
+        return not self._ids
+
+    def reading(self, stream: Any) -> Any:
+        requests = self
+
+        class Reading:
+            """The read stream, noting each request's id (and forgetting one the host cancelled)."""
+
+            @property
+            def last_context(self) -> Any:  # the SDK restores the sender's context from it
+                return getattr(stream, "last_context", None)
+
+            async def receive(self) -> Any:
+                item = await stream.receive()
+                requests._read(item)
+                return item
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Any:
+                try:
+                    return await self.receive()
+                except anyio.EndOfStream:
+                    raise StopAsyncIteration from None
+
+            def close(self) -> None:
+                stream.close()
+
+            async def aclose(self) -> None:
+                await stream.aclose()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                await stream.aclose()
+
+        return Reading()
+
+    def writing(self, stream: Any) -> Any:
+        requests = self
+
+        class Writing:
+            """The write stream, noting each answer once the transport has taken it."""
+
+            async def send(self, item: Any) -> None:
+                await stream.send(item)
+                requests._written(item)
+
+            def close(self) -> None:
+                stream.close()
+
+            async def aclose(self) -> None:
+                await stream.aclose()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                await stream.aclose()
+
+        return Writing()
+
+    def _read(self, item: Any) -> None:
+        from mcp_types import JSONRPCNotification, JSONRPCRequest
+
+        message = getattr(item, "message", None)
+        if isinstance(message, JSONRPCRequest):
+            self._ids.add(message.id)
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            self._ids.discard((message.params or {}).get("requestId"))  # never answered (the spec says so)
+
+    def _written(self, item: Any) -> None:
+        from mcp_types import JSONRPCError, JSONRPCResponse
+
+        message = getattr(item, "message", None)
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            self._ids.discard(message.id)
 
 
 class _CancellableStdin:
-    """Lines from stdin for the SDK's stdio transport, read so that a signal can cancel the wait.
+    """Lines from stdin for the SDK's stdio transport, read so that a signal can end them.
 
     The SDK's default reader blocks in a worker thread that cancellation must wait for, so SIGTERM could
-    not stop a server whose host keeps stdin open. Here the blocked read is abandoned on cancel. At EOF
-    `on_eof` runs at once: the SDK then waits for the calls in flight, which must not wait for the model.
+    not stop a server whose host keeps stdin open. Here the blocked read is abandoned when `stop()` is called
+    (a signal), which ends the input as EOF does. At the end, `on_end` runs before the SDK sees it: the SDK then
+    cancels the calls still in flight, so on_end lets them answer first.
     """
 
-    def __init__(self, stream: Any, on_eof: Callable[[], None] | None = None):
+    def __init__(self, stream: Any, on_end: Callable[[], Awaitable[None]] | None = None):
         self._stream = stream
-        self._on_eof = on_eof
+        self.on_end = on_end
+        self._stopped = anyio.Event()
+        self._ended = False
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def __aiter__(self) -> _CancellableStdin:
         return self
 
     async def __anext__(self) -> str:
-        # On the default thread pool, which tool calls share: with many requests queued, the next read (and the
-        # EOF) waits behind them, so every request a host sent before closing stdin is handled (its writes
-        # stored) before the SDK cancels what is still in flight. Reading on a thread of its own saw the EOF
-        # at once and exited sooner, but the SDK then cancelled the queued calls: piped writes were lost.
-        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+        line = b"" if self._ended else await self._next_line()
         if not line:
-            log.info("stdin closed by the host; shutting down")
-            if self._on_eof is not None:
-                self._on_eof()
+            if not self._ended:
+                self._ended = True
+                if not self._stopped.is_set():
+                    log.info("stdin closed by the host; shutting down")
+                if self.on_end is not None:
+                    await self.on_end()
             raise StopAsyncIteration
         return line.decode("utf-8", errors="replace")
 
+    async def _next_line(self) -> bytes:
+        """The next line, or b"" at EOF or once stopped."""
+        line = b""
+        async with anyio.create_task_group() as tg:
 
-async def _cancel_on_signal(scope: anyio.CancelScope, uv: Any, stopping: threading.Event) -> None:
+            async def read() -> None:
+                nonlocal line
+                # On the default thread pool, which tool calls share: with many requests queued, the next read
+                # (and the EOF) waits behind them, so every request a host sent before closing stdin is handled
+                # (its writes stored) before the SDK cancels what is still in flight. Reading on a thread of its
+                # own saw the EOF at once and exited sooner, but the SDK then cancelled the queued calls: piped
+                # writes were lost.
+                line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(read)
+            await self._stopped.wait()
+            tg.cancel_scope.cancel()
+        return line if not self._stopped.is_set() else b""
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, uv: Any, app: App, stdin: _CancellableStdin | None = None
+) -> None:
     try:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
-                stopping.set()
+                app.begin_shutdown()
                 if uv is not None:
                     uv.should_exit = True  # let uvicorn close its connections (bounded), then the app shuts down
-                else:
-                    scope.cancel()
+                    return
+                if stdin is not None:
+                    stdin.stop()  # ends the session as EOF does: the calls in flight answer first
+                    break
+                scope.cancel()
                 return
     finally:
         _hold_signals_during_shutdown()
+    await anyio.sleep(SIGNAL_HARD_STOP_S)
+    log.warning("the session did not end %.1f s after the signal; cancelling it", SIGNAL_HARD_STOP_S)
+    scope.cancel()
 
 
 def http_server(server: Any, settings: Settings, transport: str, *, app: Any = None) -> Any:

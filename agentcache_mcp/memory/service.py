@@ -581,11 +581,14 @@ class MemoryService:
             },
         }
 
-    def close(self, checkpoint: bool = True) -> None:
-        try:
-            self.flush_accesses()
-        except Exception:
-            log.exception("writing access stats at shutdown failed")
+    def close(self, checkpoint: bool = True, write_accesses: bool = True) -> None:
+        """Write the buffered access stats, checkpoint and close; a shutdown whose store does not answer skips
+        the first two (each would wait for it), losing the access stats of the last interval at most."""
+        if write_accesses:
+            try:
+                self.flush_accesses()
+            except Exception:
+                log.exception("writing access stats at shutdown failed")
         if checkpoint:
             try:
                 self.backend.checkpoint()

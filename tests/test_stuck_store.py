@@ -1,0 +1,232 @@
+"""A stuck store never holds up the exit: with a call in flight while another process holds SQLite's write lock,
+or while PostgreSQL is frozen (SIGSTOP) or down, the server exits within the hosts' 2 s of stdin EOF or SIGTERM,
+the call in flight is answered with a tool error that says why, and what was acknowledged before is stored.
+
+Real subprocesses (tests/stdio_helper.py); PostgreSQL is a server of this module's own, which the tests freeze
+and stop (the session's shared server is left alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+import sqlean as sqlite3
+
+from stdio_helper import StdioServer
+
+pytestmark = pytest.mark.slow
+
+HOST_GRACE_S = 2.0
+"""Hosts close stdin, wait about 2 s, then send SIGTERM (and later SIGKILL)."""
+HANG_LIMIT_S = 20.0
+"""How long a test waits for the process before it calls the exit a hang (and kills it)."""
+IN_FLIGHT_S = 1.0
+"""How long the calls are left waiting on the stuck store before the host ends the session."""
+
+
+def send(server: StdioServer, request_id: int, tool: str, **arguments: Any) -> None:
+    """Write one tools/call without waiting for its answer: it stays in flight."""
+    assert server.proc.stdin is not None
+    message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    server.proc.stdin.write(json.dumps(message) + "\n")
+    server.proc.stdin.flush()
+
+
+def end_session(server: StdioServer, how: str) -> float:
+    """Close stdin or send SIGTERM, as a host does; the seconds until the process was gone (exit 0)."""
+    assert server.proc.stdin is not None
+    started = time.monotonic()
+    if how == "eof":
+        server.proc.stdin.close()
+    else:
+        server.proc.send_signal(signal.SIGTERM)
+    try:
+        code = server.proc.wait(timeout=HANG_LIMIT_S)
+    except Exception:
+        server.proc.kill()
+        server.proc.wait(timeout=30)
+        raise AssertionError(f"no exit within {HANG_LIMIT_S:g} s of {how}; stderr:\n{server.stderr_tail()}") from None
+    elapsed = time.monotonic() - started
+    assert code == 0, server.stderr_tail()
+    print(f"\nexit {elapsed:.2f} s after {how}")
+    return elapsed
+
+
+def answers(server: StdioServer) -> dict[int, dict[str, Any]]:
+    """Every answer left on stdout after the exit, by request id."""
+    assert server.proc.stdout is not None
+    replies = [json.loads(line) for line in server.proc.stdout.read().splitlines() if line.strip()]
+    return {r["id"]: r for r in replies if "id" in r}
+
+
+def tool_error(reply: dict[str, Any] | None) -> str:
+    """The text of a tool error (isError), or fail: a protocol error or no answer is not a clear error."""
+    assert reply is not None, "the call in flight got no answer"
+    assert "result" in reply, f"a protocol error, not a tool error with a reason: {reply}"
+    assert reply["result"].get("isError"), reply
+    text = str(reply["result"]["content"][0]["text"])
+    assert "Traceback" not in text
+    return text
+
+
+# --- SQLite: another process holds the write lock ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["eof", "sigterm"])
+def test_exit_within_2_s_while_another_process_holds_the_sqlite_write_lock(db_path: Path, how: str) -> None:
+    server = StdioServer(db_path)
+    other = None
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        acknowledged = server.call("remember", text="written before the lock was taken")["id"]
+        other = sqlite3.connect(str(db_path), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # and held: this process's writes must wait for it
+        send(server, 77, "remember", text="written while another process holds the lock")
+        time.sleep(IN_FLIGHT_S)
+        elapsed = end_session(server, how)
+        replies = answers(server)
+    finally:
+        if other is not None:
+            other.execute("ROLLBACK")
+            other.close()
+        server.close()
+    message = tool_error(replies.get(77))
+    assert "busy" in message and "nothing was written" in message, message
+    assert elapsed < HOST_GRACE_S, f"{elapsed:.2f} s"
+    db = sqlite3.connect(str(db_path))
+    try:
+        stored = {r[0] for r in db.execute("SELECT id FROM memories")}
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+    assert acknowledged in stored and len(stored) == 1  # the refused write was not stored either
+
+
+# --- PostgreSQL: frozen, or down --------------------------------------------------------------------------------
+
+
+class OwnPostgres:
+    """A PostgreSQL server (the bundled pgserver's) that the tests may freeze, stop and start again."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+            import pgserver
+
+            self.root = Path(tempfile.mkdtemp(prefix="agentcache-pg-stuck-"))
+            self.server = pgserver.get_server(self.root / "data", cleanup_mode="delete")
+
+    def url(self, database: str) -> str:
+        return str(self.server.get_uri(database))
+
+    def processes(self) -> list[psutil.Process]:
+        postmaster = psutil.Process(self.server.get_pid())
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        for process in self.processes():
+            process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for process in self.processes():
+            process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_postgres_url(own_postgres: OwnPostgres, tmp_path: Path) -> str:
+    name = "stuck_" + tmp_path.name.replace("-", "_").lower()[-40:]
+    with psycopg.connect(own_postgres.url("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return own_postgres.url(name)
+
+
+def stored_texts(url: str) -> set[str]:
+    with psycopg.connect(url, connect_timeout=10) as db:
+        return {r[0] for r in db.execute("SELECT text FROM memories")}
+
+
+@pytest.mark.parametrize("how", ["eof", "sigterm"])
+def test_exit_within_2_s_while_postgresql_is_frozen(own_postgres: OwnPostgres, own_postgres_url: str, how: str) -> None:
+    server = StdioServer(own_postgres_url)  # type: ignore[arg-type]
+    frozen = False
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        server.call("remember", text="written before the freeze")
+        own_postgres.freeze()
+        frozen = True
+        send(server, 77, "remember", text="written while the server is frozen")
+        time.sleep(IN_FLIGHT_S)
+        elapsed = end_session(server, how)
+        replies = answers(server)
+    finally:
+        if frozen:
+            own_postgres.thaw()
+        server.close()
+    message = tool_error(replies.get(77))
+    assert "did not answer" in message, message
+    assert elapsed < HOST_GRACE_S, f"{elapsed:.2f} s"
+    assert "written before the freeze" in stored_texts(own_postgres_url)
+
+
+@pytest.mark.parametrize("how", ["eof", "sigterm"])
+def test_exit_within_2_s_while_postgresql_is_down(own_postgres: OwnPostgres, own_postgres_url: str, how: str) -> None:
+    server = StdioServer(own_postgres_url)  # type: ignore[arg-type]
+    stopped = False
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        server.call("remember", text="written before the outage")
+        own_postgres.stop()
+        stopped = True
+        # The first calls find the pool's connections closed and fail at once; the rest wait for a connection.
+        for n in range(6):
+            send(server, 100 + n, "remember", text=f"written while the server is down {n}")
+        time.sleep(IN_FLIGHT_S)
+        elapsed = end_session(server, how)
+        replies = answers(server)
+    finally:
+        if stopped:
+            own_postgres.start()
+        server.close()
+    for n in range(6):
+        message = tool_error(replies.get(100 + n))
+        assert "unreachable" in message or "closed the connection" in message, message
+    assert elapsed < HOST_GRACE_S, f"{elapsed:.2f} s"
+    assert "written before the outage" in stored_texts(own_postgres_url)
