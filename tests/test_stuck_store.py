@@ -12,6 +12,7 @@ import json
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,10 @@ import psutil
 import psycopg
 import pytest
 import sqlean as sqlite3
+
+from agentcache_mcp.backends.sqlite import connection
+from agentcache_mcp.backends.sqlite.connection import Database
+from agentcache_mcp.memory.ports import StoreBusy
 
 from stdio_helper import StdioServer
 
@@ -81,6 +86,70 @@ def tool_error(reply: dict[str, Any] | None) -> str:
 
 
 # --- SQLite: another process holds the write lock ---------------------------------------------------------------
+
+
+def write_a_row(db: Database) -> None:
+    db.write(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+
+
+@pytest.fixture
+def locked_db(db_path: Path) -> Iterator[tuple[Database, sqlite3.Connection]]:
+    """A Database and another connection (another process, for SQLite) holding its write lock."""
+    db = Database(db_path)
+    db.write(lambda c: c.execute("CREATE TABLE t (x)"))
+    other = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield db, other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        db.close()
+
+
+def test_a_write_waits_past_the_busy_slice_for_another_process_to_commit(
+    locked_db: tuple[Database, sqlite3.Connection],
+) -> None:
+    db, other = locked_db
+    threading.Timer(1.0, other.execute, args=("COMMIT",)).start()
+    started = time.monotonic()
+    write_a_row(db)
+    assert time.monotonic() - started >= 0.9
+    assert db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+
+
+def test_a_write_behind_a_lock_held_too_long_fails_with_store_busy_saying_nothing_was_written(
+    locked_db: tuple[Database, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = locked_db
+    monkeypatch.setattr(connection, "LOCK_WAIT_S", 0.5)
+    with pytest.raises(StoreBusy, match=r"busy: another process has held its lock for 0\.\d s; nothing was written; try"):
+        write_a_row(db)
+
+
+def test_a_write_waiting_for_the_lock_stops_waiting_once_the_server_gives_up(
+    locked_db: tuple[Database, sqlite3.Connection],
+) -> None:
+    db, _ = locked_db
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            write_a_row(db)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.3)  # waiting for the lock by now
+    asked = time.monotonic()
+    db.give_up_waits(0.2)
+    writer.join(10)
+    assert not writer.is_alive()
+    assert time.monotonic() - asked < 1.0
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreBusy), outcome
+    assert "nothing was written; the server is shutting down" in str(outcome[0])
 
 
 @pytest.mark.parametrize("how", ["eof", "sigterm"])
