@@ -117,13 +117,6 @@ class App:
         if self._watchdog is not None:
             self._watchdog()
 
-    async def calls_settled(self, timeout: float) -> bool:
-        """Wait until no store call is running, at most `timeout` seconds; whether none is."""
-        with anyio.move_on_after(timeout):
-            while self._calls:
-                await anyio.sleep(0.01)
-        return not self._calls
-
     async def _abandon_stuck_calls(self, done: anyio.Event) -> None:
         """From the shutdown's start until its end: abandon each store call still running ABANDON_AFTER_S after
         the shutdown began (one the shutdown itself made: STORE_GRACE_S after it started, if that is later)."""
@@ -369,7 +362,8 @@ async def _shutdown(app: App) -> None:
                     log.info("shutdown: no memory waits for a vector")
                 elif not app.store_stuck:
                     log.info(
-                        "shutdown: embedded %d memories in %.1f s; the rest get their vector at the next start",
+                        "shutdown: embedded %d memories in %.1f s, the time allowed; any memory still without a "
+                        "vector gets one at the next start",
                         progress[0],
                         time.monotonic() - started,
                     )

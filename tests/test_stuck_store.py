@@ -269,7 +269,9 @@ def test_exit_within_2_s_while_postgresql_is_frozen(own_postgres: OwnPostgres, o
             own_postgres.thaw()
         server.close()
     message = tool_error(replies.get(77))
-    assert "did not answer" in message, message
+    # Sent to the frozen server and abandoned, or still waiting for a pooled connection (the pool's one is
+    # stuck on the frozen server too, and no new one can be made): either way, the error says so.
+    assert "did not answer" in message or "not answering" in message, message
     assert elapsed < HOST_GRACE_S, f"{elapsed:.2f} s"
     assert "written before the freeze" in stored_texts(own_postgres_url)
 
