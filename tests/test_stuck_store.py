@@ -24,10 +24,14 @@ import psycopg
 import pytest
 import sqlean as sqlite3
 
+from agentcache_mcp.app import open_memory
+from agentcache_mcp.backends.postgres import connection as pg_connection
 from agentcache_mcp.backends.sqlite import connection
 from agentcache_mcp.backends.sqlite.connection import Database
+from agentcache_mcp.config import Settings
 from agentcache_mcp.memory.ports import StoreBusy
 
+from conftest import HashEmbedder
 from stdio_helper import StdioServer
 
 pytestmark = pytest.mark.slow
@@ -243,6 +247,24 @@ def own_postgres_url(own_postgres: OwnPostgres, tmp_path: Path) -> str:
     with psycopg.connect(own_postgres.url("postgres"), autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     return own_postgres.url(name)
+
+
+def test_a_postgresql_write_behind_a_lock_held_too_long_fails_with_store_busy(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_connection, "LOCK_TIMEOUT", "300ms")  # 10s in the server
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    try:
+        with psycopg.connect(postgres_url) as other:
+            other.execute("LOCK TABLE memories IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+            started = time.monotonic()
+            with pytest.raises(StoreBusy, match=r"busy: another session held a lock .* for more than 300ms; nothing"):
+                memory.remember("written while a person's session locks the table")
+            assert time.monotonic() - started < 5
+            other.rollback()
+        assert memory.remember("written once the lock is gone").id
+    finally:
+        memory.close()
 
 
 def stored_texts(url: str) -> set[str]:
