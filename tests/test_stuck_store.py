@@ -187,6 +187,51 @@ def test_exit_within_2_s_while_another_process_holds_the_sqlite_write_lock(db_pa
     assert acknowledged in stored and len(stored) == 1  # the refused write was not stored either
 
 
+def test_sigterm_stops_an_http_server_within_2_s_while_another_process_holds_the_sqlite_write_lock(
+    db_path: Path,
+) -> None:
+    import sys
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from load import free_port, start_server
+
+    port = free_port()
+    proc = start_server(db_path, port)
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+    def remember(text: str) -> str:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "remember", "arguments": {"text": text}}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", json.dumps(body).encode(), headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(response.read().decode())
+
+    other = None
+    answer: list[str] = []
+    try:
+        assert '"isError":false' in remember("written before the lock was taken")
+        other = sqlite3.connect(str(db_path), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        caller = threading.Thread(target=lambda: answer.append(remember("written while the lock is held")))
+        caller.start()
+        time.sleep(IN_FLIGHT_S)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=HANG_LIMIT_S)
+        elapsed = time.monotonic() - started
+        caller.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if other is not None:
+            other.execute("ROLLBACK")
+            other.close()
+    print(f"\nhttp: exit {elapsed:.2f} s after sigterm")
+    assert code == 0 and elapsed < HOST_GRACE_S, elapsed
+    assert answer and '"isError":true' in answer[0] and "busy" in answer[0] and "nothing was written" in answer[0]
+
+
 # --- PostgreSQL: frozen, or down --------------------------------------------------------------------------------
 
 
