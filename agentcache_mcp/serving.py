@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentcache_mcp")
 
 ANSWER_WAIT_S = 1.2
-"""At the end of a stdio session: how long the calls in flight get to answer before the transport closes (a call
-the store holds up is answered with StoreBusy by workers.ABANDON_AFTER_S)."""
+"""After a signal: how long the calls in flight get to answer before the transport closes (a call the store holds
+up is answered with StoreBusy by workers.ABANDON_AFTER_S)."""
+STALLED_S = 0.3
+"""At stdin EOF, while calls are in flight: the shutdown begins once none has answered for this long."""
+EOF_ANSWER_WAIT_S = 60.0
+"""At stdin EOF: every request read before it is handled and answered first (a host may pipe its requests and
+close stdin); a stuck store cannot stretch this (its calls fail fast once the shutdown began). A host's SIGTERM
+cuts it to ANSWER_WAIT_S."""
 SIGNAL_HARD_STOP_S = 1.6
 """After a signal, the stdio session is cancelled outright if it has not ended by then."""
 WAITING_FOR_A_HOST = (
@@ -130,9 +137,13 @@ async def _run_stdio(server: Any, app: App, stdin: _CancellableStdin) -> None:
 
     async def end_of_input() -> None:
         # Before the transport closes: the SDK cancels the calls still in flight, and a cancelled call's answer
-        # is lost. Shutting down first ends their waits for the store, so each answers (StoreBusy, if stuck).
+        # is lost. So every request read is answered first. While answers come, the calls run as before (a
+        # host may pipe its requests and close stdin); once none came for STALLED_S (the store holds them up,
+        # or a recall waits for the model), the shutdown begins: their waits end and each answers.
+        if not stdin.stopped.is_set():
+            await in_flight.stalled(STALLED_S)
         app.begin_shutdown()
-        if not await in_flight.answered(ANSWER_WAIT_S):
+        if not await in_flight.answered(EOF_ANSWER_WAIT_S, cut_short=stdin.stopped, then=ANSWER_WAIT_S):
             log.warning("%d calls still in flight as the transport closes; they get no answer", len(in_flight))
 
     stdin.on_end = end_of_input
@@ -151,14 +162,27 @@ class _RequestsInFlight:
 
     def __init__(self) -> None:
         self._ids: set[Any] = set()
+        self._answers = 0
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    async def answered(self, timeout: float) -> bool:
-        with anyio.move_on_after(timeout):
-            while self._ids:
-                await anyio.sleep(0.01)
+    async def stalled(self, quiet_s: float) -> None:
+        """Return once no request is in flight, or none was answered for quiet_s."""
+        answers = self._answers
+        quiet_since = time.monotonic()
+        while self._ids and time.monotonic() - quiet_since < quiet_s:
+            await anyio.sleep(0.01)
+            if self._answers != answers:
+                answers, quiet_since = self._answers, time.monotonic()
+
+    async def answered(self, timeout: float, cut_short: anyio.Event, then: float) -> bool:
+        """Wait until every request read has been answered: at most `timeout`, or `then` once cut_short is set."""
+        deadline = time.monotonic() + timeout
+        while self._ids and time.monotonic() < deadline:
+            if cut_short.is_set():
+                deadline = min(deadline, time.monotonic() + then)
+            await anyio.sleep(0.01)
         return not self._ids
 
     def reading(self, stream: Any) -> Any:
@@ -238,6 +262,7 @@ class _RequestsInFlight:
         message = getattr(item, "message", None)
         if isinstance(message, JSONRPCResponse | JSONRPCError):
             self._ids.discard(message.id)
+            self._answers += 1
 
 
 class _CancellableStdin:
@@ -252,11 +277,12 @@ class _CancellableStdin:
     def __init__(self, stream: Any, on_end: Callable[[], Awaitable[None]] | None = None):
         self._stream = stream
         self.on_end = on_end
-        self._stopped = anyio.Event()
+        self.stopped = anyio.Event()
         self._ended = False
+        self._reader = anyio.CapacityLimiter(1)
 
     def stop(self) -> None:
-        self._stopped.set()
+        self.stopped.set()
 
     def __aiter__(self) -> _CancellableStdin:
         return self
@@ -266,7 +292,7 @@ class _CancellableStdin:
         if not line:
             if not self._ended:
                 self._ended = True
-                if not self._stopped.is_set():
+                if not self.stopped.is_set():
                     log.info("stdin closed by the host; shutting down")
                 if self.on_end is not None:
                     await self.on_end()
@@ -280,18 +306,18 @@ class _CancellableStdin:
 
             async def read() -> None:
                 nonlocal line
-                # On the default thread pool, which tool calls share: with many requests queued, the next read
-                # (and the EOF) waits behind them, so every request a host sent before closing stdin is handled
-                # (its writes stored) before the SDK cancels what is still in flight. Reading on a thread of its
-                # own saw the EOF at once and exited sooner, but the SDK then cancelled the queued calls: piped
-                # writes were lost.
-                line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+                # On a thread of its own, not the pool the tool calls share: calls stuck on the store must not
+                # keep the EOF (and so the shutdown that unsticks them) from being read. Every request read
+                # before the EOF is still answered first: on_end waits for them.
+                line = await anyio.to_thread.run_sync(
+                    self._stream.readline, abandon_on_cancel=True, limiter=self._reader
+                )
                 tg.cancel_scope.cancel()
 
             tg.start_soon(read)
-            await self._stopped.wait()
+            await self.stopped.wait()
             tg.cancel_scope.cancel()
-        return line if not self._stopped.is_set() else b""
+        return line if not self.stopped.is_set() else b""
 
 
 async def _cancel_on_signal(

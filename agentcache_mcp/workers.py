@@ -63,7 +63,8 @@ server, a network that drops packets), and the process exits without it."""
 @dataclass(eq=False)
 class _StoreCall:
     scope: anyio.CancelScope
-    started: float
+    started: float | None = None
+    """When its thread began it (monotonic); None while it waits for a thread."""
 
 
 @dataclass
@@ -86,11 +87,16 @@ class App:
         """Run quick blocking work (a transaction) in a worker thread. A cancel waits for it, so a call in
         flight at shutdown still gets its answer; but once the shutdown began, a call the store holds up longer
         than ABANDON_AFTER_S is abandoned and fails with StoreBusy."""
-        call = _StoreCall(anyio.CancelScope(shield=True), time.monotonic())
+        call = _StoreCall(anyio.CancelScope(shield=True))
+
+        def work() -> T:
+            call.started = time.monotonic()  # on its thread: a call waiting for a thread is not held up by the store
+            return fn(*args, **kwargs)
+
         self._calls.add(call)
         try:
             with call.scope:
-                return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except StoreBusy:
             if self.stopping_since is not None:
                 self.store_stuck = True
@@ -99,7 +105,7 @@ class App:
             self._calls.discard(call)
         # Reached only when the watchdog cancelled the call's own scope.
         self.store_stuck = True
-        waited = time.monotonic() - call.started
+        waited = time.monotonic() - (call.started or time.monotonic())
         raise StoreBusy(
             f"the store ({self.settings.store_location}) did not answer for {waited:.1f} s and the server is "
             "shutting down: this call was given up; it may or may not have taken effect"
@@ -119,13 +125,13 @@ class App:
 
     async def _abandon_stuck_calls(self, done: anyio.Event) -> None:
         """From the shutdown's start until its end: abandon each store call still running ABANDON_AFTER_S after
-        the shutdown began (one the shutdown itself made: STORE_GRACE_S after it started, if that is later)."""
+        the shutdown began (one started later: ABANDON_AFTER_S after it started)."""
         assert self.stopping_since is not None
         with anyio.CancelScope(shield=True):
             while not done.is_set():
                 now = time.monotonic()
                 for call in list(self._calls):
-                    if now >= max(self.stopping_since + ABANDON_AFTER_S, call.started + STORE_GRACE_S):
+                    if call.started is not None and now >= max(self.stopping_since, call.started) + ABANDON_AFTER_S:
                         call.scope.cancel()
                 with anyio.move_on_after(0.02):
                     await done.wait()

@@ -251,8 +251,8 @@ class MemoryService:
     def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
         """The query's embedding, or None and why not; and a note if some memories are still unembedded."""
         deadline = time.monotonic() + self.limits.model_wait_s
-        ready = False
-        while not self.stopping.is_set():
+        ready = self.embedder.ready  # a model already loaded serves a recall made during the shutdown too
+        while not ready and not self.stopping.is_set():
             # In short slices, so a shutdown (stdin closed, a signal) ends the wait at once.
             if self.embedder.wait_ready(min(0.1, max(0.0, deadline - time.monotonic()))):
                 ready = True
