@@ -72,6 +72,8 @@ class Database:
         self._lock = threading.RLock()
         self._give_up_at: float | None = None
         """monotonic time from which waits for a lock end at once (the server is stopping); None: never."""
+        self._locked_at_give_up: float | None = None
+        """Set when a wait ended in that give-up: when it began. Later waits then end at once."""
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_SLICE_MS / 1000
@@ -150,18 +152,28 @@ class Database:
         now = time.monotonic()
         return now - started >= LOCK_WAIT_S or (self._give_up_at is not None and now >= self._give_up_at)
 
+    def _gave_up(self) -> StoreBusy | None:
+        """Once a wait ended in the shutdown's give-up, the others need not wait a slice each to learn it."""
+        if self._locked_at_give_up is None:
+            return None
+        return self._busy(time.monotonic() - self._locked_at_give_up, "another process has held its lock")
+
     def retry(self, fn: Callable[[], T]) -> T:
         """Run fn, again while another process holds a lock it needs (each try waits BUSY_SLICE_MS in SQLite's
         busy handler): up to LOCK_WAIT_S in all, or until the server gives up waiting; then StoreBusy."""
         started = time.monotonic()
         delay = 0.005
         while True:
+            if (gave_up := self._gave_up()) is not None:
+                raise gave_up
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 if self._should_stop_waiting(started):
+                    if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+                        self._locked_at_give_up = started
                     raise self._busy(time.monotonic() - started, "another process has held its lock") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
@@ -170,7 +182,9 @@ class Database:
     def _holding(self, lock: threading.RLock) -> Iterator[None]:
         """Take one of this object's locks (its holder may be waiting for SQLite's); StoreBusy on giving up."""
         started = time.monotonic()
-        while not lock.acquire(timeout=BUSY_SLICE_MS / 1000):
+        while not lock.acquire(timeout=0.02):
+            if (gave_up := self._gave_up()) is not None:
+                raise gave_up
             if self._should_stop_waiting(started):
                 raise self._busy(time.monotonic() - started, "this call waited behind this server's other calls on it")
         try:
