@@ -1,9 +1,11 @@
 """The serving process: `serve` (stdio, SSE or streamable HTTP) and `ui` (the memory browser alone).
 
 Only protocol goes to stdout; logs go to stderr. Signals (SIGTERM, SIGINT) and stdin EOF start the bounded
-shutdown of `workers.open_app`; a signal during it is logged, never fatal. The HTTP transports run under
-uvicorn behind `transports.guard` (Host/Origin and bearer checks), on sockets bound before the store is
-opened: a port already in use is `CannotListen`, one line from the CLI.
+shutdown of `workers.open_app`; a signal during it is logged, never fatal. Over stdio, a signal ends the input as
+EOF does, and either way the calls in flight are answered before the transport closes (a call the store holds
+up gets StoreBusy within `workers.ABANDON_AFTER_S`). The HTTP transports run under uvicorn behind
+`transports.guard` (Host/Origin and bearer checks), on sockets bound before the store is opened: a port
+already in use is `CannotListen`, one line from the CLI.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import os
 import signal
 import socket
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -25,28 +27,60 @@ import anyio.to_thread
 from .config import Settings
 from .transports import LISTEN_BACKLOG, bind_refusal, guard, limited_h11_protocol
 
+if TYPE_CHECKING:
+    from .workers import App
+
 log = logging.getLogger("agentcache_mcp")
+
+ANSWER_WAIT_S = 1.2
+"""After a signal: how long the calls in flight get to answer before the transport closes (a call the store holds
+up is answered with StoreBusy by workers.ABANDON_AFTER_S)."""
+STALLED_S = 0.3
+"""At stdin EOF, while calls are in flight: the shutdown begins once none has answered for this long."""
+EOF_ANSWER_WAIT_S = 60.0
+"""At stdin EOF: every request read before it is handled and answered first (a host may pipe its requests and
+close stdin); a stuck store cannot stretch this (its calls fail fast once the shutdown began). A host's SIGTERM
+cuts it to ANSWER_WAIT_S."""
+SIGNAL_HARD_STOP_S = 1.6
+"""After a signal, the stdio session is cancelled outright if it has not ended by then."""
+WAITING_FOR_A_HOST = (
+    "agentcache-mcp: speaking MCP (JSON-RPC) on stdin/stdout, waiting for a host to connect; "
+    "this is not a prompt (see README, Hosts). Ctrl-D or Ctrl-C quits."
+)
+"""Said on stderr when stdin is a terminal: a person started the server by hand."""
 
 
 async def serve(settings: Settings, transport: str) -> None:
     from .server import build_server
     from .workers import open_app
 
-    async with _listening(settings, transport) as sockets, open_app(settings) as app:
-        stopping = app.memory.stopping  # set at stdin EOF or a signal: a recall waiting for the model stops waiting
-        async with anyio.create_task_group() as tg:
-            server = build_server(settings, app=app)
-            if transport == "stdio":
-                tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, stopping)
-                await _run_stdio(server, stopping)  # returns on stdin EOF, once calls in flight have answered
-            else:
-                uv = http_server(server, settings, transport, app=app)
-                tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
-                tg.start_soon(_announce, uv, f"serving {transport} on", "")
-                await uv.serve(sockets=sockets)
-            stopping.set()
-            tg.cancel_scope.cancel()
+    async with (
+        _listening(settings, transport) as sockets,
+        open_app(settings) as app,
+        anyio.create_task_group() as tg,
+    ):
+        server = build_server(settings, app=app)
+        if transport == "stdio":
+            if _is_terminal(sys.stdin):
+                print(WAITING_FOR_A_HOST, file=sys.stderr, flush=True)
+            stdin = _CancellableStdin(sys.stdin.buffer)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, app, stdin)
+            await _run_stdio(server, app, stdin)  # returns at stdin EOF or a signal, the calls in flight answered
+        else:
+            uv = http_server(server, settings, transport, app=app)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, app)
+            tg.start_soon(_announce, uv, f"serving {transport} on", "")
+            await uv.serve(sockets=sockets)
+        app.begin_shutdown()
+        tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 async def serve_ui(settings: Settings) -> None:
@@ -58,13 +92,12 @@ async def serve_ui(settings: Settings) -> None:
         _listening(settings, "ui") as sockets,
         open_app(settings.model_copy(update={"auto_forget_enabled": False})) as app,
     ):
-        stopping = app.memory.stopping
         uv = _uvicorn(ui_only_app(app, settings), settings)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, stopping)
+            tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, app)
             tg.start_soon(_announce, uv, "memory browser on", "/ui/")
             await uv.serve(sockets=sockets)
-            stopping.set()
+            app.begin_shutdown()
             tg.cancel_scope.cancel()
     log.info("stopped")
 
@@ -169,57 +202,217 @@ def _hold_signals_during_shutdown() -> None:
         signal.signal(signum, note)
 
 
-async def _run_stdio(server: Any, stopping: threading.Event) -> None:
+async def _run_stdio(server: Any, app: App, stdin: _CancellableStdin) -> None:
     from mcp.server.stdio import stdio_server
 
-    stdin = _CancellableStdin(sys.stdin.buffer, on_eof=stopping.set)
+    in_flight = _RequestsInFlight()
+
+    async def end_of_input() -> None:
+        # Before the transport closes: the SDK cancels the calls still in flight, and a cancelled call's answer
+        # is lost. So every request read is answered first. While answers come, the calls run as before (a
+        # host may pipe its requests and close stdin); once none came for STALLED_S (the store holds them up,
+        # or a recall waits for the model), the shutdown begins: their waits end and each answers.
+        if not stdin.stopped.is_set():
+            await in_flight.stalled(STALLED_S)
+        app.begin_shutdown()
+        if not await in_flight.answered(EOF_ANSWER_WAIT_S, cut_short=stdin.stopped, then=ANSWER_WAIT_S):
+            log.warning("%d calls still in flight as the transport closes; they get no answer", len(in_flight))
+
+    stdin.on_end = end_of_input
     async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
         lowlevel = server._lowlevel_server
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        await lowlevel.run(
+            in_flight.reading(read_stream),
+            in_flight.writing(write_stream),
+            lowlevel.create_initialization_options(),
+        )
+
+
+class _RequestsInFlight:
+    """The ids of the requests read and not yet answered, seen on the SDK's streams, so the end of a session
+    can wait for their answers."""
+
+    def __init__(self) -> None:
+        self._ids: set[Any] = set()
+        self._answers = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    async def stalled(self, quiet_s: float) -> None:
+        """Return once no request is in flight, or none was answered for quiet_s."""
+        answers = self._answers
+        quiet_since = time.monotonic()
+        while self._ids and time.monotonic() - quiet_since < quiet_s:
+            await anyio.sleep(0.01)
+            if self._answers != answers:
+                answers, quiet_since = self._answers, time.monotonic()
+
+    async def answered(self, timeout: float, cut_short: anyio.Event, then: float) -> bool:
+        """Wait until every request read has been answered: at most `timeout`, or `then` once cut_short is set."""
+        deadline = time.monotonic() + timeout
+        while self._ids and time.monotonic() < deadline:
+            if cut_short.is_set():
+                deadline = min(deadline, time.monotonic() + then)
+            await anyio.sleep(0.01)
+        return not self._ids
+
+    def reading(self, stream: Any) -> Any:
+        requests = self
+
+        class Reading:
+            """The read stream, noting each request's id (and forgetting one the host cancelled)."""
+
+            @property
+            def last_context(self) -> Any:  # the SDK restores the sender's context from it
+                return getattr(stream, "last_context", None)
+
+            async def receive(self) -> Any:
+                item = await stream.receive()
+                requests._read(item)
+                return item
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Any:
+                try:
+                    return await self.receive()
+                except anyio.EndOfStream:
+                    raise StopAsyncIteration from None
+
+            def close(self) -> None:
+                stream.close()
+
+            async def aclose(self) -> None:
+                await stream.aclose()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                await stream.aclose()
+
+        return Reading()
+
+    def writing(self, stream: Any) -> Any:
+        requests = self
+
+        class Writing:
+            """The write stream, noting each answer once the transport has taken it."""
+
+            async def send(self, item: Any) -> None:
+                await stream.send(item)
+                requests._written(item)
+
+            def close(self) -> None:
+                stream.close()
+
+            async def aclose(self) -> None:
+                await stream.aclose()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                await stream.aclose()
+
+        return Writing()
+
+    def _read(self, item: Any) -> None:
+        from mcp_types import JSONRPCNotification, JSONRPCRequest
+
+        message = getattr(item, "message", None)
+        if isinstance(message, JSONRPCRequest):
+            self._ids.add(message.id)
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            self._ids.discard((message.params or {}).get("requestId"))  # never answered (the spec says so)
+
+    def _written(self, item: Any) -> None:
+        from mcp_types import JSONRPCError, JSONRPCResponse
+
+        message = getattr(item, "message", None)
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            self._ids.discard(message.id)
+            self._answers += 1
 
 
 class _CancellableStdin:
-    """Lines from stdin for the SDK's stdio transport, read so that a signal can cancel the wait.
+    """Lines from stdin for the SDK's stdio transport, read so that a signal can end them.
 
     The SDK's default reader blocks in a worker thread that cancellation must wait for, so SIGTERM could
-    not stop a server whose host keeps stdin open. Here the blocked read is abandoned on cancel. At EOF
-    `on_eof` runs at once: the SDK then waits for the calls in flight, which must not wait for the model.
+    not stop a server whose host keeps stdin open. Here the blocked read is abandoned when `stop()` is called
+    (a signal), which ends the input as EOF does. At the end, `on_end` runs before the SDK sees it: the SDK then
+    cancels the calls still in flight, so on_end lets them answer first.
     """
 
-    def __init__(self, stream: Any, on_eof: Callable[[], None] | None = None):
+    def __init__(self, stream: Any, on_end: Callable[[], Awaitable[None]] | None = None):
         self._stream = stream
-        self._on_eof = on_eof
+        self.on_end = on_end
+        self.stopped = anyio.Event()
+        self._ended = False
+        self._reader = anyio.CapacityLimiter(1)
+
+    def stop(self) -> None:
+        self.stopped.set()
 
     def __aiter__(self) -> _CancellableStdin:
         return self
 
     async def __anext__(self) -> str:
-        # On the default thread pool, which tool calls share: with many requests queued, the next read (and the
-        # EOF) waits behind them, so every request a host sent before closing stdin is handled (its writes
-        # stored) before the SDK cancels what is still in flight. Reading on a thread of its own saw the EOF
-        # at once and exited sooner, but the SDK then cancelled the queued calls: piped writes were lost.
-        line = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+        line = b"" if self._ended else await self._next_line()
         if not line:
-            log.info("stdin closed by the host; shutting down")
-            if self._on_eof is not None:
-                self._on_eof()
+            if not self._ended:
+                self._ended = True
+                if not self.stopped.is_set():
+                    log.info("stdin closed by the host; shutting down")
+                if self.on_end is not None:
+                    await self.on_end()
             raise StopAsyncIteration
         return line.decode("utf-8", errors="replace")
 
+    async def _next_line(self) -> bytes:
+        """The next line, or b"" at EOF or once stopped."""
+        line = b""
+        async with anyio.create_task_group() as tg:
 
-async def _cancel_on_signal(scope: anyio.CancelScope, uv: Any, stopping: threading.Event) -> None:
+            async def read() -> None:
+                nonlocal line
+                # On a thread of its own, not the pool the tool calls share: calls stuck on the store must not
+                # keep the EOF (and so the shutdown that unsticks them) from being read. Every request read
+                # before the EOF is still answered first: on_end waits for them.
+                line = await anyio.to_thread.run_sync(
+                    self._stream.readline, abandon_on_cancel=True, limiter=self._reader
+                )
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(read)
+            await self.stopped.wait()
+            tg.cancel_scope.cancel()
+        return line if not self.stopped.is_set() else b""
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, uv: Any, app: App, stdin: _CancellableStdin | None = None
+) -> None:
     try:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
-                stopping.set()
+                app.begin_shutdown()
                 if uv is not None:
                     uv.should_exit = True  # let uvicorn close its connections (bounded), then the app shuts down
-                else:
-                    scope.cancel()
+                    return
+                if stdin is not None:
+                    stdin.stop()  # ends the session as EOF does: the calls in flight answer first
+                    break
+                scope.cancel()
                 return
     finally:
         _hold_signals_during_shutdown()
+    await anyio.sleep(SIGNAL_HARD_STOP_S)
+    log.warning("the session did not end %.1f s after the signal; cancelling it", SIGNAL_HARD_STOP_S)
+    scope.cancel()
 
 
 def http_server(server: Any, settings: Settings, transport: str, *, app: Any = None) -> Any:

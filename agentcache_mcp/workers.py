@@ -7,10 +7,13 @@
 - auto-forget: a first sweep shortly after start, then one every interval, with the store's maintenance after
   it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns).
 
-Shutdown (stdin EOF, SIGTERM, SIGINT) cancels the loops, then - shielded and bounded - flushes pending
-embeddings, writes the buffered access stats, checkpoints the WAL (TRUNCATE, so the -wal file is left empty)
-and closes the store. Anything the
-bound cut off is still pending in the store and is picked up by the next start's sync check.
+Shutdown (stdin EOF, SIGTERM, SIGINT) begins with `App.begin_shutdown`: waits for the store (a lock another
+process holds, a connection to a server that is down) end STORE_GRACE_S later with StoreBusy, and a store call
+still running ABANDON_AFTER_S after the shutdown began (a frozen server answers nothing) is abandoned, its caller
+answered with StoreBusy. Then the loops are cancelled and - shielded and bounded - pending embeddings are
+flushed, the buffered access stats written, the WAL checkpointed (TRUNCATE, so the -wal file is left empty) and
+the store closed; if the store did not answer, those steps are skipped, since each would wait for it too.
+Anything the bound cut off is still pending in the store and is picked up by the next start's sync check.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .app import open_memory
 from .config import Settings
 from .embeddings import Embedder, EmbeddingModelError
 from .memory.forgetting import AutoForgetReport
+from .memory.ports import StoreBusy
 from .memory.service import MemoryService
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,19 @@ EMBED_WINDOW = 256
 pads less (memories arrive in random lengths); one write per window.
 With 64 at a time, in the order remembered, a host's burst was embedded at 0.40-0.51 of the model's own
 speed (bench/embed_pipeline.py; bench/RESULTS.md)."""
+STORE_GRACE_S = 0.5
+"""Once the shutdown began, a wait for the store (a lock, a connection) goes on this long at most: enough for
+another process's transaction to commit, and well inside the hosts' 2 s."""
+ABANDON_AFTER_S = 0.8
+"""A store call still running this long after the shutdown began is abandoned: the store did not answer (a frozen
+server, a network that drops packets), and the process exits without it."""
+
+
+@dataclass(eq=False)
+class _StoreCall:
+    scope: anyio.CancelScope
+    started: float | None = None
+    """When its thread began it (monotonic); None while it waits for a thread."""
 
 
 @dataclass
@@ -59,10 +76,65 @@ class App:
     embed_wakeup: anyio.Event = field(default_factory=anyio.Event)
     sweeps: int = 0
     last_sweep: dict[str, Any] | None = None
+    stopping_since: float | None = None
+    """When the shutdown began (monotonic), or None."""
+    store_stuck: bool = False
+    """During the shutdown: a store call gave up waiting or was abandoned, so the store is not answering."""
+    _calls: set[_StoreCall] = field(default_factory=set)
+    _watchdog: Callable[[], None] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run quick blocking work (a transaction) in a worker thread; a cancel waits for it to finish."""
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        """Run quick blocking work (a transaction) in a worker thread. A cancel waits for it, so a call in
+        flight at shutdown still gets its answer; but once the shutdown began, a call the store holds up longer
+        than ABANDON_AFTER_S is abandoned and fails with StoreBusy."""
+        call = _StoreCall(anyio.CancelScope(shield=True))
+
+        def work() -> T:
+            call.started = time.monotonic()  # on its thread: a call waiting for a thread is not held up by the store
+            return fn(*args, **kwargs)
+
+        self._calls.add(call)
+        try:
+            with call.scope:
+                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except StoreBusy:
+            if self.stopping_since is not None:
+                self.store_stuck = True
+            raise
+        finally:
+            self._calls.discard(call)
+        # Reached only when the watchdog cancelled the call's own scope.
+        self.store_stuck = True
+        waited = time.monotonic() - (call.started or time.monotonic())
+        raise StoreBusy(
+            f"the store ({self.settings.store_location}) did not answer for {waited:.1f} s and the server is "
+            "shutting down: this call was given up; it may or may not have taken effect"
+        )
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping (stdin EOF, a signal): waits for the model end at once, waits for the store
+        end STORE_GRACE_S from now, and store calls it still holds are abandoned ABANDON_AFTER_S from now.
+        Idempotent; on the event loop's thread."""
+        if self.stopping_since is not None:
+            return
+        self.stopping_since = time.monotonic()
+        self.memory.stopping.set()
+        self.memory.backend.give_up_waits(STORE_GRACE_S)
+        if self._watchdog is not None:
+            self._watchdog()
+
+    async def _abandon_stuck_calls(self, done: anyio.Event) -> None:
+        """From the shutdown's start until its end: abandon each store call still running ABANDON_AFTER_S after
+        the shutdown began (one started later: ABANDON_AFTER_S after it started)."""
+        assert self.stopping_since is not None
+        with anyio.CancelScope(shield=True):
+            while not done.is_set():
+                now = time.monotonic()
+                for call in list(self._calls):
+                    if call.started is not None and now >= max(self.stopping_since, call.started) + ABANDON_AFTER_S:
+                        call.scope.cancel()
+                with anyio.move_on_after(0.02):
+                    await done.wait()
 
     async def run_abandonable(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run slow blocking work (loading the model, embedding, a sweep, loading vectors) in a worker thread
@@ -116,6 +188,9 @@ class App:
                 continue
             try:
                 await self._embed_backlog()
+            except StoreBusy as exc:
+                log.warning("embedding paused: %s", exc)
+                await anyio.sleep(1.0)
             except Exception:
                 log.exception("embedding batch failed; the rows stay pending and are retried")
                 await anyio.sleep(1.0)
@@ -172,6 +247,8 @@ class App:
             await anyio.sleep(self.settings.access_flush_interval_s)
             try:
                 await self.run(self.memory.flush_accesses)
+            except StoreBusy as exc:
+                log.warning("access stats kept for the next flush: %s", exc)
             except Exception:
                 log.exception("writing access stats failed; they are kept for the next flush")
 
@@ -210,16 +287,15 @@ class App:
 
     # -- shutdown
 
-    async def flush(self) -> int:
-        """Embed what is pending, batch by batch, until done or cancelled; returns rows written."""
-        if not self.memory.embedder.ready:
-            return 0  # loading the model now would take longer than the bound; the next start does it
-        written = after = 0
+    async def flush(self, progress: list[int]) -> bool:
+        """Embed what is pending, batch by batch, until done (True) or cancelled; progress[0] counts the rows
+        written so far (a cancel keeps the count)."""
+        after = 0
         while True:
             n, after = await self.embed_one_batch(after)
             if not after:
-                return written
-            written += n
+                return True
+            progress[0] += n
 
 
 @asynccontextmanager
@@ -237,39 +313,80 @@ async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> A
         getattr(memory.embedder, "state", "ready" if memory.embedder.ready else "not loaded"),
     )
     app = App(settings, memory)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(app.model_loader)
-            await tg.start(app.index_sync)
-            await tg.start(app.embedding_writer)
-            await tg.start(app.access_flush_loop)
-            if settings.auto_forget_enabled:
-                await tg.start(app.auto_forget_loop)
+    shutdown_done = anyio.Event()
+    async with anyio.create_task_group() as watch:  # the watchdog runs from begin_shutdown to the end of _shutdown
+
+        def start_watchdog() -> None:
+            watch.start_soon(app._abandon_stuck_calls, shutdown_done)
+
+        app._watchdog = start_watchdog
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(app.model_loader)
+                await tg.start(app.index_sync)
+                await tg.start(app.embedding_writer)
+                await tg.start(app.access_flush_loop)
+                if settings.auto_forget_enabled:
+                    await tg.start(app.auto_forget_loop)
+                try:
+                    yield app
+                finally:
+                    app.begin_shutdown()  # before the loops stop: a loop's store call may be what is stuck
+                    tg.cancel_scope.cancel()
+        finally:
             try:
-                yield app
+                await _shutdown(app)
             finally:
-                tg.cancel_scope.cancel()  # stop the loops first
-    finally:
-        await _shutdown(app)
+                shutdown_done.set()
 
 
 async def _shutdown(app: App) -> None:
-    """Bounded: embed what fits in shutdown_flush_timeout_s (the rest stays pending for the next start), then
-    write the access stats, checkpoint the WAL and close. Work still running in abandoned threads (a model
-    load, an embedding batch, a sweep) is not waited for; each of its writes is a transaction."""
+    """Bounded: embed what fits before shutdown_flush_timeout_s (counted from the shutdown's start; the rest stays
+    pending for the next start), then write the access stats, checkpoint the WAL and close. If the store did not
+    answer (a call gave up waiting for it, or was abandoned), only close: each other step would wait for it too.
+    Work still running in abandoned threads (a model load, an embedding batch, a sweep, a call to a frozen server)
+    is not waited for; each of its writes is a transaction."""
     settings = app.settings
     with anyio.CancelScope(shield=True):
-        written = 0
-        try:
-            with anyio.move_on_after(settings.shutdown_flush_timeout_s):
-                written = await app.flush()
-        except Exception:
-            log.exception("embedding at shutdown failed; the rows stay pending")
+        app.begin_shutdown()
+        assert app.stopping_since is not None
+        progress = [0]
+        started = time.monotonic()
+        if app.store_stuck:
+            pass
+        elif not app.memory.embedder.ready:
+            # Loading the model now would take longer than the bound; the next start does it.
+            log.info("shutdown: the embedding model is not loaded; memories without a vector get one at the next start")
+        else:
+            try:
+                done = False
+                with anyio.move_on_after(app.stopping_since + settings.shutdown_flush_timeout_s - started):
+                    done = await app.flush(progress)
+                if done and progress[0]:
+                    log.info("shutdown: embedded %d memories; none waits for a vector", progress[0])
+                elif done:
+                    log.info("shutdown: no memory waits for a vector")
+                elif not app.store_stuck:
+                    log.info(
+                        "shutdown: embedded %d memories in %.1f s, the time allowed; any memory still without a "
+                        "vector gets one at the next start",
+                        progress[0],
+                        time.monotonic() - started,
+                    )
+            except StoreBusy:
+                pass  # the store is stuck: said below
+            except Exception:
+                log.exception("embedding at shutdown failed; the rows stay pending")
+        stuck = app.store_stuck
+        if stuck:
+            log.warning(
+                "shutdown: the store is not answering; embedding, access stats and the checkpoint are skipped "
+                "(what was committed is stored; memories without a vector get one at the next start)"
+            )
         try:
             # Abandonable: a transaction of an abandoned sweep (or another process's) may hold the store a
             # moment; the host's 2 s are not waited out for it. Committed data is safe either way.
             with anyio.move_on_after(settings.shutdown_close_timeout_s):
-                log.info("shutdown: embedded %d memories; the rest stay pending for the next start", written)
-                await app.run_abandonable(app.memory.close)
+                await app.run_abandonable(app.memory.close, checkpoint=not stuck, write_accesses=not stuck)
         except Exception:
             log.exception("closing the store failed")

@@ -251,3 +251,58 @@ def test_sigterm_stops_an_http_server_while_a_client_holds_a_stream_open(
             proc.kill()
     wal = Path(f"{db_path}-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_shutdown_log_says_no_memory_waits_for_a_vector_when_none_does(db_path: Path) -> None:
+    server = StdioServer(db_path)
+    try:
+        server.initialize()
+        server.wait_model_ready()
+        server.call("remember", text="embedded long before the host leaves")
+        assert server.wait_embedded() == 0
+        assert server.proc.stdin is not None
+        server.proc.stdin.close()
+        assert server.proc.wait(timeout=60) == 0
+        stderr = server.stderr_tail()
+    finally:
+        server.close()
+    assert "no memory waits for a vector" in stderr, stderr
+    assert "pending" not in stderr.split("stdin closed by the host")[-1], stderr
+    assert "waiting for a host" not in stderr  # stdin is a pipe: a host started it, nobody is told to wait
+
+
+def test_at_a_terminal_the_stdio_server_says_it_waits_for_a_host_and_ctrl_d_quits(db_path: Path) -> None:
+    import pty
+    import select
+
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentcache_mcp"],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "AGENTCACHE_DB": str(db_path), "AUTO_FORGET_ENABLED": "false"},
+    )
+    os.close(terminal)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 30  # said as soon as the store is open
+        while not any("waiting for a host" in line for line in lines):
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"the server did not say it waits for a host; stderr:\n{''.join(lines)}"
+            line = proc.stderr.readline().decode()
+            assert line, "stderr closed before the server said it waits for a host"
+            lines.append(line)
+        said = next(line for line in lines if "waiting for a host" in line)
+        assert "stdin/stdout" in said and "Ctrl-D" in said
+        os.write(main, b"\x04")  # Ctrl-D at the start of a line: the terminal's end of input
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        os.close(main)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

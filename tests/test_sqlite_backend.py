@@ -10,6 +10,7 @@ import pytest
 import sqlean as sqlite3
 
 from agentcache_mcp.backends.sqlite import SqliteBackend
+from agentcache_mcp.backends.sqlite.connection import BUSY_SLICE_MS
 from agentcache_mcp.backends.sqlite.keywords import PRUNE_TERMS_FROM_ROWS
 from agentcache_mcp.backends.sqlite.schema import SCHEMA_VERSION
 from agentcache_mcp.config import Settings, default_db_path
@@ -43,10 +44,11 @@ def test_pragmas_wal_full_sync_and_busy_timeout(db_path: Path) -> None:
         writer = store.db.write  # the connection every write goes through
         assert writer(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
         assert writer(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
-        assert writer(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+        # SQLite's busy handler waits a slice at a time; Database.retry waits on, up to LOCK_WAIT_S (test_stuck_store)
+        assert writer(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) == BUSY_SLICE_MS
         assert writer(lambda db: db.execute("PRAGMA secure_delete").fetchone()[0]) == 1
         assert store.db.read(lambda db: db.execute("PRAGMA query_only").fetchone()[0]) == 1
-        assert store.db.read(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+        assert store.db.read(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) == BUSY_SLICE_MS
     finally:
         store.close()
 

@@ -41,6 +41,11 @@ class StoreFullError(StoreError):
     """The disk (or a configured size limit) is full; nothing was written."""
 
 
+class StoreBusy(StoreError):
+    """The store did not let a call through in time: another process holds a lock it needs, or its server does not
+    answer or cannot be reached. The message says which, and whether anything was written."""
+
+
 class UnknownMemories(LookupError):
     """Ids a write refers to that are not memories of its namespace; nothing was written."""
 
@@ -276,6 +281,12 @@ class StorageBackend(Protocol):
 
     def checkpoint(self) -> None:
         """Make everything committed durable in the main files and drop what deletes left behind."""
+        ...
+
+    def give_up_waits(self, after_s: float) -> None:
+        """The server is stopping: from `after_s` seconds on, a call that waits for the store (a lock another
+        process holds, a connection to a server that is down) stops waiting and raises StoreBusy, nothing
+        written. Thread-safe; waits already under way end too."""
         ...
 
     def close(self) -> None: ...

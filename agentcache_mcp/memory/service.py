@@ -259,8 +259,8 @@ class MemoryService:
     def _query_vector(self, query: str) -> tuple[Vector | None, str | None]:
         """The query's embedding, or None and why not; and a note if some memories are still unembedded."""
         deadline = time.monotonic() + self.limits.model_wait_s
-        ready = False
-        while not self.stopping.is_set():
+        ready = self.embedder.ready  # a model already loaded serves a recall made during the shutdown too
+        while not ready and not self.stopping.is_set():
             # In short slices, so a shutdown (stdin closed, a signal) ends the wait at once.
             if self.embedder.wait_ready(min(0.1, max(0.0, deadline - time.monotonic()))):
                 ready = True
@@ -589,11 +589,14 @@ class MemoryService:
             },
         }
 
-    def close(self, checkpoint: bool = True) -> None:
-        try:
-            self.flush_accesses()
-        except Exception:
-            log.exception("writing access stats at shutdown failed")
+    def close(self, checkpoint: bool = True, write_accesses: bool = True) -> None:
+        """Write the buffered access stats, checkpoint and close; a shutdown whose store does not answer skips
+        the first two (each would wait for it), losing the access stats of the last interval at most."""
+        if write_accesses:
+            try:
+                self.flush_accesses()
+            except Exception:
+                log.exception("writing access stats at shutdown failed")
         if checkpoint:
             try:
                 self.backend.checkpoint()

@@ -116,6 +116,7 @@ class PostgresBackend:
                 return False  # another replica is erasing right now
             try:
                 conn.execute(f"SET lock_timeout = '{ERASE_LOCK_TIMEOUT}'")
+                conn.execute("SET statement_timeout = 0")  # a large table's rewrite may take longer than a call may
                 conn.execute("VACUUM (FULL) memories")
                 tables = [t for (t,) in conn.execute("SELECT table_name FROM vector_models")]
                 for table in (*tables, "embedding_claims"):
@@ -132,6 +133,7 @@ class PostgresBackend:
             finally:
                 if not conn.closed:
                     conn.execute("RESET lock_timeout")
+                    conn.execute("RESET statement_timeout")
                     conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", ("erase",))
         log.info("erased what deletes left in %s (VACUUM FULL, %.2f s)", self.location, time.monotonic() - started)
         return True
@@ -142,6 +144,9 @@ class PostgresBackend:
     def checkpoint(self) -> None:
         """Everything committed is durable already (the server's WAL); drop what deletes left behind."""
         self.erase()
+
+    def give_up_waits(self, after_s: float) -> None:
+        self.db.give_up_waits(after_s)
 
     def close(self) -> None:
         self.db.close()

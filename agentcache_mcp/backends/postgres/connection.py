@@ -4,6 +4,13 @@ Every replica has its own pool (AGENTCACHE_PG_POOL_SIZE connections at most). A 
 retried as a whole when PostgreSQL aborts it for a deadlock or a serialization failure. Durability is the
 server's: a commit returns after the WAL is flushed (synchronous_commit=on, the default), so an acknowledged
 memory survives a crash of the server or of any replica.
+
+No call waits without bound. Every session runs with `statement_timeout` (STATEMENT_TIMEOUT) and `lock_timeout`
+(LOCK_TIMEOUT), so a statement stuck behind another session's lock, or running away, is cancelled by the server;
+a call waits at most POOL_WAIT_S for a connection (the server down, or every connection busy). Those end with
+StoreBusy, nothing written. A frozen server (or a network that drops packets) enforces nothing: a statement sent
+to it waits until the server answers, so the server's shutdown abandons such a call (workers.App.run) rather
+than wait for it; `give_up_waits` ends the waits for a connection at once.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ from typing import TypeVar
 import psycopg
 import psycopg.errors
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...config import mask_secrets, mask_url
-from ...memory.ports import StoreError, StoreFullError, StoreUnavailable
+from ...memory.ports import StoreBusy, StoreError, StoreFullError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,14 @@ Connection = psycopg.Connection[tuple]
 
 CONNECT_TIMEOUT_S = 5
 RETRIES = 5
+STATEMENT_TIMEOUT = "60s"
+"""The longest any statement of a call may run (the erase's VACUUM FULL is exempt)."""
+LOCK_TIMEOUT = "10s"
+"""The longest a statement waits for a lock another session holds (another replica's erase, a person's LOCK)."""
+POOL_WAIT_S = 10.0
+"""The longest a call waits for a pooled connection: the server is down, or every connection is busy."""
+POOL_SLICE_S = 0.25
+"""A wait for a connection looks this often whether the server is stopping."""
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -52,16 +68,26 @@ def connect(url: str) -> Connection:
         ) from None
 
 
+def session_options(url: str) -> str:
+    """The libpq `options` for the pool's sessions: the URL's own, then the statement and lock timeouts (as
+    session defaults, so a RESET returns to them)."""
+    given = str(conninfo_to_dict(url).get("options") or "")
+    ours = f"-c statement_timeout={STATEMENT_TIMEOUT} -c lock_timeout={LOCK_TIMEOUT}"
+    return f"{given} {ours}".strip()
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int):
         self.url = url
         self.location = mask_url(url)
+        self._give_up_at: float | None = None
+        """monotonic time from which a wait for a connection ends at once (the server is stopping)."""
         self.pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             open=False,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "options": session_options(url)},
             configure=register_vector,
             name="agentcache",
         )
@@ -76,13 +102,53 @@ class Database:
     def _failed(self, exc: psycopg.Error) -> StoreError:
         if isinstance(exc, psycopg.errors.DiskFull):
             return StoreFullError(f"the PostgreSQL database {self.location} is out of disk; nothing was written")
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return StoreBusy(
+                f"the PostgreSQL database {self.location} is busy: another session held a lock this call needs "
+                f"for more than {LOCK_TIMEOUT}; nothing was written"
+            )
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return StoreBusy(
+                f"the PostgreSQL database {self.location} is busy: a statement of this call was cancelled "
+                f"({mask_secrets(first_line(exc), self.url)}); nothing was written"
+            )
         return StoreError(f"the PostgreSQL database {self.location} failed: {mask_secrets(first_line(exc), self.url)}")
+
+    def give_up_waits(self, after_s: float) -> None:
+        """From `after_s` seconds on, a wait for a connection ends at once with StoreBusy (thread-safe)."""
+        give_up_at = time.monotonic() + after_s
+        self._give_up_at = give_up_at if self._give_up_at is None else min(self._give_up_at, give_up_at)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection, as `pool.connection()` gives one (committed or rolled back when the block ends),
+        waited for in slices: at most POOL_WAIT_S, or until the server gives up waiting; then StoreBusy."""
+        started = time.monotonic()
+        while True:
+            try:
+                conn = self.pool.getconn(timeout=POOL_SLICE_S)
+                break
+            except PoolTimeout:
+                now = time.monotonic()
+                stopping = self._give_up_at is not None and now >= self._give_up_at
+                if stopping or now - started >= POOL_WAIT_S:
+                    raise StoreBusy(
+                        f"the PostgreSQL database {self.location} is unreachable: no connection within "
+                        f"{now - started:.1f} s (the server is down or not answering, or every connection of "
+                        "this process is busy); nothing was written"
+                        + ("; the server is shutting down" if stopping else "")
+                    ) from None
+        try:
+            with conn:
+                yield conn
+        finally:
+            self.pool.putconn(conn)
 
     def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in one transaction, retried as a whole after a deadlock or serialization failure."""
         for attempt in range(RETRIES):
             try:
-                with self.pool.connection() as conn, conn.transaction():
+                with self.connection() as conn, conn.transaction():
                     return fn(conn)
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
@@ -99,12 +165,14 @@ class Database:
     def session(self) -> Iterator[Connection]:
         """A pooled connection in autocommit mode, for statements outside a transaction (VACUUM) and for
         session-level advisory locks; it is handed back to the pool in autocommit=False."""
-        with self.pool.connection() as conn:
+        with self.connection() as conn:
             conn.autocommit = True
             try:
                 yield conn
             finally:
                 conn.autocommit = False
 
-    def close(self, timeout: float = 0.5) -> None:
+    def close(self, timeout: float = 0.1) -> None:
+        """Close the pool's connections. Its worker threads get `timeout` to stop: one still connecting to a
+        server that does not answer is left behind (there is nothing of ours in it to lose)."""
         self.pool.close(timeout=timeout)

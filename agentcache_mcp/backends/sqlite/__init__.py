@@ -57,5 +57,8 @@ class SqliteBackend:
     def checkpoint(self) -> None:
         self.db.checkpoint()
 
+    def give_up_waits(self, after_s: float) -> None:
+        self.db.give_up_waits(after_s)
+
     def close(self) -> None:
         self.db.close()

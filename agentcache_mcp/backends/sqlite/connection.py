@@ -14,8 +14,10 @@ its -wal, -shm and -journal the database's mode), and the default data folder 07
 folder or database that already exists keeps its owner's mode.
 
 Concurrency: several processes may share the file. Writes take the write lock up front (`BEGIN IMMEDIATE`)
-so SQLite's busy handler waits for it instead of failing a half-done transaction; a bounded retry loop
-covers the rare SQLITE_BUSY the handler cannot wait out.
+so a busy database fails before anything is done, never half-way. SQLite's busy handler waits in short slices
+(BUSY_SLICE_MS) and a retry loop around it waits up to LOCK_WAIT_S in all, checking between slices whether the
+server is stopping (`give_up_waits`): a process that keeps the write lock (a long transaction, a person's
+`BEGIN IMMEDIATE` in the sqlite3 shell) costs a call a clear StoreBusy, and a shutdown never waits for it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 else:
     import sqlean as sqlite3
 
-from ...memory.ports import StoreError, StoreFullError
+from ...memory.ports import StoreBusy, StoreError, StoreFullError
 from ...output_files import create_private_file
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-BUSY_RETRY_S = 60.0
+"""The busy timeout of connections that wait in SQLite alone (a backup's source)."""
+BUSY_SLICE_MS = 100
+"""The server's connections wait for a lock at most this long at a time, then look whether to go on waiting."""
+LOCK_WAIT_S = 60.0
+"""How long a call waits in all for a lock another process holds before it fails with StoreBusy."""
 
 Connection = sqlite3.Connection
 DatabaseError = sqlite3.DatabaseError
@@ -69,9 +75,13 @@ class Database:
         if str(path) != ":memory:":
             self._check_location(create_parent)
         self._lock = threading.RLock()
+        self._give_up_at: float | None = None
+        """monotonic time from which waits for a lock end at once (the server is stopping); None: never."""
+        self._locked_at_give_up: float | None = None
+        """Set when a wait ended in that give-up: when it began. Later waits then end at once."""
         try:
             self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_SLICE_MS / 1000
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the memory database {self.path}: {exc}") from None
@@ -86,9 +96,9 @@ class Database:
         if str(self.path) == ":memory:":
             return self._db, self._lock  # a second connection would be a second, empty database
         reader = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_SLICE_MS / 1000
         )
-        reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        reader.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")
         reader.execute("PRAGMA temp_store = MEMORY")
         reader.execute("PRAGMA query_only = ON")
         return reader, threading.RLock()
@@ -131,7 +141,7 @@ class Database:
 
     def _configure(self, max_page_count: int | None) -> None:
         db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")
         mode = self.retry(lambda: db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if str(mode).lower() != "wal" and str(self.path) != ":memory:":
             raise StoreError(f"could not switch {self.path} to WAL mode (got {mode!r})")
@@ -143,23 +153,67 @@ class Database:
 
     # -- transactions
 
+    def give_up_waits(self, after_s: float) -> None:
+        """From `after_s` seconds on, a wait for a lock (SQLite's, or this object's own) ends at once with
+        StoreBusy; waits under way end within a slice. Called from any thread when the server begins to stop."""
+        give_up_at = time.monotonic() + after_s
+        self._give_up_at = give_up_at if self._give_up_at is None else min(self._give_up_at, give_up_at)
+
+    def _busy(self, waited_s: float, behind: str) -> StoreBusy:
+        stopping = self._give_up_at is not None and time.monotonic() >= self._give_up_at
+        return StoreBusy(
+            f"the memory database {self.path} is busy: {behind} for {waited_s:.1f} s; nothing was written"
+            + ("; the server is shutting down" if stopping else "; try again later")
+        )
+
+    def _should_stop_waiting(self, started: float) -> bool:
+        now = time.monotonic()
+        return now - started >= LOCK_WAIT_S or (self._give_up_at is not None and now >= self._give_up_at)
+
+    def _gave_up(self) -> StoreBusy | None:
+        """Once a wait ended in the shutdown's give-up, the others need not wait a slice each to learn it."""
+        if self._locked_at_give_up is None:
+            return None
+        return self._busy(time.monotonic() - self._locked_at_give_up, "another process has held its lock")
+
     def retry(self, fn: Callable[[], T]) -> T:
-        """Run fn, retrying while another process holds a lock the busy handler could not wait out."""
-        deadline = time.monotonic() + BUSY_RETRY_S
+        """Run fn, again while another process holds a lock it needs (each try waits BUSY_SLICE_MS in SQLite's
+        busy handler): up to LOCK_WAIT_S in all, or until the server gives up waiting; then StoreBusy."""
+        started = time.monotonic()
         delay = 0.005
         while True:
+            if (gave_up := self._gave_up()) is not None:
+                raise gave_up
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                if not _is_busy(exc):
                     raise
+                if self._should_stop_waiting(started):
+                    if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+                        self._locked_at_give_up = started
+                    raise self._busy(time.monotonic() - started, "another process has held its lock") from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, 0.05)
+
+    @contextmanager
+    def _holding(self, lock: threading.RLock) -> Iterator[None]:
+        """Take one of this object's locks (its holder may be waiting for SQLite's); StoreBusy on giving up."""
+        started = time.monotonic()
+        while not lock.acquire(timeout=0.02):
+            if (gave_up := self._gave_up()) is not None:
+                raise gave_up
+            if self._should_stop_waiting(started):
+                raise self._busy(time.monotonic() - started, "this call waited behind this server's other calls on it")
+        try:
+            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def atomic(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE), or a savepoint when nested."""
-        with self._lock:
+        with self._holding(self._lock):
             db = self._db
             if db.in_transaction:
                 name = f"sp_{secrets.token_hex(4)}"
@@ -206,7 +260,7 @@ class Database:
         """Run fn on the read connection: it sees what is committed, and never waits for a writer."""
 
         def attempt() -> T:
-            with self._read_lock:
+            with self._holding(self._read_lock):
                 return fn(self._reader)
 
         return self.retry(attempt)
@@ -224,7 +278,7 @@ class Database:
         read connection is in autocommit mode, where each statement takes its own snapshot)."""
 
         def attempt() -> T:
-            with self._read_lock:
+            with self._holding(self._read_lock):
                 self._reader.execute("BEGIN")
                 try:
                     return fn(self._reader)
@@ -247,12 +301,12 @@ class Database:
         must not overrun the host's 2 s. If one still holds on, everything stays committed in the WAL and
         the next checkpoint (any process's) moves it; the first value returned is then 1 (busy).
         """
-        with self._lock, self._read_lock:  # no read of ours may be open across it
+        with self._holding(self._lock), self._holding(self._read_lock):  # no read of ours may be open across it
             self._db.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
             try:
                 return tuple(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
             finally:
-                self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                self._db.execute(f"PRAGMA busy_timeout = {BUSY_SLICE_MS}")
 
     def integrity_check(self) -> str:
         return self.read(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0])
