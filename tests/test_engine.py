@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from contract.test_unembedded_recall import ANSWER, QUESTION, remember_embedded
 
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
+from agentcache_mcp.embeddings import EmbeddingModelError
 from agentcache_mcp.memory.service import MemoryService
 from agentcache_mcp.memory.validation import InvalidInput
 
@@ -419,3 +423,75 @@ def test_a_date_only_until_in_week_form_covers_the_day() -> None:
 def test_out_of_range_times_are_clear_errors(engine: MemoryService, since: str) -> None:
     with pytest.raises(InvalidInput, match="ISO 8601"):
         engine.recall("note", namespace="ns", since=since)
+
+
+# --- memories without a vector yet (tests/contract/test_unembedded_recall.py holds the promise) ----------
+
+
+class RecordingEmbedder(HashEmbedder):
+    """The fake model, remembering the texts of each call."""
+
+    def __init__(self, fail_on_memories: bool = False) -> None:
+        super().__init__()
+        self.texts: list[list[str]] = []
+        self.fail_on_memories = fail_on_memories
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts.append(list(texts))
+        if self.fail_on_memories and texts != [QUESTION]:
+            raise EmbeddingModelError("the model ran out of memory")
+        return super().embed(texts)
+
+
+def engine_with(db_path: Path, embedder: HashEmbedder, recall_embed_max: int) -> MemoryService:
+    engine = open_memory(Settings(db_path=db_path), embedder=embedder)
+    engine.limits = dataclasses.replace(engine.limits, recall_embed_max=recall_embed_max)
+    return engine
+
+
+def test_a_recall_embeds_at_most_its_bound_of_unembedded_candidates_best_first_and_none_twice(db_path: Path) -> None:
+    embedder = RecordingEmbedder()
+    engine = engine_with(db_path, embedder, recall_embed_max=1)
+    try:
+        remember_embedded(engine)
+        for i in range(4):
+            engine.remember(f"wifi note {i} from the hotel")  # one word of the question: lower BM25
+        answer = engine.remember(ANSWER).id
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION], [ANSWER]]  # the query, then the best keyword match only
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION]]  # kept from the first recall
+        assert engine.pending_embeddings() == 5  # and never written: the writer stores vectors
+        engine.embed_pending()
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION]]  # every candidate has a vector: nothing more is embedded
+    finally:
+        engine.close()
+
+
+def test_past_the_bound_a_memory_without_a_vector_gets_the_median_cosine_not_zero(db_path: Path) -> None:
+    embedder = RecordingEmbedder()
+    engine = engine_with(db_path, embedder, recall_embed_max=0)
+    try:
+        remember_embedded(engine)
+        answer = engine.remember(ANSWER).id
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION]]
+    finally:
+        engine.close()
+
+
+def test_a_recall_still_answers_when_embedding_its_candidates_fails(db_path: Path) -> None:
+    engine = engine_with(db_path, RecordingEmbedder(), recall_embed_max=8)
+    try:
+        remember_embedded(engine)
+        answer = engine.remember(ANSWER).id
+        engine.embedder = RecordingEmbedder(fail_on_memories=True)
+        outcome = engine.recall_outcome(QUESTION, limit=3)
+        assert outcome.retrieval == "hybrid" and outcome.hits[0].id == answer  # ranked with the stand-in cosine
+    finally:
+        engine.close()
