@@ -13,6 +13,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,8 @@ class ServiceLimits:
     recall_embed_max: int = 8
     """At most this many keyword candidates with no vector yet a recall embeds itself (best keyword match first;
     MiniLM took ~9 ms a memory on the 2-core CPU); the rest get the median cosine of the other candidates."""
+    recall_embed_wait_s: float = 0.25
+    """How long a recall waits for those vectors before it uses the stand-in cosine for them too."""
 
 
 @dataclass(slots=True)
@@ -154,6 +158,8 @@ class MemoryService:
         self._caught_up = threading.Event()
         self._catch_up_lock = threading.Lock()
         self._recall_vectors: OrderedDict[int, Vector] = OrderedDict()
+        self._recall_embedding: dict[int, Future[None]] = {}
+        """Memories whose vectors a recall asked for and the model has not returned yet."""
         self._recall_vectors_lock = threading.Lock()
 
     def _namespace(self, namespace: str | None) -> str:
@@ -310,30 +316,51 @@ class MemoryService:
 
     def _vectors_for_recall(self, namespace: str, keys: list[int]) -> dict[int, Vector]:
         """Vectors for the first recall_embed_max of these memories (best first) that have none stored: kept
-        from an earlier recall, or embedded now. Kept in this process only, never written: a recall takes
-        no write lock (the embedding writer stores them, as for every memory). If the model fails, none: the
-        recall still answers, with the stand-in cosine."""
+        from an earlier recall, or embedded now, waited for at most recall_embed_wait_s (the model embeds one
+        batch at a time: behind the embedding writer's, the recall answers with the stand-in cosine, and the
+        vectors, still computed, serve the next recall). Kept in this process only, never written: a recall
+        takes no write lock (the embedding writer stores them, as for every memory)."""
         keys = keys[: self.limits.recall_embed_max]  # the same ones whatever earlier recalls computed
         with self._recall_vectors_lock:
-            found = {k: self._recall_vectors[k] for k in keys if k in self._recall_vectors}
-        wanted = [k for k in keys if k not in found]
-        if not wanted:
-            return found
-        texts = self.backend.memories.texts(namespace, wanted)
-        wanted = [k for k in wanted if k in texts]  # one forgotten meanwhile has nothing to embed
-        if not wanted:
-            return found
-        try:
-            vectors = self.embedder.embed([texts[k] for k in wanted])
-        except EmbeddingModelError as exc:
-            log.warning("embedding %d memories without a vector for a recall failed: %s", len(wanted), exc)
-            return found
+            wanted = [k for k in keys if k not in self._recall_vectors and k not in self._recall_embedding]
+        texts = self.backend.memories.texts(namespace, wanted) if wanted else {}
         with self._recall_vectors_lock:
-            for key, v in zip(wanted, vectors, strict=True):
-                self._recall_vectors[key] = found[key] = np.asarray(v, dtype=np.float32)
-            while len(self._recall_vectors) > RECALL_VECTORS_KEPT:
-                self._recall_vectors.popitem(last=False)
-        return found
+            wanted = [k for k in wanted if k in texts and k not in self._recall_vectors]
+            wanted = [k for k in wanted if k not in self._recall_embedding]
+            if wanted:
+                done: Future[None] = Future()
+                self._recall_embedding.update(dict.fromkeys(wanted, done))
+                # A daemon thread: a shutdown never waits for it (the model call itself runs on the
+                # embedder's own thread).
+                threading.Thread(
+                    target=self._embed_for_recall,
+                    args=(wanted, [texts[k] for k in wanted], done),
+                    name="recall embedding",
+                    daemon=True,
+                ).start()
+            waiting = {self._recall_embedding[k] for k in keys if k in self._recall_embedding}
+        if waiting:
+            futures.wait(waiting, timeout=self.limits.recall_embed_wait_s)
+        with self._recall_vectors_lock:
+            return {k: self._recall_vectors[k] for k in keys if k in self._recall_vectors}
+
+    def _embed_for_recall(self, keys: list[int], texts: list[str], done: Future[None]) -> None:
+        try:
+            vectors = self.embedder.embed(texts)
+            with self._recall_vectors_lock:
+                for key, v in zip(keys, vectors, strict=True):
+                    self._recall_vectors[key] = np.asarray(v, dtype=np.float32)
+                    self._recall_vectors.move_to_end(key)
+                while len(self._recall_vectors) > RECALL_VECTORS_KEPT:
+                    self._recall_vectors.popitem(last=False)
+        except Exception as exc:  # the recall answers with the stand-in cosine; a later one tries again
+            log.warning("embedding %d memories without a vector for a recall failed: %s", len(keys), exc)
+        finally:
+            with self._recall_vectors_lock:
+                for key in keys:
+                    if self._recall_embedding.get(key) is done:
+                        del self._recall_embedding[key]
+            done.set_result(None)
 
     def mark_embeddings_caught_up(self) -> None:
         """The background writer found nothing pending: recalls need not catch up any more."""

@@ -7,6 +7,7 @@ and had a vector outranked the one that shared them all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -30,6 +31,12 @@ PARTIAL_MATCHES = [  # one word of the question each, with a vector
 ]
 
 
+def patient(memory: MemoryService) -> MemoryService:
+    """Recalls wait for the model as long as it takes (how briefly they wait is tests/test_engine.py's)."""
+    memory.limits = dataclasses.replace(memory.limits, recall_embed_wait_s=60.0)
+    return memory
+
+
 def remember_embedded(memory: MemoryService) -> None:
     """The partial matches and some unrelated memories, all with a vector; the writer then caught up."""
     for i, text in enumerate(PARTIAL_MATCHES):
@@ -50,7 +57,7 @@ def assert_same_ranking(waiting: list[tuple[str, float]], embedded: list[tuple[s
 
 
 def test_a_memory_without_a_vector_yet_ranks_as_it_will_once_embedded(service: MemoryService) -> None:
-    remember_embedded(service)
+    remember_embedded(patient(service))
     answer = service.remember(ANSWER).id
     assert service.pending_embeddings() == 1
     waiting = ranking(service)
@@ -63,7 +70,7 @@ def test_a_memory_without_a_vector_yet_ranks_as_it_will_once_embedded(service: M
 
 
 def test_a_memory_claimed_by_a_process_that_died_ranks_as_if_embedded(harness: Harness) -> None:
-    survivor = harness.open(namespace="home", embedding_lease_s=600)
+    survivor = patient(harness.open(namespace="home", embedding_lease_s=600))
     dead = harness.open(namespace="home", embedding_lease_s=600)
     try:
         remember_embedded(survivor)
@@ -90,7 +97,7 @@ def _hash(memory: MemoryService, memory_id: str) -> str:
 def test_right_after_a_10k_import_without_vectors_the_imported_answer_ranks_first(
     service: MemoryService, tmp_path: Path
 ) -> None:
-    remember_embedded(service)
+    remember_embedded(patient(service))
     rng = random.Random(19)
     words = ["turbine", "blade", "inspection", "report", "hangar", "shift", "crew", "torque", "valve", "pump"]
     words += ["garden", "kettle", "wifi", "router"]
