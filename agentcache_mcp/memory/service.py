@@ -323,6 +323,8 @@ class MemoryService:
         keys = keys[: self.limits.recall_embed_max]  # the same ones whatever earlier recalls computed
         with self._recall_vectors_lock:
             wanted = [k for k in keys if k not in self._recall_vectors and k not in self._recall_embedding]
+        if self.stopping.is_set():
+            wanted = []  # shutting down: no new model work
         texts = self.backend.memories.texts(namespace, wanted) if wanted else {}
         with self._recall_vectors_lock:
             wanted = [k for k in wanted if k in texts and k not in self._recall_vectors]
@@ -330,8 +332,7 @@ class MemoryService:
             if wanted:
                 done: Future[None] = Future()
                 self._recall_embedding.update(dict.fromkeys(wanted, done))
-                # A daemon thread: a shutdown never waits for it (the model call itself runs on the
-                # embedder's own thread).
+                # A daemon thread, so that the recall can stop waiting; a shutdown does not wait for it.
                 threading.Thread(
                     target=self._embed_for_recall,
                     args=(wanted, [texts[k] for k in wanted], done),
