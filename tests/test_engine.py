@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from contract.test_unembedded_recall import ANSWER, QUESTION, remember_embedded
 
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
+from agentcache_mcp.embeddings import EmbeddingModelError
+from agentcache_mcp.memory import recall as recall_pipeline
+from agentcache_mcp.memory.model import Hit
 from agentcache_mcp.memory.service import MemoryService
 from agentcache_mcp.memory.validation import InvalidInput
 
@@ -419,3 +425,110 @@ def test_a_date_only_until_in_week_form_covers_the_day() -> None:
 def test_out_of_range_times_are_clear_errors(engine: MemoryService, since: str) -> None:
     with pytest.raises(InvalidInput, match="ISO 8601"):
         engine.recall("note", namespace="ns", since=since)
+
+
+# --- memories without a vector yet (tests/contract/test_unembedded_recall.py holds the promise) ----------
+
+
+class RecordingEmbedder(HashEmbedder):
+    """The fake model, remembering the texts of each call; it fails, or takes `delay_s`, on memories' texts."""
+
+    def __init__(self, fail_on_memories: bool = False, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.texts: list[list[str]] = []
+        self.fail_on_memories = fail_on_memories
+        self.delay_s = delay_s
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts.append(list(texts))
+        if texts != [QUESTION]:
+            if self.fail_on_memories:
+                raise EmbeddingModelError("the model ran out of memory")
+            time.sleep(self.delay_s)
+        return super().embed(texts)
+
+
+def engine_with(db_path: Path, embedder: HashEmbedder, recall_embed_max: int, **limits: float) -> MemoryService:
+    engine = open_memory(Settings(db_path=db_path), embedder=embedder)
+    engine.limits = dataclasses.replace(engine.limits, recall_embed_max=recall_embed_max, **limits)
+    return engine
+
+
+def test_a_recall_embeds_at_most_its_bound_of_unembedded_candidates_best_first_and_none_twice(db_path: Path) -> None:
+    embedder = RecordingEmbedder()
+    engine = engine_with(db_path, embedder, recall_embed_max=1, recall_embed_wait_s=60.0)
+    try:
+        remember_embedded(engine)
+        for i in range(4):
+            engine.remember(f"wifi note {i} from the hotel")  # one word of the question: lower BM25
+        answer = engine.remember(ANSWER).id
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION], [ANSWER]]  # the query, then the best keyword match only
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION]]  # kept from the first recall
+        assert engine.pending_embeddings() == 5  # and never written: the writer stores vectors
+        engine.embed_pending()
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=3)[0].id == answer
+        assert embedder.texts == [[QUESTION]]  # every candidate has a vector: nothing more is embedded
+    finally:
+        engine.close()
+
+
+def position(hits: list[Hit], memory_id: str) -> int:
+    return [h.id for h in hits].index(memory_id)
+
+
+def test_past_the_bound_a_memory_without_a_vector_gets_the_median_cosine_not_zero(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = RecordingEmbedder()
+    engine = engine_with(db_path, embedder, recall_embed_max=0)
+    try:
+        remember_embedded(engine)
+        answer = engine.remember(ANSWER).id
+        embedder.texts.clear()
+        with_stand_in = position(engine.recall(QUESTION, limit=5), answer)
+        assert embedder.texts == [[QUESTION]]
+        monkeypatch.setattr(recall_pipeline, "stand_in_cosines", lambda known, keys: {})
+        as_zero = position(engine.recall(QUESTION, limit=5), answer)
+        assert with_stand_in < as_zero and with_stand_in < 3
+    finally:
+        engine.close()
+
+
+def test_a_recall_still_answers_when_embedding_its_candidates_fails(db_path: Path) -> None:
+    engine = engine_with(db_path, RecordingEmbedder(), recall_embed_max=8)
+    try:
+        remember_embedded(engine)
+        engine.remember(ANSWER)
+        engine.embedder = RecordingEmbedder(fail_on_memories=True)
+        outcome = engine.recall_outcome(QUESTION, limit=5)
+        assert outcome.retrieval == "hybrid"
+        engine.limits = dataclasses.replace(engine.limits, recall_embed_max=0)
+        assert outcome.hits == engine.recall(QUESTION, limit=5)  # ranked with the stand-in cosine
+    finally:
+        engine.close()
+
+
+def test_a_recall_waits_for_a_slow_model_only_briefly_and_the_next_one_has_the_vector(db_path: Path) -> None:
+    # Behind the embedding writer's batch the model answers late: the recall uses the stand-in meanwhile.
+    embedder = RecordingEmbedder(delay_s=3.0)
+    engine = engine_with(db_path, embedder, recall_embed_max=8, recall_embed_wait_s=0.2)
+    try:
+        remember_embedded(engine)
+        answer = engine.remember(ANSWER).id
+        started = time.monotonic()
+        engine.recall(QUESTION, limit=5)
+        assert time.monotonic() - started < 2.5  # not the model's 3 s
+        deadline = time.monotonic() + 30
+        while len(embedder.texts) < 2 or engine._recall_embedding:  # the vector arrives in the background
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        embedder.texts.clear()
+        assert engine.recall(QUESTION, limit=5)[0].id == answer
+        assert embedder.texts == [[QUESTION]]
+    finally:
+        engine.close()

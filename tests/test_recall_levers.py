@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from agentcache_mcp.memory.fusion import (
@@ -17,6 +18,7 @@ from agentcache_mcp.memory.fusion import (
     length_prior,
     mentions_time,
 )
+from agentcache_mcp.memory.recall import unembedded_cosines
 from agentcache_mcp.memory.service import MemoryService
 
 
@@ -142,3 +144,28 @@ def test_the_length_prior_is_for_the_weighted_fusion_only(engine: MemoryService,
     with_prior = dataclasses.replace(plain, length_weight=0.2)
     got = [(h.id, h.score) for h in engine.recall("who is my dentist", namespace="ns", fusion=with_prior)]
     assert got == [(h.id, h.score) for h in engine.recall("who is my dentist", namespace="ns", fusion=plain)]
+
+
+# --- keyword candidates with no vector yet --------------------------------------------------------------
+
+
+def test_a_candidate_embedded_in_the_recall_gets_its_exact_cosine() -> None:
+    query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    fresh = {3: np.array([0.6, 0.8, 0.0], dtype=np.float32)}
+    keyword = {3: 9.0, 1: 4.0}
+    assert unembedded_cosines(query, keyword, {1: 0.2}, fresh) == {3: pytest.approx(0.6)}
+
+
+def test_the_stand_in_cosine_never_passes_the_best_known_one() -> None:
+    # Passing it would change the best cosine, and so every other candidate's scaled score.
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    keyword = {1: 10.0, 2: 5.0, 3: 1.0, 4: 0.5}
+    stand_in = unembedded_cosines(query, keyword, {3: 0.4, 4: 0.1}, {})
+    assert set(stand_in) == {1, 2}
+    assert all(0.0 < s <= 0.4 for s in stand_in.values())
+
+
+def test_where_every_candidate_has_a_vector_nothing_is_added() -> None:
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    assert unembedded_cosines(query, {1: 3.0, 2: 1.0}, {1: 0.5, 2: 0.1, 7: 0.9}, {}) == {}
+    assert unembedded_cosines(query, {}, {7: 0.9}, {}) == {}

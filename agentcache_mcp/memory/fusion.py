@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from typing import Literal
 
@@ -349,6 +350,16 @@ def fuse(keyword: dict[int, float], vector: dict[int, float], params: FusionPara
     for pk, s in _scaled(vector).items():
         fused[pk] = fused.get(pk, 0.0) + (1.0 - w) * s
     return fused
+
+
+def stand_in_cosines(known: list[float], keys: list[int]) -> dict[int, float]:
+    """A cosine for each of `keys`, memories with no vector yet whose own could not be computed in the recall:
+    the median of the `known` cosines of the other candidates (nothing if none is known). Counted as 0, a
+    missing vector lost such a memory to unrelated memories that had one; the median never exceeds the best
+    known cosine, so the other candidates' scaled scores stay as they were."""
+    if not known or not keys:
+        return {}
+    return dict.fromkeys(keys, float(statistics.median(known)))
 
 
 def ranked(scores: dict[int, float]) -> list[tuple[int, float]]:

@@ -5,6 +5,7 @@ Backend-neutral: it speaks only to the ports, and everything it asks for is conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from .fusion import (
     query_terms,
     ranked,
     smooth_with_neighbours,
+    stand_in_cosines,
     term_coverage,
 )
 from .model import Memory, MemoryFilter
@@ -34,10 +36,23 @@ class RecallRequest:
     limit: int
 
 
+EmbedUnembedded = Callable[[str, list[int]], dict[int, Vector]]
+"""(namespace, keys of memories with no stored vector, the most promising first) -> unit vectors computed now
+for as many of them as the caller's bound allows."""
+
+
 def recall(
-    backend: StorageBackend, request: RecallRequest, query_vector: Vector | None, fusion: FusionParams
+    backend: StorageBackend,
+    request: RecallRequest,
+    query_vector: Vector | None,
+    fusion: FusionParams,
+    embed_unembedded: EmbedUnembedded | None = None,
 ) -> list[tuple[Memory, float]]:
-    """The best `limit` memories with their scores. Without a query vector (no model yet) keyword only."""
+    """The best `limit` memories with their scores. Without a query vector (no model yet) keyword only.
+
+    A keyword candidate with no stored vector yet (just written, imported without vectors, or claimed by a
+    process that died) gets its cosine from a vector `embed_unembedded` computes now, or, past that bound, the
+    median cosine of the other candidates: never 0. Where every candidate has a vector nothing changes."""
     where = request.where
     namespace = where.namespace
     assert namespace is not None, "a recall names exactly one namespace"
@@ -50,15 +65,21 @@ def recall(
     if terms:
         keyword = dict(backend.keywords.search(namespace, terms, depth, where, fusion.context_weight))
     vector: dict[int, float] = {}
+    fresh: dict[int, Vector] = {}
     if query_vector is not None and fusion.method != "keyword":
         vector = dict(backend.vectors.search(namespace, query_vector, depth, where))
         if fusion.method != "vector":  # every keyword candidate also gets its exact cosine
             vector.update(backend.vectors.scores_for(namespace, query_vector, [k for k in keyword if k not in vector]))
+            unembedded = [k for k in keyword if k not in vector]  # best BM25 first
+            if unembedded and embed_unembedded is not None:
+                fresh = embed_unembedded(namespace, unembedded)
+            vector.update(unembedded_cosines(query_vector, keyword, vector, fresh))
 
     scores = fuse(keyword, vector, fusion)
     if fusion.feedback_docs > 0 and query_vector is not None and vector and fusion.method == "weighted":
-        query_vector = _with_feedback(backend, namespace, query_vector, scores, fusion)
+        query_vector = _with_feedback(backend, namespace, query_vector, scores, fusion, fresh)
         vector = backend.vectors.scores_for(namespace, query_vector, list(vector))
+        vector.update(unembedded_cosines(query_vector, keyword, vector, fresh))
         scores = fuse(keyword, vector, fusion)
     about_time = fusion.temporal_weight > 0 and asks_about_time(request.text)
     by_length = fusion.length_weight > 0 and fusion.method == "weighted"
@@ -97,12 +118,40 @@ def recall(
     return [(found[k], score) for k, score in ranking if k in found]
 
 
+def unembedded_cosines(
+    query: Vector, keyword: dict[int, float], vector: dict[int, float], fresh: dict[int, Vector]
+) -> dict[int, float]:
+    """The cosines of the keyword candidates missing from `vector` (no stored vector): exact for those with a
+    vector in `fresh`, and for the rest the median cosine of the keyword candidates that have one (of every
+    candidate, if none has)."""
+    missing = [k for k in keyword if k not in vector]
+    if not missing:
+        return {}
+    q = _unit(query)
+    exact = {k: float(_unit(fresh[k]) @ q) for k in missing if k in fresh}
+    known = [s for k, s in vector.items() if k in keyword] + list(exact.values())
+    rest = [k for k in missing if k not in exact]
+    return {**exact, **stand_in_cosines(known or list(vector.values()), rest)}
+
+
+def _unit(v: Vector) -> Vector:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
 def _with_feedback(
-    backend: StorageBackend, namespace: str, query: Vector, scores: dict[int, float], fusion: FusionParams
+    backend: StorageBackend,
+    namespace: str,
+    query: Vector,
+    scores: dict[int, float],
+    fusion: FusionParams,
+    fresh: dict[int, Vector] | None = None,
 ) -> Vector:
-    """The query vector moved toward the mean of the best fused memories' vectors (Rocchio feedback)."""
+    """The query vector moved toward the mean of the best fused memories' vectors (Rocchio feedback); `fresh`:
+    vectors computed in the recall for memories with none stored yet."""
     best = [k for k, _ in ranked(scores)[: fusion.feedback_docs]]
-    found = backend.embeddings.vectors_of(backend.vectors.model_id, best)
+    found = {k: fresh[k] for k in best if fresh and k in fresh}
+    found.update(backend.embeddings.vectors_of(backend.vectors.model_id, [k for k in best if k not in found]))
     if not found:
         return query
     centroid = np.mean([v / max(float(np.linalg.norm(v)), 1e-12) for v in found.values()], axis=0)

@@ -11,9 +11,14 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..config import DEFAULT_MODEL, MODEL_WAIT_S
 from ..embeddings import Embedder, EmbeddingModelError
@@ -67,6 +72,9 @@ SWEEP_IDS_KEPT = 20
 
 CATCH_UP_BATCHES = 2
 """At most this many embedding batches (64 memories each) a recall embeds itself right after the model loads."""
+RECALL_VECTORS_KEPT = 1024
+"""How many vectors a process keeps of those its recalls computed for memories with none stored yet (~1.5 MB
+at 384 dimensions), so repeated recalls during a backlog do not embed the same memories again."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,6 +88,11 @@ class ServiceLimits:
     model_wait_s: float = MODEL_WAIT_S
     """How long a recall waits for the embedding model to finish loading before it answers by keyword only
     (and says so)."""
+    recall_embed_max: int = 8
+    """At most this many keyword candidates with no vector yet a recall embeds itself (best keyword match first;
+    MiniLM took ~9 ms a memory on the 2-core CPU); the rest get the median cosine of the other candidates."""
+    recall_embed_wait_s: float = 0.25
+    """How long a recall waits for those vectors before it uses the stand-in cosine for them too."""
 
 
 @dataclass(slots=True)
@@ -145,6 +158,10 @@ class MemoryService:
         """Set when the server begins to shut down: waits (for the model) end at once."""
         self._caught_up = threading.Event()
         self._catch_up_lock = threading.Lock()
+        self._recall_vectors: OrderedDict[int, Vector] = OrderedDict()
+        self._recall_embedding: dict[int, Future[None]] = {}
+        """Memories whose vectors a recall asked for and the model has not returned yet."""
+        self._recall_vectors_lock = threading.Lock()
 
     def _namespace(self, namespace: str | None) -> str:
         return validate_namespace(self.limits.namespace if namespace is None else namespace)
@@ -242,7 +259,7 @@ class MemoryService:
         note: str | None = "keyword-only ranking was asked for"
         if fusion.method != "keyword":
             query_vector, note = self._query_vector(dense_query_text(query, fusion))
-        ranked = run_recall(self.backend, request, query_vector, fusion)
+        ranked = run_recall(self.backend, request, query_vector, fusion, self._vectors_for_recall)
         if touch and ranked:
             self._record_access([m.key for m, _ in ranked], now)
         # Relevance reads cosines only of the model it was fitted for; another model's are on another scale.
@@ -304,6 +321,55 @@ class MemoryService:
                     )
                 self._caught_up.set()
         return None
+
+    def _vectors_for_recall(self, namespace: str, keys: list[int]) -> dict[int, Vector]:
+        """Vectors for the first recall_embed_max of these memories (best first) that have none stored: kept
+        from an earlier recall, or embedded now, waited for at most recall_embed_wait_s (the model embeds one
+        batch at a time: behind the embedding writer's, the recall answers with the stand-in cosine, and the
+        vectors, still computed, serve the next recall). Kept in this process only, never written: a recall
+        takes no write lock (the embedding writer stores them, as for every memory)."""
+        keys = keys[: self.limits.recall_embed_max]  # the same ones whatever earlier recalls computed
+        with self._recall_vectors_lock:
+            wanted = [k for k in keys if k not in self._recall_vectors and k not in self._recall_embedding]
+        if self.stopping.is_set():
+            wanted = []  # shutting down: no new model work
+        texts = self.backend.memories.texts(namespace, wanted) if wanted else {}
+        with self._recall_vectors_lock:
+            wanted = [k for k in wanted if k in texts and k not in self._recall_vectors]
+            wanted = [k for k in wanted if k not in self._recall_embedding]
+            if wanted:
+                done: Future[None] = Future()
+                self._recall_embedding.update(dict.fromkeys(wanted, done))
+                # A daemon thread, so that the recall can stop waiting; a shutdown does not wait for it.
+                threading.Thread(
+                    target=self._embed_for_recall,
+                    args=(wanted, [texts[k] for k in wanted], done),
+                    name="recall embedding",
+                    daemon=True,
+                ).start()
+            waiting = {self._recall_embedding[k] for k in keys if k in self._recall_embedding}
+        if waiting:
+            futures.wait(waiting, timeout=self.limits.recall_embed_wait_s)
+        with self._recall_vectors_lock:
+            return {k: self._recall_vectors[k] for k in keys if k in self._recall_vectors}
+
+    def _embed_for_recall(self, keys: list[int], texts: list[str], done: Future[None]) -> None:
+        try:
+            vectors = self.embedder.embed(texts)
+            with self._recall_vectors_lock:
+                for key, v in zip(keys, vectors, strict=True):
+                    self._recall_vectors[key] = np.asarray(v, dtype=np.float32)
+                    self._recall_vectors.move_to_end(key)
+                while len(self._recall_vectors) > RECALL_VECTORS_KEPT:
+                    self._recall_vectors.popitem(last=False)
+        except Exception as exc:  # the recall answers with the stand-in cosine; a later one tries again
+            log.warning("embedding %d memories without a vector for a recall failed: %s", len(keys), exc)
+        finally:
+            with self._recall_vectors_lock:
+                for key in keys:
+                    if self._recall_embedding.get(key) is done:
+                        del self._recall_embedding[key]
+            done.set_result(None)
 
     def mark_embeddings_caught_up(self) -> None:
         """The background writer found nothing pending: recalls need not catch up any more."""
