@@ -132,9 +132,15 @@ def test_texts_that_say_the_same_thing_state_the_same_facts(a: str, b: str) -> N
         ("Bob should approve every release", "Bob must approve every release"),
         ("The door code is on the fridge", "The door code is under the fridge"),
         ("Store API keys in the vault", "Store API keys outside the vault"),
+        ("The user likes all of the proposals", "The user likes some of the proposals"),  # 0.957
+        # symbols the model does not see at all (cosine 1.000): emoji, check marks, stars
+        ("Integration tests on main: ✅", "Integration tests on main: ❌"),
+        ("Deploy status for the billing service: ✅ passed", "Deploy status for the billing service: ❌ passed"),
+        ("Mood after the call: 😀", "Mood after the call: 😢"),
+        ("User rating of the hotel: ★★★★★", "User rating of the hotel: ★★"),  # 0.968
     ],
 )
-def test_texts_that_differ_in_a_direction_a_position_or_an_obligation_do_not_state_the_same_facts(a: str, b: str) -> None:
+def test_texts_that_differ_in_a_direction_a_position_an_obligation_a_quantity_or_a_symbol_do_not_state_the_same_facts(a: str, b: str) -> None:
     assert not same_facts(a, b)
     assert not same_facts(b, a)
 
@@ -145,9 +151,11 @@ def test_texts_that_differ_in_a_direction_a_position_or_an_obligation_do_not_sta
         ("The meeting is on Tuesday at 3pm", "Meeting: Tuesday, 3pm"),
         ("The spare key is in the drawer", "spare key: drawer"),
         ("Bob should approve every release", "Every release: Bob should approve"),
+        ("Bob should approve every release", "Bob should approve each release"),
+        ("Integration tests on main: ✅", "✅️ integration tests on main"),
     ],
 )
-def test_a_direction_or_position_word_left_out_is_not_another_fact(a: str, b: str) -> None:
+def test_a_direction_or_position_word_left_out_or_a_symbol_moved_is_not_another_fact(a: str, b: str) -> None:
     assert same_facts(a, b)
     assert same_facts(b, a)
 
