@@ -13,10 +13,12 @@ compared here without any model, as two sets that must be equal:
   since keys and passwords are case-sensitive), e-mail addresses, URLs, and negation (not, never, n't...).
 - words: every other word, case and accents aside ('Núñez' = 'NUNEZ'), without function words and filler
   ('please note that', 'I think', 'FYI').
-- contrasts: the short words that set a direction, a position or an obligation ('to' / 'from', 'in' / 'out',
-  'on' / 'off' / 'under', 'above' / 'below', 'up' / 'down', 'should' / 'must'). Function words, but where
-  both texts use one of a kind they must use the same ones ('flying to Paris' is not 'flying from Paris',
-  0.986 alike); one left out is a paraphrase ('the meeting is on Tuesday' = 'meeting: Tuesday').
+- symbols: check marks, emoji, stars ('tests: ✅' / 'tests: ❌' score 1.000 alike: the model reads none).
+- contrasts: the short words that set a direction, a position, an obligation or a quantity ('to' / 'from',
+  'in' / 'out', 'on' / 'off' / 'under', 'above' / 'below', 'up' / 'down', 'should' / 'must', 'all' / 'some').
+  Function words, but where both texts use one of a kind they must use the same ones ('flying to Paris' is
+  not 'flying from Paris', 0.986 alike); one left out is a paraphrase ('the meeting is on Tuesday' =
+  'meeting: Tuesday'), and 'each' = 'every'.
 
 What this lets through on purpose: case, punctuation, spacing, word order, filler, and numbers written
 another way. What it cannot see: swapped roles ("Alice owes Bob" / "Bob owes Alice"; "Mia is 8, Noah is 5"
@@ -42,7 +44,7 @@ class SalientFacts:
     words: frozenset[str]
     """Every other word, case and accents aside, without function words and filler."""
     contrasts: frozenset[tuple[str, str]] = frozenset()
-    """(kind, word) of the direction, position and obligation words (CONTRASTS)."""
+    """(kind, word) of the direction, position, obligation and quantity words (CONTRASTS)."""
 
 
 def same_facts(a: str, b: str) -> bool:
@@ -219,6 +221,7 @@ CONTRASTS = {
     ),
     **dict.fromkeys(_words("up down"), "level"),
     **dict.fromkeys(_words("can could should must may might will would shall"), "modal"),
+    **dict.fromkeys(_words("all some any both only every each"), "quantity"),
 }
 """Function words (in STOPWORDS) that still state a fact: see _contrasts_agree."""
 FILLERS = frozenset(
@@ -413,6 +416,8 @@ def salient_facts(text: str) -> SalientFacts:
             continue
         for part in WORD.findall(core):
             _read_word(part, exact, words, contrasts)
+        if symbols := "".join(c for c in core if unicodedata.category(c) == "So"):
+            exact.add(f"symbol:{symbols}")  # ✅ / ❌, emoji, ★★: the model reads none of them
 
     return SalientFacts(frozenset(exact), frozenset(words), frozenset(contrasts))
 
@@ -427,7 +432,7 @@ def _read_word(part: str, exact: set[str], words: set[str], contrasts: set[tuple
         exact.add(fact)
         return
     if low in CONTRASTS:
-        contrasts.add((CONTRASTS[low], low))
+        contrasts.add((CONTRASTS[low], "every" if low == "each" else low))
         return
     base = low.split("'")[0]  # the user's = the user
     if low not in STOPWORDS and base not in STOPWORDS and low not in FILLERS:
