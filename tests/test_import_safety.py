@@ -584,6 +584,30 @@ def test_the_command_line_says_what_an_interrupted_import_left_and_a_second_run_
         memory.close()
 
 
+def test_ctrl_c_while_applying_says_what_was_added_and_that_a_second_run_completes_it(tmp_path: Path) -> None:
+    """README: if applying stops half-way (Ctrl-C included), an error says how many memories were added."""
+    from agentcache_mcp.backends.sqlite.repository import SqliteMemories
+
+    db = str(tmp_path / "memory.db")
+    path = write_file(tmp_path / "many.jsonl", [record(n) for n in range(1200)])
+    real = SqliteMemories.restore
+    calls: list[int] = []
+
+    def interrupted(self: SqliteMemories, items: Any) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqliteMemories, "restore", interrupted)
+        code, err = cli_run(["--db", db, "import", str(path)])
+    assert code == 130 and len(err.splitlines()) == 1, err
+    found = re.search(r"import interrupted: stopped after (\d+) memories were added \(in 1 whole batch\)", err)
+    assert found and "Import the same file again" in err and "): ." not in err, err
+    assert cli_run(["--db", db, "import", str(path)]) == (0, "")
+
+
 def test_a_refused_line_is_applied_neither_through_a_copy_of_it_nor_in_part(store: MemoryService, tmp_path: Path) -> None:
     theirs = store.remember("their private fact", namespace="other")
     hiding = record(1, superseded_by=theirs.id)
