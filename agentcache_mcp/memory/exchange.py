@@ -581,9 +581,10 @@ class ImportInterrupted(RuntimeError):
     adds the rest, and nothing twice."""
 
     def __init__(self, report: ImportReport, cause: BaseException):
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else str(cause) or type(cause).__name__
         super().__init__(
             f"stopped after {report.added} memories were added (in {report.batches} whole "
-            f"{'batch' if report.batches == 1 else 'batches'}): {cause}. "
+            f"{'batch' if report.batches == 1 else 'batches'}): {why}. "
             "Import the same file again to add the rest: what is already there is skipped, nothing is added twice."
         )
         self.report = report
@@ -781,7 +782,7 @@ def _import(
     report.skipped_existing = len(plan.repeated)
     try:
         _apply(memory, valid(), report, total, progress, batch_size)
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what stayed applied
         raise ImportInterrupted(report, exc) from exc
     finally:
         if report.added:
