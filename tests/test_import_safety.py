@@ -435,6 +435,28 @@ def test_ids_and_supersession_never_reach_into_another_namespace(store: MemorySe
     assert got == {"IMPORTED000001": "IMPORTED000002", "IMPORTED000002": None, "IMPORTED000003": None}
 
 
+def test_a_file_whose_memories_supersede_each_other_in_a_cycle_is_refused(store: MemoryService, tmp_path: Path) -> None:
+    """No export holds a cycle (a memory is only superseded by a live one): a file that does would hide every
+    memory of it from recall, list and the UI, with nothing live left to stand for them."""
+    before = everything(store)
+    path = write_file(
+        tmp_path / "cycle.jsonl",
+        [record(1, superseded_by="IMPORTED000002"), record(2, superseded_by="IMPORTED000003"),
+         record(3, superseded_by="IMPORTED000001"), record(4, superseded_by="IMPORTED000004"), record(5)],
+    )  # fmt: skip
+    with pytest.raises(ImportRefused) as refused:
+        run_import(store, path)
+    message = str(refused.value)
+    assert "3 invalid line(s)" in message and all(f"line {n}: superseded_by" in message for n in (2, 3, 4)), message
+    assert "cycle" in message
+    assert everything(store) == before
+    report = run_import(store, path, skip_invalid=True)
+    assert (report.added, [n for n, _ in report.invalid]) == (2, [2, 3, 4])
+    assert {h.id for h in store.recall("imported memory number", namespace="imported", limit=10)} == {
+        "IMPORTED000004", "IMPORTED000005"
+    }  # fmt: skip
+
+
 # --- read once -------------------------------------------------------------------------------------------
 
 
