@@ -619,6 +619,8 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
     contents: set[tuple[str, str]] = set()
     references: list[tuple[str, str, str]] = []
     """(where, namespace, superseded_by) of the records that name one."""
+    successor: dict[str, str] = {}
+    """id -> the id it is superseded by, of the records that name one."""
     page: list[Record] = []
 
     def check_page() -> None:
@@ -676,6 +678,7 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
         in_file[m.id] = (m.namespace, m.content_hash, item.where)
         if m.superseded_by is not None:
             references.append((item.where, m.namespace, m.superseded_by))
+            successor[m.id] = m.superseded_by
         page.append(item)
         if len(page) == PAGE:
             check_page()
@@ -708,6 +711,34 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 plan.skipped -= 1
             else:
                 plan.added -= 1
+    # A cycle (a -> b -> a) hides every memory of it, with nothing live left to stand for them; no export
+    # holds one (a memory is only superseded by a live one). Each id is walked once: linear in the file.
+    links = {i: t for i, t in successor.items() if in_file[i][2] not in plan.refused and in_file[i][2] not in plan.unlinked}
+    state: dict[str, int] = {}  # 1: on the walk now, 2: done
+    for first in links:
+        walk: list[str] = []
+        at: str | None = first
+        while at is not None and at in links and at not in state:
+            state[at] = 1
+            walk.append(at)
+            at = links[at]
+        if at is not None and state.get(at) == 1:  # came back to this walk: the ids from `at` on are a cycle
+            cycle = walk[walk.index(at) :]
+            for memory_id in cycle:
+                where = in_file[memory_id][2]
+                if where in plan.refused:
+                    continue
+                plan.refused[where] = (
+                    f"superseded_by {links[memory_id]!r} closes a cycle of {len(cycle)} memories superseding "
+                    "each other: every one would be hidden"
+                )
+                plan.valid -= 1
+                if where in skipped:
+                    plan.skipped -= 1
+                else:
+                    plan.added -= 1
+        for memory_id in walk:
+            state[memory_id] = 2
     return plan
 
 
