@@ -457,6 +457,33 @@ def test_a_file_whose_memories_supersede_each_other_in_a_cycle_is_refused(store:
     }  # fmt: skip
 
 
+def test_a_memory_superseded_by_one_whose_text_is_already_stored_stays_superseded(
+    store: MemoryService, tmp_path: Path
+) -> None:
+    """Merging another store's export: its correction is skipped (this store has its text, under another id),
+    and the memory it corrected must stay superseded, not come back to recall through a pointer to an id no
+    memory has."""
+    here = store.remember("The office is at 12 Rue Cler", namespace="imported")
+    path = write_file(
+        tmp_path / "merge.jsonl",
+        [
+            record(1, text="The office is at 3 Rue Mouffetard", superseded_by="IMPORTED000002"),
+            record(2, text="The office is at 12 Rue Cler"),  # skipped: stored already, as `here`
+            record(3, text="The lab is at 5 Quai Branly", superseded_by="IMPORTED000004"),
+            record(4, text="The lab is at 9 Quai Branly"),
+            record(5, text="The lab is at 9 Quai Branly"),  # the same text again under another id: skipped
+            record(6, text="The lab is at 7 Quai Branly", superseded_by="IMPORTED000005"),
+        ],
+    )
+    report = run_import(store, path)
+    assert (report.added, report.skipped_existing) == (4, 2)
+    got = {m.id: m.superseded_by for m in store.backend.memories.find(MemoryFilter("imported"))}
+    assert got["IMPORTED000001"] == here.id
+    assert got["IMPORTED000003"] == "IMPORTED000004" and got["IMPORTED000006"] == "IMPORTED000004"
+    found = {h.text for h in store.recall("where is the office and the lab", namespace="imported", limit=10)}
+    assert found == {"The office is at 12 Rue Cler", "The lab is at 9 Quai Branly"}
+
+
 # --- read once -------------------------------------------------------------------------------------------
 
 
