@@ -483,6 +483,21 @@ def test_a_memory_superseded_by_one_whose_text_is_already_stored_stays_supersede
     found = {h.text for h in store.recall("where is the office and the lab", namespace="imported", limit=10)}
     assert found == {"The office is at 12 Rue Cler", "The lab is at 9 Quai Branly"}
 
+    # and a cycle through such a record is still a cycle: 7 -> 8 -> 9, 9 standing for 7 (the same text)
+    path = write_file(
+        tmp_path / "loop.jsonl",
+        [
+            record(7, superseded_by="IMPORTED000008"),
+            record(8, superseded_by="IMPORTED000009"),
+            record(9, text=record(7)["text"]),
+            record(10, superseded_by="IMPORTED000011"),
+            record(11, text=record(10)["text"]),  # 10 would be superseded by itself
+        ],
+    )
+    with pytest.raises(ImportRefused) as refused:
+        run_import(store, path)
+    assert "3 invalid line(s)" in str(refused.value) and "cycle" in str(refused.value), str(refused.value)
+
 
 # --- read once -------------------------------------------------------------------------------------------
 
