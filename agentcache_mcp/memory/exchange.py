@@ -600,6 +600,9 @@ class _Plan:
     unlinked: set[str] = field(default_factory=set)
     """Lines whose superseded_by names no memory in the file or the store: stored as not superseded (what a
     dangling pointer means to every read, without the risk of a later memory taking that id)."""
+    stands_for: dict[str, str] = field(default_factory=dict)
+    """id -> the id of the memory with its text and namespace (stored, or earlier in the file), of the records
+    skipped for that memory: a superseded_by naming a skipped record names that memory instead."""
     repeated: set[tuple[str, str]] = field(default_factory=set)
     """(where, id) of the records that repeat an earlier line's memory exactly: skipped, never applied (the
     check of the first stands for both)."""
@@ -616,7 +619,8 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
     """Records counted as skipped (already stored, or twice in the file)."""
     in_file: dict[str, tuple[str, str, str]] = {}
     """id -> (namespace, content_hash, where) of each record seen."""
-    contents: set[tuple[str, str]] = set()
+    contents: dict[tuple[str, str], str] = {}
+    """(namespace, content_hash) -> the id of the first record with it."""
     references: list[tuple[str, str, str]] = []
     """(where, namespace, superseded_by) of the records that name one."""
     successor: dict[str, str] = {}
@@ -626,7 +630,7 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
     def check_page() -> None:
         stored = {m.id: m for m in memory.backend.memories.get(None, [r.memory.id for r in page])}
         by_content = {
-            (m.namespace, m.content_hash)
+            (m.namespace, m.content_hash): m.id
             for m in memory.backend.memories.find_by_content(
                 [(r.memory.namespace, r.memory.content_hash) for r in page if r.memory.id not in stored]
             )
@@ -649,12 +653,15 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                     f"namespace {m.namespace!r}, it would hide that memory"
                 )
                 continue
-            if there is not None or (m.namespace, m.content_hash) in by_content or (m.namespace, m.content_hash) in contents:
+            same = by_content.get((m.namespace, m.content_hash)) or contents.get((m.namespace, m.content_hash))
+            if there is not None or same is not None:
                 plan.skipped += 1
                 skipped.add(r.where)
+                if there is None and same is not None:
+                    plan.stands_for[m.id] = same
             else:
                 plan.added += 1
-            contents.add((m.namespace, m.content_hash))
+            contents.setdefault((m.namespace, m.content_hash), m.id)
             plan.valid += 1
         page.clear()
 
@@ -713,7 +720,12 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 plan.added -= 1
     # A cycle (a -> b -> a) hides every memory of it, with nothing live left to stand for them; no export
     # holds one (a memory is only superseded by a live one). Each id is walked once: linear in the file.
-    links = {i: t for i, t in successor.items() if in_file[i][2] not in plan.refused and in_file[i][2] not in plan.unlinked}
+    # (as the apply stores them: a skipped record is not stored, and a pointer to one names the memory it stands for)
+    links = {
+        i: plan.stands_for.get(t, t)
+        for i, t in successor.items()
+        if in_file[i][2] not in plan.refused and in_file[i][2] not in plan.unlinked and i not in plan.stands_for
+    }
     state: dict[str, int] = {}  # 1: on the walk now, 2: done
     for first in links:
         walk: list[str] = []
@@ -808,6 +820,8 @@ def _import(
                 continue
             if item.where in plan.unlinked:
                 item.memory.superseded_by = None
+            elif item.memory.superseded_by in plan.stands_for:
+                item.memory.superseded_by = plan.stands_for[item.memory.superseded_by]
             yield item.memory, item.vector
 
     report.skipped_existing = len(plan.repeated)
