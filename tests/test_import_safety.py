@@ -260,6 +260,10 @@ def hostile_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
     add("NUL in an id", [record(1, id="ABC\u0000DEF")], "line 2: id")
     add("a lone surrogate in an id", [json.dumps(record(1)).replace("IMPORTED000001", "IMPORTED\\ud800")], "line 2: id")
     add("an escape sequence in an id", [record(1, id="ABC\u001b[31mDEF")], "line 2: id")
+    # a browser resolves the UI's /ui/memory/.. (and /ui/memory/%2e%2e) to /ui/: that memory's page, its edit
+    # and forget forms could never be reached
+    add("an id that is a dot segment", [record(1, id="..")], "line 2: id")
+    add("an id that is one dot", [record(1, id=".")], "line 2: id")
     add("a lone surrogate in superseded_by", [json.dumps(record(1)).replace('"superseded_by": null', '"superseded_by": "\\udfff"')], "line 2: superseded_by")
     add("a raw NUL byte", [json.dumps(record(1)).replace("memory number", "memory\x00number")], "line 2: not JSON")
     add("an object for tags", [record(1, tags={"a": 1})], "line 2: tags must be a list")
