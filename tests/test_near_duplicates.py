@@ -138,9 +138,16 @@ def test_texts_that_say_the_same_thing_state_the_same_facts(a: str, b: str) -> N
         ("Deploy status for the billing service: ✅ passed", "Deploy status for the billing service: ❌ passed"),
         ("Mood after the call: 😀", "Mood after the call: 😢"),
         ("User rating of the hotel: ★★★★★", "User rating of the hotel: ★★"),  # 0.968
+        # a person or a connective: 0.961-0.984
+        (
+            "The user said that he will handle the release notes for the mobile app this sprint",
+            "The user said that she will handle the release notes for the mobile app this sprint",
+        ),
+        ("My manager approved the budget for the offsite", "Your manager approved the budget for the offsite"),
+        ("The user speaks French and German", "The user speaks French or German"),
     ],
 )
-def test_texts_that_differ_in_a_direction_a_position_an_obligation_a_quantity_or_a_symbol_do_not_state_the_same_facts(a: str, b: str) -> None:
+def test_texts_that_differ_in_a_small_word_that_matters_or_a_symbol_do_not_state_the_same_facts(a: str, b: str) -> None:
     assert not same_facts(a, b)
     assert not same_facts(b, a)
 
@@ -153,6 +160,8 @@ def test_texts_that_differ_in_a_direction_a_position_an_obligation_a_quantity_or
         ("Bob should approve every release", "Every release: Bob should approve"),
         ("Bob should approve every release", "Bob should approve each release"),
         ("Integration tests on main: ✅", "✅️ integration tests on main"),
+        ("I think the dentist is on Tuesday at 3pm", "The dentist is on Tuesday at 3pm"),
+        ("He said his flight lands at 7:45", "His flight lands at 7:45, he said"),
     ],
 )
 def test_a_direction_or_position_word_left_out_or_a_symbol_moved_is_not_another_fact(a: str, b: str) -> None:
