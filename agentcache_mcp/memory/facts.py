@@ -14,11 +14,12 @@ compared here without any model, as two sets that must be equal:
 - words: every other word, case and accents aside ('Núñez' = 'NUNEZ'), without function words and filler
   ('please note that', 'I think', 'FYI').
 - symbols: check marks, emoji, stars ('tests: ✅' / 'tests: ❌' score 1.000 alike: the model reads none).
-- contrasts: the short words that set a direction, a position, an obligation or a quantity ('to' / 'from',
-  'in' / 'out', 'on' / 'off' / 'under', 'above' / 'below', 'up' / 'down', 'should' / 'must', 'all' / 'some').
+- contrasts: the short words that set a direction, a position, an obligation, a quantity, a person or a
+  connective ('to' / 'from', 'in' / 'out', 'on' / 'off' / 'under', 'above' / 'below', 'up' / 'down',
+  'should' / 'must', 'all' / 'some', 'he' / 'she', 'my' / 'your', 'and' / 'or').
   Function words, but where both texts use one of a kind they must use the same ones ('flying to Paris' is
   not 'flying from Paris', 0.986 alike); one left out is a paraphrase ('the meeting is on Tuesday' =
-  'meeting: Tuesday'), and 'each' = 'every'.
+  'meeting: Tuesday'), 'each' = 'every', and a pronoun counts as its person ('he ... his').
 
 What this lets through on purpose: case, punctuation, spacing, word order, filler, and numbers written
 another way. What it cannot see: swapped roles ("Alice owes Bob" / "Bob owes Alice"; "Mia is 8, Noah is 5"
@@ -44,7 +45,7 @@ class SalientFacts:
     words: frozenset[str]
     """Every other word, case and accents aside, without function words and filler."""
     contrasts: frozenset[tuple[str, str]] = frozenset()
-    """(kind, word) of the direction, position, obligation and quantity words (CONTRASTS)."""
+    """(kind, word) of the direction, position, obligation, quantity, person and connective words (CONTRASTS)."""
 
 
 def same_facts(a: str, b: str) -> bool:
@@ -222,7 +223,18 @@ CONTRASTS = {
     **dict.fromkeys(_words("up down"), "level"),
     **dict.fromkeys(_words("can could should must may might will would shall"), "modal"),
     **dict.fromkeys(_words("all some any both only every each"), "quantity"),
+    **dict.fromkeys(_words("and or"), "connective"),
+    **{w: "person" for w in _words("i me my mine we us our ours you your yours he him his she her hers they them their theirs")},
 }
+PERSONS = {
+    **dict.fromkeys(_words("i me my mine"), "i"),
+    **dict.fromkeys(_words("we us our ours"), "we"),
+    **dict.fromkeys(_words("you your yours"), "you"),
+    **dict.fromkeys(_words("he him his"), "he"),
+    **dict.fromkeys(_words("she her hers"), "she"),
+    **dict.fromkeys(_words("they them their theirs"), "they"),
+}
+"""A pronoun counts as its person: 'he ... his' is one person."""
 """Function words (in STOPWORDS) that still state a fact: see _contrasts_agree."""
 FILLERS = frozenset(
     _words("""please note noted notes fyi btw reminder remember remind important tip heads headsup apparently
@@ -432,7 +444,7 @@ def _read_word(part: str, exact: set[str], words: set[str], contrasts: set[tuple
         exact.add(fact)
         return
     if low in CONTRASTS:
-        contrasts.add((CONTRASTS[low], "every" if low == "each" else low))
+        contrasts.add((CONTRASTS[low], "every" if low == "each" else PERSONS.get(low, low)))
         return
     base = low.split("'")[0]  # the user's = the user
     if low not in STOPWORDS and base not in STOPWORDS and low not in FILLERS:
