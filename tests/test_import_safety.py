@@ -503,6 +503,23 @@ def test_a_memory_superseded_by_one_whose_text_is_already_stored_stays_supersede
     assert "3 invalid line(s)" in str(refused.value) and "cycle" in str(refused.value), str(refused.value)
 
 
+def test_a_record_skipped_for_the_text_of_a_refused_line_is_imported_and_keeps_what_names_it(
+    store: MemoryService, tmp_path: Path
+) -> None:
+    theirs = store.remember("their private fact", namespace="other")
+    path = write_file(
+        tmp_path / "refused-first.jsonl",
+        [
+            record(1, text="the same text", superseded_by=theirs.id),  # refused: another namespace's memory
+            record(2, text="the same text"),
+            record(3, superseded_by="IMPORTED000002"),
+        ],
+    )
+    run_import(store, path, skip_invalid=True)
+    got = {m.id: m.superseded_by for m in store.backend.memories.find(MemoryFilter("imported"))}
+    assert got == {"IMPORTED000002": None, "IMPORTED000003": "IMPORTED000002"}
+
+
 # --- read once -------------------------------------------------------------------------------------------
 
 
