@@ -718,6 +718,7 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 plan.skipped -= 1
             else:
                 plan.added -= 1
+    _drop_refused_stand_ins(plan, in_file)
     # A cycle (a -> b -> a) hides every memory of it, with nothing live left to stand for them; no export
     # holds one (a memory is only superseded by a live one). Each id is walked once: linear in the file.
     # (as the apply stores them: a skipped record is not stored, and a pointer to one names the memory it stands for)
@@ -751,7 +752,18 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                     plan.added -= 1
         for memory_id in walk:
             state[memory_id] = 2
+    _drop_refused_stand_ins(plan, in_file)
     return plan
+
+
+def _drop_refused_stand_ins(plan: _Plan, in_file: dict[str, tuple[str, str, str]]) -> None:
+    """A record skipped for the text of a line refused after all is applied itself (the apply inserts every
+    line not refused; the store's unique text index decides), so what names it keeps naming it."""
+    plan.stands_for = {
+        skipped_id: same
+        for skipped_id, same in plan.stands_for.items()
+        if same not in in_file or in_file[same][2] not in plan.refused
+    }
 
 
 def import_jsonl(
