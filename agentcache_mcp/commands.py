@@ -732,7 +732,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             except ImportRefused as exc:
                 raise CommandFailed(f"import refused: {exc}") from None
             except ImportInterrupted as exc:
-                raise CommandFailed(f"import interrupted: {exc}") from None
+                code = EXIT_INTERRUPTED if isinstance(exc.__cause__, KeyboardInterrupt) else EXIT_FAILED
+                raise CommandFailed(f"import interrupted: {exc}", code) from None
             except OSError as exc:
                 raise CommandFailed(f"cannot import {path}: {exc.strerror or exc}; nothing was imported") from None
         pending = memory.pending_embeddings() if report.applied else 0

@@ -260,6 +260,10 @@ def hostile_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
     add("NUL in an id", [record(1, id="ABC\u0000DEF")], "line 2: id")
     add("a lone surrogate in an id", [json.dumps(record(1)).replace("IMPORTED000001", "IMPORTED\\ud800")], "line 2: id")
     add("an escape sequence in an id", [record(1, id="ABC\u001b[31mDEF")], "line 2: id")
+    # a browser resolves the UI's /ui/memory/.. (and /ui/memory/%2e%2e) to /ui/: that memory's page, its edit
+    # and forget forms could never be reached
+    add("an id that is a dot segment", [record(1, id="..")], "line 2: id")
+    add("an id that is one dot", [record(1, id=".")], "line 2: id")
     add("a lone surrogate in superseded_by", [json.dumps(record(1)).replace('"superseded_by": null', '"superseded_by": "\\udfff"')], "line 2: superseded_by")
     add("a raw NUL byte", [json.dumps(record(1)).replace("memory number", "memory\x00number")], "line 2: not JSON")
     add("an object for tags", [record(1, tags={"a": 1})], "line 2: tags must be a list")
@@ -435,6 +439,87 @@ def test_ids_and_supersession_never_reach_into_another_namespace(store: MemorySe
     assert got == {"IMPORTED000001": "IMPORTED000002", "IMPORTED000002": None, "IMPORTED000003": None}
 
 
+def test_a_file_whose_memories_supersede_each_other_in_a_cycle_is_refused(store: MemoryService, tmp_path: Path) -> None:
+    """No export holds a cycle (a memory is only superseded by a live one): a file that does would hide every
+    memory of it from recall, list and the UI, with nothing live left to stand for them."""
+    before = everything(store)
+    path = write_file(
+        tmp_path / "cycle.jsonl",
+        [record(1, superseded_by="IMPORTED000002"), record(2, superseded_by="IMPORTED000003"),
+         record(3, superseded_by="IMPORTED000001"), record(4, superseded_by="IMPORTED000004"), record(5)],
+    )  # fmt: skip
+    with pytest.raises(ImportRefused) as refused:
+        run_import(store, path)
+    message = str(refused.value)
+    assert "3 invalid line(s)" in message and all(f"line {n}: superseded_by" in message for n in (2, 3, 4)), message
+    assert "cycle" in message
+    assert everything(store) == before
+    report = run_import(store, path, skip_invalid=True)
+    assert (report.added, [n for n, _ in report.invalid]) == (2, [2, 3, 4])
+    assert {h.id for h in store.recall("imported memory number", namespace="imported", limit=10)} == {
+        "IMPORTED000004", "IMPORTED000005"
+    }  # fmt: skip
+
+
+def test_a_memory_superseded_by_one_whose_text_is_already_stored_stays_superseded(
+    store: MemoryService, tmp_path: Path
+) -> None:
+    """Merging another store's export: its correction is skipped (this store has its text, under another id),
+    and the memory it corrected must stay superseded, not come back to recall through a pointer to an id no
+    memory has."""
+    here = store.remember("The office is at 12 Rue Cler", namespace="imported")
+    path = write_file(
+        tmp_path / "merge.jsonl",
+        [
+            record(1, text="The office is at 3 Rue Mouffetard", superseded_by="IMPORTED000002"),
+            record(2, text="The office is at 12 Rue Cler"),  # skipped: stored already, as `here`
+            record(3, text="The lab is at 5 Quai Branly", superseded_by="IMPORTED000004"),
+            record(4, text="The lab is at 9 Quai Branly"),
+            record(5, text="The lab is at 9 Quai Branly"),  # the same text again under another id: skipped
+            record(6, text="The lab is at 7 Quai Branly", superseded_by="IMPORTED000005"),
+        ],
+    )
+    report = run_import(store, path)
+    assert (report.added, report.skipped_existing) == (4, 2)
+    got = {m.id: m.superseded_by for m in store.backend.memories.find(MemoryFilter("imported"))}
+    assert got["IMPORTED000001"] == here.id
+    assert got["IMPORTED000003"] == "IMPORTED000004" and got["IMPORTED000006"] == "IMPORTED000004"
+    found = {h.text for h in store.recall("where is the office and the lab", namespace="imported", limit=10)}
+    assert found == {"The office is at 12 Rue Cler", "The lab is at 9 Quai Branly"}
+
+    # and a cycle through such a record is still a cycle: 7 -> 8 -> 9, 9 standing for 7 (the same text)
+    path = write_file(
+        tmp_path / "loop.jsonl",
+        [
+            record(7, superseded_by="IMPORTED000008"),
+            record(8, superseded_by="IMPORTED000009"),
+            record(9, text=record(7)["text"]),
+            record(10, superseded_by="IMPORTED000011"),
+            record(11, text=record(10)["text"]),  # 10 would be superseded by itself
+        ],
+    )
+    with pytest.raises(ImportRefused) as refused:
+        run_import(store, path)
+    assert "3 invalid line(s)" in str(refused.value) and "cycle" in str(refused.value), str(refused.value)
+
+
+def test_a_record_skipped_for_the_text_of_a_refused_line_is_imported_and_keeps_what_names_it(
+    store: MemoryService, tmp_path: Path
+) -> None:
+    theirs = store.remember("their private fact", namespace="other")
+    path = write_file(
+        tmp_path / "refused-first.jsonl",
+        [
+            record(1, text="the same text", superseded_by=theirs.id),  # refused: another namespace's memory
+            record(2, text="the same text"),
+            record(3, superseded_by="IMPORTED000002"),
+        ],
+    )
+    run_import(store, path, skip_invalid=True)
+    got = {m.id: m.superseded_by for m in store.backend.memories.find(MemoryFilter("imported"))}
+    assert got == {"IMPORTED000002": None, "IMPORTED000003": "IMPORTED000002"}
+
+
 # --- read once -------------------------------------------------------------------------------------------
 
 
@@ -582,6 +667,30 @@ def test_the_command_line_says_what_an_interrupted_import_left_and_a_second_run_
         assert len(everything(memory)) == 1200
     finally:
         memory.close()
+
+
+def test_ctrl_c_while_applying_says_what_was_added_and_that_a_second_run_completes_it(tmp_path: Path) -> None:
+    """README: if applying stops half-way (Ctrl-C included), an error says how many memories were added."""
+    from agentcache_mcp.backends.sqlite.repository import SqliteMemories
+
+    db = str(tmp_path / "memory.db")
+    path = write_file(tmp_path / "many.jsonl", [record(n) for n in range(1200)])
+    real = SqliteMemories.restore
+    calls: list[int] = []
+
+    def interrupted(self: SqliteMemories, items: Any) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqliteMemories, "restore", interrupted)
+        code, err = cli_run(["--db", db, "import", str(path)])
+    assert code == 130 and len(err.splitlines()) == 1, err
+    found = re.search(r"import interrupted: stopped after (\d+) memories were added \(in 1 whole batch\)", err)
+    assert found and "Import the same file again" in err and "): ." not in err, err
+    assert cli_run(["--db", db, "import", str(path)]) == (0, "")
 
 
 def test_a_refused_line_is_applied_neither_through_a_copy_of_it_nor_in_part(store: MemoryService, tmp_path: Path) -> None:

@@ -581,9 +581,10 @@ class ImportInterrupted(RuntimeError):
     adds the rest, and nothing twice."""
 
     def __init__(self, report: ImportReport, cause: BaseException):
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else str(cause) or type(cause).__name__
         super().__init__(
             f"stopped after {report.added} memories were added (in {report.batches} whole "
-            f"{'batch' if report.batches == 1 else 'batches'}): {cause}. "
+            f"{'batch' if report.batches == 1 else 'batches'}): {why}. "
             "Import the same file again to add the rest: what is already there is skipped, nothing is added twice."
         )
         self.report = report
@@ -599,6 +600,9 @@ class _Plan:
     unlinked: set[str] = field(default_factory=set)
     """Lines whose superseded_by names no memory in the file or the store: stored as not superseded (what a
     dangling pointer means to every read, without the risk of a later memory taking that id)."""
+    stands_for: dict[str, str] = field(default_factory=dict)
+    """id -> the id of the memory with its text and namespace (stored, or earlier in the file), of the records
+    skipped for that memory: a superseded_by naming a skipped record names that memory instead."""
     repeated: set[tuple[str, str]] = field(default_factory=set)
     """(where, id) of the records that repeat an earlier line's memory exactly: skipped, never applied (the
     check of the first stands for both)."""
@@ -615,15 +619,18 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
     """Records counted as skipped (already stored, or twice in the file)."""
     in_file: dict[str, tuple[str, str, str]] = {}
     """id -> (namespace, content_hash, where) of each record seen."""
-    contents: set[tuple[str, str]] = set()
+    contents: dict[tuple[str, str], str] = {}
+    """(namespace, content_hash) -> the id of the first record with it."""
     references: list[tuple[str, str, str]] = []
     """(where, namespace, superseded_by) of the records that name one."""
+    successor: dict[str, str] = {}
+    """id -> the id it is superseded by, of the records that name one."""
     page: list[Record] = []
 
     def check_page() -> None:
         stored = {m.id: m for m in memory.backend.memories.get(None, [r.memory.id for r in page])}
         by_content = {
-            (m.namespace, m.content_hash)
+            (m.namespace, m.content_hash): m.id
             for m in memory.backend.memories.find_by_content(
                 [(r.memory.namespace, r.memory.content_hash) for r in page if r.memory.id not in stored]
             )
@@ -646,12 +653,15 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                     f"namespace {m.namespace!r}, it would hide that memory"
                 )
                 continue
-            if there is not None or (m.namespace, m.content_hash) in by_content or (m.namespace, m.content_hash) in contents:
+            same = by_content.get((m.namespace, m.content_hash)) or contents.get((m.namespace, m.content_hash))
+            if there is not None or same is not None:
                 plan.skipped += 1
                 skipped.add(r.where)
+                if there is None and same is not None:
+                    plan.stands_for[m.id] = same
             else:
                 plan.added += 1
-            contents.add((m.namespace, m.content_hash))
+            contents.setdefault((m.namespace, m.content_hash), m.id)
             plan.valid += 1
         page.clear()
 
@@ -675,6 +685,7 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
         in_file[m.id] = (m.namespace, m.content_hash, item.where)
         if m.superseded_by is not None:
             references.append((item.where, m.namespace, m.superseded_by))
+            successor[m.id] = m.superseded_by
         page.append(item)
         if len(page) == PAGE:
             check_page()
@@ -707,7 +718,52 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 plan.skipped -= 1
             else:
                 plan.added -= 1
+    _drop_refused_stand_ins(plan, in_file)
+    # A cycle (a -> b -> a) hides every memory of it, with nothing live left to stand for them; no export
+    # holds one (a memory is only superseded by a live one). Each id is walked once: linear in the file.
+    # (as the apply stores them: a skipped record is not stored, and a pointer to one names the memory it stands for)
+    links = {
+        i: plan.stands_for.get(t, t)
+        for i, t in successor.items()
+        if in_file[i][2] not in plan.refused and in_file[i][2] not in plan.unlinked and i not in plan.stands_for
+    }
+    state: dict[str, int] = {}  # 1: on the walk now, 2: done
+    for first in links:
+        walk: list[str] = []
+        at: str | None = first
+        while at is not None and at in links and at not in state:
+            state[at] = 1
+            walk.append(at)
+            at = links[at]
+        if at is not None and state.get(at) == 1:  # came back to this walk: the ids from `at` on are a cycle
+            cycle = walk[walk.index(at) :]
+            for memory_id in cycle:
+                where = in_file[memory_id][2]
+                if where in plan.refused:
+                    continue
+                plan.refused[where] = (
+                    f"superseded_by {links[memory_id]!r} closes a cycle of {len(cycle)} memories superseding "
+                    "each other: every one would be hidden"
+                )
+                plan.valid -= 1
+                if where in skipped:
+                    plan.skipped -= 1
+                else:
+                    plan.added -= 1
+        for memory_id in walk:
+            state[memory_id] = 2
+    _drop_refused_stand_ins(plan, in_file)
     return plan
+
+
+def _drop_refused_stand_ins(plan: _Plan, in_file: dict[str, tuple[str, str, str]]) -> None:
+    """A record skipped for the text of a line refused after all is applied itself (the apply inserts every
+    line not refused; the store's unique text index decides), so what names it keeps naming it."""
+    plan.stands_for = {
+        skipped_id: same
+        for skipped_id, same in plan.stands_for.items()
+        if same not in in_file or in_file[same][2] not in plan.refused
+    }
 
 
 def import_jsonl(
@@ -776,12 +832,14 @@ def _import(
                 continue
             if item.where in plan.unlinked:
                 item.memory.superseded_by = None
+            elif item.memory.superseded_by in plan.stands_for:
+                item.memory.superseded_by = plan.stands_for[item.memory.superseded_by]
             yield item.memory, item.vector
 
     report.skipped_existing = len(plan.repeated)
     try:
         _apply(memory, valid(), report, total, progress, batch_size)
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what stayed applied
         raise ImportInterrupted(report, exc) from exc
     finally:
         if report.added:

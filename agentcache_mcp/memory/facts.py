@@ -13,6 +13,13 @@ compared here without any model, as two sets that must be equal:
   since keys and passwords are case-sensitive), e-mail addresses, URLs, and negation (not, never, n't...).
 - words: every other word, case and accents aside ('Núñez' = 'NUNEZ'), without function words and filler
   ('please note that', 'I think', 'FYI').
+- symbols: check marks, emoji, stars ('tests: ✅' / 'tests: ❌' score 1.000 alike: the model reads none).
+- contrasts: the short words that set a direction, a position, an obligation, a quantity, a person or a
+  connective ('to' / 'from', 'in' / 'out', 'on' / 'off' / 'under', 'above' / 'below', 'up' / 'down',
+  'should' / 'must', 'all' / 'some', 'he' / 'she', 'my' / 'your', 'and' / 'or').
+  Function words, but where both texts use one of a kind they must use the same ones ('flying to Paris' is
+  not 'flying from Paris', 0.986 alike); one left out is a paraphrase ('the meeting is on Tuesday' =
+  'meeting: Tuesday'), 'each' = 'every', and a pronoun counts as its person ('he ... his').
 
 What this lets through on purpose: case, punctuation, spacing, word order, filler, and numbers written
 another way. What it cannot see: swapped roles ("Alice owes Bob" / "Bob owes Alice"; "Mia is 8, Noah is 5"
@@ -37,6 +44,8 @@ class SalientFacts:
     scripts without case: compared as values ('3pm' = '15:00', '$45,000' = '45000 dollars')."""
     words: frozenset[str]
     """Every other word, case and accents aside, without function words and filler."""
+    contrasts: frozenset[tuple[str, str]] = frozenset()
+    """(kind, word) of the direction, position, obligation, quantity, person and connective words (CONTRASTS)."""
 
 
 def same_facts(a: str, b: str) -> bool:
@@ -45,7 +54,13 @@ def same_facts(a: str, b: str) -> bool:
 
 
 def facts_agree(a: SalientFacts, b: SalientFacts) -> bool:
-    return a.exact == b.exact and a.words == b.words
+    return a.exact == b.exact and a.words == b.words and _contrasts_agree(a.contrasts, b.contrasts)
+
+
+def _contrasts_agree(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
+    """Of each kind both texts use, the same words; a kind only one text uses is a paraphrase."""
+    both = {kind for kind, _ in a} & {kind for kind, _ in b}
+    return {c for c in a if c[0] in both} == {c for c in b if c[0] in both}
 
 
 def _words(text: str) -> list[str]:
@@ -199,6 +214,28 @@ STOPWORDS = frozenset(
     during except inside like near outside past per plus through throughout till toward towards under
     underneath unlike upon via within""")
 )
+CONTRASTS = {
+    **dict.fromkeys(_words("to toward towards from"), "direction"),
+    **dict.fromkeys(
+        _words("in inside into within out outside on onto off over above under underneath beneath below behind beside near"),
+        "position",
+    ),
+    **dict.fromkeys(_words("up down"), "level"),
+    **dict.fromkeys(_words("can could should must may might will would shall"), "modal"),
+    **dict.fromkeys(_words("all some any both only every each"), "quantity"),
+    **dict.fromkeys(_words("and or"), "connective"),
+    **{w: "person" for w in _words("i me my mine we us our ours you your yours he him his she her hers they them their theirs")},
+}
+PERSONS = {
+    **dict.fromkeys(_words("i me my mine"), "i"),
+    **dict.fromkeys(_words("we us our ours"), "we"),
+    **dict.fromkeys(_words("you your yours"), "you"),
+    **dict.fromkeys(_words("he him his"), "he"),
+    **dict.fromkeys(_words("she her hers"), "she"),
+    **dict.fromkeys(_words("they them their theirs"), "they"),
+}
+"""A pronoun counts as its person: 'he ... his' is one person."""
+"""Function words (in STOPWORDS) that still state a fact: see _contrasts_agree."""
 FILLERS = frozenset(
     _words("""please note noted notes fyi btw reminder remember remind important tip heads headsup apparently
     basically actually really fun fact checking noting keep mind seems seem think believe guess recall
@@ -214,7 +251,9 @@ where these lists can tell a unit from a preposition."""
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "−": "-"})
 URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'`]+|\bwww\.[^\s<>\"'`]+", re.IGNORECASE)
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-FILLER_PHRASES = re.compile(r"\b(?:don't|dont|do not|never) forget(?: that)?\b|\bnot to forget\b", re.IGNORECASE)
+FILLER_PHRASES = re.compile(
+    r"\b(?:don't|dont|do not|never) forget(?: that)?\b|\bnot to forget\b|\b(?:keep|bear) in mind\b", re.IGNORECASE
+)
 AM_PM = re.compile(r"(\d)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
 """'3 p.m.', '3 PM' -> '3pm', before the text is cut into chunks."""
 GLUE_SYMBOL = re.compile(r"(\d)\s*([%°])")
@@ -327,6 +366,7 @@ def salient_facts(text: str) -> SalientFacts:
     text = text.translate(QUOTES)
     exact: set[str] = set()
     words: set[str] = set()
+    contrasts: set[tuple[str, str]] = set()
 
     def take(kind: str, fold: bool) -> Callable[[re.Match[str]], str]:
         def keep(m: re.Match[str]) -> str:
@@ -387,12 +427,14 @@ def salient_facts(text: str) -> SalientFacts:
             exact.add(f"id:{core}")
             continue
         for part in WORD.findall(core):
-            _read_word(part, exact, words)
+            _read_word(part, exact, words, contrasts)
+        if symbols := "".join(c for c in core if unicodedata.category(c) == "So"):
+            exact.add(f"symbol:{symbols}")  # ✅ / ❌, emoji, ★★: the model reads none of them
 
-    return SalientFacts(frozenset(exact), frozenset(words))
+    return SalientFacts(frozenset(exact), frozenset(words), frozenset(contrasts))
 
 
-def _read_word(part: str, exact: set[str], words: set[str]) -> None:
+def _read_word(part: str, exact: set[str], words: set[str], contrasts: set[tuple[str, str]]) -> None:
     low = _fold(part)
     if low in NEGATIONS or low.endswith("n't"):
         exact.add("negation")
@@ -400,6 +442,9 @@ def _read_word(part: str, exact: set[str], words: set[str]) -> None:
     fact = _time_word(part, low)
     if fact:
         exact.add(fact)
+        return
+    if low in CONTRASTS:
+        contrasts.add((CONTRASTS[low], "every" if low == "each" else PERSONS.get(low, low)))
         return
     base = low.split("'")[0]  # the user's = the user
     if low not in STOPWORDS and base not in STOPWORDS and low not in FILLERS:

@@ -247,13 +247,15 @@ def validate_stored_time(value: object, name: str) -> float | None:
 
 def validate_stored_id(value: object, name: str) -> str:
     """A memory id an import may store: what validate_ids takes, and also valid Unicode with no control
-    characters (an id is shown in tables and typed as an argument)."""
+    characters (an id is shown in tables and typed as an argument), and not '.' or '..' (the UI's links)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string")
     [memory_id] = validate_ids([value], name)
     _check_text_chars(memory_id, name)
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in memory_id) or memory_id != memory_id.strip():
         raise InvalidInput(f"{name} {memory_id!r} has control characters or surrounding spaces")
+    if memory_id in (".", ".."):  # a URL path resolves these away: the UI could never open that memory
+        raise InvalidInput(f"{name} {memory_id!r} is not a memory id ('.' and '..' are path segments)")
     return memory_id
 
 
