@@ -375,7 +375,10 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
       that never finishes its request line, headers or body was held forever. Here a request must have
       arrived whole `request_timeout_s` after the connection opened, or after the first byte of a later
       request on a kept-alive connection; else the connection gets 408 (or, if nothing was sent, just
-      closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts.
+      closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts; but a
+      client that reads nothing of it for `request_timeout_s` (writes paused: its buffers are full) is
+      dropped, since a response that has started is never closed to make room (pipelined requests never
+      read held their connections, and the limit, for good). An upgrade to WebSocket leaves this protocol.
     - **Connection limit.** At most `max_connections` open. One more closes the oldest connection that is
       still waiting for its request (half-sent, or idle between requests), so stalled clients make room for
       new ones instead of locking them out; failing that, the oldest request that has waited longer than
@@ -416,6 +419,8 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
         _deadline: asyncio.TimerHandle | None = None
         _request_started = False  # some bytes of the request now awaited have arrived
         _received_at: float | None = None  # when the request being handled had arrived whole
+        _write_stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing it is sent
+        _upgraded = False  # handed to uvicorn's WebSocket protocol
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -456,10 +461,45 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._write_stall_cancel()
             super().connection_lost(exc)
 
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            super().handle_websocket_upgrade(event)
+            self._upgraded = True  # the WebSocket protocol has the connection now: no request is awaited here
+            self._disarm()
+
+        def pause_writing(self) -> None:
+            # The client reads nothing of what it is sent (the buffers are full): it gets the request timeout to
+            # read again, else it is dropped. Such a response has started, so nothing else would ever close it.
+            super().pause_writing()
+            self._write_stall_cancel()
+            self._write_stall = self.loop.call_later(request_timeout_s, self._write_stalled)
+
+        def resume_writing(self) -> None:
+            self._write_stall_cancel()
+            super().resume_writing()
+
+        def _write_stall_cancel(self) -> None:
+            if self._write_stall is not None:
+                self._write_stall.cancel()
+                self._write_stall = None
+
+        def _write_stalled(self) -> None:
+            self._write_stall = None
+            log.debug("HTTP: dropped a connection from %s: it read nothing for %g s", self.client, request_timeout_s)
+            self._disarm()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self.transport.abort()
+
         def _waiting_for_request(self) -> bool:
-            return not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+            return (
+                not self._upgraded
+                and not self.transport.is_closing()
+                and self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+            )
 
         def _arm(self) -> None:
             self._disarm()
@@ -514,5 +554,8 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
             if answer is not None and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 self.transport.write(answer)
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # close() waits for the buffer to drain: a client that does not read would keep the socket
+                self.loop.call_later(min(request_timeout_s, 1.0), self.transport.abort)
 
     return LimitedH11Protocol
