@@ -121,7 +121,8 @@ def mask_url(url: str) -> str:
     """A PostgreSQL connection string as shown to people (logs, errors, stats, the UI): every secret replaced
     by '***', in every form libpq takes: the password of a URL's user info (percent-encoded, or holding '@',
     '/', '#', '?' or '[' that break URL parsing: everything up to the last '@' before the hosts is hidden),
-    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not),
+    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not, and
+    any key libpq does not know, such as a misspelt `pasword`),
     and keyword/value strings (`host=db password='...'`). Anything else (a file path) is returned as it is."""
     return _masked(url)[0]
 
@@ -179,8 +180,8 @@ def _masked(url: str) -> tuple[str, list[str]]:
     masked: list[str] = []
     at = 0
     for key in _QUERY_KEY.finditer(rest):
-        if key.start() < at or not _SECRET_KEY.search(unquote(key.group(1))):
-            continue
+        if key.start() < at or (_known_key(key.group(1)) and not _SECRET_KEY.search(unquote(key.group(1)))):
+            continue  # a key libpq does not know is refused by it: its value may be a misspelt key's password
         value_end = next(
             (k.start() - 1 for k in _QUERY_KEY.finditer(rest, key.end()) if rest[k.start() - 1] == "&" and _known_key(k.group(1))),
             len(rest),
