@@ -482,6 +482,26 @@ def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
     assert terminal_safe(done.stderr) and terminal_safe(done.stdout), done.stderr
 
 
+def test_show_keeps_an_id_with_a_line_break_on_one_line_as_list_does(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    # An import keeps the ids it is given, line breaks included. `list` shows 'a\x0astate  forgotten'; `show`
+    # printed the line break, so the id ran onto a second line that reads like another field of the memory.
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        m = memory.remember("a note with a two-line id")
+        evil = "a\nstate  forgotten"
+        memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = ? WHERE id = ?", (evil, m.id)))
+    finally:
+        memory.close()
+    code, out, _ = run(capsys, "--db", db, "show", evil)
+    assert code == 0
+    assert not any(line.lstrip().startswith("state  forgotten") for line in out.splitlines()), out
+    assert "a\\x0astate  forgotten" in out
+    code, out, _ = run(capsys, "--db", db, "list")
+    assert "a\\x0astate  forgotten" in out
+
+
 # --- show -------------------------------------------------------------------------------------------------
 
 
