@@ -502,6 +502,24 @@ def test_show_keeps_an_id_with_a_line_break_on_one_line_as_list_does(
     assert "a\\x0astate  forgotten" in out
 
 
+def test_a_log_line_stays_one_line_whatever_a_client_puts_in_it() -> None:
+    # A request path is percent-decoded before it is logged ('refused GET /%0a...'): a line break in it wrote a
+    # second line that reads like one of ours. A traceback keeps its lines.
+    import logging
+
+    formatter = cli._TerminalSafeFormatter("%(levelname)s %(name)s: %(message)s")
+    forged = "/ui/\n2026-12-04 06:00:00,000 INFO agentcache_mcp: stopped"
+    record = logging.LogRecord("agentcache_mcp", logging.WARNING, __file__, 1, "refused GET %s", (forged,), None)
+    assert formatter.format(record).count("\n") == 0, formatter.format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        failed = logging.LogRecord("agentcache_mcp", logging.ERROR, __file__, 1, "failed", (), _sys.exc_info())
+    assert formatter.format(failed).count("\n") >= 2  # the traceback's lines
+
+
 # --- show -------------------------------------------------------------------------------------------------
 
 
