@@ -470,6 +470,24 @@ def test_a_refusal_to_start_never_carries_control_characters(capsys: pytest.Capt
     assert terminal_safe(err), err
 
 
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_a_store_the_server_cannot_use_is_one_line_without_control_characters(
+    tmp_path: Path, command: str
+) -> None:
+    # `list` and `stats` escaped the folder's name; the servers printed it raw (sys.exit(str)).
+    folder = tmp_path / f"d{HOSTILE}"
+    folder.mkdir()
+    (folder / "m.db").write_bytes(b"not a database " * 100)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentcache_mcp", "--db", str(folder / "m.db"), command, *(["--port", "0"] if command == "ui" else [])],
+        env={**env, "AUTO_FORGET_ENABLED": "false"}, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "file is not a database" in one_error_line(done.stderr)
+    assert terminal_safe(done.stderr), done.stderr
+
+
 @pytest.mark.slow
 def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
