@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     except CannotListen as exc:  # the port is in use (or the address is not ours): before the store is opened
         _refuse_to_start(str(exc))
     except StoreError as exc:
-        sys.exit(f"agentcache-mcp: {exc}")
+        sys.exit(print_error(str(exc), EXIT_FAILED))
     if command in ("serve", "ui"):
         # Shutdown is complete (access stats written, WAL checkpointed, store closed). Threads it abandoned (a
         # stdin read, a model still loading, an embedding batch) would keep the interpreter waiting: leave now.
