@@ -368,6 +368,26 @@ def test_clients_that_never_read_their_answers_neither_lock_out_a_token_holder_n
     anyio.run(main)
 
 
+def test_at_the_limit_a_client_that_reads_nothing_makes_room_at_once() -> None:
+    # Dropped after the request timeout, such clients still held every place until then: one reconnecting as
+    # fast as places freed kept token holders out (503) for as long as it went on.
+    cap = 3
+
+    async def main() -> None:
+        async with running(limits(http_request_timeout_s=60, http_max_connections=cap)) as (uv, address):
+            sockets = []
+            try:
+                for _ in range(cap):
+                    sockets.append(await anyio.to_thread.run_sync(never_reading_pipeliner, address))
+                await anyio.sleep(1)
+                assert await status_of(address, mcp_post(), limit_s=10) == 200
+            finally:
+                for sock in sockets:
+                    sock.close()
+
+    anyio.run(main)
+
+
 def test_the_limits_are_settings_checked_at_start() -> None:
     env = {"AGENTCACHE_HTTP_REQUEST_TIMEOUT_S": "2.5", "AGENTCACHE_HTTP_MAX_CONNECTIONS": "40"}
     settings = Settings.from_env(env)
