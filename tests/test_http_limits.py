@@ -379,7 +379,9 @@ def test_at_the_limit_a_client_that_reads_nothing_makes_room_at_once() -> None:
             try:
                 for _ in range(cap):
                     sockets.append(await anyio.to_thread.run_sync(never_reading_pipeliner, address))
-                await anyio.sleep(1)
+                with anyio.fail_after(60):  # every answer stalled: the client's buffers are full
+                    while sum(c.flow.write_paused for c in uv.server_state.connections) < cap:
+                        await anyio.sleep(0.1)
                 assert await status_of(address, mcp_post(), limit_s=10) == 200
             finally:
                 for sock in sockets:
