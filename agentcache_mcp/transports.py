@@ -381,7 +381,8 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
       read held their connections, and the limit, for good). An upgrade to WebSocket leaves this protocol.
     - **Connection limit.** At most `max_connections` open. One more closes the oldest connection that is
       still waiting for its request (half-sent, or idle between requests), so stalled clients make room for
-      new ones instead of locking them out; failing that, the oldest request that has waited longer than
+      new ones instead of locking them out; failing that, the one whose client has read nothing of its answer
+      the longest (its writes paused); failing that, the oldest request that has waited longer than
       `request_timeout_s` without the start of an answer (a queue of wrong UI logins, each paused in turn, is
       such); failing that (every connection busy and answering, e.g. SSE streams), the new one is answered
       503 and closed. So nobody is locked out for much longer than the request timeout.
@@ -432,6 +433,9 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
                 if oldest is not None:
                     warn_at_limit("closing the oldest connections that have not sent their request")
                     oldest._drop(too_many if oldest._request_started else None)
+                elif (unread := self._longest_unread()) is not None:
+                    warn_at_limit("closing the connections that have read nothing of their answer the longest")
+                    unread._write_stalled()
                 elif (unanswered := self._longest_unanswered()) is not None:
                     warn_at_limit("closing the oldest requests unanswered for longer than the request timeout")
                     unanswered._drop(too_many)
@@ -522,6 +526,17 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
                 self._received_at = None
                 if self not in waiting:
                     waiting[self] = None  # idle between requests: the first to make room at the limit
+
+        def _longest_unread(self) -> LimitedH11Protocol | None:
+            """The connection whose client has read nothing of its answer the longest (writes paused)."""
+            stalled = [
+                other
+                for other in self.connections
+                if isinstance(other, LimitedH11Protocol)
+                and other._write_stall is not None
+                and not other.transport.is_closing()
+            ]
+            return min(stalled, key=lambda other: other._write_stall.when(), default=None)  # type: ignore[union-attr]
 
         def _longest_unanswered(self) -> LimitedH11Protocol | None:
             """The connection whose request has waited longest, and over request_timeout_s, for an answer."""
