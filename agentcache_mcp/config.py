@@ -131,7 +131,8 @@ def mask_secrets(text: str, url: str) -> str:
     """`text` (a driver's error about `url`) with the URL masked and every secret of it hidden: whole, and every
     run of it between the characters a parser cuts at (libpq takes 'ss#w@host' for the host of
     'user:p@ss#w@host', and quotes it in its error); runs of one character are left, unless whole, and runs
-    shorter than four characters are hidden only where they stand alone."""
+    shorter than four characters (a short password too) are hidden only where they stand alone (starring a
+    short password inside words made the error unreadable and spelt the password out)."""
     masked, found = _masked(url)
     text = text.replace(url, masked)
     runs: set[str] = set()
@@ -140,9 +141,10 @@ def mask_secrets(text: str, url: str) -> str:
             cuts = sorted({0, len(form), *(m.start() for m in _CUT.finditer(form)), *(m.end() for m in _CUT.finditer(form))})
             runs.update(form[i:j] for i in cuts for j in cuts if j - i >= 2 or (i, j) == (0, len(form)))
     for run in sorted(runs - {""}, key=len, reverse=True):
-        if len(run) >= 4 or run in found:
+        if len(run) >= 4:
             text = text.replace(run, MASK)
-        else:  # a short run only where it stands alone: 'ab' of 'p@ab' must not turn 'unable' into 'un***le'
+        else:  # a short run (a short password too) only where it stands alone: 'ab' of 'p@ab' must not turn
+            # 'unable' into 'un***le', which is unreadable and spells the run out by where the stars fall
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(run)}(?![A-Za-z0-9])", MASK, text)
     return text
 
