@@ -294,13 +294,19 @@ A value the user set is kept."""
 
 
 class _TerminalSafeFormatter(logging.Formatter):
-    """Log lines with control characters shown as escapes: a request path (`/ui/%1b[2J`), a file name or an
-    id in a log line must not drive the terminal that shows stderr."""
+    """Log lines with control characters shown as escapes, the message on one line: a request path
+    (`/ui/%1b[2J`, `/ui/%0a...`), a file name or an id in a log line must not drive the terminal that shows
+    stderr, nor forge a line; a traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from .console import safe
+
+        return safe(super().formatMessage(record))  # one line: a '\n' in a request path must not forge a line
 
     def format(self, record: logging.LogRecord) -> str:
         from .console import safe
 
-        return safe(super().format(record), multiline=True)
+        return safe(super().format(record), multiline=True)  # a traceback keeps its lines
 
 
 def _configure_logging(level: str) -> None:
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     except CannotListen as exc:  # the port is in use (or the address is not ours): before the store is opened
         _refuse_to_start(str(exc))
     except StoreError as exc:
-        sys.exit(f"agentcache-mcp: {exc}")
+        sys.exit(print_error(str(exc), EXIT_FAILED))
     if command in ("serve", "ui"):
         # Shutdown is complete (access stats written, WAL checkpointed, store closed). Threads it abandoned (a
         # stdin read, a model still loading, an embedding batch) would keep the interpreter waiting: leave now.

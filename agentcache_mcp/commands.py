@@ -348,8 +348,8 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     state = _state(m, time.time())
     console.fields(
         [
-            ("id", m.id),
-            ("namespace", m.namespace),
+            ("id", console.safe(m.id)),  # one line, escaped as `list` shows it: only the text keeps its breaks
+            ("namespace", console.safe(m.namespace)),
             ("text", console.safe(m.text, multiline=True)),
             ("tags", console.safe(", ".join(m.tags)) or "-"),
             ("importance", f"{m.importance:g}"),
@@ -359,7 +359,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             ("last recalled", at(m.last_accessed_at, "never")),
             ("times recalled", str(m.access_count)),
             ("expires", at(m.expires_at, "never")),
-            ("superseded by", m.superseded_by or "-"),
+            ("superseded by", console.safe(m.superseded_by or "-")),
             ("state", state or "live (recall can return it)"),
         ]
     )

@@ -126,7 +126,8 @@ def mask_url(url: str) -> str:
     """A PostgreSQL connection string as shown to people (logs, errors, stats, the UI): every secret replaced
     by '***', in every form libpq takes: the password of a URL's user info (percent-encoded, or holding '@',
     '/', '#', '?' or '[' that break URL parsing: everything up to the last '@' before the hosts is hidden),
-    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not),
+    secret query parameters (password, sslpassword, oauth_client_secret, ..., keys percent-encoded or not, and
+    any key libpq does not know, such as a misspelt `pasword`),
     and keyword/value strings (`host=db password='...'`). Anything else (a file path) is returned as it is."""
     return _masked(url)[0]
 
@@ -135,7 +136,8 @@ def mask_secrets(text: str, url: str) -> str:
     """`text` (a driver's error about `url`) with the URL masked and every secret of it hidden: whole, and every
     run of it between the characters a parser cuts at (libpq takes 'ss#w@host' for the host of
     'user:p@ss#w@host', and quotes it in its error); runs of one character are left, unless whole, and runs
-    shorter than four characters are hidden only where they stand alone."""
+    shorter than four characters (a short password too) are hidden only where they stand alone (starring a
+    short password inside words made the error unreadable and spelt the password out)."""
     masked, found = _masked(url)
     text = text.replace(url, masked)
     runs: set[str] = set()
@@ -144,9 +146,10 @@ def mask_secrets(text: str, url: str) -> str:
             cuts = sorted({0, len(form), *(m.start() for m in _CUT.finditer(form)), *(m.end() for m in _CUT.finditer(form))})
             runs.update(form[i:j] for i in cuts for j in cuts if j - i >= 2 or (i, j) == (0, len(form)))
     for run in sorted(runs - {""}, key=len, reverse=True):
-        if len(run) >= 4 or run in found:
+        if len(run) >= 4:
             text = text.replace(run, MASK)
-        else:  # a short run only where it stands alone: 'ab' of 'p@ab' must not turn 'unable' into 'un***le'
+        else:  # a short run (a short password too) only where it stands alone: 'ab' of 'p@ab' must not turn
+            # 'unable' into 'un***le', which is unreadable and spells the run out by where the stars fall
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(run)}(?![A-Za-z0-9])", MASK, text)
     return text
 
@@ -184,8 +187,8 @@ def _masked(url: str) -> tuple[str, list[str]]:
     masked: list[str] = []
     at = 0
     for key in _QUERY_KEY.finditer(rest):
-        if key.start() < at or not _SECRET_KEY.search(unquote(key.group(1))):
-            continue
+        if key.start() < at or (_known_key(key.group(1)) and not _SECRET_KEY.search(unquote(key.group(1)))):
+            continue  # a key libpq does not know is refused by it: its value may be a misspelt key's password
         value_end = next(
             (k.start() - 1 for k in _QUERY_KEY.finditer(rest, key.end()) if rest[k.start() - 1] == "&" and _known_key(k.group(1))),
             len(rest),

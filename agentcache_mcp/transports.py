@@ -375,10 +375,14 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
       that never finishes its request line, headers or body was held forever. Here a request must have
       arrived whole `request_timeout_s` after the connection opened, or after the first byte of a later
       request on a kept-alive connection; else the connection gets 408 (or, if nothing was sent, just
-      closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts.
+      closes). The response is not timed: a stream the server sends (SSE) lasts as long as it lasts; but a
+      client that reads nothing of it for `request_timeout_s` (writes paused: its buffers are full) is
+      dropped, since a response that has started is never closed to make room (pipelined requests never
+      read held their connections, and the limit, for good). An upgrade to WebSocket leaves this protocol.
     - **Connection limit.** At most `max_connections` open. One more closes the oldest connection that is
       still waiting for its request (half-sent, or idle between requests), so stalled clients make room for
-      new ones instead of locking them out; failing that, the oldest request that has waited longer than
+      new ones instead of locking them out; failing that, the one whose client has read nothing of its answer
+      the longest (its writes paused); failing that, the oldest request that has waited longer than
       `request_timeout_s` without the start of an answer (a queue of wrong UI logins, each paused in turn, is
       such); failing that (every connection busy and answering, e.g. SSE streams), the new one is answered
       503 and closed. So nobody is locked out for much longer than the request timeout.
@@ -416,6 +420,8 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
         _deadline: asyncio.TimerHandle | None = None
         _request_started = False  # some bytes of the request now awaited have arrived
         _received_at: float | None = None  # when the request being handled had arrived whole
+        _write_stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing it is sent
+        _upgraded = False  # handed to uvicorn's WebSocket protocol
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -427,6 +433,9 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
                 if oldest is not None:
                     warn_at_limit("closing the oldest connections that have not sent their request")
                     oldest._drop(too_many if oldest._request_started else None)
+                elif (unread := self._longest_unread()) is not None:
+                    warn_at_limit("closing the connections that have read nothing of their answer the longest")
+                    unread._write_stalled()
                 elif (unanswered := self._longest_unanswered()) is not None:
                     warn_at_limit("closing the oldest requests unanswered for longer than the request timeout")
                     unanswered._drop(too_many)
@@ -456,10 +465,45 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._write_stall_cancel()
             super().connection_lost(exc)
 
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            super().handle_websocket_upgrade(event)
+            self._upgraded = True  # the WebSocket protocol has the connection now: no request is awaited here
+            self._disarm()
+
+        def pause_writing(self) -> None:
+            # The client reads nothing of what it is sent (the buffers are full): it gets the request timeout to
+            # read again, else it is dropped. Such a response has started, so nothing else would ever close it.
+            super().pause_writing()
+            self._write_stall_cancel()
+            self._write_stall = self.loop.call_later(request_timeout_s, self._write_stalled)
+
+        def resume_writing(self) -> None:
+            self._write_stall_cancel()
+            super().resume_writing()
+
+        def _write_stall_cancel(self) -> None:
+            if self._write_stall is not None:
+                self._write_stall.cancel()
+                self._write_stall = None
+
+        def _write_stalled(self) -> None:
+            self._write_stall = None
+            log.debug("HTTP: dropped a connection from %s: it read nothing for %g s", self.client, request_timeout_s)
+            self._disarm()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self.transport.abort()
+
         def _waiting_for_request(self) -> bool:
-            return not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+            return (
+                not self._upgraded
+                and not self.transport.is_closing()
+                and self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+            )
 
         def _arm(self) -> None:
             self._disarm()
@@ -482,6 +526,17 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
                 self._received_at = None
                 if self not in waiting:
                     waiting[self] = None  # idle between requests: the first to make room at the limit
+
+        def _longest_unread(self) -> LimitedH11Protocol | None:
+            """The connection whose client has read nothing of its answer the longest (writes paused)."""
+            stalled = [
+                other
+                for other in self.connections
+                if isinstance(other, LimitedH11Protocol)
+                and other._write_stall is not None
+                and not other.transport.is_closing()
+            ]
+            return min(stalled, key=lambda other: other._write_stall.when(), default=None)  # type: ignore[union-attr]
 
         def _longest_unanswered(self) -> LimitedH11Protocol | None:
             """The connection whose request has waited longest, and over request_timeout_s, for an answer."""
@@ -514,5 +569,8 @@ def limited_h11_protocol(request_timeout_s: float, max_connections: int) -> type
             if answer is not None and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 self.transport.write(answer)
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # close() waits for the buffer to drain: a client that does not read would keep the socket
+                self.loop.call_later(min(request_timeout_s, 1.0), self.transport.abort)
 
     return LimitedH11Protocol

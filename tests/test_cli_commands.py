@@ -471,6 +471,24 @@ def test_a_refusal_to_start_never_carries_control_characters(capsys: pytest.Capt
     assert terminal_safe(err), err
 
 
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_a_store_the_server_cannot_use_is_one_line_without_control_characters(
+    tmp_path: Path, command: str
+) -> None:
+    # `list` and `stats` escaped the folder's name; the servers printed it raw (sys.exit(str)).
+    folder = tmp_path / f"d{HOSTILE}"
+    folder.mkdir()
+    (folder / "m.db").write_bytes(b"not a database " * 100)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-m", "agentcache_mcp", "--db", str(folder / "m.db"), command, *(["--port", "0"] if command == "ui" else [])],
+        env={**env, "AUTO_FORGET_ENABLED": "false"}, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "file is not a database" in one_error_line(done.stderr)
+    assert terminal_safe(done.stderr), done.stderr
+
+
 @pytest.mark.slow
 def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
@@ -481,6 +499,44 @@ def test_log_lines_never_carry_control_characters(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "applied schema migration" in done.stderr  # the line names the file
     assert terminal_safe(done.stderr) and terminal_safe(done.stdout), done.stderr
+
+
+def test_show_keeps_an_id_with_a_line_break_on_one_line_as_list_does(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    # An import keeps the ids it is given, line breaks included. `list` shows 'a\x0astate  forgotten'; `show`
+    # printed the line break, so the id ran onto a second line that reads like another field of the memory.
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        m = memory.remember("a note with a two-line id")
+        evil = "a\nstate  forgotten"
+        memory.backend.db.write(lambda c: c.execute("UPDATE memories SET id = ? WHERE id = ?", (evil, m.id)))
+    finally:
+        memory.close()
+    code, out, _ = run(capsys, "--db", db, "show", evil)
+    assert code == 0
+    assert not any(line.lstrip().startswith("state  forgotten") for line in out.splitlines()), out
+    assert "a\\x0astate  forgotten" in out
+    code, out, _ = run(capsys, "--db", db, "list")
+    assert "a\\x0astate  forgotten" in out
+
+
+def test_a_log_line_stays_one_line_whatever_a_client_puts_in_it() -> None:
+    # A request path is percent-decoded before it is logged ('refused GET /%0a...'): a line break in it wrote a
+    # second line that reads like one of ours. A traceback keeps its lines.
+    import logging
+
+    formatter = cli._TerminalSafeFormatter("%(levelname)s %(name)s: %(message)s")
+    forged = "/ui/\n2026-12-04 06:00:00,000 INFO agentcache_mcp: stopped"
+    record = logging.LogRecord("agentcache_mcp", logging.WARNING, __file__, 1, "refused GET %s", (forged,), None)
+    assert formatter.format(record).count("\n") == 0, formatter.format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        failed = logging.LogRecord("agentcache_mcp", logging.ERROR, __file__, 1, "failed", (), _sys.exc_info())
+    assert formatter.format(failed).count("\n") >= 2  # the traceback's lines
 
 
 # --- show -------------------------------------------------------------------------------------------------

@@ -134,6 +134,47 @@ def test_the_command_line_never_prints_a_password_when_the_database_cannot_be_re
     assert err.startswith("agentcache-mcp: ") and "127.0.0.1" in err
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://agent@127.0.0.1:1/m?pasword=Kq7Zr9w",
+        "postgresql://agent@127.0.0.1:1/m?sslmode=require&pwd=Kq7Zr9w",
+        "postgresql://agent@127.0.0.1:1/m?passwrod=Kq7Zr9w&sslmode=require",
+    ],
+    ids=["pasword", "pwd", "passwrod"],
+)
+def test_a_mistyped_password_parameter_is_hidden_too(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq refuses a parameter it does not know ('invalid URI query parameter'), so its value is never needed to
+    # tell what went wrong; a careless user's misspelt password key printed the password whole.
+    assert "Kq7Zr9w" not in mask_url(url)
+    pytest.importorskip("psycopg")
+    for name in ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["stats", "--db", url])
+    out, err = capsys.readouterr()
+    assert "Kq7Zr9w" not in out + err
+    assert err.startswith("agentcache-mcp: ") and "127.0.0.1" in err
+
+
+@pytest.mark.parametrize("password", ["o", "on", "nn"])
+def test_a_short_password_leaves_the_error_readable_and_unspelt(
+    password: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A password of one or two letters was replaced wherever it stood in the driver's error: 'c***nnecti***n
+    # refused' was unreadable, and spelt out the password by where the stars fell.
+    pytest.importorskip("psycopg")
+    for name in ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["stats", "--db", f"postgresql://agent:{password}@127.0.0.1:1/m"])
+    _, err = capsys.readouterr()
+    assert "Connection refused" in err and "connection to server at" in err, err
+    assert "postgresql://agent:***@127.0.0.1:1/m" in err
+
+
 def test_no_password_made_of_url_delimiters_is_ever_shown() -> None:
     """Random passwords of URL delimiters around a marker, in each place a URL or a keyword/value string
     carries one, with and without percent-encoding: the marker is never in what is shown (80,000 such cases

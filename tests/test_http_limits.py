@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from anyio.abc import SocketStream
 from mcp.server.mcpserver import MCPServer
@@ -287,6 +288,104 @@ def test_requests_left_unanswered_past_the_request_timeout_make_room_at_the_limi
                 for stream in held:
                     await stream.aclose()
                 uv.should_exit = True
+
+    anyio.run(main)
+
+
+WEBSOCKET_UPGRADE = (
+    b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def test_websocket_upgrades_do_not_let_stalled_connections_past_the_limit() -> None:
+    # uvicorn hands an upgraded connection to its WebSocket protocol; the HTTP protocol it leaves behind stayed
+    # listed as waiting for its request until its timer fired, and at the limit closing it made no room.
+    cap, upgrades = 4, 12
+
+    async def main() -> None:
+        async with running(limits(http_request_timeout_s=60, http_max_connections=cap)) as (uv, address):
+            streams = []
+            try:
+                for _ in range(upgrades):
+                    stream = await anyio.connect_tcp(*address)
+                    await stream.send(WEBSOCKET_UPGRADE)
+                    streams.append(stream)
+                    await read_until_closed(stream, limit_s=10)  # refused (no token), closed
+                most = 0
+                for _ in range(upgrades):
+                    stream = await anyio.connect_tcp(*address)
+                    await stream.send(PARTIAL_HEADERS)
+                    streams.append(stream)
+                    await anyio.sleep(0.05)
+                    most = max(most, len(uv.server_state.connections))
+            finally:
+                for stream in streams:
+                    await stream.aclose()
+        assert most <= cap, f"{most} connections open with a limit of {cap}"
+
+    anyio.run(main)
+
+
+def never_reading_pipeliner(address: tuple[str, int], seconds: float = 1.0) -> socket.socket:
+    """A client that pipelines thousands of requests (each answered 401) and never reads an answer: the
+    server's writes stall once the socket buffers are full, in the middle of an answer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(address)
+    sock.setblocking(False)
+    requests = b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 20_000
+    sent, deadline = 0, time.monotonic() + seconds
+    while sent < len(requests) and time.monotonic() < deadline:
+        with contextlib.suppress(BlockingIOError):
+            sent += sock.send(requests[sent:])
+    return sock
+
+
+def test_clients_that_never_read_their_answers_neither_lock_out_a_token_holder_nor_keep_their_sockets() -> None:
+    # A response the server cannot finish writing is neither waiting for its request nor unanswered: such
+    # connections were never closed, and once they filled the limit everybody got 503; a connection closed
+    # to make room, its answer unsent, stayed open (asyncio's close waits for the buffer to drain).
+    cap, attackers = 3, 9
+
+    async def main() -> None:
+        async with running(limits(http_request_timeout_s=1, http_max_connections=cap)) as (uv, address):
+            sockets = []
+            try:
+                for _ in range(attackers):
+                    sockets.append(await anyio.to_thread.run_sync(never_reading_pipeliner, address))
+                    await anyio.sleep(0.3)
+                await anyio.sleep(3)
+                assert await status_of(address, mcp_post(), limit_s=10) == 200
+                with anyio.move_on_after(10):
+                    while uv.server_state.connections:
+                        await anyio.sleep(0.1)
+                assert not uv.server_state.connections, f"{len(uv.server_state.connections)} still open"
+            finally:
+                for sock in sockets:
+                    sock.close()
+
+    anyio.run(main)
+
+
+def test_at_the_limit_a_client_that_reads_nothing_makes_room_at_once() -> None:
+    # Dropped after the request timeout, such clients still held every place until then: one reconnecting as
+    # fast as places freed kept token holders out (503) for as long as it went on.
+    cap = 3
+
+    async def main() -> None:
+        async with running(limits(http_request_timeout_s=60, http_max_connections=cap)) as (uv, address):
+            sockets = []
+            try:
+                for _ in range(cap):
+                    sockets.append(await anyio.to_thread.run_sync(never_reading_pipeliner, address))
+                with anyio.fail_after(60):  # every answer stalled: the client's buffers are full
+                    while sum(c.flow.write_paused for c in uv.server_state.connections) < cap:
+                        await anyio.sleep(0.1)
+                assert await status_of(address, mcp_post(), limit_s=10) == 200
+            finally:
+                for sock in sockets:
+                    sock.close()
 
     anyio.run(main)
 
