@@ -773,54 +773,15 @@ def test_failed_logins_are_paused_one_at_a_time_across_connections(
         statuses.append(ui_token.post("/ui/login", {"csrf": csrf, "token": f"guess-{n}", "next": "/ui/"}).status_code)
 
     started = time.monotonic()
-    threads = [threading.Thread(target=guess, args=(n,)) for n in range(security.MAX_PAUSED_LOGINS)]
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert statuses == [403] * security.MAX_PAUSED_LOGINS
-    # one pause after another, not all at once
-    assert time.monotonic() - started >= security.MAX_PAUSED_LOGINS * 0.3 - 0.05
+    assert statuses == [403] * 5
+    assert time.monotonic() - started >= 5 * 0.3 - 0.05  # one pause after another, not five at once
 
 
-def test_a_flood_of_wrong_logins_is_refused_unchecked_instead_of_holding_connections(
-    ui_token: Ui, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Each paused login holds a connection; a flood of them filled the HTTP server's connection limit and
-    # kept token holders out. Past MAX_PAUSED_LOGINS waiting, a login is answered 429 at once, token unchecked.
-    from agentcache_mcp.ui import security
-
-    monkeypatch.setattr(security, "FAILED_LOGIN_PAUSE_S", 0.5)
-    page = ui_token.client.get("/ui/login")
-    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
-    answers: list[tuple[int, float]] = []
-    barrier = threading.Barrier(12)
-
-    def guess(token: str) -> None:
-        barrier.wait()
-        started = time.monotonic()
-        status = ui_token.post("/ui/login", {"csrf": csrf, "token": token, "next": "/ui/"}).status_code
-        answers.append((status, time.monotonic() - started))
-
-    threads = [threading.Thread(target=guess, args=(f"guess-{n}",)) for n in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    statuses = sorted(status for status, _ in answers)
-    assert statuses.count(403) <= security.MAX_PAUSED_LOGINS + 1 and 429 in statuses, statuses
-    assert set(statuses) == {403, 429}
-    assert all(took < 0.4 for status, took in answers if status == 429)  # answered at once, not queued
-    # once the queue has drained, the token is checked again
-    assert ui_token.post("/ui/login", {"csrf": csrf, "token": TOKEN, "next": "/ui/"}).status_code == 303
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a login is refused unchecked (429) while MAX_PAUSED_LOGINS wrong ones wait, so a guess a "
-    "second keeps the token holder out for as long as it goes on; not fixed (checking the token while throttled "
-    "would give guesses an unpaused answer)",
-)
 def test_a_steady_trickle_of_wrong_logins_does_not_keep_the_token_holder_from_logging_in(
     ui_token: Ui, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -836,11 +797,11 @@ def test_a_steady_trickle_of_wrong_logins_does_not_keep_the_token_holder_from_lo
         while not stop.is_set():
             ui_token.post("/ui/login", {"csrf": csrf, "token": f"guess-{n}", "next": "/ui/"})
 
-    threads = [threading.Thread(target=attacker, args=(n,)) for n in range(security.MAX_PAUSED_LOGINS + 2)]
+    threads = [threading.Thread(target=attacker, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)  # the queue of paused guesses is full by now
+        time.sleep(1.0)  # a queue of paused guesses has formed by now
         statuses = [
             ui_token.post("/ui/login", {"csrf": csrf, "token": TOKEN, "next": "/ui/"}).status_code for _ in range(3)
         ]

@@ -321,14 +321,6 @@ class Pages:
     async def login(self, request: Request) -> Response:
         form = await self.guard.checked_form(request)
         target = _local(request, str(form.get("next", "")))
-        if self.guard.logins_throttled:  # refused unchecked: a flood of guesses gets no answer and holds nothing
-            return self.render(
-                request,
-                "login.html",
-                status=429,
-                next=target,
-                error="Too many wrong tokens were tried just now; wait a few seconds and try again.",
-            )
         session = self.guard.log_in(str(form.get("token", "")))
         if session is None:
             await self.guard.failed_login_pause()  # one failure at a time, across every connection

@@ -30,8 +30,7 @@ covers `/ui` too; the bearer check leaves `/ui` to this guard, since a browser c
 - With a token configured, every page but the login form and the static files needs a logged-in session:
   a GET is sent to the login form, anything else refused. The login form compares the token in constant
   time (transports.same_token), answers a wrong one after a pause taken one failure at a time across all
-  connections (a global limit on guesses; with MAX_PAUSED_LOGINS waiting, a login is refused with 429 before
-  its token is checked, so a flood holds no connections), and on success starts a new session (a session id set before
+  connections (a global limit on guesses), and on success starts a new session (a session id set before
   the login is never the logged-in one). The token never appears in a URL.
 """
 
@@ -76,10 +75,6 @@ ANONYMOUS_LIFETIME_S = 7 * 24 * 3600.0
 """A session that is not logged in (it anchors the CSRF tokens of its forms) lasts this long."""
 FAILED_LOGIN_PAUSE_S = 1.0
 """A wrong token is answered after this pause, taken one failure at a time across every connection."""
-MAX_PAUSED_LOGINS = 4
-"""How many wrong logins may wait for their pause at once. A login that arrives when that many wait is refused
-(429) before its token is checked: a flood of guesses neither holds connections (which would crowd token
-holders out of the HTTP server's connection limit) nor gets more than one guess a pause checked."""
 SECRET_REREAD_S = 5.0
 """A cookie whose MAC does not verify makes the guard re-read the stored secret, at most this often (a secret
 replaced in the store, by hand or by a restore, is adopted without a restart; processes creating it at once
@@ -114,7 +109,6 @@ class UiGuard:
         self._secret: bytes | None = None if load_secret else secrets.token_bytes(32)
         self._reread_after = 0.0
         self._failures: anyio.Lock | None = None
-        self._paused_logins = 0
 
     @property
     def login_required(self) -> bool:
@@ -202,22 +196,13 @@ class UiGuard:
             return None
         return self.new_session(logged_in=True)
 
-    @property
-    def logins_throttled(self) -> bool:
-        """Whether MAX_PAUSED_LOGINS wrong logins wait for their pause: a login now is refused unchecked."""
-        return self._paused_logins >= MAX_PAUSED_LOGINS
-
     async def failed_login_pause(self) -> None:
         """The pause after a wrong token, one failure at a time across all connections: parallel guesses
         wait for each other, so guessing runs at one try per FAILED_LOGIN_PAUSE_S per process."""
         if self._failures is None:
             self._failures = anyio.Lock()
-        self._paused_logins += 1
-        try:
-            async with self._failures:
-                await anyio.sleep(FAILED_LOGIN_PAUSE_S)
-        finally:
-            self._paused_logins -= 1
+        async with self._failures:
+            await anyio.sleep(FAILED_LOGIN_PAUSE_S)
 
     def set_cookie(self, response: Response, request: Request, session: Session, root: str | None = None) -> None:
         response.set_cookie(
