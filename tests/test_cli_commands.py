@@ -253,6 +253,10 @@ def test_recall_says_keyword_only_when_the_model_fails(
             self.error = EmbeddingModelError("cannot load embedding model 'x': no such file")
             raise self.error
 
+        @property
+        def ready(self) -> bool:  # as the real embedder's: a model that failed to load is not ready
+            return False
+
         def wait_ready(self, timeout: float) -> bool:
             return False
 
