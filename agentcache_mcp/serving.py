@@ -228,6 +228,25 @@ async def _run_stdio(server: Any, app: App, stdin: _CancellableStdin) -> None:
         )
 
 
+class _ClosesAsWrapped:
+    """A stream wrapper that closes, and enters as a context, as the stream it wraps."""
+
+    def __init__(self, stream: Any):
+        self._wrapped = stream
+
+    def close(self) -> None:
+        self._wrapped.close()
+
+    async def aclose(self) -> None:
+        await self._wrapped.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._wrapped.aclose()
+
+
 class _RequestsInFlight:
     """The ids of the requests read and not yet answered, seen on the SDK's streams, so the end of a session
     can wait for their answers."""
@@ -260,7 +279,7 @@ class _RequestsInFlight:
     def reading(self, stream: Any) -> Any:
         requests = self
 
-        class Reading:
+        class Reading(_ClosesAsWrapped):
             """The read stream, noting each request's id (and forgetting one the host cancelled)."""
 
             @property
@@ -281,43 +300,19 @@ class _RequestsInFlight:
                 except anyio.EndOfStream:
                     raise StopAsyncIteration from None
 
-            def close(self) -> None:
-                stream.close()
-
-            async def aclose(self) -> None:
-                await stream.aclose()
-
-            async def __aenter__(self) -> Any:
-                return self
-
-            async def __aexit__(self, *exc: object) -> None:
-                await stream.aclose()
-
-        return Reading()
+        return Reading(stream)
 
     def writing(self, stream: Any) -> Any:
         requests = self
 
-        class Writing:
+        class Writing(_ClosesAsWrapped):
             """The write stream, noting each answer once the transport has taken it."""
 
             async def send(self, item: Any) -> None:
                 await stream.send(item)
                 requests._written(item)
 
-            def close(self) -> None:
-                stream.close()
-
-            async def aclose(self) -> None:
-                await stream.aclose()
-
-            async def __aenter__(self) -> Any:
-                return self
-
-            async def __aexit__(self, *exc: object) -> None:
-                await stream.aclose()
-
-        return Writing()
+        return Writing(stream)
 
     def _read(self, item: Any) -> None:
         from mcp_types import JSONRPCNotification, JSONRPCRequest

@@ -222,6 +222,7 @@ def test_search_is_a_linkable_get_showing_scores_and_the_retrieval(ui: Ui) -> No
 
 def test_search_says_when_it_was_keyword_only(ui: Ui) -> None:
     ui.memory.embedder.error = RuntimeError("no model here")  # what a failed model load leaves
+    ui.memory.embedder.ready = False  # type: ignore[misc]
     ui.memory.embedder.wait_ready = lambda timeout: False
     page = ui.client.get("/ui/", params={"namespace": "work", "q": "staging database"}).text
     assert "retrieval: keyword only" in page and "no model here" in page

@@ -394,6 +394,8 @@ def test_ui_command_search_finds_a_memory_by_a_paraphrase(tmp_path: Path) -> Non
         [sys.executable, "-m", "agentcache_mcp", "ui", "--port", str(port), "--db", str(db)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # a search waits for the model (3 s by default, then by keyword): this one is about meaning
+        env={**os.environ, "AGENTCACHE_MODEL_WAIT_S": "120"},
     )
     try:
         wait_until_listening(proc, port, "agentcache-mcp ui")
