@@ -20,7 +20,7 @@ PACKAGE_ROOT = Path(agentcache_mcp.__file__).resolve().parent.parent
 
 TEXTS = [
     "Alice uses Neovim with the gruvbox theme",
-    "Melanie: Yeah, Caroline, they're some of my fave memories. I still have the photos [shares a beach]",
+    "Dana: Oh yes, Ravi, those trips are my favourite memories. I kept every photo [shares a lake at dusk]",
     "  leading and trailing spaces  ",
     "\ttabs\nand newlines\r\n",
     "x",
@@ -28,7 +28,7 @@ TEXTS = [
     "🙂 emoji, ünïcödé, 日本語のテキスト, Ελληνικά",
     "snake_case_words and CamelCaseWords and UPPER CASE",
     "word " * 600,  # far past the 256-token limit: truncated alike
-    "What did Caroline realize after her charity race?",
+    "What did Ravi decide after his first marathon?",
 ]
 
 
