@@ -44,6 +44,7 @@ from .service import MemoryService
 from .validation import (
     MAX_TAG_CHARS,
     InvalidInput,
+    check_text_chars,
     validate_access_count,
     validate_importance,
     validate_metadata,
@@ -410,7 +411,7 @@ def _graph_memories(item: Any, max_text_bytes: int) -> list[tuple[str, list[str]
         for i, observation in enumerate(observations):
             if not isinstance(observation, str):
                 raise InvalidInput(f"observations[{i}] must be a string, got {_json_type(observation)}")
-            _check_chars(observation, f"observations[{i}]")
+            check_text_chars(observation, f"observations[{i}]")
             if observation.strip():
                 out.append((f"{name} ({kind}): {observation.strip()}", [_tag(kind), _tag(name)]))
         return out
@@ -426,20 +427,11 @@ def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
-def _check_chars(value: str, name: str) -> None:
-    if "\x00" in value:
-        raise InvalidInput(f"{name} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{name} is not valid Unicode (unpaired surrogate at {exc.start})") from None
-
-
 def _text_field(item: dict[str, Any], name: str) -> str:
     value = item[name]
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string, got {_json_type(value)}")
-    _check_chars(value, name)
+    check_text_chars(value, name)
     return value.strip()
 
 
@@ -611,6 +603,15 @@ class _Plan:
     dropped_vectors: int = 0
     dropped_models: set[str] = field(default_factory=set)
 
+    def refuse_counted(self, where: str, reason: str, *, skipped: bool) -> None:
+        """Refuse a line that an earlier pass counted as valid (to be added, or skipped as already stored)."""
+        self.refused[where] = reason
+        self.valid -= 1
+        if skipped:
+            self.skipped -= 1
+        else:
+            self.added -= 1
+
 
 def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
     """Every record against the file's other records and against this store, before anything is written."""
@@ -709,15 +710,12 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
         if found is None:
             plan.unlinked.add(where)
         elif found != namespace:
-            plan.refused[where] = (
+            plan.refuse_counted(
+                where,
                 f"superseded_by {target!r} is a memory of namespace {found!r}, not {namespace!r}: a memory is only "
-                "superseded by one of its own namespace"
+                "superseded by one of its own namespace",
+                skipped=where in skipped,
             )
-            plan.valid -= 1
-            if where in skipped:
-                plan.skipped -= 1
-            else:
-                plan.added -= 1
     _drop_refused_stand_ins(plan, in_file)
     # A cycle (a -> b -> a) hides every memory of it, with nothing live left to stand for them; no export
     # holds one (a memory is only superseded by a live one). Each id is walked once: linear in the file.
@@ -741,15 +739,12 @@ def _check(memory: MemoryService, records: Iterator[Record | Refusal]) -> _Plan:
                 where = in_file[memory_id][2]
                 if where in plan.refused:
                     continue
-                plan.refused[where] = (
+                plan.refuse_counted(
+                    where,
                     f"superseded_by {links[memory_id]!r} closes a cycle of {len(cycle)} memories superseding "
-                    "each other: every one would be hidden"
+                    "each other: every one would be hidden",
+                    skipped=where in skipped,
                 )
-                plan.valid -= 1
-                if where in skipped:
-                    plan.skipped -= 1
-                else:
-                    plan.added -= 1
         for memory_id in walk:
             state[memory_id] = 2
     _drop_refused_stand_ins(plan, in_file)

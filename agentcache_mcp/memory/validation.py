@@ -34,7 +34,8 @@ class InvalidInput(ValueError):
     """Input the caller can fix: the message says what is wrong and what is allowed."""
 
 
-def _check_text_chars(value: str, what: str) -> None:
+def check_text_chars(value: str, what: str) -> None:
+    """No NUL character, and valid Unicode (no unpaired surrogate): what every stored string must be."""
     if "\x00" in value:
         raise InvalidInput(f"{what} must not contain NUL characters")
     try:
@@ -46,7 +47,7 @@ def _check_text_chars(value: str, what: str) -> None:
 def validate_namespace(namespace: object) -> str:
     if not isinstance(namespace, str):
         raise InvalidInput("namespace must be a string")
-    _check_text_chars(namespace, "namespace")
+    check_text_chars(namespace, "namespace")
     if not namespace:
         raise InvalidInput("namespace must not be empty")
     if len(namespace) > MAX_NAMESPACE_CHARS:
@@ -62,7 +63,7 @@ def validate_namespace(namespace: object) -> str:
 def validate_text(text: object, max_bytes: int) -> str:
     if not isinstance(text, str):
         raise InvalidInput("text must be a string")
-    _check_text_chars(text, "text")
+    check_text_chars(text, "text")
     if not text.strip():
         raise InvalidInput("text must not be empty")
     size = len(text.encode("utf-8"))
@@ -74,7 +75,7 @@ def validate_text(text: object, max_bytes: int) -> str:
 def validate_query(query: object, max_bytes: int) -> str:
     if not isinstance(query, str):
         raise InvalidInput("query must be a string")
-    _check_text_chars(query, "query")
+    check_text_chars(query, "query")
     if not query.strip():
         raise InvalidInput("query must not be empty")
     size = len(query.encode("utf-8"))
@@ -92,7 +93,7 @@ def validate_tags(tags: Iterable[object] | None) -> list[str]:
     for tag in tags:
         if not isinstance(tag, str):
             raise InvalidInput("each tag must be a string")
-        _check_text_chars(tag, "a tag")
+        check_text_chars(tag, "a tag")
         tag = tag.strip()
         if not tag:
             raise InvalidInput("tags must not be empty strings")
@@ -144,7 +145,7 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInput("metadata keys must be non-empty strings")
-        _check_text_chars(key, "a metadata key")
+        check_text_chars(key, "a metadata key")
         if len(key) > MAX_METADATA_KEY_CHARS:
             raise InvalidInput(f"metadata key {key[:20]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
         if isinstance(value, bool | int):
@@ -154,7 +155,7 @@ def validate_metadata(metadata: object) -> dict[str, MetadataValue]:
             if not math.isfinite(value):
                 raise InvalidInput(f"metadata value for {key!r} must be a finite number")
         elif isinstance(value, str):
-            _check_text_chars(value, f"metadata value for {key!r}")
+            check_text_chars(value, f"metadata value for {key!r}")
             if len(value) > MAX_METADATA_VALUE_CHARS:
                 raise InvalidInput(f"metadata value for {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
         else:
@@ -251,7 +252,7 @@ def validate_stored_id(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string")
     [memory_id] = validate_ids([value], name)
-    _check_text_chars(memory_id, name)
+    check_text_chars(memory_id, name)
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in memory_id) or memory_id != memory_id.strip():
         raise InvalidInput(f"{name} {memory_id!r} has control characters or surrounding spaces")
     if memory_id in (".", ".."):  # a URL path resolves these away: the UI could never open that memory
