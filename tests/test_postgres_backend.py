@@ -549,7 +549,7 @@ def test_a_sweep_with_its_erase_runs_on_the_smallest_pool(postgres_url: str) -> 
     """The sweep holds one connection for its lock; the sweep's work and the erase make do with the other."""
     from agentcache_mcp.workers import App
 
-    settings = Settings(database_url=postgres_url, pg_pool_size=2)
+    settings = Settings(database_url=postgres_url, pg_pool_size=2, pg_erase="after-forget")
     memory = open_memory(settings, embedder=HashEmbedder())
     try:
         gone = memory.remember("a note to forget").id
