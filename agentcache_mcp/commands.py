@@ -415,6 +415,12 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
             )
         else:
             console.say(f"deleted {count} of namespace {namespace!r}")
+            if settings.database_url is not None and settings.pg_erase != "after-forget":
+                console.say(
+                    "PostgreSQL keeps their bytes in the database files until the erase "
+                    f"({'daily at ' + settings.pg_erase_at + ' UTC' if settings.pg_erase == 'daily' else 'manual'}, "
+                    "AGENTCACHE_PG_ERASE); `agentcache-mcp erase` runs it now"
+                )
     if result.not_found:
         return print_error(
             f"not memories of namespace {namespace!r} (nothing was done to them): {', '.join(result.not_found)}",

@@ -30,6 +30,7 @@ shared machine, compare runs taken together.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -101,9 +102,9 @@ def synthetic(n: int) -> tuple[list[str], np.ndarray]:
     rng = random.Random(7)
     syllables = ["ba", "ce", "di", "fo", "gu", "ha", "ji", "ko", "lu", "ma", "ne", "pi", "ro", "su", "ta", "vi", "wo", "zu"]
     vocabulary = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(20_000)]
-    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(vocabulary))))
     texts = [
-        " ".join(rng.choices(vocabulary, weights, k=rng.randint(8, 20))) + f" #{i}" for i in range(n)
+        " ".join(rng.choices(vocabulary, cum_weights=cumulative, k=rng.randint(8, 20))) + f" #{i}" for i in range(n)
     ]
     vrng = np.random.default_rng(0)
     centres = vrng.normal(size=(200, DIM)).astype(np.float32)

@@ -253,11 +253,15 @@ def test_the_erase_command_rewrites_now_and_says_how_long_the_table_was_locked(
     monkeypatch.setattr(app, "SentenceTransformerEmbedder", lambda *a, **k: HashEmbedder())
     memory = harness.open()
     remember_and_forget(memory)
+    by_hand = memory.remember("a note a person forgets from the terminal").id
     memory.close()
+    cli.main(["forget", by_hand, "--yes", "--db", harness.url])
+    out = capsys.readouterr().out
+    assert "PostgreSQL keeps their bytes in the database files until the erase (daily at 03:00 UTC" in out
     assert held(harness) == TOKENS
     cli.main(["erase", "--db", harness.url])
     out = capsys.readouterr().out
-    assert out.startswith("erased: rewrote the memories table") and "1 forgotten memory" in out
+    assert out.startswith("erased: rewrote the memories table") and "2 forgotten memories" in out
     assert "the table was locked" in out and "pg_wal" in out
     assert held(harness) == []
     cli.main(["erase", "--db", harness.url, "--json"])
