@@ -95,6 +95,7 @@ def test_in_daily_mode_a_forget_rewrites_nothing_and_stats_say_what_stays_until_
         assert before - 2 <= since <= time.time() + 1
         assert erasure["next_erase"].endswith("T04:30:00.000Z") and erasure["last_erase"] is None
         backend = backend_of(memory)
+        assert backend.erasure(time.time() + 2 * DAY)["next_erase"].startswith("overdue")
         forgotten = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(forgotten + DAY))
         # The check before the next 04:30 leaves it; the one at 04:30 erases, and says when it checks again.
@@ -148,7 +149,7 @@ def test_manual_mode_erases_only_when_asked(harness: PostgresHarness) -> None:
         remember_and_forget(memory)
         App(Settings(database_url=harness.url), memory)._sweep_alone()
         assert backend_of(memory).scheduled_erase(time.time() + 2 * DAY) is None
-        assert memory.stats()["index"]["erasure"]["next_erase"].startswith("manual: only `agentcache-mcp erase`")
+        assert memory.stats()["index"]["erasure"]["next_erase"] == "only when `agentcache-mcp erase` is run"
     finally:
         memory.close()
     assert held(harness) == TOKENS
@@ -161,9 +162,9 @@ def test_manual_mode_erases_only_when_asked(harness: PostgresHarness) -> None:
     assert held(harness) == []
 
 
-def test_the_erase_waits_for_the_table_a_fifth_of_a_second_at_a_time_then_gives_up(postgres_url: str) -> None:
-    """VACUUM FULL waiting for its lock makes every later call wait behind it: it asks with a short timeout,
-    lets the callers through, asks again, and gives up after its tries, nothing rewritten."""
+def test_the_erase_asks_for_the_table_briefly_and_gives_up_when_it_stays_busy(postgres_url: str) -> None:
+    """VACUUM FULL waiting for its lock makes every later call wait behind it: it asks with a short timeout
+    (0.2 s, then 0.4 s), lets the callers through, asks again, and gives up after its tries, nothing rewritten."""
     memory = open_memory(Settings(database_url=postgres_url, pg_erase="manual"), embedder=HashEmbedder())
     try:
         gone = memory.remember("a note to forget").id
@@ -174,7 +175,7 @@ def test_the_erase_waits_for_the_table_a_fifth_of_a_second_at_a_time_then_gives_
         with psycopg.connect(postgres_url) as reader, psycopg.connect(postgres_url, autocommit=True) as caller:
             reader.execute("SELECT count(*) FROM memories")  # a long read: its transaction holds the table
             result = []
-            erasing = threading.Thread(target=lambda: result.append(backend.erase(attempts=3)))
+            erasing = threading.Thread(target=lambda: result.append(backend.erase(attempts=2)))
             erasing.start()
             while erasing.is_alive():
                 started = time.monotonic()
@@ -183,9 +184,9 @@ def test_the_erase_waits_for_the_table_a_fifth_of_a_second_at_a_time_then_gives_
                 time.sleep(0.02)
             erasing.join()
         [report] = result
-        assert not report.erased and report.attempts == 3 and "stayed busy" in report.note
+        assert not report.erased and report.attempts == 2 and "stayed busy" in report.note
         assert backend.erase_pending()
-        assert max(waits) < 1.5  # one try's wait (0.2 s) and the scheduling of a loaded machine; 2 s before
+        assert max(waits) < 1.5  # one try's wait (0.4 s at most) and a loaded machine's scheduling; 2 s before
         assert backend.erase().erased  # the reader is gone: now it runs
     finally:
         memory.close()
@@ -299,5 +300,25 @@ def test_open_memory_on_postgres_uses_the_url(postgres_url: str) -> None:
     memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
     try:
         assert memory.backend.describe()["backend"] == "postgres"
+    finally:
+        memory.close()
+
+
+def test_the_ui_stats_page_says_what_forgotten_memories_left_on_disk(postgres_url: str) -> None:
+    from starlette.testclient import TestClient
+
+    from agentcache_mcp import serving
+    from agentcache_mcp.server import build_server
+
+    config = Settings(database_url=postgres_url, auto_forget_enabled=False)
+    memory = open_memory(config, embedder=HashEmbedder())
+    try:
+        memory.forget(ids=[memory.remember("a note to forget").id])
+        server = App(config, memory)
+        asgi = serving.http_server(build_server(config, app=server), config, "streamable-http", app=server).config.app
+        with TestClient(asgi, base_url="http://127.0.0.1:8765") as client:
+            page = client.get("/ui/stats").text
+        assert "<dt>forgotten, still on disk</dt><dd>1 memory, since " in page
+        assert "<dt>erase</dt><dd>daily at 03:00 UTC; next: " in page
     finally:
         memory.close()
