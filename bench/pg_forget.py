@@ -22,6 +22,8 @@ measured is the store), while the phases follow one another:
 - erase (daily and manual): the erase itself, as the daily schedule (or `agentcache-mcp erase`) runs it;
 - after erase: recalls only, --phase-s seconds.
 
+At the end, F more forgets and the erase alone, no recall running: its lock time without contention.
+
 A recall counts in the phase in which it started. Each line gives the recalls' count and p50/p95/p99/max in
 ms, and each erase the time it held the table's lock. The load average is printed before and after: on a
 shared machine, compare runs taken together.
@@ -280,7 +282,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     modes = args.modes.split(",")
-    needed = args.forget * args.runs * len(modes)
+    needed = args.forget * (args.runs * len(modes) + 1)  # and once more for the erase alone
     if needed * 2 > args.memories:
         parser.error(f"{args.runs} runs x {len(modes)} settings x {args.forget} forgets need more memories")
     url = admin_url(args.database_url, args.db_name)
@@ -331,6 +333,17 @@ def main() -> None:
                         f"max {p['max']:7.1f} ms",
                         flush=True,
                     )
+    memory = open_memory(Settings(database_url=url, pg_erase="manual"), embedder=StandInEmbedder(query_vectors))
+    victims = [victims_pool.pop() for _ in range(args.forget)]
+    for memory_id in victims:
+        memory.forget(ids=[memory_id], namespace=NAMESPACE)
+    alone = memory.backend.erase()
+    memory.close()
+    print(
+        f"the erase alone (no recalls running) after {args.forget} forgets: held the table {alone.locked_s:.2f} s, "
+        f"{alone.seconds:.2f} s in all; load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     print("\nsummary: median [min-max] over runs of each phase's p99 (ms), and of the erase's lock time (s)")
     for mode in modes:
         mine = [r for r in results if r["mode"] == mode]
@@ -343,7 +356,8 @@ def main() -> None:
             print(f"  {mode:<12} erase held the table {statistics.median(locked):.2f} s [{min(locked):.2f}-{max(locked):.2f}]")
     print(f"load average: {os.getloadavg()}")
     if args.json:
-        args.json.write_text(json.dumps({"source": source, "memories": len(texts), "results": results}, indent=1))
+        figures = {"source": source, "memories": len(texts), "results": results, "erase_alone_locked_s": alone.locked_s}
+        args.json.write_text(json.dumps(figures, indent=1))
     if not args.keep:
         with psycopg.connect(args.database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db_name)))
