@@ -85,7 +85,8 @@ class EraseStatus:
 
     generation: int
     erased: int
-    count: int
+    count: int | None
+    """Memories deleted since the last erase; None: unknown (deleted before schema 2 counted them)."""
     since: float | None
     last_erase_at: float | None
     last_erase_locked_s: float | None
@@ -105,7 +106,7 @@ class EraseStatus:
         return cls(
             generation=int(rows.get("erase_generation", 0)),
             erased=int(rows.get("erased_generation", 0)),
-            count=int(rows.get("erase_pending_count") or 0),
+            count=int(rows["erase_pending_count"]) if rows.get("erase_pending_count", "0") != "" else None,
             since=number("erase_pending_since"),
             last_erase_at=number("last_erase_at"),
             last_erase_locked_s=number("last_erase_locked_s"),
@@ -186,7 +187,7 @@ class PostgresBackend:
         return {
             "setting": setting,
             # None: deleted before this version kept the count (an upgraded store), until the next erase
-            "forgotten_on_disk": (status.count or None) if status.pending else 0,
+            "forgotten_on_disk": status.count if status.pending else 0,
             "forgotten_since": iso(status.since) if status.pending and status.since is not None else None,
             "next_erase": next_erase,
             "last_erase": iso(status.last_erase_at) if status.last_erase_at is not None else None,
@@ -279,7 +280,9 @@ class PostgresBackend:
             later = now.generation > before.generation  # deletes since the snapshot: maybe after the rewrite
             updates = {
                 "erased_generation": str(max(now.erased, before.generation)),
-                "erase_pending_count": str(max(now.count - before.count, 0)) if later else "0",
+                "erase_pending_count": (
+                    "0" if not later else "" if now.count is None or before.count is None else str(now.count - before.count)
+                ),
                 "erase_pending_since": repr(snapshot_at) if later else "",
                 "last_erase_at": repr(time.time()),
                 "last_erase_locked_s": f"{locked_s:.3f}",
@@ -289,7 +292,7 @@ class PostgresBackend:
                 (json.dumps(updates), list(updates)),
             )
         seconds = time.monotonic() - started
-        count = before.count or None
+        count = before.count
         log.info(
             "erased what %s forgotten memories left in %s (VACUUM FULL: the table locked %.2f s, %d tries; %.2f s)",
             count if count is not None else "the",
