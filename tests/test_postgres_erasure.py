@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import anyio
 import psycopg
 import pytest
 from contract.harness import PostgresHarness
@@ -192,9 +193,8 @@ def test_the_erase_asks_for_the_table_briefly_and_gives_up_when_it_stays_busy(po
         memory.close()
 
 
-def test_a_database_at_schema_1_with_an_erase_pending_migrates_and_says_its_count_is_unknown(
-    postgres_url: str,
-) -> None:
+def schema_1_with_an_erase_pending(postgres_url: str) -> None:
+    """A database as the version before the erase setting left it, with a delete not erased yet."""
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)")
@@ -206,6 +206,12 @@ def test_a_database_at_schema_1_with_an_erase_pending_migrates_and_says_its_coun
             "VALUES ('a', 'default', 'an old secret', 'h1', 0, 0), ('b', 'default', 'an old note', 'h2', 0, 0)"
         )
         conn.execute("DELETE FROM memories WHERE id = 'a'")
+
+
+def test_a_database_at_schema_1_with_an_erase_pending_migrates_and_says_its_count_is_unknown(
+    postgres_url: str,
+) -> None:
+    schema_1_with_an_erase_pending(postgres_url)
     memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
     try:
         assert memory.backend.describe()["schema_version"] == len(schema.MIGRATIONS)
@@ -219,6 +225,22 @@ def test_a_database_at_schema_1_with_an_erase_pending_migrates_and_says_its_coun
         assert memory.stats()["index"]["erasure"]["forgotten_on_disk"] == 0
     finally:
         memory.close()
+
+
+def test_a_server_that_starts_after_a_missed_daily_erase_runs_it_shortly_after_its_start(postgres_url: str) -> None:
+    from agentcache_mcp.workers import open_app
+
+    schema_1_with_an_erase_pending(postgres_url)  # since when: unknown, so before the last 03:00
+    settings = Settings(database_url=postgres_url, auto_forget_enabled=False, auto_forget_first_delay_s=0)
+
+    async def serve() -> None:
+        async with open_app(settings, embedder=HashEmbedder()) as server:
+            backend = backend_of(server.memory)
+            with anyio.fail_after(60):
+                while backend.erase_pending():
+                    await anyio.sleep(0.2)
+
+    anyio.run(serve)
 
 
 @pytest.mark.parametrize(
