@@ -22,7 +22,13 @@ def open_backend(settings: Settings, model_id: str, *, max_page_count: int | Non
                 f"AGENTCACHE_DB / --db names a PostgreSQL database, but the PostgreSQL driver is not installed "
                 f"({exc.name or exc}): pip install 'agentcache-mcp[postgres]'"
             ) from None
-        return PostgresBackend(settings.database_url, model_id, pool_size=settings.pg_pool_size)
+        return PostgresBackend(
+            settings.database_url,
+            model_id,
+            pool_size=settings.pg_pool_size,
+            erase=settings.pg_erase,
+            erase_at=settings.pg_erase_at,
+        )
     return SqliteBackend(
         settings.db_path,
         model_id,

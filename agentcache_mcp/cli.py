@@ -2,7 +2,7 @@
 
 - `agentcache-mcp` serves stdio; `serve` picks a transport; `ui` serves the memory browser: `serving.py`.
 - The other subcommands are for people at a terminal (and scripts): recall, list, show, forget, stats,
-  reembed, backup, export, import: `commands.py`.
+  erase, reembed, backup, export, import: `commands.py`.
 
 A bad flag or setting is one line on stderr and exit 2, before anything is opened or any client served.
 """
@@ -64,7 +64,7 @@ def _common_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> Non
     )
 
 
-COMMANDS = ("recall", "list", "show", "forget", "stats", "reembed", "backup", "export", "import")
+COMMANDS = ("recall", "list", "show", "forget", "stats", "erase", "reembed", "backup", "export", "import")
 """The subcommands for people and scripts (everything but serve)."""
 
 NAMESPACE_HELP = "the namespace (default: $AGENTCACHE_NAMESPACE, else 'default')"
@@ -169,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--yes", action="store_true", help="delete (without it: a dry run that lists)")
 
     _command(sub, "stats", "memory counts, embeddings and the store (JSON when stdout is not a terminal)")
+
+    _command(
+        sub,
+        "erase",
+        "PostgreSQL: rewrite the memories table now, so forgotten memories' bytes leave the database files "
+        "(every call waits while it runs); SQLite erases at each forget",
+    )
 
     reembed = _command(sub, "reembed", "embed every memory with the (new) embedding model; resumable")
     reembed.add_argument(

@@ -1,5 +1,5 @@
-"""The subcommands for people at a terminal (and scripts): recall, list, show, forget, stats, reembed, backup,
-export, import.
+"""The subcommands for people at a terminal (and scripts): recall, list, show, forget, stats, erase, reembed,
+backup, export, import.
 
 Each opens the store, does its work and closes it (no background workers, nothing held open that could stall
 a running server), prints its result on stdout (a table, or one JSON document with --json) and progress on
@@ -415,6 +415,12 @@ def _forget(args: argparse.Namespace, settings: Settings) -> int:
             )
         else:
             console.say(f"deleted {count} of namespace {namespace!r}")
+            if settings.database_url is not None and settings.pg_erase != "after-forget":
+                console.say(
+                    "PostgreSQL keeps their bytes in the database files until the erase "
+                    f"({'daily at ' + settings.pg_erase_at + ' UTC' if settings.pg_erase == 'daily' else 'manual'}, "
+                    "AGENTCACHE_PG_ERASE); `agentcache-mcp erase` runs it now"
+                )
     if result.not_found:
         return print_error(
             f"not memories of namespace {namespace!r} (nothing was done to them): {', '.join(result.not_found)}",
@@ -443,6 +449,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
             ("memories", f"{data['memories']} in {_plural(len(namespaces), 'namespace')}"),
             ("embedding model", data["embedding_model"]),
             ("vectors", f"{index['vectors_loaded']} from this model; {pending} memories wait for one"),
+            *_erasure_fields(index.get("erasure")),
         ]
     )
     if namespaces:
@@ -453,6 +460,53 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     if pending:
         console.say("a running server embeds waiting memories in the background; or run `agentcache-mcp reembed`")
     return 0
+
+
+# erase
+
+
+def _erase(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+
+    with _store(settings) as memory:
+        with console.spinner("erasing what forgotten memories left in the store's files"):
+            report = memory.backend.erase()
+        erasure = memory.backend.describe().get("erasure")
+    postponed = not report.erased and report.attempts > 0
+    if args.json:
+        console.emit_json({**dataclasses.asdict(report), "erasure": erasure})
+    else:
+        console.say(("erased: " if report.erased else "") + report.note)
+        if report.erased and report.attempts:
+            console.say(
+                f"{_plural(report.attempts, 'try', 'tries')} for the table's lock, {report.seconds:.2f} s in all. "
+                "PostgreSQL's write-ahead log (pg_wal), WAL archives, replicas and backups keep the text until they "
+                "are recycled (README: Team deployment)"
+            )
+    return EXIT_FAILED if postponed else 0
+
+
+def _erasure_fields(erasure: Any) -> list[tuple[str, str]]:
+    """The stats lines of what forgotten memories left on disk (PostgreSQL; SQLite's is one sentence)."""
+    if isinstance(erasure, str):
+        return [("erase", erasure)]
+    if not isinstance(erasure, dict):
+        return []
+    count = erasure["forgotten_on_disk"]
+    if count == 0:
+        left = "none"
+    else:
+        since = erasure["forgotten_since"]
+        left = (
+            ("an unknown number of memories" if count is None else _plural(count, "memory", "memories"))
+            + (f", forgotten since {since}" if since else "")
+        )
+    last = erasure["last_erase"]
+    return [
+        ("still on disk", f"{left} (in the database files: gone from every result)"),
+        ("erase", f"{erasure['setting']}; next: {erasure['next_erase']}"),
+        ("last erase", "never" if last is None else f"{last}, the table locked {erasure['last_erase_locked_s']} s"),
+    ]
 
 
 # reembed
@@ -785,6 +839,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "show": _show,
     "forget": _forget,
     "stats": _stats,
+    "erase": _erase,
     "reembed": _reembed,
     "backup": _backup,
     "export": _export,

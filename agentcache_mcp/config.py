@@ -219,6 +219,10 @@ def _userinfo_end(rest: str) -> int | None:
     return None
 
 
+PG_ERASE_MODES = ("daily", "after-forget", "manual")
+"""AGENTCACHE_PG_ERASE's values: when the PostgreSQL backend rewrites the memories table (backends/postgres)."""
+
+
 def _names(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -239,6 +243,8 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_MODEL_WAIT_S", "model_wait_s", _number),
     ("AGENTCACHE_PG_POOL_SIZE", "pg_pool_size", _integer),
     ("AGENTCACHE_EMBEDDING_LEASE_S", "embedding_lease_s", _number),
+    ("AGENTCACHE_PG_ERASE", "pg_erase", _text),
+    ("AGENTCACHE_PG_ERASE_AT", "pg_erase_at", _text),
 )
 """(variable, setting, parser): every environment variable read. An empty variable counts as unset."""
 
@@ -285,6 +291,12 @@ class Settings(BaseModel):
     embedding_lease_s: float = Field(default=60.0, gt=0)
     """How long a process's claim on a batch of memories to embed holds; a batch claimed by a process that died
     is taken again by another after this (PostgreSQL replicas share one backlog)."""
+    pg_erase: str = "daily"
+    """PostgreSQL only: when the table rewrite that removes forgotten memories' bytes from the database files
+    runs (PG_ERASE_MODES): `daily` at pg_erase_at, `after-forget` after each auto-forget sweep and at shutdown
+    (every call waits while it runs), `manual` only by `agentcache-mcp erase`. A forget deletes at once in all."""
+    pg_erase_at: str = "03:00"
+    """PostgreSQL, pg_erase=daily: the time of day (HH:MM, UTC) of the erase."""
     namespace: str = "default"
     embedding_model: str = DEFAULT_MODEL
     auto_forget_enabled: bool = True
@@ -334,6 +346,22 @@ class Settings(BaseModel):
         if value is not None and not is_postgres_url(value):
             raise _Invalid("expected a postgresql:// (or postgres://) URL", shown=mask_url(value))
         return value
+
+    @field_validator("pg_erase")
+    @classmethod
+    def _check_pg_erase(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in PG_ERASE_MODES:
+            raise _Invalid("expected " + ", ".join(PG_ERASE_MODES[:-1]) + f" or {PG_ERASE_MODES[-1]}")
+        return mode
+
+    @field_validator("pg_erase_at")
+    @classmethod
+    def _check_pg_erase_at(cls, value: str) -> str:
+        found = re.fullmatch(r"\s*([01]?\d|2[0-3]):([0-5]\d)\s*", value)
+        if found is None:
+            raise _Invalid("expected a time of day HH:MM (UTC, 00:00 to 23:59), e.g. 03:00")
+        return f"{int(found.group(1)):02d}:{found.group(2)}"
 
     @field_validator("db_path")
     @classmethod

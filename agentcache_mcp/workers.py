@@ -5,7 +5,10 @@
 - embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
 - access stats: recalls buffer them in memory; this loop writes them every few seconds;
 - auto-forget: a first sweep shortly after start, then one every interval, with the store's maintenance after
-  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns).
+  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns);
+- scheduled erase: where the store has a schedule (PostgreSQL, AGENTCACHE_PG_ERASE=daily), the rewrite that
+  removes forgotten memories' bytes from its files, at its time of day (and shortly after a start that finds
+  one missed), on one process of the store.
 
 Shutdown (stdin EOF, SIGTERM, SIGINT) begins with `App.begin_shutdown`: waits for the store (a lock another
 process holds, a connection to a server that is down) end STORE_GRACE_S later with StoreBusy, and a store call
@@ -55,6 +58,8 @@ speed (bench/embed_pipeline.py; bench/RESULTS.md)."""
 STORE_GRACE_S = 0.5
 """Once the shutdown began, a wait for the store (a lock, a connection) goes on this long at most: enough for
 another process's transaction to commit, and well inside the hosts' 2 s."""
+ERASE_RETRY_S = 600.0
+"""A scheduled erase that failed (the store unreachable) is tried again this much later."""
 ABANDON_AFTER_S = 0.8
 """A store call still running this long after the shutdown began is abandoned: the store did not answer (a frozen
 server, a network that drops packets), and the process exits without it."""
@@ -259,6 +264,21 @@ class App:
             await self.sweep()
             await anyio.sleep(self.settings.auto_forget_interval_s)
 
+    async def erase_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the store's scheduled erase when due (`StorageBackend.scheduled_erase`); ends at once for a store
+        without a schedule. A failure is logged and tried again ERASE_RETRY_S later."""
+        task_status.started()
+        await anyio.sleep(self.settings.auto_forget_first_delay_s)
+        while True:
+            try:
+                next_at = await self.run_abandonable(self.memory.backend.scheduled_erase, time.time())
+            except Exception:
+                log.exception("scheduled erase failed; retrying in %.0f s", ERASE_RETRY_S)
+                next_at = time.time() + ERASE_RETRY_S
+            if next_at is None:
+                return
+            await anyio.sleep(max(1.0, next_at - time.time() + 1.0))  # a second past the time: it is due then
+
     async def sweep(self) -> None:
         """One auto-forget sweep; a failure is logged and the next interval tries again."""
         started = time.monotonic()
@@ -328,6 +348,7 @@ async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> A
                 await tg.start(app.access_flush_loop)
                 if settings.auto_forget_enabled:
                     await tg.start(app.auto_forget_loop)
+                await tg.start(app.erase_loop)
                 try:
                     yield app
                 finally:

@@ -1,4 +1,5 @@
-"""The subcommands for people and scripts: recall, list, show, forget, stats, reembed, backup, export, import.
+"""The subcommands for people and scripts: recall, list, show, forget, stats, erase, reembed, backup, export,
+import.
 
 Each runs `cli.main` in-process on an empty and on a populated store, with the fake embedder from conftest in
 place of the sentence-transformers model (patched where `app.open_memory` builds its default), so no test
@@ -738,6 +739,21 @@ def test_stats_on_an_empty_store(
     monkeypatch.setattr(console, "stdout_is_tty", lambda: True)
     code, out, err = run(capsys, "--db", empty, "stats")
     assert (code, err) == (0, "") and "0 in 0 namespaces" in out
+
+
+# --- erase ------------------------------------------------------------------------------------------------
+
+
+def test_erase_on_a_sqlite_store_says_a_forget_already_erased_and_empties_the_wal(
+    capsys: pytest.CaptureFixture[str], populated: dict[str, str], db: Path
+) -> None:
+    code, out, err = run(capsys, "--db", db, "erase")
+    assert (code, err) == (0, "")
+    assert out.startswith("erased: SQLite needs no rewrite: a forget zeroes the deleted bytes at once")
+    wal = Path(str(db) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    code, out, _ = run(capsys, "--db", db, "erase", "--json")
+    assert code == 0 and json.loads(out)["erased"] is True
 
 
 # --- reembed ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Promises every backend keeps (each is a contract test):
 - keys increase with every insert and are never reused;
 - `delete(filter)` decides and deletes in one transaction, and returns exactly the ids it deleted;
 - a deleted memory leaves nothing behind: no keyword index entry (its own or as a neighbour's context), no
-  vector, and, once the backend's `checkpoint` ran, none of its text in the backend's files;
+  vector, and, once the backend's `erase` ran, none of its text in the backend's files;
 - deleting a memory revives the memories it superseded;
 - every search, neighbour lookup and hydration is confined to the namespace it is given.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -250,6 +251,24 @@ class EmbeddingStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EraseReport:
+    """What one erase did: `erased` if it removed what deletes left in the store's files."""
+
+    erased: bool
+    note: str
+    """One line for people: what was rewritten, or why nothing was."""
+    memories: int | None = None
+    """Forgotten memories whose bytes it removed (None: not known, e.g. deleted before the count was kept)."""
+    locked_s: float = 0.0
+    """How long it held the store's table exclusively (every call of every process waited meanwhile); an upper
+    bound: it includes the last wait for the lock, at most the lock timeout."""
+    seconds: float = 0.0
+    """The whole erase, waits and retries included."""
+    attempts: int = 0
+    """How many times it asked for the table's lock."""
+
+
 class StorageBackend(Protocol):
     """One store: its repository, indexes and embeddings, and its lifecycle."""
 
@@ -280,7 +299,19 @@ class StorageBackend(Protocol):
         ...
 
     def checkpoint(self) -> None:
-        """Make everything committed durable in the main files and drop what deletes left behind."""
+        """Make everything committed durable in the main files (and, where the store's erase setting says so,
+        drop what deletes left behind)."""
+        ...
+
+    def erase(self) -> EraseReport:
+        """Remove what deletes left in the store's files, now, whatever the schedule: after it, no file of the
+        store (but the write-ahead log, see the backend) holds a deleted memory's text."""
+        ...
+
+    def scheduled_erase(self, now: float) -> float | None:
+        """Run the erase if its schedule says it is due at `now` (epoch seconds); the time of the next check,
+        or None if this store has no schedule (it erases at each delete, at each sweep, or only when asked).
+        One process at a time."""
         ...
 
     def give_up_waits(self, after_s: float) -> None:

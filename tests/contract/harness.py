@@ -26,7 +26,8 @@ class Harness(Protocol):
         ...
 
     def stored_bytes(self) -> bytes:
-        """Every byte of the store's files, read after all services closed (checkpointed)."""
+        """Every byte of the store's files, read after all services closed (checkpointed; on PostgreSQL, erased
+        first: its erase runs on a schedule)."""
         ...
 
 

@@ -36,13 +36,15 @@ def key_of(memory: MemoryService, memory_id: str) -> int:
 
 
 def assert_erased(harness: Harness, memory: MemoryService, secret_key: int, namespaces: list[str]) -> None:
-    """Nothing ranks by the forgotten words, no index holds it, and after close no file holds its bytes."""
+    """Nothing ranks by the forgotten words, no index holds it, and after the erase (PostgreSQL's runs on a
+    schedule: AGENTCACHE_PG_ERASE) and close no file holds its bytes."""
     for namespace in namespaces:
         assert memory.recall("xylqvortish quarblemost", namespace=namespace, fusion=KEYWORD_ONLY) == []
         assert memory.backend.keywords.search(namespace, ["xylqvortish"], 10, MemoryFilter(namespace), 0.4) == []
         query = memory.embedder.embed([SECRET])[0]
         assert memory.backend.vectors.scores_for(namespace, query, [secret_key]) == {}
     assert all(key != secret_key for key, _, _ in memory.backend.embeddings.pending("test-hash-embedder", 1000))
+    memory.backend.erase()
     memory.close()
     if not harness.can_read_files:
         pytest.skip("this PostgreSQL server's files cannot be read from here: the byte check needs the bundled one")
@@ -379,6 +381,7 @@ def test_forgotten_tokens_leave_no_trace_in_a_large_keyword_index(harness: Harne
     ids = {f"5550{n:04d}": memory.remember(f"card number 5550{n:04d} expires soon").id for n in range(1500)}
     victims = [number for number in ids if 600 <= int(number[4:]) < 1000]
     assert memory.forget(ids=[ids[v] for v in victims]).deleted == [ids[v] for v in victims]
+    memory.backend.erase()
     memory.close()
     if not harness.can_read_files:
         pytest.skip("this PostgreSQL server's files cannot be read from here: the byte check needs the bundled one")

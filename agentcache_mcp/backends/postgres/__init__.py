@@ -11,31 +11,42 @@ index keeps a deleted memory's lexemes as keys even after VACUUM empties their p
 versions of the next memory (whose context terms the delete re-indexed) and in the TOAST table for long texts,
 until the page is rewritten. Plain VACUUM is not enough: it frees the space but leaves a dead tuple's bytes in
 place when no live tuple is moved over them (measured: a deleted row at the page's free-space boundary
-survived VACUUM), and it never removes GIN keys. So every DELETE statement raises an erase generation, and
-`checkpoint()` (at shutdown) and `maintenance()` (after each auto-forget sweep) run the erase when it rose:
-`VACUUM (FULL)` of the memories table, which writes the table, its TOAST table and every index anew from the
-live rows and unlinks the old files, then plain VACUUM of the vector tables. VACUUM FULL holds an ACCESS
-EXCLUSIVE lock on the table while it runs: every replica's calls wait for it (it gives up after 2 s waiting
-for the lock, and the next erase tries again). What no backend can erase: the WAL (pg_wal) keeps the text
-until its segment is recycled and overwritten, and so does any WAL archive, streaming replica or backup
-taken meanwhile; the unlinked files' blocks stay on the disk device until the filesystem reuses them. ANALYZE
-statistics are switched off for the columns holding the user's words, so pg_statistic never samples them.
+survived VACUUM), and it never removes GIN keys. So every DELETE statement counts its rows in the meta table
+(how many, since when: what stats show), and the erase rewrites: `VACUUM (FULL)` of the memories table, which
+writes the table, its TOAST table and every index anew from the live rows and unlinks the old files. The
+vector tables are not rewritten (an HNSW index takes minutes to build at 100k): a deleted memory's vector and
+content hash (deleted with it by the cascade) stay in their pages until autovacuum frees them and new rows
+overwrite them.
+
+VACUUM FULL holds an ACCESS EXCLUSIVE lock on the table while it runs: every replica's calls wait for it. So
+it does not run on every delete: AGENTCACHE_PG_ERASE says when (`daily`, the default: once a day at
+AGENTCACHE_PG_ERASE_AT UTC, by one replica, if anything was deleted since the last erase, and at the first
+check after a start when a day's erase was missed; `after-forget`: after each auto-forget sweep and at
+shutdown; `manual`: only `agentcache-mcp erase`). It asks for the lock with a short lock_timeout
+(ERASE_LOCK_TIMEOUT_S, doubled at each try up to ERASE_LOCK_TIMEOUT_MAX_S) and retries: while it waits, calls
+queue behind its request, so it never waits long behind a long statement. What no backend can erase: the WAL (pg_wal) keeps the text until its segment is
+recycled and overwritten, and so does any WAL archive, streaming replica or backup taken meanwhile; the
+unlinked files' blocks stay on the disk device until the filesystem reuses them. ANALYZE statistics are
+switched off for the columns holding the user's words, so pg_statistic never samples them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from ...config import mask_url
-from ...memory.ports import StoreError
-from .connection import Database, connect, first_line, lock_key
+from ...memory.model import DAY, iso
+from ...memory.ports import EraseReport, StoreError
+from .connection import Connection, Database, connect, first_line, lock_key
 from .keywords import TsvectorKeywords
 from .repository import PgEmbeddings, PgMemories
 from .schema import migrate
@@ -45,11 +56,87 @@ __all__ = ["PostgresBackend"]
 
 log = logging.getLogger(__name__)
 
-ERASE_LOCK_TIMEOUT = "2s"
+ERASE_LOCK_TIMEOUT_S = 0.2
+"""How long the erase's VACUUM FULL first waits for the memories table's lock before it gives up and tries
+again: every call that comes after its request queues behind it meanwhile, so this is what one try can add
+to them. Each try waits twice as long as the one before, up to ERASE_LOCK_TIMEOUT_MAX_S: under a steady
+stream of recalls the lock is free only once every statement that holds it has ended (measured at 100k with
+8 clients recalling on a loaded machine: 30 tries of 0.2 s never found it free)."""
+ERASE_LOCK_TIMEOUT_MAX_S = 2.0
+ERASE_ATTEMPTS = 30
+"""Tries for the lock (a second apart, then more) before the erase is postponed: to the next check."""
+ERASE_RETRY_S = 1.0
+"""The pause before the second try; it grows by this much per try, to 5 s at most."""
+POSTPONED_RETRY_S = 600.0
+"""A scheduled erase postponed (the table stayed busy) is tried again this much later."""
+META_KEYS = (
+    "erase_generation",
+    "erased_generation",
+    "erase_pending_count",
+    "erase_pending_since",
+    "last_erase_at",
+    "last_erase_locked_s",
+)
+
+
+@dataclass(frozen=True)
+class EraseStatus:
+    """What the meta table says about deletes not erased yet (kept by the DELETE statement trigger)."""
+
+    generation: int
+    erased: int
+    count: int | None
+    """Memories deleted since the last erase; None: unknown (deleted before schema 2 counted them)."""
+    since: float | None
+    last_erase_at: float | None
+    last_erase_locked_s: float | None
+
+    @property
+    def pending(self) -> bool:
+        return self.generation > self.erased
+
+    @classmethod
+    def read(cls, conn: Connection) -> EraseStatus:
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key = ANY(%s)", (list(META_KEYS),)).fetchall())
+
+        def number(key: str) -> float | None:
+            value = rows.get(key) or ""
+            return float(value) if value else None
+
+        return cls(
+            generation=int(rows.get("erase_generation", 0)),
+            erased=int(rows.get("erased_generation", 0)),
+            count=int(rows["erase_pending_count"]) if rows.get("erase_pending_count", "0") != "" else None,
+            since=number("erase_pending_since"),
+            last_erase_at=number("last_erase_at"),
+            last_erase_locked_s=number("last_erase_locked_s"),
+        )
+
+
+@contextmanager
+def advisory_lock(conn: Connection, name: str) -> Iterator[bool]:
+    """A session-level advisory lock called `name` on `conn` (autocommit), held for the block if no other
+    session holds it: yields whether it is held. The one place the backend takes such a lock."""
+    row = conn.execute(f"SELECT pg_try_advisory_lock({lock_key('%s')})", (name,)).fetchone()
+    held = bool(row and row[0])
+    try:
+        yield held
+    finally:
+        if held and not conn.closed:
+            conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", (name,))
 
 
 class PostgresBackend:
-    def __init__(self, url: str, model_id: str, *, pool_size: int = 8):
+    def __init__(
+        self,
+        url: str,
+        model_id: str,
+        *,
+        pool_size: int = 8,
+        erase: str = "daily",
+        erase_at: str = "03:00",
+        erase_attempts: int = ERASE_ATTEMPTS,
+    ):
         bootstrap = connect(url)  # StoreUnavailable with a one-line reason if the server cannot be reached
         try:
             self.location = mask_url(url)
@@ -57,6 +144,11 @@ class PostgresBackend:
             self.server_version = bootstrap.info.server_version
         finally:
             bootstrap.close()
+        self.erase_mode = erase
+        hours, minutes = erase_at.split(":")
+        self.erase_at = erase_at
+        self._erase_at_s = int(hours) * 3600 + int(minutes) * 60
+        self.erase_attempts = erase_attempts
         self.db = Database(url, pool_size=pool_size)
         self.memories = PgMemories(self.db)
         self.embeddings = PgEmbeddings(self.db)
@@ -71,79 +163,164 @@ class PostgresBackend:
             "server_version": self.server_version,
             "keyword_index": "tsvector + GIN (in the database, always current)",
             "vector_index": "pgvector HNSW (cosine; exact for small namespaces)",
+            "erasure": self.erasure(time.time()),
+        }
+
+    def erasure(self, now: float) -> dict[str, Any]:
+        """What stats show: the setting, how many forgotten memories' bytes may still be in the database files
+        and since when, when the next erase runs, and the last one."""
+        status = self.db.read(EraseStatus.read)
+        if self.erase_mode == "daily":
+            setting = f"daily at {self.erase_at} UTC"
+            if self._overdue(status, now):
+                next_erase = "overdue: at a running server's next check, or run `agentcache-mcp erase`"
+            else:
+                next_erase = iso(self._slot_before(now) + DAY)
+                if not status.pending:
+                    next_erase += " (if anything is forgotten by then)"
+        elif self.erase_mode == "after-forget":
+            setting = "after each auto-forget sweep, and at shutdown"
+            next_erase = "after the next auto-forget sweep, or a server's shutdown"
+        else:
+            setting = "manual"
+            next_erase = "only when `agentcache-mcp erase` is run"
+        return {
+            "setting": setting,
+            # None: deleted before this version kept the count (an upgraded store), until the next erase
+            "forgotten_on_disk": status.count if status.pending else 0,
+            "forgotten_since": iso(status.since) if status.pending and status.since is not None else None,
+            "next_erase": next_erase,
+            "last_erase": iso(status.last_erase_at) if status.last_erase_at is not None else None,
+            "last_erase_locked_s": status.last_erase_locked_s,
         }
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
         """A session-level advisory lock on one pooled connection, held for the block: if the process dies,
         the server ends its session and the lock is free for another replica."""
-        with self.db.session() as conn:
-            row = conn.execute(f"SELECT pg_try_advisory_lock({lock_key('%s')})", (name,)).fetchone()
-            held = bool(row and row[0])
-            try:
-                yield held
-            finally:
-                if held:
-                    conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", (name,))
+        with self.db.session() as conn, advisory_lock(conn, name) as held:
+            yield held
 
     def erase_pending(self) -> bool:
         """Did a delete happen since the last erase?"""
-        generation, erased = self._generations()
-        return generation > erased
+        return self.db.read(EraseStatus.read).pending
 
-    def _generations(self) -> tuple[int, int]:
-        rows = dict(
-            self.db.read(
-                lambda db: db.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('erase_generation', 'erased_generation')"
-                ).fetchall()
-            )
-        )
-        return int(rows.get("erase_generation", 0)), int(rows.get("erased_generation", 0))
+    def _slot_before(self, now: float) -> float:
+        """The latest scheduled erase time (erase_at, UTC) at or before `now`."""
+        slot = math.floor(now / DAY) * DAY + self._erase_at_s
+        return slot if slot <= now else slot - DAY
 
-    def erase(self) -> bool:
+    def _overdue(self, status: EraseStatus, now: float) -> bool:
+        """Something deleted before the latest scheduled time is still on disk (no process ran the erase then)."""
+        return status.pending and (status.since is None or status.since <= self._slot_before(now))
+
+    def scheduled_erase(self, now: float) -> float | None:
+        if self.erase_mode != "daily":
+            return None
+        if self._overdue(self.db.read(EraseStatus.read), now):
+            report = self.erase()
+            if not report.erased and report.attempts:
+                return now + POSTPONED_RETRY_S  # the table stayed busy: soon again, not tomorrow
+        return self._slot_before(now) + DAY
+
+    def erase(self, attempts: int | None = None) -> EraseReport:
         """Rewrite what deletes left behind (see the module docstring) if a delete happened since the last
-        erase; True if it ran. One replica at a time."""
-        generation, erased = self._generations()
-        if generation <= erased:
-            return False
+        erase. One replica at a time; the table's lock is asked for `attempts` times (ERASE_ATTEMPTS) with a
+        short timeout, then the erase is postponed (erased False)."""
+        attempts = self.erase_attempts if attempts is None else attempts
         started = time.monotonic()
         # One connection for the lock and the work: a sweep calls this while it holds one for its own lock,
         # and the pool may have only two.
-        with self.db.session() as conn:
-            row = conn.execute(f"SELECT pg_try_advisory_lock({lock_key('%s')})", ("erase",)).fetchone()
-            if not (row and row[0]):
-                return False  # another replica is erasing right now
+        with self.db.session() as conn, advisory_lock(conn, "erase") as alone:
+            if not alone:
+                return EraseReport(False, "another process is erasing this store right now")
             try:
-                conn.execute(f"SET lock_timeout = '{ERASE_LOCK_TIMEOUT}'")
-                conn.execute("SET statement_timeout = 0")  # a large table's rewrite may take longer than a call may
-                conn.execute("VACUUM (FULL) memories")
-                tables = [t for (t,) in conn.execute("SELECT table_name FROM vector_models")]
-                for table in (*tables, "embedding_claims"):
-                    conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
-                conn.execute(
-                    "UPDATE meta SET value = %s WHERE key = 'erased_generation' AND value::bigint < %s",
-                    (str(generation), generation),
-                )
-            except psycopg.errors.LockNotAvailable:
-                log.warning("erase postponed: the memories table stayed busy for %s", ERASE_LOCK_TIMEOUT)
-                return False
+                return self._erase(conn, attempts, started)
             except psycopg.Error as exc:
                 raise StoreError(f"erasing deleted memories in {self.location} failed: {first_line(exc)}") from None
             finally:
                 if not conn.closed:
                     conn.execute("RESET lock_timeout")
                     conn.execute("RESET statement_timeout")
-                    conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", ("erase",))
-        log.info("erased what deletes left in %s (VACUUM FULL, %.2f s)", self.location, time.monotonic() - started)
-        return True
+
+    def _erase(self, conn: Connection, attempts: int, started: float) -> EraseReport:
+        before = EraseStatus.read(conn)
+        if not before.pending:
+            return EraseReport(False, "nothing to erase: no memory was forgotten since the last erase")
+        [(snapshot_at,)] = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchall()
+        conn.execute("SET statement_timeout = 0")  # a large table's rewrite may take longer than a call may
+        tried = 0
+        while True:
+            tried += 1
+            wait_s = min(ERASE_LOCK_TIMEOUT_MAX_S, ERASE_LOCK_TIMEOUT_S * 2 ** (tried - 1))
+            conn.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
+            rewrite_started = time.monotonic()
+            try:
+                conn.execute("VACUUM (FULL) memories")
+                break
+            except psycopg.errors.LockNotAvailable:
+                if tried >= attempts:
+                    log.warning("erase postponed: the memories table stayed busy (%d tries for its lock)", tried)
+                    return EraseReport(
+                        False,
+                        f"postponed: the memories table stayed busy ({tried} tries for its lock); nothing was "
+                        "rewritten, try again later",
+                        attempts=tried,
+                        seconds=time.monotonic() - started,
+                    )
+                time.sleep(min(5.0, ERASE_RETRY_S * tried))
+        locked_s = time.monotonic() - rewrite_started
+        conn.execute("RESET lock_timeout")
+        # The vector tables are left to autovacuum: a plain VACUUM does not overwrite a dead row either, and
+        # at 100k memories the HNSW index's VACUUM ran for more than 5 minutes after 2,000 deletes.
+        with conn.transaction():
+            # Locked, so a delete committing now waits, and is counted as not erased (it may have been).
+            conn.execute("SELECT 1 FROM meta WHERE key = ANY(%s) FOR UPDATE", (list(META_KEYS),))
+            now = EraseStatus.read(conn)
+            later = now.generation > before.generation  # deletes since the snapshot: maybe after the rewrite
+            updates = {
+                "erased_generation": str(max(now.erased, before.generation)),
+                "erase_pending_count": (
+                    "0" if not later else "" if now.count is None or before.count is None else str(now.count - before.count)
+                ),
+                "erase_pending_since": repr(snapshot_at) if later else "",
+                "last_erase_at": repr(time.time()),
+                "last_erase_locked_s": f"{locked_s:.3f}",
+            }
+            conn.execute(
+                "UPDATE meta SET value = (%s::jsonb) ->> key WHERE key = ANY(%s)",
+                (json.dumps(updates), list(updates)),
+            )
+        seconds = time.monotonic() - started
+        count = before.count
+        log.info(
+            "erased what %s forgotten memories left in %s (VACUUM FULL: the table locked %.2f s, %d tries; %.2f s)",
+            count if count is not None else "the",
+            self.location,
+            locked_s,
+            tried,
+            seconds,
+        )
+        what = f"{count} forgotten {'memory' if count == 1 else 'memories'}" if count else "forgotten memories"
+        return EraseReport(
+            True,
+            f"rewrote the memories table, its TOAST table and indexes without the bytes of {what} "
+            f"(VACUUM FULL; the table was locked {locked_s:.2f} s)",
+            memories=count,
+            locked_s=locked_s,
+            seconds=seconds,
+            attempts=tried,
+        )
 
     def maintenance(self) -> None:
-        self.erase()
+        if self.erase_mode == "after-forget":
+            self.erase()
 
     def checkpoint(self) -> None:
-        """Everything committed is durable already (the server's WAL); drop what deletes left behind."""
-        self.erase()
+        """Everything committed is durable already (the server's WAL); with AGENTCACHE_PG_ERASE=after-forget,
+        drop what deletes left behind (one try for the lock: a shutdown does not wait for a busy table)."""
+        if self.erase_mode == "after-forget":
+            self.erase(attempts=1)
 
     def give_up_waits(self, after_s: float) -> None:
         self.db.give_up_waits(after_s)

@@ -123,7 +123,40 @@ _SCHEMA_1 = [
     "FOR EACH STATEMENT EXECUTE FUNCTION agentcache_memories_deleted()",
 ]
 
-MIGRATIONS: list[list[str]] = [_SCHEMA_1]
+_ERASE_STATUS = [
+    # What a forget leaves in the files until the erase, for stats: how many memories were deleted since the
+    # last erase and when the first of them was (epoch seconds; '' when nothing waits), and the last erase.
+    # A store upgraded with an erase pending does not know its count nor since when ('' for both): stats say
+    # "unknown" until the erase, and the daily schedule takes it as overdue.
+    """
+    INSERT INTO meta(key, value) SELECT 'erase_pending_count',
+        CASE WHEN g.value::bigint > e.value::bigint THEN '' ELSE '0' END
+        FROM meta g, meta e WHERE g.key = 'erase_generation' AND e.key = 'erased_generation'
+    """,
+    """
+    INSERT INTO meta(key, value) VALUES ('erase_pending_since', ''), ('last_erase_at', ''),
+        ('last_erase_locked_s', '')
+    """,
+    """
+    CREATE OR REPLACE FUNCTION agentcache_memories_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        deleted BIGINT;
+    BEGIN
+        SELECT count(*) INTO deleted FROM gone;
+        IF deleted > 0 THEN
+            UPDATE meta SET value = CASE key
+                WHEN 'erase_generation' THEN (value::bigint + 1)::text
+                WHEN 'erase_pending_count' THEN CASE WHEN value = '' THEN '' ELSE (value::bigint + deleted)::text END
+                ELSE CASE WHEN (SELECT c.value FROM meta c WHERE c.key = 'erase_pending_count') = '' THEN value
+                    ELSE coalesce(nullif(value, ''), extract(epoch FROM now())::text) END END
+            WHERE key IN ('erase_generation', 'erase_pending_count', 'erase_pending_since');
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 

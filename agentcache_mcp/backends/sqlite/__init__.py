@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ...memory.ports import StoreError
+from ...memory.ports import EraseReport, StoreError
 from .connection import Database, DatabaseError
 from .keywords import Fts5Keywords
 from .repository import SqliteEmbeddings, SqliteMemories
@@ -43,6 +43,8 @@ class SqliteBackend:
             "db_path": str(self.path),
             "schema_version": self.schema_version,
             "keyword_index": "fts5 (in the database, always current)",
+            "erasure": "at each forget (secure_delete zeroes the deleted bytes); the -wal file keeps them until "
+            "the next checkpoint (at shutdown)",
         }
 
     @contextmanager
@@ -56,6 +58,25 @@ class SqliteBackend:
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
+
+    def erase(self) -> EraseReport:
+        """Nothing to rewrite: a forget zeroes the deleted bytes in the file at once (`secure_delete`, FTS5
+        `secure-delete`); the checkpoint moves the -wal file's pages into the database and empties it."""
+        busy, _, _ = self.db.checkpoint()
+        if busy:
+            return EraseReport(
+                False,
+                "SQLite needs no rewrite: a forget zeroes the deleted bytes at once; but the -wal file could not be "
+                "emptied now (another process is reading): the next checkpoint does it (a server's, at shutdown)",
+            )
+        return EraseReport(
+            True,
+            "SQLite needs no rewrite: a forget zeroes the deleted bytes at once (secure_delete); the -wal file, "
+            "which still held them, was checkpointed and emptied",
+        )
+
+    def scheduled_erase(self, now: float) -> float | None:
+        return None
 
     def give_up_waits(self, after_s: float) -> None:
         self.db.give_up_waits(after_s)
