@@ -5,6 +5,12 @@ anything is read: within a namespace keys then increase in commit order (recall'
 context depend on that order), a remember and a forget of the memory before it cannot interleave (the new
 memory would be indexed with the forgotten text as its context), and two replicas remembering the same text
 at once merge instead of one failing on the unique (namespace, content_hash) index.
+
+A remember of new text (nothing superseded) is one statement and one round trip: the server-side function
+agentcache_remember takes that lock and inserts, committed before the server answers; the commit's WAL flush is
+most of its time. Re-remembered text (a merge) and a correction (supersedes) take a transaction of their own.
+An import's batch is a COPY into a temporary table and one INSERT ... SELECT per RESTORE_CHUNK memories, and
+the embedding writer's batch one statement: the statements no longer grow with the rows.
 """
 
 from __future__ import annotations
