@@ -9,13 +9,14 @@ at once merge instead of one failing on the unique (namespace, content_hash) ind
 A remember of new text (nothing superseded) is one statement and one round trip: the server-side function
 agentcache_remember takes that lock and inserts, committed before the server answers; the commit's WAL flush is
 most of its time. Re-remembered text (a merge) and a correction (supersedes) take a transaction of their own.
-An import's batch is a COPY into a temporary table and one INSERT ... SELECT per RESTORE_CHUNK memories, and
+An import's batch is a COPY into a temporary table and one INSERT ... SELECT per chunk of memories, and
 the embedding writer's batch one statement: the statements no longer grow with the rows.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -120,8 +121,12 @@ def lock_namespaces(db: Connection, namespaces: Iterable[str]) -> None:
         db.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", (_NAMESPACE_LOCK + namespace,))
 
 
-RESTORE_CHUNK = 100
-"""Memories per COPY and INSERT of a restore (an import's batch is a few of these)."""
+RESTORE_CHUNK_SECONDS = 0.05
+"""About how long one COPY and INSERT of a restore may take: the caller (an import's batch) can stop taking
+memories only between two, so it overruns its deadline, and holds the namespace's write lock, about this much
+longer at most. The chunk's size follows the time per memory measured so far (inserting vectors into a large
+HNSW index costs milliseconds each; memories alone, tenths)."""
+RESTORE_CHUNK_MIN, RESTORE_CHUNK_MAX = 16, 500
 _STAGING_TABLE = (
     "CREATE TEMPORARY TABLE agentcache_restore (position BIGINT, id TEXT, namespace TEXT, text TEXT, "
     "content_hash TEXT, tags TEXT, importance DOUBLE PRECISION, metadata TEXT, created_at DOUBLE PRECISION, "
@@ -141,6 +146,8 @@ _STAGING_TYPES = [
 class PgMemories:
     def __init__(self, database: Database):
         self.db = database
+        self._chunk = RESTORE_CHUNK_MIN
+        """Memories in the next COPY of a restore (see RESTORE_CHUNK_SECONDS)."""
 
     def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
         if not new.supersedes:
@@ -310,7 +317,7 @@ class PgMemories:
         )
 
     def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
-        """COPY into a staging table, then one INSERT ... SELECT per chunk of RESTORE_CHUNK memories: keys are
+        """COPY into a staging table, then one INSERT ... SELECT per chunk of memories (RESTORE_CHUNK_SECONDS): keys are
         assigned in the order given (ORDER BY the position), the insert trigger reads each memory's predecessor
         (rows inserted before it by the same statement included), ON CONFLICT DO NOTHING skips what is stored
         (same id, or same text in the namespace: also earlier in the same chunk), and the vectors of the memories
@@ -330,10 +337,11 @@ class PgMemories:
                 chunk.clear()
                 for item in iterator:
                     chunk.append(item)
-                    if len(chunk) == RESTORE_CHUNK:
+                    if len(chunk) >= self._chunk:
                         break
                 if not chunk:
                     return added, skipped
+                started = time.monotonic()
                 lock_namespaces(db, {m.namespace for m, _ in chunk} - locked)
                 locked.update(m.namespace for m, _ in chunk)
                 for _, vector in chunk:  # before the COPY: nothing else can be sent while it runs
@@ -389,6 +397,8 @@ class PgMemories:
                 stored = int(row[0]) if row else 0
                 added += stored
                 skipped += len(chunk) - stored
+                per_memory = max(time.monotonic() - started, 1e-6) / len(chunk)
+                self._chunk = max(RESTORE_CHUNK_MIN, min(RESTORE_CHUNK_MAX, int(RESTORE_CHUNK_SECONDS / per_memory)))
 
         return self.db.write(txn)
 
