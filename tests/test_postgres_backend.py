@@ -27,6 +27,7 @@ from agentcache_mcp import app, cli
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.backends.postgres import PostgresBackend
 from agentcache_mcp.backends.postgres.vectors import search_sql, use_iterative_scan
+from agentcache_mcp.backends.postgres.schema import SCHEMA_VERSION
 from agentcache_mcp.config import ENV_VARIABLES, ConfigError, Settings, mask_url
 from agentcache_mcp.memory.model import Memory, MemoryFilter, content_hash, new_id
 from agentcache_mcp.memory.ports import StoreUnavailable
@@ -348,7 +349,7 @@ def test_migrations_from_replicas_starting_at_once_apply_once(postgres_url: str)
     try:
         assert errors == [] and len(opened) == 4
         rows = opened[0].db.read(lambda db: db.execute("SELECT version FROM schema_migrations").fetchall())
-        assert rows == [(1,)]
+        assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     finally:
         for backend in opened:
             backend.close()
