@@ -26,8 +26,8 @@ from psycopg import sql
 from agentcache_mcp import app, cli
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.backends.postgres import PostgresBackend
-from agentcache_mcp.backends.postgres.vectors import search_sql, use_iterative_scan
 from agentcache_mcp.backends.postgres.schema import SCHEMA_VERSION
+from agentcache_mcp.backends.postgres.vectors import search_sql, use_iterative_scan
 from agentcache_mcp.config import ENV_VARIABLES, ConfigError, Settings, mask_url
 from agentcache_mcp.memory.model import Memory, MemoryFilter, content_hash, new_id
 from agentcache_mcp.memory.ports import StoreUnavailable

@@ -329,3 +329,17 @@ def test_a_vector_for_text_that_changed_meanwhile_is_not_written(store: MemorySe
     )
     assert written == 0
     assert store.backend.embeddings.count_pending(HashEmbedder.model_id) == 1
+
+
+def test_a_restore_given_one_id_twice_stores_the_first_with_its_vector(store: MemoryService) -> None:
+    from agentcache_mcp.memory.model import Memory
+
+    def item(text: str) -> tuple[Memory, tuple[str, np.ndarray]]:
+        memory = Memory(0, "SAMEID", "team", text, [], 0.5, {}, 1.0, 1.0, None, 0, None, None, content_hash(text))
+        return memory, (HashEmbedder.model_id, vector_of(text))
+
+    assert store.backend.memories.restore([item("the first text"), item("the second text")]) == (1, 1)
+    (stored,) = store.backend.memories.find(MemoryFilter(namespace="team"))
+    assert stored.text == "the first text"
+    (vector,) = store.backend.embeddings.vectors_of(HashEmbedder.model_id, [stored.key]).values()
+    assert np.allclose(vector, vector_of("the first text"), atol=1e-6)

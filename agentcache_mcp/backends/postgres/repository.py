@@ -378,8 +378,9 @@ class PgMemories:
                 vector_inserts = [
                     sql.SQL(
                         ", {} AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) SELECT a.pk, a.namespace, "
-                        "a.content_hash, s.vector FROM added a JOIN agentcache_restore s ON s.id = a.id "
-                        "WHERE s.position >= %(first)s AND s.model = {})"
+                        "a.content_hash, s.vector FROM added a JOIN (SELECT DISTINCT ON (id) id, model, vector "
+                        "FROM agentcache_restore WHERE position >= %(first)s ORDER BY id, position) s ON s.id = a.id "
+                        "WHERE s.model = {})"
                     ).format(sql.Identifier(f"vectors_{i}"), sql.Identifier(vector_table_name(model_id)), sql.Literal(model_id))
                     for i, model_id in enumerate(models)
                 ]
