@@ -144,12 +144,22 @@ class Database:
         finally:
             self.pool.putconn(conn)
 
-    def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in one transaction, retried as a whole after a deadlock or serialization failure."""
+    def write(self, fn: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+        """Run fn in one transaction, retried as a whole after a deadlock or serialization failure.
+        autocommit: fn's each statement is its own transaction, committed before the server answers (no BEGIN
+        and COMMIT round trips): for a call that is one statement."""
         for attempt in range(RETRIES):
             try:
-                with self.connection() as conn, conn.transaction():
-                    return fn(conn)
+                with self.connection() as conn:
+                    if autocommit:
+                        conn.autocommit = True
+                        try:
+                            return fn(conn)
+                        finally:
+                            if not conn.closed:
+                                conn.autocommit = False
+                    with conn.transaction():
+                        return fn(conn)
             except _RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise

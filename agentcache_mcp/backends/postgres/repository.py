@@ -5,11 +5,18 @@ anything is read: within a namespace keys then increase in commit order (recall'
 context depend on that order), a remember and a forget of the memory before it cannot interleave (the new
 memory would be indexed with the forgotten text as its context), and two replicas remembering the same text
 at once merge instead of one failing on the unique (namespace, content_hash) index.
+
+A remember of new text (nothing superseded) is one statement and one round trip: the server-side function
+agentcache_remember takes that lock and inserts, committed before the server answers; the commit's WAL flush is
+most of its time. Re-remembered text (a merge) and a correction (supersedes) take a transaction of their own.
+An import's batch is a COPY into a temporary table and one INSERT ... SELECT per chunk of memories, and
+the embedding writer's batch one statement: the statements no longer grow with the rows.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -103,18 +110,73 @@ def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "TRUE"), params
 
 
+_NAMESPACE_LOCK = "ns:"
+"""The advisory lock of namespace N is named 'ns:' + N."""
+
+
 def lock_namespaces(db: Connection, namespaces: Iterable[str]) -> None:
     """Take the write lock of each namespace (sorted, so two transactions never wait on each other in a
     cycle); held until the transaction ends."""
     for namespace in sorted(set(namespaces)):
-        db.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", ("ns:" + namespace,))
+        db.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", (_NAMESPACE_LOCK + namespace,))
+
+
+RESTORE_CHUNK_SECONDS = 0.05
+"""About how long one COPY and INSERT of a restore may take: the caller (an import's batch) can stop taking
+memories only between two, so it overruns its deadline, and holds the namespace's write lock, about this much
+longer at most. The chunk's size follows the time per memory measured so far (inserting vectors into a large
+HNSW index costs milliseconds each; memories alone, tenths)."""
+RESTORE_CHUNK_MIN, RESTORE_CHUNK_MAX = 16, 500
+_STAGING_TABLE = (
+    "CREATE TEMPORARY TABLE agentcache_restore (position BIGINT, id TEXT, namespace TEXT, text TEXT, "
+    "content_hash TEXT, tags TEXT, importance DOUBLE PRECISION, metadata TEXT, created_at DOUBLE PRECISION, "
+    "updated_at DOUBLE PRECISION, last_accessed_at DOUBLE PRECISION, access_count BIGINT, "
+    "expires_at DOUBLE PRECISION, superseded_by TEXT, model TEXT, vector vector) ON COMMIT DROP"
+)
+_STAGING_COLUMNS = (
+    "position, id, namespace, text, content_hash, tags, importance, metadata, created_at, updated_at, "
+    "last_accessed_at, access_count, expires_at, superseded_by, model, vector"
+)
+_STAGING_TYPES = [
+    "int8", "text", "text", "text", "text", "text", "float8", "text", "float8", "float8", "float8", "int8", "float8",
+    "text", "text", "vector",
+]  # fmt: skip
 
 
 class PgMemories:
     def __init__(self, database: Database):
         self.db = database
+        self._chunk = RESTORE_CHUNK_MIN
+        """Memories in the next COPY of a restore (see RESTORE_CHUNK_SECONDS)."""
 
     def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
+        if not new.supersedes:
+            # The common case in one statement (one round trip): agentcache_remember takes the namespace lock,
+            # then inserts, or returns the memory that already has this text. That one is merged below, in a
+            # transaction of its own that reads it again under the lock (it may have changed or gone since).
+            row = self.db.write(
+                lambda db: db.execute(
+                    f"SELECT {_COLUMNS} FROM agentcache_remember({lock_key('%s')}, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s) AS m",
+                    (
+                        _NAMESPACE_LOCK + new.namespace,
+                        new.id,
+                        new.namespace,
+                        new.text,
+                        new.content_hash,
+                        json.dumps(new.tags, ensure_ascii=False),
+                        new.importance,
+                        json.dumps(new.metadata, ensure_ascii=False),
+                        new.created_at,
+                        new.expires_at,
+                    ),
+                ).fetchone(),
+                autocommit=True,
+            )
+            assert row is not None, "agentcache_remember returns the stored memory"
+            if row[1] == new.id:
+                return _memory(row), False
+
         def txn(db: Connection) -> tuple[Memory, bool]:
             lock_namespaces(db, [new.namespace])
             row = db.execute(
@@ -255,48 +317,89 @@ class PgMemories:
         )
 
     def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
+        """COPY into a staging table, then one INSERT ... SELECT per chunk of memories (RESTORE_CHUNK_SECONDS): keys are
+        assigned in the order given (ORDER BY the position), the insert trigger reads each memory's predecessor
+        (rows inserted before it by the same statement included), ON CONFLICT DO NOTHING skips what is stored
+        (same id, or same text in the namespace: also earlier in the same chunk), and the vectors of the memories
+        it added go into their model's table in the same statement. The items are taken a chunk at a time, so
+        a caller that stops taking items after a while (the import's batch deadline) sees the writes' time."""
+
         def txn(db: Connection) -> tuple[int, int]:
             added = skipped = 0
             locked: set[str] = set()
-            for m, vector in items:
-                if m.namespace not in locked:
-                    lock_namespaces(db, [m.namespace])
-                    locked.add(m.namespace)
+            tables: dict[tuple[str, int], str] = {}
+            """(model, dim) -> its table, checked in this transaction."""
+            db.execute(_STAGING_TABLE)
+            position = 0
+            chunk: list[tuple[Memory, tuple[str, Vector] | None]] = []
+            iterator = iter(items)
+            while True:
+                chunk.clear()
+                for item in iterator:
+                    chunk.append(item)
+                    if len(chunk) >= self._chunk:
+                        break
+                if not chunk:
+                    return added, skipped
+                started = time.monotonic()
+                lock_namespaces(db, {m.namespace for m, _ in chunk} - locked)
+                locked.update(m.namespace for m, _ in chunk)
+                for _, vector in chunk:  # before the COPY: nothing else can be sent while it runs
+                    if vector is not None and (vector[0], np.asarray(vector[1]).size) not in tables:
+                        dim = np.asarray(vector[1]).size
+                        tables[vector[0], dim] = ensure_vector_table(db, vector[0], dim)  # StoreError: another dim
+                first = position
+                with db.cursor().copy(f"COPY agentcache_restore ({_STAGING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_STAGING_TYPES)
+                    for m, vector in chunk:
+                        model_id, values = (None, None) if vector is None else vector
+                        copy.write_row(
+                            (
+                                position,
+                                m.id,
+                                m.namespace,
+                                m.text,
+                                m.content_hash,
+                                json.dumps(m.tags, ensure_ascii=False),
+                                m.importance,
+                                json.dumps(m.metadata, ensure_ascii=False),
+                                m.created_at,
+                                m.updated_at,
+                                m.last_accessed_at,
+                                m.access_count,
+                                m.expires_at,
+                                m.superseded_by,
+                                model_id,
+                                None if values is None else np.asarray(values, dtype=np.float32).reshape(-1),
+                            )
+                        )
+                        position += 1
+                models = sorted({vector[0] for _, vector in chunk if vector is not None})
+                vector_inserts = [
+                    sql.SQL(
+                        ", {} AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) SELECT a.pk, a.namespace, "
+                        "a.content_hash, s.vector FROM added a JOIN (SELECT DISTINCT ON (id) id, model, vector "
+                        "FROM agentcache_restore WHERE position >= %(first)s ORDER BY id, position) s ON s.id = a.id "
+                        "WHERE s.model = {})"
+                    ).format(sql.Identifier(f"vectors_{i}"), sql.Identifier(vector_table_name(model_id)), sql.Literal(model_id))
+                    for i, model_id in enumerate(models)
+                ]
                 row = db.execute(
-                    "INSERT INTO memories (id, namespace, text, content_hash, tags, importance, metadata, created_at, "
-                    "updated_at, last_accessed_at, access_count, expires_at, superseded_by) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pk",
-                    (
-                        m.id,
-                        m.namespace,
-                        m.text,
-                        m.content_hash,
-                        json.dumps(m.tags, ensure_ascii=False),
-                        m.importance,
-                        json.dumps(m.metadata, ensure_ascii=False),
-                        m.created_at,
-                        m.updated_at,
-                        m.last_accessed_at,
-                        m.access_count,
-                        m.expires_at,
-                        m.superseded_by,
-                    ),
+                    sql.SQL(
+                        "WITH added AS (INSERT INTO memories (id, namespace, text, content_hash, tags, importance, "
+                        "metadata, created_at, updated_at, last_accessed_at, access_count, expires_at, superseded_by) "
+                        "SELECT id, namespace, text, content_hash, tags::jsonb, importance, metadata, created_at, "
+                        "updated_at, last_accessed_at, access_count, expires_at, superseded_by FROM agentcache_restore "
+                        "WHERE position >= %(first)s ORDER BY position ON CONFLICT DO NOTHING "
+                        "RETURNING pk, id, namespace, content_hash){} SELECT count(*) FROM added"
+                    ).format(sql.SQL("").join(vector_inserts)),
+                    {"first": first},
                 ).fetchone()
-                if row is None:
-                    skipped += 1
-                    continue
-                added += 1
-                if vector is not None:
-                    model_id, values = vector
-                    values = np.asarray(values, dtype=np.float32)
-                    table = ensure_vector_table(db, model_id, len(values))
-                    db.execute(
-                        sql.SQL(
-                            "INSERT INTO {} (memory_pk, namespace, content_hash, vector) VALUES (%s, %s, %s, %s)"
-                        ).format(sql.Identifier(table)),
-                        (row[0], m.namespace, m.content_hash, values),
-                    )
-            return added, skipped
+                stored = int(row[0]) if row else 0
+                added += stored
+                skipped += len(chunk) - stored
+                per_memory = max(time.monotonic() - started, 1e-6) / len(chunk)
+                self._chunk = max(RESTORE_CHUNK_MIN, min(RESTORE_CHUNK_MAX, int(RESTORE_CHUNK_SECONDS / per_memory)))
 
         return self.db.write(txn)
 
@@ -503,6 +606,8 @@ class PgEmbeddings:
         self.db = database
         self._tables: set[str] = set()
         """Vector tables seen to exist (a cache only: tables are never dropped)."""
+        self._dims: dict[str, int] = {}
+        """The dimension of each model's table, once this process checked or created it."""
 
     def table(self, db: Connection, model_id: str) -> str | None:
         """The model's vector table, or None while no vector of that model was ever written."""
@@ -586,30 +691,39 @@ class PgEmbeddings:
         return self.db.read(q)
 
     def write(self, model_id: str, items: Sequence[tuple[int, str, Vector]]) -> int:
+        """One statement for the whole batch: each vector is stored only if its memory still has the text it was
+        made from, and the batch's claims are released."""
         if not items:
             return 0
+        latest = {int(key): (digest, np.asarray(vector, dtype=np.float32).reshape(-1)) for key, digest, vector in items}
+        keys = list(latest)
+        dim = len(latest[keys[0]][1])
 
         def txn(db: Connection) -> int:
-            table = ensure_vector_table(db, model_id, len(np.asarray(items[0][2]).reshape(-1)))
-            self._tables.add(table)
-            written = 0
-            for key, digest, vector in items:
-                written += db.execute(
-                    sql.SQL(
-                        "INSERT INTO {} (memory_pk, namespace, content_hash, vector) "
-                        "SELECT pk, namespace, content_hash, %s FROM memories WHERE pk = %s AND content_hash = %s "
-                        "ON CONFLICT (memory_pk) DO UPDATE SET content_hash = excluded.content_hash, "
-                        "vector = excluded.vector"
-                    ).format(sql.Identifier(table)),
-                    (np.asarray(vector, dtype=np.float32).reshape(-1), key, digest),
-                ).rowcount
-            db.execute(
-                "DELETE FROM embedding_claims WHERE model = %s AND memory_pk = ANY(%s)",
-                (model_id, [int(key) for key, _, _ in items]),
-            )
-            return written
+            if self._dims.get(model_id) != dim:  # checked once per model and process: tables are never dropped
+                self._tables.add(ensure_vector_table(db, model_id, dim))
+                self._dims[model_id] = dim
+            row = db.execute(
+                sql.SQL(
+                    "WITH written AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) "
+                    "SELECT m.pk, m.namespace, m.content_hash, v.vector "
+                    "FROM unnest(%(keys)s::bigint[], %(digests)s::text[], %(vectors)s::vector[]) AS v(pk, digest, vector) "
+                    "JOIN memories m ON m.pk = v.pk AND m.content_hash = v.digest "
+                    "ON CONFLICT (memory_pk) DO UPDATE SET content_hash = excluded.content_hash, vector = excluded.vector "
+                    "RETURNING 1), "
+                    "released AS (DELETE FROM embedding_claims WHERE model = %(model)s AND memory_pk = ANY(%(keys)s)) "
+                    "SELECT count(*) FROM written"
+                ).format(sql.Identifier(vector_table_name(model_id))),
+                {
+                    "keys": keys,
+                    "digests": [latest[k][0] for k in keys],
+                    "vectors": [latest[k][1] for k in keys],
+                    "model": model_id,
+                },
+            ).fetchone()
+            return int(row[0]) if row else 0
 
-        return self.db.write(txn)
+        return self.db.write(txn, autocommit=self._dims.get(model_id) == dim)
 
     def vectors_of(self, model_id: str, keys: Sequence[int]) -> dict[int, Vector]:
         if not keys:

@@ -156,7 +156,32 @@ _ERASE_STATUS = [
     """,
 ]
 
-MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS]
+_REMEMBER_IN_ONE_STATEMENT = [
+    """
+    -- remember's common case (new text, nothing superseded) as one statement, so one round trip whose
+    -- transaction is the statement's own: take the namespace's write lock (its key computed by the caller),
+    -- then, seeing what committed before the lock was granted, return the memory that already has this text
+    -- (the caller merges into it in a second call) or insert the new one and return it.
+    CREATE FUNCTION agentcache_remember(
+        namespace_lock BIGINT, new_id TEXT, new_namespace TEXT, new_text TEXT, new_hash TEXT, new_tags JSONB,
+        new_importance DOUBLE PRECISION, new_metadata TEXT, new_created_at DOUBLE PRECISION,
+        new_expires_at DOUBLE PRECISION
+    ) RETURNS SETOF memories LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(namespace_lock);
+        RETURN QUERY SELECT * FROM memories m WHERE m.namespace = new_namespace AND m.content_hash = new_hash;
+        IF NOT FOUND THEN
+            RETURN QUERY INSERT INTO memories AS m (id, namespace, text, content_hash, tags, importance, metadata,
+                created_at, updated_at, expires_at)
+            VALUES (new_id, new_namespace, new_text, new_hash, new_tags, new_importance, new_metadata,
+                new_created_at, new_created_at, new_expires_at)
+            RETURNING m.*;
+        END IF;
+    END $$
+    """,
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 

@@ -1,0 +1,170 @@
+"""PostgreSQL's write path: `remember` latency in a large namespace, and import speed with vectors.
+
+    python bench/pg_write.py --database-url 'postgresql://postgres:@/postgres?host=/run/pg' \
+        --corpus /work/scalework/scale-100000.db --runs 3
+
+The corpus is a SQLite store built by bench/scale.py (one namespace `bench`, every memory with its vector; it is
+only read). Each run:
+- import: the corpus moved as bench/scale.py's move_to_postgres moves it (`export --with-vectors`, then the
+  service's import into a fresh database); memories per second of the import alone;
+- remember: into that database (the corpus plus what earlier runs added), `--remember` new memories through the
+  MCP tools with the SDK's in-process client (as bench/scale.py's measure_tools, with the model loaded), and as
+  many through the repository alone (`PgMemories.remember`: the database's part, no MCP, no validation).
+Prints median and spread over the runs, and the load average, as JSON and as a table. The databases it creates
+(`--prefix`_...) are dropped at the end. `--what import` or `--what remember` runs one half (remember then
+loads the corpus once by the import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from load import Postgres, percentile  # noqa: E402  (bench/load.py, beside this script)
+from mcp import Client  # noqa: E402
+
+from agentcache_mcp.app import open_memory  # noqa: E402
+from agentcache_mcp.config import Settings  # noqa: E402
+from agentcache_mcp.memory.exchange import export_jsonl, import_jsonl  # noqa: E402
+from agentcache_mcp.memory.model import NewMemory, content_hash, new_id  # noqa: E402
+from agentcache_mcp.memory.service import merge_remembered  # noqa: E402
+from agentcache_mcp.server import build_server  # noqa: E402
+
+WORDS = [a + b for a in "bcdfghklmnprstvz" for b in ("a", "e", "i", "o", "u", "ai", "ou", "ei")]
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) + rng.choice(WORDS) for _ in range(rng.randint(8, 20))) + f" #{n}"
+
+
+def export_corpus(corpus: Path, dump: Path) -> int:
+    source = open_memory(Settings(db_path=corpus))
+    try:
+        with dump.open("w", encoding="utf-8") as out:
+            return export_jsonl(source, out, namespaces=None, with_vectors=True)
+    finally:
+        source.close()
+
+
+def measure_import(url: str, dump: Path, expected: int) -> dict[str, float]:
+    target = open_memory(Settings(database_url=url))
+    try:
+        started = time.perf_counter()
+        report = import_jsonl(target, dump, namespace=None, dry_run=False, skip_invalid=False)
+        import_s = time.perf_counter() - started
+        vectors = len(target.backend.vectors)
+    finally:
+        target.close()
+    if report.added != expected or vectors != expected:
+        raise RuntimeError(f"imported {report.added} memories and {vectors} vectors of {expected}")
+    return {"import_s": import_s, "import_per_s": expected / import_s, "batches": report.batches}
+
+
+def measure_repository(url: str, n: int, rng: random.Random) -> list[float]:
+    """PgMemories.remember alone: the pool, the statements, the commit."""
+    memory = open_memory(Settings(database_url=url))
+    try:
+        ms = []
+        for i in range(n + 20):
+            text = sentence(rng, i) + " repository"
+            new = NewMemory(new_id(), "bench", text, content_hash(text), [], 0.5, {}, time.time(), None)
+            t = time.perf_counter()
+            memory.backend.memories.remember(new, merge_remembered)
+            if i >= 20:  # the first ones warm the pool and the plans
+                ms.append(1000 * (time.perf_counter() - t))
+        return ms
+    finally:
+        memory.close()
+
+
+async def measure_tools(url: str, n: int, rng: random.Random) -> list[float]:
+    """Through the MCP tools, model loaded (its background embedding of the new memories runs meanwhile)."""
+    server = build_server(Settings(database_url=url, auto_forget_enabled=False))
+    async with Client(server) as client:
+        deadline = time.monotonic() + 600
+        while True:
+            stats = json.loads((await client.read_resource("agentcache://stats")).contents[0].text)  # type: ignore[union-attr]
+            if stats["index"]["embedding_model_ready"] and stats["index"]["vector_index_loaded"]:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("model did not load")
+            await anyio.sleep(0.1)
+        ms = []
+        for i in range(n + 20):
+            t = time.perf_counter()
+            result = await client.call_tool("remember", {"text": sentence(rng, i) + " tools", "namespace": "bench"})
+            if i >= 20:
+                ms.append(1000 * (time.perf_counter() - t))
+            assert not result.is_error, result
+    return ms
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=None, help="a server whose user may CREATE DATABASE (else bundled)")
+    parser.add_argument("--corpus", type=Path, required=True, help="a SQLite store built by bench/scale.py")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--remember", type=int, default=300, help="remember calls per run, each way")
+    parser.add_argument("--what", choices=["all", "import", "remember"], default="all")
+    parser.add_argument("--prefix", default="pgwrite_bench")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rng = random.Random(11)
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        postgres = Postgres(args.database_url, Path(tmp))
+        try:
+            dump = Path(tmp) / "corpus.jsonl"
+            exported = export_corpus(args.corpus, dump)
+            url = ""
+            for run in range(args.runs):
+                row: dict[str, Any] = {"load_before": os.getloadavg()[0]}
+                if args.what != "remember" or not url:
+                    url = postgres.database(f"{args.prefix}_{exported}")
+                    moved = measure_import(url, dump, exported)
+                    if args.what != "remember":
+                        row.update(moved)
+                if args.what != "import":
+                    repo = measure_repository(url, args.remember, rng)
+                    tools = anyio.run(measure_tools, url, args.remember, rng)
+                    row.update(
+                        repository_p50_ms=statistics.median(repo),
+                        repository_p95_ms=percentile(repo, 95),
+                        tools_p50_ms=statistics.median(tools),
+                        tools_p95_ms=percentile(tools, 95),
+                    )
+                row["load_after"] = os.getloadavg()[0]
+                runs.append(row)
+                print(json.dumps({"run": run + 1, **row}), file=sys.stderr, flush=True)
+        finally:
+            postgres.close()
+    keys = [k for k in runs[0] if k not in ("batches",)]
+    summary = {k: spread([float(r[k]) for r in runs]) for k in keys}
+    result = {"memories": exported, "runs": runs, "summary": summary}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(f"{exported} memories, {len(runs)} runs: median (min-max)")
+    for k, s in summary.items():
+        print(f"  {k:22s} {s['median']:9.2f}  ({s['min']:.2f}-{s['max']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
