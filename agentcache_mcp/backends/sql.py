@@ -181,6 +181,14 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_CONTENT_COLUMNS = "id, namespace, text, content_hash, tags, importance, metadata"
+
+
+def _content(m: Memory | NewMemory) -> tuple[Any, ...]:
+    """The values of _CONTENT_COLUMNS: what a memory is, as remember and restore insert it."""
+    return (m.id, m.namespace, m.text, m.content_hash, _json(m.tags), m.importance, _json(m.metadata))
+
+
 class SqlMemories(ABC, Generic[C]):
     """MemoryRepository over a Dialect: the flows both SQL backends run, each with its own statements for
     what only it can do well. A backend's class sets `dialect` and overrides what it does differently."""
@@ -210,20 +218,9 @@ class SqlMemories(ABC, Generic[C]):
             ).fetchone()
             if row is None:
                 inserted = db.execute(
-                    "INSERT INTO memories (id, namespace, text, content_hash, tags, importance, metadata, "
-                    f"created_at, updated_at, expires_at) VALUES ({d.marks(10)}) {RETURNING}",
-                    (
-                        new.id,
-                        new.namespace,
-                        new.text,
-                        new.content_hash,
-                        _json(new.tags),
-                        new.importance,
-                        _json(new.metadata),
-                        new.created_at,
-                        new.created_at,
-                        new.expires_at,
-                    ),
+                    f"INSERT INTO memories ({_CONTENT_COLUMNS}, created_at, updated_at, expires_at) "
+                    f"VALUES ({d.marks(10)}) {RETURNING}",
+                    (*_content(new), new.created_at, new.created_at, new.expires_at),
                 ).fetchone()
                 stored = d.memory(inserted)
                 self._supersede_by(db, stored, new.supersedes)
@@ -275,9 +272,8 @@ class SqlMemories(ABC, Generic[C]):
 
     def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
         insert = (
-            "INSERT INTO memories (id, namespace, text, content_hash, tags, importance, metadata, created_at, "
-            "updated_at, last_accessed_at, access_count, expires_at, superseded_by) "
-            f"VALUES ({self.dialect.marks(13)}) ON CONFLICT DO NOTHING RETURNING pk"
+            f"INSERT INTO memories ({_CONTENT_COLUMNS}, created_at, updated_at, last_accessed_at, access_count, "
+            f"expires_at, superseded_by) VALUES ({self.dialect.marks(13)}) ON CONFLICT DO NOTHING RETURNING pk"
         )
 
         def txn(db: C) -> tuple[int, int]:
@@ -287,24 +283,8 @@ class SqlMemories(ABC, Generic[C]):
                 if m.namespace not in locked:
                     self._lock_namespaces(db, [m.namespace])
                     locked.add(m.namespace)
-                row = db.execute(
-                    insert,
-                    (
-                        m.id,
-                        m.namespace,
-                        m.text,
-                        m.content_hash,
-                        _json(m.tags),
-                        m.importance,
-                        _json(m.metadata),
-                        m.created_at,
-                        m.updated_at,
-                        m.last_accessed_at,
-                        m.access_count,
-                        m.expires_at,
-                        m.superseded_by,
-                    ),
-                ).fetchone()
+                stats = (m.created_at, m.updated_at, m.last_accessed_at, m.access_count, m.expires_at, m.superseded_by)
+                row = db.execute(insert, (*_content(m), *stats)).fetchone()
                 if row is None:
                     skipped += 1
                     continue

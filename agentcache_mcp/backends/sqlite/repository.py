@@ -30,7 +30,7 @@ class SqliteDialect(Dialect):
         return json.dumps(list(items))
 
     def has_tags(self, column: str, tags: Sequence[str]) -> tuple[list[str], list[Any]]:
-        return [f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = ?)" for _ in tags], list(tags)
+        return [f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = ?)"] * len(tags), list(tags)
 
     def in_pairs(self, columns: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
         rows = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
