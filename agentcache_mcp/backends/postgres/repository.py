@@ -24,33 +24,43 @@ import numpy as np
 from psycopg import sql
 
 from ...memory.model import Memory, MemoryFilter, NewMemory
-from ...memory.ports import Change, Merge, UnknownMemories, Vector
+from ...memory.ports import Merge, Vector
+from ..sql import COLUMNS, Dialect, SqlMemories
+from ..sql import filter_sql as dialect_filter_sql
 from .connection import Connection, Database, lock_key
 from .schema import ensure_vector_table, vector_table_name
 
-_COLUMNS = (
-    "m.pk, m.id, m.namespace, m.text, m.tags, m.importance, m.metadata, m.created_at, m.updated_at, "
-    "m.last_accessed_at, m.access_count, m.expires_at, m.superseded_by, m.content_hash"
-)
+
+class PostgresDialect(Dialect):
+    """Lists travel as arrays (= ANY), a tag test is jsonb containment (@>)."""
+
+    mark = "%s"
+    greatest = "greatest"
+    for_update = " FOR UPDATE"  # edit: writers of one namespace do not otherwise exclude each other
+
+    def in_list(self, column: str) -> str:
+        return f"{column} = ANY(%s)"
+
+    def values(self, items: Sequence[Any]) -> list[Any]:
+        return list(items)
+
+    def has_tags(self, column: str, tags: Sequence[str]) -> tuple[list[str], list[Any]]:
+        return [f"{column} @> %s::jsonb"], [json.dumps(list(tags))]
+
+    def in_pairs(self, columns: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        rows = "SELECT * FROM unnest(%s::text[], %s::text[])"
+        return f"{columns} IN ({rows})", [[namespace for namespace, _ in pairs], [digest for _, digest in pairs]]
+
+    def day(self, column: str) -> str:
+        return f"to_char(to_timestamp({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def tags_of(self, stored: Any) -> list[str]:
+        return list(stored)  # jsonb: psycopg has decoded it
 
 
-def _memory(r: Sequence[Any]) -> Memory:
-    return Memory(
-        key=r[0],
-        id=r[1],
-        namespace=r[2],
-        text=r[3],
-        tags=list(r[4]),
-        importance=r[5],
-        metadata=json.loads(r[6]),
-        created_at=r[7],
-        updated_at=r[8],
-        last_accessed_at=r[9],
-        access_count=r[10],
-        expires_at=r[11],
-        superseded_by=r[12],
-        content_hash=r[13],
-    )
+POSTGRES = PostgresDialect()
+_COLUMNS = COLUMNS
+_memory = POSTGRES.memory
 
 
 def as_array(value: Any) -> Vector:
@@ -60,54 +70,8 @@ def as_array(value: Any) -> Vector:
 
 
 def filter_sql(where: MemoryFilter, alias: str = "m") -> tuple[str, list[Any]]:
-    """The one translation of a MemoryFilter into a WHERE clause (with its parameters)."""
-    a = alias
-    clauses: list[str] = []
-    params: list[Any] = []
-    if where.namespace is not None:
-        clauses.append(f"{a}.namespace = %s")
-        params.append(where.namespace)
-    if where.ids is not None:
-        clauses.append(f"{a}.id = ANY(%s)")
-        params.append(list(where.ids))
-    if where.key_after is not None:
-        clauses.append(f"{a}.pk > %s")
-        params.append(where.key_after)
-    if where.key_upto is not None:
-        clauses.append(f"{a}.pk <= %s")
-        params.append(where.key_upto)
-    if where.tags:
-        clauses.append(f"{a}.tags @> %s::jsonb")
-        params.append(json.dumps(list(where.tags)))
-    if where.created_since is not None:
-        clauses.append(f"{a}.created_at >= %s")
-        params.append(where.created_since)
-    if where.created_until is not None:
-        clauses.append(f"{a}.created_at <= %s")
-        params.append(where.created_until)
-    if where.created_before is not None:
-        clauses.append(f"{a}.created_at < %s")
-        params.append(where.created_before)
-    if where.expired_at is not None:
-        clauses.append(f"{a}.expires_at IS NOT NULL AND {a}.expires_at <= %s")
-        params.append(where.expired_at)
-    if where.max_importance is not None:
-        clauses.append(f"{a}.importance <= %s")
-        params.append(where.max_importance)
-    if where.unused_since is not None:
-        clauses.append(f"greatest({a}.updated_at, coalesce({a}.last_accessed_at, 0)) < %s")
-        params.append(where.unused_since)
-    if where.superseded_by is not None:
-        clauses.append(f"{a}.superseded_by = %s")
-        params.append(where.superseded_by)
-    if where.live_at is not None:
-        # Live: not expired, and not superseded by a memory that is still there and unexpired.
-        clauses.append(
-            f"({a}.expires_at IS NULL OR {a}.expires_at > %s) AND ({a}.superseded_by IS NULL OR NOT EXISTS ("
-            f"SELECT 1 FROM memories s WHERE s.id = {a}.superseded_by AND (s.expires_at IS NULL OR s.expires_at > %s)))"
-        )
-        params.extend([where.live_at, where.live_at])
-    return (" AND ".join(clauses) or "TRUE"), params
+    """The MemoryFilter as a WHERE clause of PostgreSQL's (the keyword and vector retrievers use it too)."""
+    return dialect_filter_sql(where, POSTGRES, alias)
 
 
 _NAMESPACE_LOCK = "ns:"
@@ -143,11 +107,17 @@ _STAGING_TYPES = [
 ]  # fmt: skip
 
 
-class PgMemories:
+class PgMemories(SqlMemories[Connection]):
+    dialect = POSTGRES
+    db: Database  # PostgreSQL's: its writes may run in autocommit
+
     def __init__(self, database: Database):
-        self.db = database
+        super().__init__(database)
         self._chunk = RESTORE_CHUNK_MIN
         """Memories in the next COPY of a restore (see RESTORE_CHUNK_SECONDS)."""
+
+    def _lock_namespaces(self, db: Connection, namespaces: Iterable[str]) -> None:
+        lock_namespaces(db, namespaces)
 
     def remember(self, new: NewMemory, merge: Merge) -> tuple[Memory, bool]:
         if not new.supersedes:
@@ -177,81 +147,7 @@ class PgMemories:
             if row[1] == new.id:
                 return _memory(row), False
 
-        def txn(db: Connection) -> tuple[Memory, bool]:
-            lock_namespaces(db, [new.namespace])
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = %s AND m.content_hash = %s",
-                (new.namespace, new.content_hash),
-            ).fetchone()
-            if row is None:
-                inserted = db.execute(
-                    "INSERT INTO memories AS m (id, namespace, text, content_hash, tags, importance, metadata, "
-                    "created_at, updated_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    f"RETURNING {_COLUMNS}",
-                    (
-                        new.id,
-                        new.namespace,
-                        new.text,
-                        new.content_hash,
-                        json.dumps(new.tags, ensure_ascii=False),
-                        new.importance,
-                        json.dumps(new.metadata, ensure_ascii=False),
-                        new.created_at,
-                        new.created_at,
-                        new.expires_at,
-                    ),
-                ).fetchone()
-                assert inserted is not None
-                stored = _memory(inserted)
-                self._supersede_by(db, stored, new.supersedes)
-                return stored, False
-            existing = _memory(row)
-            update = merge(existing, new)
-            updated = db.execute(
-                "UPDATE memories AS m SET tags = %s, importance = %s, metadata = %s, updated_at = %s, "
-                f"expires_at = %s, superseded_by = %s WHERE pk = %s RETURNING {_COLUMNS}",
-                (
-                    json.dumps(update.tags, ensure_ascii=False),
-                    update.importance,
-                    json.dumps(update.metadata, ensure_ascii=False),
-                    update.updated_at,
-                    update.expires_at,
-                    update.superseded_by,
-                    existing.key,
-                ),
-            ).fetchone()
-            assert updated is not None
-            stored = _memory(updated)
-            self._supersede_by(db, stored, new.supersedes)
-            return stored, True
-
-        return self.db.write(txn)
-
-    @staticmethod
-    def _supersede_by(db: Connection, stored: Memory, ids: Sequence[str]) -> None:
-        """Mark `ids` (of stored's namespace) as superseded by stored, unless a live memory already supersedes
-        one (an earlier correction stays in force)."""
-        targets = [i for i in ids if i != stored.id]
-        if not targets:
-            return
-        found = {
-            i
-            for (i,) in db.execute(
-                "SELECT id FROM memories WHERE namespace = %s AND id = ANY(%s)", (stored.namespace, targets)
-            )
-        }
-        missing = sorted(set(targets) - found)
-        if missing:
-            raise UnknownMemories(missing)  # the transaction rolls back: nothing is written
-        db.execute(
-            "UPDATE memories SET superseded_by = %s WHERE namespace = %s AND id = ANY(%s) "
-            "AND (superseded_by IS NULL OR NOT EXISTS (SELECT 1 FROM memories s WHERE s.id = memories.superseded_by "
-            "AND (s.expires_at IS NULL OR s.expires_at > %s)))",
-            (stored.id, stored.namespace, targets, stored.updated_at),
-        )
-
-    def get(self, namespace: str | None, ids: Sequence[str]) -> list[Memory]:
-        return self.find(MemoryFilter(namespace=namespace, ids=tuple(ids)))
+        return super().remember(new, merge)  # a merge, or a correction: the shared flow, in one transaction
 
     def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]:
         if not keys:
@@ -278,42 +174,6 @@ class PgMemories:
                     (prefix, prefix, [int(k) for k in keys], namespace),
                 )
             }
-        )
-
-    def find(self, where: MemoryFilter) -> list[Memory]:
-        clause, params = filter_sql(where)
-        return self.db.read(
-            lambda db: [
-                _memory(r)
-                for r in db.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {clause} ORDER BY m.pk", params)
-            ]
-        )
-
-    def find_by_content(self, pairs: Sequence[tuple[str, str]]) -> list[Memory]:
-        if not pairs:
-            return []
-        return self.db.read(
-            lambda db: [
-                _memory(r)
-                for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE (m.namespace, m.content_hash) IN "
-                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-                    ([n for n, _ in pairs], [h for _, h in pairs]),
-                )
-            ]
-        )
-
-    def scan(self, after_key: int, limit: int, namespaces: Sequence[str] | None = None) -> list[Memory]:
-        scope = "" if namespaces is None else " AND m.namespace = ANY(%s)"
-        params: list[Any] = [after_key] + ([] if namespaces is None else [list(namespaces)])
-        return self.db.read(
-            lambda db: [
-                _memory(r)
-                for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE m.pk > %s{scope} ORDER BY m.pk LIMIT %s",
-                    [*params, limit],
-                )
-            ]
         )
 
     def restore(self, items: Iterable[tuple[Memory, tuple[str, Vector] | None]]) -> tuple[int, int]:
@@ -403,73 +263,6 @@ class PgMemories:
 
         return self.db.write(txn)
 
-    def superseding(self, ids: Sequence[str]) -> list[tuple[str, str]]:
-        if not ids:
-            return []
-        return self.db.read(
-            lambda db: [
-                (str(by), str(namespace))
-                for by, namespace in db.execute(
-                    "SELECT superseded_by, namespace FROM memories WHERE superseded_by = ANY(%s)", (list(ids),)
-                )
-            ]
-        )
-
-    def recent(
-        self,
-        namespace: str,
-        limit: int,
-        before_key: int | None = None,
-        tags: Sequence[str] = (),
-        after_key: int | None = None,
-    ) -> list[Memory]:
-        clause, params = filter_sql(MemoryFilter(namespace=namespace, tags=tuple(tags)))
-        if after_key is not None:
-            # The `limit` just above after_key, nearest first; then newest first like every page.
-            query = f"SELECT {_COLUMNS} FROM memories m WHERE {clause} AND m.pk > %s ORDER BY m.pk LIMIT %s"
-            args: tuple[Any, ...] = (*params, after_key, limit)
-            return self.db.read(lambda db: [_memory(r) for r in db.execute(query, args)][::-1])
-        return self.db.read(
-            lambda db: [
-                _memory(r)
-                for r in db.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE {clause} AND m.pk < %s ORDER BY m.pk DESC LIMIT %s",
-                    (*params, before_key if before_key is not None else 2**63 - 1, limit),
-                )
-            ]
-        )
-
-    def edit(self, namespace: str, memory_id: str, change: Change) -> Memory | None:
-        def txn(db: Connection) -> Memory | None:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM memories m WHERE m.namespace = %s AND m.id = %s FOR UPDATE",
-                (namespace, memory_id),
-            ).fetchone()
-            if row is None:
-                return None
-            edited = change(_memory(row))
-            stored = db.execute(
-                "UPDATE memories AS m SET tags = %s, importance = %s, expires_at = %s WHERE m.pk = %s "
-                f"RETURNING {_COLUMNS}",
-                (json.dumps(edited.tags, ensure_ascii=False), edited.importance, edited.expires_at, row[0]),
-            ).fetchone()
-            assert stored is not None, "the row is locked FOR UPDATE in this transaction"
-            return _memory(stored)
-
-        return self.db.write(txn)
-
-    def created_per_day(self, since: float) -> list[tuple[str, str, int]]:
-        return self.db.read(
-            lambda db: [
-                (namespace, day, count)
-                for namespace, day, count in db.execute(
-                    "SELECT namespace, to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, "
-                    "count(*) FROM memories WHERE created_at >= %s GROUP BY day, namespace ORDER BY day, namespace",
-                    (since,),
-                )
-            ]
-        )
-
     def delete(self, where: MemoryFilter, limit: int | None = None) -> list[str]:
         clause, params = filter_sql(where)
         if limit is not None:
@@ -508,24 +301,6 @@ class PgMemories:
             }
         )
 
-    def supersede(self, pairs: Sequence[tuple[str, str]], now: float) -> list[str]:
-        def txn(db: Connection) -> list[str]:
-            marked: list[str] = []
-            for lose, keep in pairs:
-                marked += [
-                    i
-                    for (i,) in db.execute(
-                        "UPDATE memories SET superseded_by = %(keep)s WHERE id = %(lose)s AND superseded_by IS NULL "
-                        "AND EXISTS (SELECT 1 FROM memories k WHERE k.id = %(keep)s AND k.superseded_by IS NULL "
-                        "AND k.importance >= memories.importance AND (k.expires_at IS NULL OR k.expires_at > %(now)s)"
-                        ") RETURNING id",
-                        {"keep": keep, "lose": lose, "now": now},
-                    )
-                ]
-            return marked
-
-        return self.db.write(txn) if pairs else []
-
     def neighbours(
         self, namespace: str, keys: Sequence[int], width: int
     ) -> dict[int, list[tuple[int | None, int | None]]]:
@@ -563,41 +338,6 @@ class PgMemories:
             )
 
         self.db.write(txn)
-
-    def counts_by_namespace(self) -> dict[str, int]:
-        return self.db.read(
-            lambda db: dict(
-                db.execute("SELECT namespace, count(*) FROM memories GROUP BY namespace ORDER BY namespace")
-            )
-        )
-
-    def get_setting(self, name: str) -> str | None:
-        row = self.db.read(lambda db: db.execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone())
-        return None if row is None else str(row[0])
-
-    def put_setting(self, name: str, value: str) -> None:
-        self.db.write(
-            lambda db: db.execute(
-                "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
-        )
-
-    def put_setting_once(self, name: str, value: str) -> str:
-        def txn(db: Connection) -> str:
-            # A concurrent insert of the same key makes this one wait for it to commit, then do nothing; the
-            # SELECT (a new snapshot under READ COMMITTED) then reads the committed value.
-            # An empty stored value counts as none (the core treats "" as unset), so it is replaced.
-            db.execute(
-                "INSERT INTO meta(key, value) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value = ''",
-                (name, value),
-            )
-            row = db.execute("SELECT value FROM meta WHERE key = %s", (name,)).fetchone()
-            return "" if row is None else str(row[0])
-
-        return self.db.write(txn)
-
 
 class PgEmbeddings:
     """The vectors of each model in that model's table; the backlog is every memory without a row there."""
