@@ -526,14 +526,15 @@ def test_the_vector_table_size_comes_from_the_catalogue_once_it_has_an_estimate(
 def test_ef_search_grows_with_the_table_and_with_k_up_to_pgvectors_limit() -> None:
     from agentcache_mcp.backends.postgres.vectors import EF_SEARCH_BY_ROWS, ef_search_for
 
-    (small, ef_small), (mid, ef_mid), (large, ef_large) = EF_SEARCH_BY_ROWS
-    assert ef_search_for(10, 3_000) == ef_search_for(10, small) == ef_small
-    assert ef_search_for(10, mid) == ef_mid and ef_search_for(10, large) == ef_large
-    assert ef_search_for(10, 10 * large) == ef_large  # held at the last measured size
-    sizes = [small, 30_000, mid, 300_000, large]
-    assert all(ef_search_for(10, a) < ef_search_for(10, b) for a, b in itertools.pairwise(sizes))
-    assert ef_search_for(300, small) == 600  # k beyond the measured candidate list: twice k
-    assert ef_search_for(900, large) == 1_000  # pgvector refuses more
+    for rows, ef in EF_SEARCH_BY_ROWS:
+        assert ef_search_for(10, rows) == ef  # as measured
+    (smallest, ef_smallest), (largest, ef_largest) = EF_SEARCH_BY_ROWS[0], EF_SEARCH_BY_ROWS[-1]
+    assert ef_search_for(10, smallest // 3) == ef_smallest  # held below the smallest measured size
+    assert ef_search_for(10, 10 * largest) == ef_largest  # and beyond the largest
+    sizes = [smallest, *(rows * 2 for rows, _ in EF_SEARCH_BY_ROWS[:-1]), largest]
+    assert all(ef_search_for(10, a) < ef_search_for(10, b) for a, b in itertools.pairwise(sorted(sizes)))
+    assert ef_search_for(300, smallest) == max(ef_smallest, 600)  # at least twice k
+    assert ef_search_for(900, largest) == 1_000  # pgvector refuses more
 
 
 def test_a_search_in_a_large_table_sets_the_candidate_list_for_its_size(postgres_url: str) -> None:

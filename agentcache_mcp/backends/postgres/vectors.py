@@ -29,11 +29,12 @@ from .repository import PgEmbeddings, as_array, filter_sql
 EXACT_SEARCH_MAX = 2_000
 """Namespaces with at most this many vectors are searched exactly: measured 5 ms per query at 2,000 and 228 ms
 at 15,000 (384 dims, tests/postgres_ann_recall.py), against 8 ms for the HNSW search at 15,000."""
-EF_SEARCH_BY_ROWS = ((10_000, 100), (100_000, 400), (1_000_000, 800))
-"""hnsw.ef_search measured to find >= 0.98 of the exact top 10 (bench/pg_ann.py, m=16, ef_construction=64,
-384-dim MiniLM-like vectors) at these table sizes; between them it is interpolated on log scales, beyond them
-held at the nearest end. The candidate list, not k, sets the top 10's quality: the first ef_search candidates
-are the graph's best guess and k only needs to fit in them."""
+EF_SEARCH_BY_ROWS = ((10_000, 200), (30_000, 500), (1_000_000, 1_000))
+"""hnsw.ef_search that found >= 0.98 of the exact top 10 at these table sizes (bench/pg_ann.py; index m=16,
+ef_construction=64; MiniLM vectors of bench/scale.py's corpus at 10k and 30k, queried with its query texts:
+0.9805 at 200 and 0.9765 / 0.9875 at 400 / 800 respectively; 1M: clustered synthetic vectors, see
+bench/pg_ann.py); between them interpolated on log scales, beyond them held at the nearest end. The candidate
+list, not k, sets the top 10's quality: k only needs to fit in it."""
 EF_SEARCH_MAX = 1_000
 """pgvector's own upper limit of hnsw.ef_search."""
 MAX_SCAN_TUPLES = 100_000
