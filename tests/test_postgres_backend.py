@@ -4,6 +4,7 @@ leases), the sweep's advisory lock, and filtered vector searches that stay compl
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
@@ -498,9 +499,12 @@ def test_a_namespace_past_the_exact_limit_is_searched_through_the_index_complete
         memory.close()
 
 
-def test_the_vector_table_size_comes_from_the_catalogue_once_it_has_an_estimate(postgres_url: str) -> None:
-    from agentcache_mcp.backends.postgres.vectors import table_rows
+def test_the_vector_table_size_comes_from_the_catalogue_once_it_has_an_estimate(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.postgres import vectors
 
+    monkeypatch.setattr(vectors, "EXACT_SEARCH_MAX", 10)
     memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
     try:
         fill(memory, namespaces=3, per_namespace=40)
@@ -509,14 +513,61 @@ def test_the_vector_table_size_comes_from_the_catalogue_once_it_has_an_estimate(
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         [(table,)] = conn.execute("SELECT table_name FROM vector_models").fetchall()
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE memory_pk IN (SELECT memory_pk FROM {} LIMIT 20)").format(
+            sql.SQL("DELETE FROM {} WHERE memory_pk IN (SELECT memory_pk FROM {} WHERE namespace = 'ns1' LIMIT 20)").format(
                 sql.Identifier(table), sql.Identifier(table)
             )
         )
         conn.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = %s::regclass", (table,))
-        assert table_rows(conn, table) == 100  # no estimate yet: counted
+        assert vectors.sizes(conn, table, "ns0") == (100, 11)  # no estimate yet: counted; ns0 counted to 11
+        assert vectors.sizes(conn, table, "nobody") == (0, 0)  # searched exactly (nothing): no count needed
         conn.execute("UPDATE pg_class SET reltuples = 12345 WHERE oid = %s::regclass", (table,))
-        assert table_rows(conn, table) == 12345  # an estimate: the catalogue's figure, not a count
+        assert vectors.sizes(conn, table, "ns0") == (12345, 11)  # an estimate: the catalogue's figure, not a count
+
+
+def test_ef_search_grows_with_the_table_and_with_k_up_to_pgvectors_limit() -> None:
+    from agentcache_mcp.backends.postgres.vectors import EF_SEARCH_BY_ROWS, ef_search_for
+
+    for rows, ef in EF_SEARCH_BY_ROWS:
+        assert ef_search_for(10, rows) == ef  # as measured
+    (smallest, ef_smallest), (largest, ef_largest) = EF_SEARCH_BY_ROWS[0], EF_SEARCH_BY_ROWS[-1]
+    assert ef_search_for(10, smallest // 3) == ef_smallest  # held below the smallest measured size
+    assert ef_search_for(10, 10 * largest) == ef_largest  # and beyond the largest
+    sizes = [smallest, *(rows * 2 for rows, _ in EF_SEARCH_BY_ROWS[:-1]), largest]
+    assert all(ef_search_for(10, a) < ef_search_for(10, b) for a, b in itertools.pairwise(sorted(sizes)))
+    assert ef_search_for(300, smallest) == max(ef_smallest, 600)  # at least twice k
+    assert ef_search_for(900, largest) == 1_000  # pgvector refuses more
+
+
+def test_a_search_in_a_large_table_sets_the_candidate_list_for_its_size(postgres_url: str) -> None:
+    from agentcache_mcp.backends.postgres.vectors import ef_search_for
+
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        use_iterative_scan(conn, 100, 1_000_000, 5_000)
+        settings = conn.execute(
+            "SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan'), "
+            "current_setting('hnsw.max_scan_tuples')"
+        ).fetchone()
+        assert settings == (str(ef_search_for(100, 1_000_000)), "relaxed_order", "100000")
+        conn.rollback()  # set for the transaction only
+        assert conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == ("40",)
+
+
+def test_the_vector_index_is_the_one_definition_of_hnsw_index_sql(postgres_url: str) -> None:
+    from agentcache_mcp.backends.postgres.schema import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=1, per_namespace=3)
+    finally:
+        memory.close()
+    with psycopg.connect(postgres_url) as conn:
+        [(table,)] = conn.execute("SELECT table_name FROM vector_models").fetchall()
+        [(definition,)] = conn.execute(
+            "SELECT pg_get_indexdef(%s::regclass)", (table + "_hnsw",)
+        ).fetchall()
+    assert "USING hnsw (vector vector_cosine_ops)" in definition
+    assert f"m='{HNSW_M}'" in definition and f"ef_construction='{HNSW_EF_CONSTRUCTION}'" in definition
 
 
 def test_replicas_answer_a_recall_identically(pair: tuple[MemoryService, MemoryService]) -> None:

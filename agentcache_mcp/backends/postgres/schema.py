@@ -247,6 +247,20 @@ def migrate(conn: Connection, location: str) -> int:
     return SCHEMA_VERSION
 
 
+HNSW_M = 16
+"""Graph links per node (pgvector's default)."""
+HNSW_EF_CONSTRUCTION = 64
+"""Candidates kept while inserting a node (pgvector's default)."""
+
+
+def hnsw_index_sql(table: str, *, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION) -> sql.Composed:
+    """The one definition of a vector table's HNSW cosine index (`<table>_hnsw`): every creation and rebuild
+    (a bulk import that builds it after loading, a migration that changes its parameters) runs this."""
+    return sql.SQL("CREATE INDEX {} ON {} USING hnsw (vector vector_cosine_ops) WITH (m = {}, ef_construction = {})").format(
+        sql.Identifier(table + "_hnsw"), sql.Identifier(table), sql.Literal(m), sql.Literal(ef_construction)
+    )
+
+
 def vector_table_name(model_id: str) -> str:
     """The table of one model's vectors: a name derived from the model id alone, so every replica agrees."""
     return "vectors_" + hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:16]
@@ -271,10 +285,6 @@ def ensure_vector_table(conn: Connection, model_id: str, dim: int) -> str:
             ).format(name, sql.Literal(dim))
         )
         conn.execute(sql.SQL("CREATE INDEX {} ON {} (namespace)").format(sql.Identifier(table + "_ns"), name))
-        conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING hnsw (vector vector_cosine_ops)").format(
-                sql.Identifier(table + "_hnsw"), name
-            )
-        )
+        conn.execute(hnsw_index_sql(table))
         conn.execute("INSERT INTO vector_models(model, table_name, dim) VALUES (%s, %s, %s)", (model_id, table, dim))
     return table

@@ -29,7 +29,18 @@ from .repository import PgEmbeddings, as_array, filter_sql
 EXACT_SEARCH_MAX = 2_000
 """Namespaces with at most this many vectors are searched exactly: measured 5 ms per query at 2,000 and 228 ms
 at 15,000 (384 dims, tests/postgres_ann_recall.py), against 8 ms for the HNSW search at 15,000."""
-EF_SEARCH_MIN = 100
+EF_SEARCH_BY_ROWS = ((10_000, 200), (30_000, 500), (1_000_000, 1_000))
+"""hnsw.ef_search that found >= 0.98 of the exact top 10 at these table sizes (bench/pg_ann.py; index m=16,
+ef_construction=64; MiniLM vectors of bench/scale.py's corpus at 10k and 30k, queried with its query texts:
+0.9805 at 200 and 0.9765 / 0.9875 at 400 / 800 respectively). At 1M (clustered synthetic vectors, see
+bench/pg_ann.py) this index falls short: 0.9105 / 0.9465 / 0.9605 at 400 / 700 / 1,000, pgvector's limit; the
+1M point is that limit, not 0.98. Between the points interpolated on log scales, beyond them held at the
+nearest end. The candidate list, not k, sets the top 10's quality: k only needs to fit in it (a scan asked
+for k beyond its list starts another round of the iterative scan, measured slower at ef 100 / k 100 than at
+ef 200 / k 100), and a deeper iterative scan does not lift it (1M, ef 1,000: 0.963 at depth 1,000, 2,000
+and 4,000)."""
+EF_SEARCH_MAX = 1_000
+"""pgvector's own upper limit of hnsw.ef_search."""
 MAX_SCAN_TUPLES = 100_000
 """The most tuples an iterative HNSW scan may visit for one search (pgvector's own default is 20,000)."""
 
@@ -47,15 +58,24 @@ def search_sql(table: str, clause: str, *, exact: bool = False) -> sql.Composed:
     ).format(sql.Identifier(table), sql.SQL(clause), sql.SQL(order))
 
 
-def table_rows(db: Connection, table: str) -> int:
-    """The table's row count as the catalogue estimates it (kept by (auto)vacuum and analyze), or counted
-    where it has no estimate yet."""
+def sizes(db: Connection, table: str, namespace: str) -> tuple[int, int]:
+    """In one round trip: the table's row count as the catalogue estimates it (kept by (auto)vacuum and
+    analyze; -1 or 0 while it has none) and the namespace's rows counted no further than EXACT_SEARCH_MAX + 1
+    (a namespace past that takes the index however large it is: a full count cost a scan of the namespace's
+    index entries on every recall)."""
     row = db.execute(
-        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", (table,)
+        sql.SQL(
+            "SELECT (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(quote_ident(%s))), "
+            "(SELECT count(*) FROM (SELECT 1 FROM {} WHERE namespace = %s LIMIT %s) n)"
+        ).format(sql.Identifier(table)),
+        (table, namespace, EXACT_SEARCH_MAX + 1),
     ).fetchone()
-    if row is not None and int(row[0]) > 0:
-        return int(row[0])
-    return counted_rows(db, table)
+    if row is None:
+        return 0, 0
+    estimate, in_namespace = (int(row[0]) if row[0] is not None else 0), int(row[1])
+    if estimate <= 0 and in_namespace > EXACT_SEARCH_MAX:  # never analysed yet: counted (once, then autovacuum)
+        estimate = counted_rows(db, table)
+    return max(estimate, in_namespace), in_namespace
 
 
 def counted_rows(db: Connection, table: str) -> int:
@@ -64,17 +84,34 @@ def counted_rows(db: Connection, table: str) -> int:
     return int(row[0]) if row else 0
 
 
+def ef_search_for(k: int, total: int) -> int:
+    """hnsw.ef_search for a top-k search in a table of about `total` vectors: EF_SEARCH_BY_ROWS interpolated
+    on log scales, at least 2k (a scan whose candidate list is used up before k rows are out starts another
+    round of the iterative scan, which costs as much again), at most EF_SEARCH_MAX."""
+    (n0, ef0), *rest = EF_SEARCH_BY_ROWS
+    ef = float(ef0)
+    for n1, ef1 in rest:
+        if total <= n0:
+            break
+        ef = ef1 if total >= n1 else ef0 * (ef1 / ef0) ** (math.log(total / n0) / math.log(n1 / n0))
+        n0, ef0 = n1, ef1
+    return min(EF_SEARCH_MAX, max(math.ceil(ef), 2 * k))
+
+
 def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
-    """For this transaction: HNSW scans keep going until k rows pass the filter (pgvector 0.8), with a wider
-    candidate list and a tuple budget large enough to expect k of the namespace's rows among them. `total` is
-    the catalogue's estimate (stale by up to what autovacuum has not yet seen) and `in_namespace` a lower bound
-    (counted to EXACT_SEARCH_MAX + 1), so the budget is bounded to MAX_SCAN_TUPLES; a scan that runs out of it
-    returns short and the exact search answers (tested)."""
-    ef = min(1000, max(EF_SEARCH_MIN, 2 * k))
+    """For this transaction, in one round trip: HNSW scans keep going until k rows pass the filter
+    (pgvector 0.8), with the candidate list of ef_search_for and a tuple budget large enough to expect k of the
+    namespace's rows among them. `total` is the catalogue's estimate (stale by up to what autovacuum has not
+    yet seen) and `in_namespace` a lower bound (counted to EXACT_SEARCH_MAX + 1), so the budget is bounded to
+    MAX_SCAN_TUPLES; a scan that runs out of it returns short and the exact search answers (tested).
+    relaxed_order, not strict_order: strict stops a scan at the first row out of order, and the result is
+    re-sorted anyway (search_sql)."""
     budget = min(MAX_SCAN_TUPLES, max(20_000, math.ceil(total / max(in_namespace, 1) * k * 8)))
-    db.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-    db.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-    db.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", (str(budget),))
+    db.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        (str(ef_search_for(k, total)), str(budget)),
+    )
 
 
 class PgVectors:
@@ -112,21 +149,13 @@ class PgVectors:
             table = self.embeddings.table(db, self._model_id)
             if table is None:
                 return []
-            name = sql.Identifier(table)
-            # Counted no further than the exact search's limit: a namespace past it takes the index, however
-            # large it is (a full count cost a scan of the namespace's index entries on every recall).
-            row = db.execute(
-                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE namespace = %s LIMIT %s) n").format(name),
-                (namespace, EXACT_SEARCH_MAX + 1),
-            )
-            found = row.fetchone()
-            in_namespace = int(found[0]) if found else 0
+            total, in_namespace = sizes(db, table, namespace)
             if in_namespace == 0:
                 return []
             query_sql = search_sql(table, clause)
             args = [q_vec, namespace, *params, q_vec, k]
             if in_namespace > EXACT_SEARCH_MAX:
-                use_iterative_scan(db, k, table_rows(db, table), in_namespace)
+                use_iterative_scan(db, k, total, in_namespace)
                 hits = db.execute(query_sql, args).fetchall()
                 if len(hits) >= k:
                     return [(int(pk), float(score)) for pk, score in hits]
