@@ -406,7 +406,7 @@ def main() -> None:
         print("\n".join(summary(runs)))
         if args.explain:
             explain(memory, queries[0])
-        memory.close()
+        memory.close(write_accesses=False)
         if args.drop:
             with psycopg.connect(args.database_url, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
