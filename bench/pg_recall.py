@@ -96,35 +96,33 @@ def rows_from_sqlite(path: Path) -> Iterator[tuple[Any, ...]]:
         db.close()
 
 
+def fast_corpus() -> Corpus:
+    """bench/scale.py's Corpus, drawing the same sentences with its cumulative weights computed once
+    (random.choices draws identically from cum_weights; with weights it sums all 20,000 of them per sentence)."""
+    from itertools import accumulate
+
+    corpus = Corpus()
+    cumulative = list(accumulate(corpus.weights))
+
+    def sentence(lo: int = 8, hi: int = 20) -> str:
+        return " ".join(corpus.rng.choices(corpus.words, cum_weights=cumulative, k=corpus.rng.randint(lo, hi)))
+
+    corpus.sentence = sentence  # type: ignore[method-assign]
+    return corpus
+
+
 def synthetic_rows(size: int) -> Iterator[tuple[Any, ...]]:
-    """bench/scale.py's sentences with random unit vectors (when the SQLite corpus is not built)."""
+    """bench/scale.py's sentences (when the SQLite corpus is not built); no vector: load() gives each a random
+    one."""
     import hashlib
     import uuid
 
-    corpus = Corpus()
-    rng = np.random.default_rng(7)
+    corpus = fast_corpus()
     now = time.time() - size
     for i in range(size):
         text = f"{corpus.sentence()} #{i}"
-        v = rng.standard_normal(DIM).astype(np.float32)
-        v /= np.linalg.norm(v)
         digest = hashlib.sha256(text.encode()).hexdigest()
-        yield (
-            uuid.uuid4().hex,
-            NAMESPACE,
-            text,
-            digest,
-            "[]",
-            0.5,
-            "{}",
-            now + i,
-            now + i,
-            None,
-            0,
-            None,
-            None,
-            "[" + ",".join(map(repr, v.tolist())) + "]",
-        )
+        yield (uuid.uuid4().hex, NAMESPACE, text, digest, "[]", 0.5, "{}", now + i, now + i, None, 0, None, None, None)
 
 
 def load(url: str, rows: Iterator[tuple[Any, ...]], model_id: str) -> dict[str, float]:
@@ -173,6 +171,13 @@ def load(url: str, rows: Iterator[tuple[Any, ...]], model_id: str) -> dict[str, 
                 "INSERT INTO {} (memory_pk, namespace, content_hash, vector) "
                 "SELECT m.pk, m.namespace, m.content_hash, s.vector FROM staging s JOIN memories m ON m.id = s.id "
                 "WHERE s.vector IS NOT NULL"
+            ).format(sql.Identifier(table))
+        )
+        conn.execute(  # synthetic rows: a random vector each
+            sql.SQL(
+                "INSERT INTO {} (memory_pk, namespace, content_hash, vector) SELECT m.pk, m.namespace, m.content_hash, "
+                f"(SELECT array_agg(random() - 0.5) FROM generate_series(1, {DIM}) WHERE m.pk > 0)::vector "
+                "FROM staging s JOIN memories m ON m.id = s.id WHERE s.vector IS NULL"
             ).format(sql.Identifier(table))
         )
         timings["insert_s"] = time.perf_counter() - started
@@ -384,7 +389,7 @@ def main() -> None:
             rows = rows_from_sqlite(source) if built else synthetic_rows(size)
             print(f"loading {size} memories into {name} ({'corpus' if built else 'synthetic'})", file=sys.stderr)
             print(f"  {load(url, rows, model_id)}", file=sys.stderr)
-        corpus = Corpus()
+        corpus = fast_corpus()
         for _ in range(size):  # replay the generator: the queries bench/scale.py makes for this corpus
             corpus.sentence()
         queries = [corpus.query() for _ in range(args.queries)]
