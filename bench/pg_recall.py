@@ -10,7 +10,7 @@ namespace, each with its real MiniLM vector). It is copied into a fresh database
 `--database-url` (`<--prefix>_<N>`, kept between runs: `--rebuild` loads it again, `--drop` drops it at the
 end) by COPY, in the store's key order, with the product's schema (its migrations) and its indexes built
 after the load; nothing is embedded again. Without the SQLite store, `--synthetic` loads the same generator's
-sentences with random unit vectors (the vector figures then say little).
+sentences with random vectors (the vector figures then say little; keyword and hydration figures hold: the texts are the same).
 
 Each run makes `--queries` recalls (the queries bench/scale.py makes for that corpus) through the service
 (MemoryService.recall_outcome, the shipped settings, the bundled model embedding each query) and times, per
