@@ -624,34 +624,159 @@ def test_a_sweep_with_its_erase_runs_on_the_smallest_pool(postgres_url: str) -> 
         memory.close()
 
 
-def test_the_keyword_search_counts_each_terms_idf_once_not_per_matching_row(postgres_url: str) -> None:
-    """Regression: the per-term IDF CTE is used only inside the per-row score subquery, so PostgreSQL inlined it
-    and re-ran every term's document-frequency count (a scan of the namespace) for every matching row: 20-55 s
-    per keyword search at 10,000 memories (bench/scale.py --backend postgres). It must be computed once."""
-    from agentcache_mcp.backends.postgres.keywords import TsvectorKeywords
+def _insert_rows(url: str, namespace: str, texts: list[str]) -> None:
+    """Memories written in one statement (the insert trigger still writes their terms)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO memories (id, namespace, text, content_hash, created_at, updated_at) "
+            "SELECT md5(random()::text || t), %s, t, md5(t), 0, 0 FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n) "
+            "ORDER BY n",
+            (namespace, texts),
+        )
 
+
+def _statements(fn: Any) -> list[str]:
+    """The SQL statements fn runs."""
+    seen: list[str] = []
+    original = psycopg.Connection.execute
+
+    def recording(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        seen.append(str(query))
+        return original(self, query, params, **kwargs)
+
+    psycopg.Connection.execute = recording  # type: ignore[method-assign,assignment]
+    try:
+        fn()
+    finally:
+        psycopg.Connection.execute = original  # type: ignore[method-assign]
+    return seen
+
+
+def _keyword_budget_store(url: str) -> tuple[MemoryService, dict[str, set[int]]]:
+    """1,000 memories: "rare" in 10, "middle" in 31, "common" in 334 (a third: under half) and "entry" in every
+    one, by their own words; each word is also in the next memory's context, so a term matches about twice as many
+    rows (rare 20, middle 62, common 667). Returns the keys holding each word in their own text."""
+    memory = open_memory(Settings(database_url=url), embedder=HashEmbedder())
+    texts = []
+    for i in range(1000):
+        words = ["entry"]
+        words += ["rare"] if i % 100 == 0 else []
+        words += ["middle"] if i % 33 == 0 else []
+        words += ["common"] if i % 3 == 0 else []
+        texts.append(" ".join(words) + f" n{i}")
+    _insert_rows(url, "ns", texts)
+    rows = memory.backend.memories.find(MemoryFilter("ns"))
+    holding = {w: {m.key for m in rows if w in m.text.split()} for w in ("rare", "middle", "common")}
+    return memory, holding
+
+
+def test_the_keyword_budget_takes_candidates_from_the_rarest_terms_and_scores_every_term(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.postgres import keywords
+
+    monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 90)
+    memory, holding = _keyword_budget_store(postgres_url)
+    try:
+        kw = memory.backend.keywords
+        where = MemoryFilter("ns", live_at=time.time())
+        # "entry" is in every memory's own words (judged from the sample: past the budget): dropped.
+        assert kw.informative_terms("ns", ["entry", "common", "middle", "rare"]) == ["common", "middle", "rare"]
+        hits = kw.search("ns", ["common", "middle", "rare"], 100, where, 0.0)
+        found = {k for k, _ in hits}
+        # 20 + 62 rows fit the budget of 90; "common" (667 rows) does not: no memory with only "common" is read.
+        assert found == holding["rare"] | holding["middle"]
+        # ...but "common" still ranks the candidates that hold it: "rare common" above "rare" alone.
+        score = dict(hits)
+        with_common = holding["rare"] & holding["common"]
+        without = holding["rare"] - holding["common"] - holding["middle"]
+        assert with_common and without
+        assert min(score[k] for k in with_common) > max(score[k] for k in without)
+        monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 80)  # 20 + 62 rows would pass 80
+        assert {k for k, _ in kw.search("ns", ["common", "middle", "rare"], 100, where, 0.0)} == holding["rare"]
+        # The rarest term is always searched; past the budget, in its newest budget rows.
+        alone = [k for k, _ in kw.search("ns", ["common"], 100, where, 0.0)]
+        assert set(alone) == set(sorted(holding["common"])[-80:])
+    finally:
+        memory.close()
+
+
+def test_keyword_counts_are_taken_again_after_a_write_or_a_delete(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.postgres import keywords
+
+    monkeypatch.setattr(keywords, "KEYWORD_ROW_BUDGET", 90)
+    memory, holding = _keyword_budget_store(postgres_url)
+    try:
+        kw = memory.backend.keywords
+        where = MemoryFilter("ns", live_at=time.time())
+
+        def found() -> set[int]:
+            return {k for k, _ in kw.search("ns", ["middle", "rare"], 100, where, 0.0)}
+
+        assert found() == holding["rare"] | holding["middle"]
+        _insert_rows(postgres_url, "ns", [f"rare again n{i}" for i in range(60)])  # "rare" now in 81 rows
+        assert found() == holding["middle"]  # 62 + 81 rows pass the budget: only the rarer "middle" is read
+        newest = max(m.key for m in memory.backend.memories.find(MemoryFilter("ns")))
+        assert len(memory.backend.memories.delete(MemoryFilter("ns", key_after=newest - 60))) == 60
+        assert found() == holding["rare"] | holding["middle"]  # "rare" is back to 20 rows
+    finally:
+        memory.close()
+
+
+def test_a_repeated_keyword_search_counts_nothing_until_the_store_changes(postgres_url: str) -> None:
+    """The counts behind the term rules and the IDFs are taken once (bounded), not on every recall: a repeated
+    query runs the stamp lookup and the search, and no count(*) of the namespace."""
+    memory, _ = _keyword_budget_store(postgres_url)
+    try:
+        kw = memory.backend.keywords
+        where = MemoryFilter("ns", live_at=time.time())
+
+        def recall_keywords() -> list[tuple[int, float]]:
+            return kw.search("ns", kw.informative_terms("ns", ["common", "middle", "rare"]), 100, where, 0.4)
+
+        first = _statements(recall_keywords)
+        assert any("count(*)" in s for s in first)
+        again = _statements(recall_keywords)
+        assert not any("count(*)" in s for s in again), again
+        assert len(again) == 3  # the stamp for each call, and the search
+        _insert_rows(postgres_url, "ns", [f"common n{i} again" for i in range(20)])  # past a hundredth: recount
+        assert any("count(*)" in s for s in _statements(recall_keywords))
+    finally:
+        memory.close()
+
+
+def test_the_live_filter_looks_up_a_superseding_memory_by_id_not_by_scanning_the_table(postgres_url: str) -> None:
+    """Regression: NOT EXISTS let the planner hash the superseding memories, a scan of the whole table on every
+    recall as soon as one candidate was superseded (55 ms at 10k memories); an index lookup per such row serves."""
     memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
-    for i in range(30):
-        memory.remember(f"alpha bravo note {i}")
-    keywords = memory.backend.keywords
-    assert isinstance(keywords, TsvectorKeywords)
-    executed: list[tuple[Any, Any]] = []
+    try:
+        _insert_rows(postgres_url, "ns", [f"memory number {i}" for i in range(2000)])
+        rows = memory.backend.memories.find(MemoryFilter("ns"))
+        with psycopg.connect(postgres_url) as conn:
+            conn.execute("UPDATE memories SET superseded_by = %s WHERE pk = %s", (rows[-1].id, rows[0].key))
+            conn.execute("UPDATE memories SET superseded_by = 'gone' WHERE pk = %s", (rows[1].key,))
+            conn.execute("ANALYZE memories")
+        keys = [m.key for m in rows[:300]]
+        now = time.time()
+        live = memory.backend.memories.live_keys("ns", keys, MemoryFilter("ns", live_at=now))
+        assert live == set(keys) - {rows[0].key}  # superseded by a live memory; one whose superseder is gone stays
+        recorded: list[tuple[str, Any]] = []
+        original = psycopg.Connection.execute
 
-    class Recording:
-        def execute(self, statement: Any, args: Any = None) -> list[Any]:
-            executed.append((statement, args))
-            return []
+        def recording(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            recorded.append((str(query), params))
+            return original(self, query, params, **kwargs)
 
-    class Reader:
-        def read(self, fn: Any) -> Any:
-            return fn(Recording())
-
-    TsvectorKeywords(Reader()).search("default", ["alpha", "bravo"], 10, MemoryFilter("default"), 0.4)  # type: ignore[arg-type]
-    [(statement, args)] = executed
-    with psycopg.connect(postgres_url) as conn:
-        plan = "\n".join(line for (line,) in conn.execute("EXPLAIN ANALYZE " + statement, args))
-        hits = conn.execute(statement, args).fetchall()
-    assert len(hits) == 10
-    assert "CTE per_term" in plan  # computed once, read by every row's score (inlined, the node is absent)
-    assert keywords.search("default", ["alpha", "bravo"], 10, MemoryFilter("default"), 0.4)
-    memory.close()
+        psycopg.Connection.execute = recording  # type: ignore[method-assign,assignment]
+        try:
+            memory.backend.memories.live_keys("ns", keys, MemoryFilter("ns", live_at=now))
+        finally:
+            psycopg.Connection.execute = original  # type: ignore[method-assign]
+        [(statement, params)] = recorded
+        with psycopg.connect(postgres_url) as conn:
+            plan = "\n".join(line for (line,) in conn.execute("EXPLAIN ANALYZE " + statement, params))
+        assert "Seq Scan" not in plan and "hashed" not in plan, plan
+    finally:
+        memory.close()

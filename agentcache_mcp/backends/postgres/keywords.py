@@ -8,8 +8,9 @@ parsed as tsquery syntax) and the terms are OR-ed.
 
 Ranking, normalised to feed the same fusion (which divides each retriever's scores by its best): BM25-like,
 summed over the query's terms, score = sum(idf(term) * ts_rank({0, 0, context_weight, 1}, terms, term, 1)),
-idf(term) = ln(1 + (N - df + 0.5) / (df + 0.5)) with N and df counted in the namespace. Deviations from the
-SQLite path, measured by nothing finer than the contract suite:
+idf(term) = ln(1 + (N - df + 0.5) / (df + 0.5)) with N and df counted in the namespace (df exactly up to the
+row budget, past it estimated from the namespace's newest memories; both kept until the store changes, see
+search). Deviations from the SQLite path, measured by nothing finer than the contract suite:
 - ts_rank is not BM25's saturation: term frequency enters as ts_rank's log-scaled proximity-free weight,
   and length normalisation is ts_rank's option 1 (1 + log(document length)), not BM25's b / avgdl;
 - IDF is counted per namespace (FTS5's is table-wide), so here another namespace's size never shifts weights;
@@ -21,6 +22,7 @@ SQLite path, measured by nothing finer than the contract suite:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from ...memory.model import MemoryFilter
@@ -32,36 +34,159 @@ log = logging.getLogger(__name__)
 PRUNE_TERMS_FROM_ROWS = 1000
 """Namespaces smaller than this keep every query term (as on SQLite)."""
 
+KEYWORD_ROW_BUDGET = 2_000
+"""How many rows (summed over the terms that choose them) the keyword search reads as candidates; see search.
+PostgreSQL pays per candidate a heap visit and a ts_rank per term (~1-3 us each, against FTS5's ~0.5 us per
+row), so its budget is smaller than SQLite's 20,000; measured in bench/pg_recall.py."""
 
-def _term_query(count: int) -> str:
-    return " || ".join(["plainto_tsquery('english', %s)"] * count)
+TOTAL_COUNT_LIMIT = 1_000_000
+"""The namespace's size is counted this far (an index-only scan); past it the IDFs barely move (a logarithm)."""
+
+SAMPLE_ROWS = 1_000
+"""Terms in more rows than the budget get their share of the namespace from its newest this many memories."""
+
+RECOUNT_SHARE = 100
+"""Counts are kept until a delete, or until the namespace may have grown by 1/RECOUNT_SHARE (a new key each)."""
+
+COUNT_CACHE_SIZE = 4096
+"""Counts kept per namespace (and namespaces kept) before the cache starts afresh."""
+
+_TERM_QUERY = "plainto_tsquery('english', %s)"
+
+Counts = dict[tuple[str, str], int]
+
+
+def idf(total: int, df: int) -> float:
+    """BM25's IDF of a term found in df of total memories."""
+    return math.log(1 + (total - df + 0.5) / (df + 0.5))
 
 
 class TsvectorKeywords:
     def __init__(self, database: Database):
         self.db = database
+        self._counts: dict[str, tuple[tuple[object, ...], Counts]] = {}
+        """Per namespace: (newest key, erase generation, settings) when its counts were taken, and the counts:
+        ("total", ""), ("rows", term), ("own", term), ("sampled", ""), ("sample rows", term), ("sample own", term)."""
+
+    def _namespace_counts(self, db: Connection, namespace: str) -> Counts:
+        """The namespace's cached counts; taken afresh after any delete (every DELETE statement raises the erase
+        generation) or once the namespace may have grown by a RECOUNT_SHARE-th (its newest key rose by that much:
+        keys increase, one per insert or more). Two index lookups."""
+        row = db.execute(
+            "SELECT (SELECT max(pk) FROM memories WHERE namespace = %s), "
+            "(SELECT value FROM meta WHERE key = 'erase_generation')",
+            (namespace,),
+        ).fetchone()
+        newest, generation = (row[0] or 0, row[1]) if row else (0, None)
+        settings = (KEYWORD_ROW_BUDGET, PRUNE_TERMS_FROM_ROWS, SAMPLE_ROWS, RECOUNT_SHARE)
+        cached = self._counts.get(namespace)
+        if cached is not None and len(cached[1]) < COUNT_CACHE_SIZE:
+            (was_newest, was_generation, was_settings), counts = cached
+            grown = int(newest) - int(was_newest)  # type: ignore[call-overload]
+            if was_generation == generation and was_settings == settings and 0 <= grown <= counts.get(("total", ""), 0) // RECOUNT_SHARE:
+                return counts
+        if len(self._counts) >= COUNT_CACHE_SIZE:
+            self._counts.clear()
+        counts = {}
+        self._counts[namespace] = ((newest, generation, settings), counts)
+        return counts
+
+    @staticmethod
+    def _total(db: Connection, namespace: str, counts: Counts) -> int:
+        """The namespace's memories, counted to TOTAL_COUNT_LIMIT (an index-only scan of (namespace, pk))."""
+        key = ("total", "")
+        if key not in counts:
+            row = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM memories WHERE namespace = %s LIMIT %s) n",
+                (namespace, TOTAL_COUNT_LIMIT),
+            ).fetchone()
+            counts[key] = int(row[0]) if row else 0
+        return counts[key]
+
+    @staticmethod
+    def _rows(db: Connection, namespace: str, terms: list[str], counts: Counts) -> dict[str, int]:
+        """Per term, the rows it matches (its own words or its context's) counted no further than the budget + 1
+        (GIN, then one heap visit per row); the uncounted terms in one statement."""
+        missing = [t for t in dict.fromkeys(terms) if ("rows", t) not in counts]
+        if missing:
+            for term, n in db.execute(
+                "SELECT t, (SELECT count(*) FROM (SELECT 1 FROM memories WHERE namespace = %s AND "
+                "terms @@ plainto_tsquery('english', t) LIMIT %s) n) FROM unnest(%s::text[]) AS t",
+                (namespace, KEYWORD_ROW_BUDGET + 1, missing),
+            ):
+                counts[("rows", term)] = int(n)
+        return {t: counts[("rows", t)] for t in terms}
+
+    @staticmethod
+    def _sampled(db: Connection, namespace: str, terms: list[str], counts: Counts) -> None:
+        """For terms past the budget: how many of the namespace's newest SAMPLE_ROWS memories hold each (own
+        words or context's; own words), in one pass over them."""
+        missing = [t for t in dict.fromkeys(terms) if ("sample rows", t) not in counts]
+        if not missing:
+            return
+        rows = db.execute(
+            "WITH s AS MATERIALIZED (SELECT terms, ts_filter(terms, '{a}') AS own FROM memories WHERE namespace = %s "
+            "ORDER BY pk DESC LIMIT %s) SELECT x.t, count(*) FILTER (WHERE s.terms @@ plainto_tsquery('english', x.t)), "
+            "count(*) FILTER (WHERE s.own @@ plainto_tsquery('english', x.t)), (SELECT count(*) FROM s) "
+            "FROM s CROSS JOIN unnest(%s::text[]) AS x(t) GROUP BY x.t",
+            (namespace, SAMPLE_ROWS, missing),
+        ).fetchall()
+        for term, any_words, own_words, sampled in rows:
+            counts[("sample rows", term)] = int(any_words)
+            counts[("sample own", term)] = int(own_words)
+            counts[("sampled", "")] = int(sampled)
+
+    def _frequencies(
+        self, db: Connection, namespace: str, terms: list[str]
+    ) -> tuple[int, dict[str, int], dict[str, int], Counts]:
+        """(memories in the namespace, rows each term matches counted to budget + 1, each term's document
+        frequency for its IDF: exact up to the budget, past it estimated from the sample; the cached counts)."""
+        counts = self._namespace_counts(db, namespace)
+        total = self._total(db, namespace, counts)
+        rows = self._rows(db, namespace, terms, counts)
+        common = [t for t in terms if rows[t] > KEYWORD_ROW_BUDGET]
+        df = dict(rows)
+        if common:
+            self._sampled(db, namespace, common, counts)
+            sampled = max(counts.get(("sampled", ""), 0), 1)
+            for t in common:
+                df[t] = min(total, max(rows[t], round(counts[("sample rows", t)] * total / sampled)))
+        return total, rows, df, counts
 
     def informative_terms(self, namespace: str, terms: list[str]) -> list[str]:
         """Drop terms found in more than half of the namespace's memories by their own text (weight A), unless
-        all would go; namespaces under PRUNE_TERMS_FROM_ROWS keep every term."""
+        all would go; namespaces under PRUNE_TERMS_FROM_ROWS keep every term (as on SQLite). Their IDF is ~0,
+        yet each would be scored on every candidate. The row budget is the search's (below). A term in more rows
+        than the budget is judged by its share of the namespace's newest SAMPLE_ROWS memories; the others by
+        exact counts. Counts are kept until a delete or until the namespace grew by a RECOUNT_SHARE-th (most
+        queries share their common words)."""
         if not terms:
             return terms
 
         def q(db: Connection) -> list[str]:
-            row = db.execute("SELECT count(*) FROM memories WHERE namespace = %s", (namespace,)).fetchone()
-            total = int(row[0]) if row else 0
+            total, rows, _, counts = self._frequencies(db, namespace, terms)
             if total < PRUNE_TERMS_FROM_ROWS:
                 return terms
             kept = []
             for term in terms:
-                # ts_filter keeps the weight-A lexemes: the memory's own words, not its context's.
-                found = db.execute(
-                    "SELECT count(*) FROM memories WHERE namespace = %(ns)s AND terms @@ plainto_tsquery('english', "
-                    "%(t)s) AND ts_filter(terms, '{a}') @@ plainto_tsquery('english', %(t)s)",
-                    {"ns": namespace, "t": term},
-                ).fetchone()
-                if found is not None and found[0] * 2 > total:
-                    continue
+                if rows[term] > KEYWORD_ROW_BUDGET:
+                    sampled = max(counts.get(("sampled", ""), 0), 1)
+                    if counts[("sample own", term)] * 2 > sampled:
+                        continue
+                elif rows[term] * 2 > total:
+                    # Own words are at most the rows matched: only a term in more than half of the rows needs its
+                    # own count, and that only up to half the namespace (ts_filter copies each row's document).
+                    key = ("own", term)
+                    if key not in counts:
+                        found = db.execute(
+                            "SELECT count(*) FROM (SELECT 1 FROM memories WHERE namespace = %(ns)s AND terms @@ "
+                            "plainto_tsquery('english', %(t)s) AND ts_filter(terms, '{a}') @@ "
+                            "plainto_tsquery('english', %(t)s) LIMIT %(n)s) n",
+                            {"ns": namespace, "t": term, "n": total // 2 + 1},
+                        ).fetchone()
+                        counts[key] = int(found[0]) if found else 0
+                    if counts[key] * 2 > total:
+                        continue
                 kept.append(term)
             return kept or terms
 
@@ -70,32 +195,51 @@ class TsvectorKeywords:
     def search(
         self, namespace: str, terms: list[str], limit: int, where: MemoryFilter, context_weight: float
     ) -> list[tuple[int, float]]:
-        """(key, score) best first, higher is better; context_weight 0 searches the memories' own words only."""
+        """(key, score) best first, higher is better; context_weight 0 searches the memories' own words only.
+
+        A row budget bounds what is read and ranked: the candidates are the rows of the query's rarest terms,
+        taken rarest first while their rows sum to at most KEYWORD_ROW_BUDGET (the rarest term always; if it
+        alone is past the budget, its newest budget rows). Every term is still scored on every candidate, so a
+        commoner term left out of the candidates still ranks the memories that hold it with a rarer one: on
+        bench/scale.py's 10k corpus a budget of 1,000 rows kept 96.5% of the unbudgeted top 10 this way, 65% if
+        the commoner terms were left out of the query as SQLite's budget does. What is lost: memories holding
+        only commoner terms, which score lowest."""
         if not terms:
             return []
         clause, params = filter_sql(where)
         weights = [0.0, 0.0, float(context_weight), 1.0]  # D, C, B (context), A (own text)
-        own_only = "AND ts_filter(m.terms, '{a}') @@ q.query" if context_weight == 0 else ""
-        # Per term: its lexemes and its idf in the namespace. The count uses the GIN index. MATERIALIZED: used once,
-        # inside the per-row score subquery, the CTE would be inlined and every count re-run for every matching row.
-        per_term = (
-            "SELECT t.query, ln(1 + (n.total - t.df + 0.5) / (t.df + 0.5)) AS idf FROM ("
-            "SELECT plainto_tsquery('english', term) AS query, (SELECT count(*) FROM memories d WHERE "
-            "d.namespace = %s AND d.terms @@ plainto_tsquery('english', term)) AS df FROM unnest(%s::text[]) AS term"
-            ") t, (SELECT count(*)::float8 AS total FROM memories WHERE namespace = %s) n WHERE t.query <> ''::tsquery"
-        )
-        statement = (
-            f"WITH per_term AS MATERIALIZED ({per_term}), "
-            "q AS (SELECT " + _term_query(len(terms)) + " AS query) "
-            "SELECT m.pk, (SELECT sum(p.idf * ts_rank(%s::float4[], m.terms, p.query, 1)) FROM per_term p) AS score "
-            f"FROM memories m, q WHERE m.terms @@ q.query {own_only} AND {clause} "
-            "ORDER BY score DESC, m.pk DESC LIMIT %s"
-        )
-        args: list[Any] = [namespace, list(terms), namespace, *terms, weights, *params, limit]
 
         def run(db: Connection) -> list[tuple[int, float]]:
+            total, rows, df, _ = self._frequencies(db, namespace, terms)
+            found = [t for t in dict.fromkeys(terms) if rows[t] > 0]  # 0: in no row, or a stop-word (no lexeme)
+            if not found:
+                return []
+            chosen: list[str] = []
+            spent = 0
+            for term in sorted(found, key=lambda t: rows[t]):
+                if chosen and spent + rows[term] > KEYWORD_ROW_BUDGET:
+                    break
+                chosen.append(term)
+                spent += rows[term]
+            match = " || ".join([_TERM_QUERY] * len(chosen))
+            own_only = f"AND ts_filter(m.terms, '{{a}}') @@ ({match}) " if context_weight == 0 else ""
+            candidates = f"SELECT m.pk, m.terms FROM memories m WHERE m.terms @@ ({match}) {own_only}AND {clause}"
+            args: list[Any] = [*chosen, *(chosen if own_only else []), *params]
+            if spent > KEYWORD_ROW_BUDGET:  # the rarest term alone is past the budget
+                candidates += " ORDER BY m.pk DESC LIMIT %s"
+                args.append(KEYWORD_ROW_BUDGET)
+            # MATERIALIZED: each term's tsquery made once, not once per candidate.
+            statement = (
+                "WITH p AS MATERIALIZED (SELECT plainto_tsquery('english', t) AS query, i AS idf "
+                f"FROM unnest(%s::text[], %s::float8[]) AS x(t, i)), c AS ({candidates}) "
+                "SELECT c.pk, (SELECT sum(p.idf * ts_rank(%s::float4[], c.terms, p.query, 1)) FROM p) AS score "
+                "FROM c ORDER BY score DESC, c.pk DESC LIMIT %s"
+            )
+            idfs = [idf(max(total, df[t]), df[t]) for t in found]
             return [
-                (int(pk), float(score)) for pk, score in db.execute(statement, args) if score is not None and score > 0
+                (int(pk), float(score))
+                for pk, score in db.execute(statement, [found, idfs, *args, weights, limit])
+                if score is not None and score > 0
             ]
 
         return self.db.read(run)
@@ -123,3 +267,4 @@ class TsvectorKeywords:
             )
 
         self.db.write(txn)
+        self._counts.clear()
