@@ -119,6 +119,23 @@ class Database:
         give_up_at = time.monotonic() + after_s
         self._give_up_at = give_up_at if self._give_up_at is None else min(self._give_up_at, give_up_at)
 
+    def _no_connection(self, waited_s: float, stopping: bool) -> str:
+        """Why a wait for a connection ended: every connection of the pool in use (a pool too small for the
+        calls this process runs at once), or fewer open than it may have (the server refuses or does not answer)."""
+        size = self.pool.get_stats().get("pool_size", 0)
+        if size >= self.pool.max_size:
+            why = (
+                f"is busy: no free connection within {waited_s:.1f} s, every one of this process's "
+                f"{self.pool.max_size} connections is in use; nothing was written; try again, or raise "
+                "AGENTCACHE_PG_POOL_SIZE (within the server's max_connections)"
+            )
+        else:
+            why = (
+                f"is unreachable: no connection within {waited_s:.1f} s (the server is down or not answering); "
+                "nothing was written"
+            )
+        return f"the PostgreSQL database {self.location} {why}" + ("; the server is shutting down" if stopping else "")
+
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A pooled connection, as `pool.connection()` gives one (committed or rolled back when the block ends),
@@ -132,12 +149,7 @@ class Database:
                 now = time.monotonic()
                 stopping = self._give_up_at is not None and now >= self._give_up_at
                 if stopping or now - started >= POOL_WAIT_S:
-                    raise StoreBusy(
-                        f"the PostgreSQL database {self.location} is unreachable: no connection within "
-                        f"{now - started:.1f} s (the server is down or not answering, or every connection of "
-                        "this process is busy); nothing was written"
-                        + ("; the server is shutting down" if stopping else "")
-                    ) from None
+                    raise StoreBusy(self._no_connection(now - started, stopping)) from None
         try:
             with conn:
                 yield conn
