@@ -3,9 +3,18 @@ transaction-mode pooler (PgBouncer) in front of the server, the server restarted
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.backends.postgres import PostgresBackend
@@ -13,7 +22,7 @@ from agentcache_mcp.backends.postgres.connection import POOL_WAIT_S
 from agentcache_mcp.config import Settings
 from agentcache_mcp.memory.ports import StoreBusy
 
-from conftest import HashEmbedder
+from conftest import HashEmbedder, PostgresServer, free_port, wait_until_listening
 
 
 def test_a_call_with_every_pooled_connection_busy_ends_within_the_bounded_wait_saying_what_to_raise(
@@ -39,3 +48,134 @@ def test_a_call_with_every_pooled_connection_busy_ends_within_the_bounded_wait_s
         assert memory.stats()["memories"] == 2
     finally:
         memory.close()
+
+
+# --- behind PgBouncer in transaction mode -------------------------------------------------------------------
+
+
+def pgbouncer_binary() -> str:
+    """Debian's pgbouncer (in /usr/sbin); missing, the tests are skipped on a developer's machine and fail in CI
+    (CI=true), where .ci/run installs it."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the PgBouncer tests need pgbouncer in CI (apt-get install pgbouncer)")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[str]:
+    """PgBouncer in transaction mode on a free loopback port, in front of the session's PostgreSQL server; its
+    URL with the database name left out (`/NAME` is appended)."""
+    binary = pgbouncer_binary()
+    server = conninfo_to_dict(postgres_server.url)
+    host = str(server.get("host") or "127.0.0.1")
+    target = f"host={host} port={server.get('port') or 5432} user={server.get('user') or 'postgres'}"
+    if server.get("password"):
+        target += f" password={server['password']}"
+    root = Path(tempfile.mkdtemp(prefix="agentcache-pgbouncer-"))
+    root.chmod(0o755)  # read by the unprivileged user it runs as
+    port = free_port()
+    config = root / "pgbouncer.ini"
+    config.write_text(
+        f"[databases]\n* = {target}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        "auth_type = any\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 200\n"
+    )
+    config.chmod(0o644)
+    command = [binary, str(config)]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root: as the server's own user (it reaches its socket)
+        command[1:1] = ["-u", Path(host).owner() if Path(host).is_dir() else "nobody"]
+    log = root / "pgbouncer.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until_listening(proc, port, "pgbouncer", log=log)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pooled_url(pgbouncer: str, postgres_url: str) -> str:
+    """The test's fresh database, reached through PgBouncer."""
+    return f"{pgbouncer}/{conninfo_to_dict(postgres_url)['dbname']}"
+
+
+def test_behind_pgbouncer_in_transaction_mode_every_call_works_with_its_timeouts_set_per_transaction(
+    pooled_url: str, postgres_url: str
+) -> None:
+    memory = open_memory(Settings(database_url=pooled_url, pg_pool_size=4), embedder=HashEmbedder())
+    try:
+        backend = memory.backend
+        assert isinstance(backend, PostgresBackend) and backend.db.pooled
+        failures: list[BaseException] = []
+
+        def client(n: int) -> None:
+            # The same statements many times over from several connections, which PgBouncer spreads over its
+            # server connections: a statement prepared on one would be missing on the next.
+            try:
+                for i in range(15):
+                    memory.remember(f"client {n} note {i} about the turbine inspection rota")
+                    assert memory.recall("turbine inspection rota", limit=5)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(100)
+        assert not failures, failures[:3]
+        memory.embed_pending()
+        assert memory.pending_embeddings() == 0
+        gone = memory.remember("a note to forget through the pooler").id
+        assert memory.forget(ids=[gone])
+        assert memory.stats()["memories"] == 60
+        timeouts = backend.db.read(
+            lambda conn: conn.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+            ).fetchone()
+        )
+        assert timeouts == ("1min", "10s")
+    finally:
+        memory.close()
+    # Nothing of ours stays on PgBouncer's server connections for other clients to inherit.
+    with psycopg.connect(pooled_url, autocommit=True) as other:
+        for _ in range(5):
+            assert other.execute("SHOW statement_timeout").fetchone() == ("0",)
+    direct = open_memory(Settings(database_url=postgres_url, pg_pool_size=2), embedder=HashEmbedder())
+    try:
+        assert isinstance(direct.backend, PostgresBackend) and not direct.backend.db.pooled
+    finally:
+        direct.close()
+
+
+def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_released(pooled_url: str) -> None:
+    settings = Settings(database_url=pooled_url, pg_pool_size=3)
+    first, second = (open_memory(settings, embedder=HashEmbedder()) for _ in range(2))
+    try:
+        a, b = first.backend, second.backend
+        assert isinstance(a, PostgresBackend) and isinstance(b, PostgresBackend)
+        with a.exclusive("auto-forget") as held:
+            assert held
+            for i in range(10):  # other calls in between, so PgBouncer hands server connections around
+                first.remember(f"written by the lock holder {i}")
+                second.remember(f"written by the other replica {i}")
+                with b.exclusive("auto-forget") as also:
+                    assert not also
+                with a.exclusive("auto-forget") as again:  # not re-entrant across connections either
+                    assert not again
+        with b.exclusive("auto-forget") as held:
+            assert held
+    finally:
+        first.close()
+        second.close()

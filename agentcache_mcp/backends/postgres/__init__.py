@@ -75,16 +75,10 @@ class PostgresBackend:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """A session-level advisory lock on one pooled connection, held for the block: if the process dies,
-        the server ends its session and the lock is free for another replica."""
-        with self.db.session() as conn:
-            row = conn.execute(f"SELECT pg_try_advisory_lock({lock_key('%s')})", (name,)).fetchone()
-            held = bool(row and row[0])
-            try:
-                yield held
-            finally:
-                if held:
-                    conn.execute(f"SELECT pg_advisory_unlock({lock_key('%s')})", (name,))
+        """An advisory lock on one pooled connection, held for the block (Database.exclusive): if the process
+        dies, the server ends its transaction and the lock is free for another replica."""
+        with self.db.exclusive(name) as held:
+            yield held
 
     def erase_pending(self) -> bool:
         """Did a delete happen since the last erase?"""

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
@@ -41,6 +41,11 @@ STATEMENT_TIMEOUT = "60s"
 """The longest any statement of a call may run (the erase's VACUUM FULL is exempt)."""
 LOCK_TIMEOUT = "10s"
 """The longest a statement waits for a lock another session holds (another replica's erase, a person's LOCK)."""
+TRANSACTION_TIMEOUTS = (
+    f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT}', true), "
+    f"set_config('lock_timeout', '{LOCK_TIMEOUT}', true)"
+)
+"""The timeouts as settings of one transaction: behind a pooler, where a session's settings are not ours."""
 POOL_WAIT_S = 10.0
 """The longest a call waits for a pooled connection: the server is down, or every connection is busy."""
 POOL_SLICE_S = 0.25
@@ -76,18 +81,44 @@ def session_options(url: str) -> str:
     return f"{given} {ours}".strip()
 
 
+def behind_a_pooler(conn: Connection) -> bool:
+    """Is a connection pooler (PgBouncer) between `conn` and the server? A pooler answers the client's startup
+    with a cancel key of its own, so the backend pid the connection was given is not the server process's."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int):
         self.url = url
         self.location = mask_url(url)
         self._give_up_at: float | None = None
         """monotonic time from which a wait for a connection ends at once (the server is stopping)."""
+        probe = connect(url)
+        try:
+            self.pooled = behind_a_pooler(probe)
+            """A pooler between us and the server (see the module docstring): no session state is ours."""
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"the PostgreSQL database {self.location} failed: {first_line(exc)}") from None
+        finally:
+            probe.close()
+        if self.pooled:
+            log.info(
+                "%s: a connection pooler is in front of the server: statement and lock timeouts are set in each "
+                "transaction, statements are not prepared",
+                self.location,
+            )
+            # No `options` (PgBouncer refuses the startup parameter); psycopg's prepared statements would be
+            # looked for on whichever server connection the pooler gives the next transaction.
+            kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "prepare_threshold": None}
+        else:
+            kwargs = {"connect_timeout": CONNECT_TIMEOUT_S, "options": session_options(url)}
         self.pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             open=False,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "options": session_options(url)},
+            kwargs=kwargs,
             configure=register_vector,
             name="agentcache",
         )
@@ -99,7 +130,7 @@ class Database:
                 f"cannot connect to the PostgreSQL database {self.location}: {mask_secrets(str(exc), url)}"
             ) from None
 
-    def _failed(self, exc: psycopg.Error) -> StoreError:
+    def _failed(self, exc: psycopg.Error, *, committing: bool = False) -> StoreError:
         if isinstance(exc, psycopg.errors.DiskFull):
             return StoreFullError(f"the PostgreSQL database {self.location} is out of disk; nothing was written")
         if isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -112,7 +143,13 @@ class Database:
                 f"the PostgreSQL database {self.location} is busy: a statement of this call was cancelled "
                 f"({mask_secrets(first_line(exc), self.url)}); nothing was written"
             )
-        return StoreError(f"the PostgreSQL database {self.location} failed: {mask_secrets(first_line(exc), self.url)}")
+        reason = mask_secrets(first_line(exc), self.url)
+        if committing:
+            return StoreError(
+                f"the PostgreSQL database {self.location} failed while committing ({reason}): this call's write "
+                "may or may not have been stored"
+            )
+        return StoreError(f"the PostgreSQL database {self.location} failed: {reason}; nothing was written")
 
     def give_up_waits(self, after_s: float) -> None:
         """From `after_s` seconds on, a wait for a connection ends at once with StoreBusy (thread-safe)."""
@@ -157,21 +194,54 @@ class Database:
             self.pool.putconn(conn)
 
     def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in one transaction, retried as a whole after a deadlock or serialization failure."""
-        for attempt in range(RETRIES):
+        """Run fn in one transaction, retried as a whole after a deadlock or serialization failure, and once on a
+        fresh connection when the server had closed the pooled one before the commit was sent (a restart, an
+        idle timeout): that transaction cannot have committed. A connection lost during the commit is not
+        retried (the commit may have happened; the error says so)."""
+        reconnected = False
+        attempt = 0
+        while True:
+            committing = False
+            conn: Connection | None = None
             try:
-                with self.connection() as conn, conn.transaction():
-                    return fn(conn)
+                with self.connection() as conn:
+                    with conn.transaction():
+                        if self.pooled:
+                            conn.execute(TRANSACTION_TIMEOUTS)
+                        result = fn(conn)
+                        committing = True
+                    return result
             except _RETRYABLE:
-                if attempt == RETRIES - 1:
+                attempt += 1
+                if attempt == RETRIES:
                     raise
-                time.sleep(0.01 * 2**attempt)
+                time.sleep(0.01 * 2 ** (attempt - 1))
             except psycopg.OperationalError as exc:
-                raise self._failed(exc) from None
-        raise AssertionError("unreachable")
+                if conn is not None and conn.closed and not committing and not reconnected:
+                    # The server closed it while it sat in the pool, and so probably every other idle one:
+                    # drop those now (one round trip each, only after such a failure) rather than fail on each.
+                    reconnected = True
+                    self.pool.check()
+                    continue
+                raise self._failed(exc, committing=committing) from None
 
     read = write
     """A read is a transaction too (its SET LOCALs end with it); it never takes a lock a writer waits for."""
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """An advisory lock called `name`, held for the block if no other session holds it: yields whether it
+        is. A transaction-level lock in a transaction left open for the block on one pooled connection, so that
+        a transaction-mode pooler keeps that server connection ours (a session-level lock would stay on a server
+        connection the pooler hands to others); if the process dies, the server ends the transaction and the
+        lock is free. Holding no snapshot or transaction id, the open transaction holds back no VACUUM."""
+        with self.connection() as conn:
+            row = conn.execute(
+                f"SELECT pg_try_advisory_xact_lock({lock_key('%s')}), "
+                "set_config('idle_in_transaction_session_timeout', '0', true)",
+                (name,),
+            ).fetchone()
+            yield bool(row and row[0])
 
     @contextmanager
     def session(self) -> Iterator[Connection]:
