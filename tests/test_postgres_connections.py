@@ -15,12 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from test_stuck_store import OwnPostgres
 
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.backends.postgres import PostgresBackend
 from agentcache_mcp.backends.postgres.connection import POOL_WAIT_S
 from agentcache_mcp.config import Settings
-from agentcache_mcp.memory.ports import StoreBusy
+from agentcache_mcp.memory.ports import StoreBusy, StoreError
 
 from conftest import HashEmbedder, PostgresServer, free_port, wait_until_listening
 
@@ -179,3 +180,102 @@ def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_
     finally:
         first.close()
         second.close()
+
+
+# --- the server restarted ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server of this module's own, to stop and start again (the session's serves other tests)."""
+    server = OwnPostgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_postgres_url(own_postgres: OwnPostgres) -> str:
+    name = "restart_" + os.urandom(6).hex()
+    with psycopg.connect(own_postgres.url("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return own_postgres.url(name)
+
+
+def stored_ids(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {memory_id for (memory_id,) in conn.execute("SELECT id FROM memories")}
+
+
+def test_after_a_server_restart_the_next_calls_succeed_without_restarting_the_process(
+    own_postgres: OwnPostgres, own_postgres_url: str
+) -> None:
+    memory = open_memory(Settings(database_url=own_postgres_url, pg_pool_size=4), embedder=HashEmbedder())
+    try:
+        backend = memory.backend
+        assert isinstance(backend, PostgresBackend)
+        with backend.db.connection(), backend.db.connection(), backend.db.connection():
+            pass  # three connections open in the pool, idle
+        memory.remember("written before the restart")
+        own_postgres.stop()  # as a crash: every connection the pool holds is closed by the server
+        own_postgres.start()
+        for i in range(10):  # each would have met one of the pool's closed connections
+            memory.remember(f"written after the restart {i}")
+            assert memory.recall("written after the restart", limit=3)
+        assert memory.stats()["memories"] == 11
+    finally:
+        memory.close()
+
+
+def test_a_restart_under_load_loses_no_acknowledged_write_and_calls_fail_cleanly_until_it_is_back(
+    own_postgres: OwnPostgres, own_postgres_url: str
+) -> None:
+    memory = open_memory(Settings(database_url=own_postgres_url, pg_pool_size=4), embedder=HashEmbedder())
+    acknowledged: list[str] = []
+    errors: list[tuple[float, float, BaseException]] = []
+    """(started, ended, error) of each failed call, monotonic."""
+    stop = threading.Event()
+
+    def writer(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            started = time.monotonic()
+            try:
+                acknowledged.append(memory.remember(f"writer {n} note {i} on the pump station log").id)
+                memory.recall("pump station log", limit=3)
+            except BaseException as exc:
+                errors.append((started, time.monotonic(), exc))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        while len(acknowledged) < 40:
+            time.sleep(0.01)
+        before = len(acknowledged)
+        own_postgres.stop()
+        time.sleep(1.0)  # calls meet the down server meanwhile
+        own_postgres.start()
+        back = time.monotonic()
+        while len(acknowledged) < before + 80:
+            assert time.monotonic() - back < 60, "no writes after the restart"
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        memory.close()
+    assert not any(thread.is_alive() for thread in threads)
+    assert stored_ids(own_postgres_url) >= set(acknowledged)
+    for started, ended, exc in errors:
+        assert isinstance(exc, StoreError), repr(exc)  # StoreBusy is one
+        message = str(exc)
+        assert "\n" not in message and ("nothing was written" in message or "may not have been stored" in message)
+        assert ended - started < POOL_WAIT_S + 10, f"a call waited {ended - started:.1f} s"
+    # Once the server accepted connections again, every call that started a moment later succeeded.
+    assert not [exc for started, _, exc in errors if started > back + 1.0], errors
+    print(f"\n{len(acknowledged)} acknowledged, {len(errors)} failed during the outage")
