@@ -185,10 +185,26 @@ def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_
 # --- the server restarted ------------------------------------------------------------------------------------
 
 
+class RestartablePostgres(OwnPostgres):
+    def start(self) -> None:
+        """Start the server and return once it accepts connections. pgserver gives `pg_ctl start` 10 s, which
+        crash recovery on a loaded machine can take; the postmaster keeps starting after that, so wait for it."""
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                super().start()
+                with psycopg.connect(self.url("postgres"), connect_timeout=5):
+                    return
+            except (subprocess.TimeoutExpired, AssertionError, psycopg.OperationalError):  # pgserver asserts "ready"
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[OwnPostgres]:
     """A PostgreSQL server of this module's own, to stop and start again (the session's serves other tests)."""
-    server = OwnPostgres()
+    server = RestartablePostgres()
     try:
         yield server
     finally:
@@ -279,3 +295,36 @@ def test_a_restart_under_load_loses_no_acknowledged_write_and_calls_fail_cleanly
     # Once the server accepted connections again, every call that started a moment later succeeded.
     assert not [exc for started, _, exc in errors if started > back + 1.0], errors
     print(f"\n{len(acknowledged)} acknowledged, {len(errors)} failed during the outage")
+
+
+def test_during_an_outage_calls_say_the_server_is_unreachable_and_answer_within_seconds_of_its_return(
+    own_postgres: OwnPostgres, own_postgres_url: str
+) -> None:
+    memory = open_memory(Settings(database_url=own_postgres_url, pg_pool_size=4), embedder=HashEmbedder())
+    refusals: list[str] = []
+    try:
+        memory.remember("written before the outage")
+        own_postgres.stop()
+        down = time.monotonic()
+        while time.monotonic() - down < 25:  # calls keep coming while the server is down
+            with pytest.raises(StoreError) as refused:
+                memory.remember("written while the server is down")
+            refusals.append(str(refused.value))
+        own_postgres.start()
+        back = time.monotonic()
+        while True:
+            try:
+                memory.remember("written once the server is back")
+                break
+            except StoreError:
+                assert time.monotonic() - back < 60, "no write within a minute of the server's return"
+        recovered = time.monotonic() - back
+    finally:
+        memory.close()
+    print(f"\nanswered again {recovered:.1f} s after the server was back")
+    # Not psycopg_pool's default backoff, which doubles its pause between tries for 5 min (a pause of 32 s
+    # after a minute down); each try is dropped after RECONNECT_S and a waiting call starts another.
+    assert recovered < 12, f"{recovered:.1f} s"
+    # A down server is not a busy pool: no refusal tells the user to raise the pool size.
+    assert all("AGENTCACHE_PG_POOL_SIZE" not in message for message in refusals), refusals
+    assert any("is unreachable" in message for message in refusals), refusals

@@ -16,6 +16,7 @@ than wait for it; `give_up_waits` ends the waits for a connection at once.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,10 @@ TRANSACTION_TIMEOUTS = (
 """The timeouts as settings of one transaction: behind a pooler, where a session's settings are not ours."""
 POOL_WAIT_S = 10.0
 """The longest a call waits for a pooled connection: the server is down, or every connection is busy."""
+RECONNECT_S = 5.0
+"""How long the pool keeps trying to open one connection (1 s, 2 s apart...) before it drops the try; a call
+waiting for a connection starts a new one. psycopg_pool's default, 5 min, doubles the pause up to minutes: after
+an outage of a minute a replica would wait another half minute for the server that is back."""
 POOL_SLICE_S = 0.25
 """A wait for a connection looks this often whether the server is stopping."""
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
@@ -121,7 +126,11 @@ class Database:
             kwargs=kwargs,
             configure=register_vector,
             name="agentcache",
+            reconnect_timeout=RECONNECT_S,
         )
+        self._in_use = 0
+        """Connections handed out right now (the pool also counts those it is still trying to open)."""
+        self._in_use_lock = threading.Lock()
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         except PoolTimeout as exc:
@@ -159,8 +168,7 @@ class Database:
     def _no_connection(self, waited_s: float, stopping: bool) -> str:
         """Why a wait for a connection ended: every connection of the pool in use (a pool too small for the
         calls this process runs at once), or fewer open than it may have (the server refuses or does not answer)."""
-        size = self.pool.get_stats().get("pool_size", 0)
-        if size >= self.pool.max_size:
+        if self._in_use >= self.pool.max_size:
             why = (
                 f"is busy: no free connection within {waited_s:.1f} s, every one of this process's "
                 f"{self.pool.max_size} connections is in use; nothing was written; try again, or raise "
@@ -187,10 +195,14 @@ class Database:
                 stopping = self._give_up_at is not None and now >= self._give_up_at
                 if stopping or now - started >= POOL_WAIT_S:
                     raise StoreBusy(self._no_connection(now - started, stopping)) from None
+        with self._in_use_lock:
+            self._in_use += 1
         try:
             with conn:
                 yield conn
         finally:
+            with self._in_use_lock:
+                self._in_use -= 1
             self.pool.putconn(conn)
 
     def write(self, fn: Callable[[Connection], T]) -> T:
