@@ -11,6 +11,18 @@ a call waits at most POOL_WAIT_S for a connection (the server down, or every con
 StoreBusy, nothing written. A frozen server (or a network that drops packets) enforces nothing: a statement sent
 to it waits until the server answers, so the server's shutdown abandons such a call (workers.App.run) rather
 than wait for it; `give_up_waits` ends the waits for a connection at once.
+
+A restart of the server closes every pooled connection. The first call to meet one drops the pool's other
+closed ones and runs once more on a new connection (its transaction had not committed: the commit was never
+sent); calls while the server is down end with StoreBusy or StoreError, nothing written; the pool tries to
+reconnect every few seconds (RECONNECT_S), so a replica answers again within seconds of the server's return.
+
+Behind a connection pooler (PgBouncer, detected at start: see `behind_a_pooler`) a session's state is not ours:
+in transaction mode the pooler hands the server connection to another client after each transaction. So the
+timeouts are set in each transaction (TRANSACTION_TIMEOUTS) rather than as startup options (which PgBouncer
+refuses), psycopg does not prepare statements (PgBouncer < 1.21 cannot carry them), and `exclusive` holds a
+transaction-level advisory lock in a transaction kept open for the block. `session()` (autocommit, for VACUUM)
+is the exception: through a transaction-mode pooler its statements may each run on another server connection.
 """
 
 from __future__ import annotations
