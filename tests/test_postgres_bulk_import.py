@@ -46,19 +46,21 @@ def test_a_large_import_loads_without_the_vector_index_and_builds_it_at_the_end(
 ) -> None:
     store.remember("a memory before the import", namespace="imported")
     path = write_file(tmp_path / "large.jsonl", [record(n) for n in range(300)])
-    during: list[tuple[bool, int | None]] = []
+    during: list[tuple[set[str], int | None]] = []
 
     def progress(done: int, total: int) -> None:
-        # Between batches: the index is gone, and a search is exact (the memory with this very vector first).
+        # Between batches: the indexes are gone, and a search is exact (the memory with this very vector first),
+        # a keyword search too.
+        assert store.backend.keywords.search("imported", ["topic"], 5, MemoryFilter(namespace="imported"), 0.0) or not done
         hits = store.backend.vectors.search("imported", vector_of(record(5)["text"]), 3, MemoryFilter(namespace="imported"))
         stored = {m.id: m.key for m in store.backend.memories.get("imported", [record(5)["id"]])}
-        during.append((HNSW in indexes(url_of(store)), hits[0][0] if hits and stored else None))
+        during.append(({HNSW, TERMS} & indexes(url_of(store)), hits[0][0] if hits and stored else None))
         if stored:
             assert hits[0][0] == stored[record(5)["id"]]
 
     report = import_jsonl(store, path, namespace=None, dry_run=False, skip_invalid=False, progress=progress, batch_size=100)
     assert report.added == 300 and report.batches == 3
-    assert [present for present, _ in during] == [False, False, False]
+    assert [present for present, _ in during] == [set(), set(), set()]
     assert {HNSW, TERMS} <= indexes(url_of(store))
     assert len(store.backend.embeddings.vectors_of(HashEmbedder.model_id, [r[0] for r in stored_rows(store)])) == 300
 
@@ -68,7 +70,12 @@ def test_a_small_import_into_a_large_store_keeps_the_vector_index(store: MemoryS
     path = write_file(tmp_path / "small.jsonl", [record(n) for n in range(1000, 1010)])
     present: list[bool] = []
     report = import_jsonl(
-        store, path, namespace=None, dry_run=False, skip_invalid=False, progress=lambda d, t: present.append(HNSW in indexes(url_of(store)))
+        store,
+        path,
+        namespace=None,
+        dry_run=False,
+        skip_invalid=False,
+        progress=lambda d, t: present.append({HNSW, TERMS} <= indexes(url_of(store))),
     )
     assert report.added == 10 and present == [True]
 
@@ -83,7 +90,7 @@ def test_a_failing_import_ends_with_the_vector_index_built_and_its_rerun_adds_th
 
     with pytest.raises(ImportInterrupted):
         import_jsonl(store, path, namespace=None, dry_run=False, skip_invalid=False, progress=fail_after_first_batch, batch_size=100)
-    assert HNSW in indexes(url_of(store)) and len(stored_rows(store)) == 100  # one whole batch
+    assert {HNSW, TERMS} <= indexes(url_of(store)) and len(stored_rows(store)) == 100  # one whole batch
     again = import_jsonl(store, path, namespace=None, dry_run=False, skip_invalid=False, batch_size=100)
     assert (again.added, again.skipped_existing) == (200, 100)
     assert HNSW in indexes(url_of(store)) and len(stored_rows(store)) == 300

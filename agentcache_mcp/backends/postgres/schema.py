@@ -305,7 +305,11 @@ def missing_indexes(conn: Connection) -> list[tuple[str, sql.SQL | sql.Composed]
     """(name, CREATE INDEX) of the derived indexes that are not there (or left invalid): the keyword index and
     each vector table's HNSW index. A bulk load drops an HNSW index and builds it at its end; one killed
     meanwhile leaves it out."""
-    wanted: list[tuple[str, sql.SQL | sql.Composed]] = [(TERMS_INDEX, sql.SQL(TERMS_INDEX_SQL))]
+    # The keyword index CONCURRENTLY: a plain build would hold up every replica's remember (and a recall's
+    # access stats) until it ends; the HNSW index plainly: it holds up only the vector table's writes (the
+    # background embedding writer), and builds in about half the time.
+    concurrently = TERMS_INDEX_SQL.replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY ", 1)
+    wanted: list[tuple[str, sql.SQL | sql.Composed]] = [(TERMS_INDEX, sql.SQL(concurrently))]
     wanted += [(table + "_hnsw", hnsw_index_sql(table)) for table in vector_tables(conn)]
     present = {
         str(name)
@@ -320,8 +324,8 @@ def missing_indexes(conn: Connection) -> list[tuple[str, sql.SQL | sql.Composed]
 
 def build_missing_indexes(conn: Connection, location: str, why: str, *, level: int = logging.WARNING) -> list[str]:
     """Create every index missing_indexes finds, then ANALYZE; on an autocommit connection, each build its own
-    transaction (a plain CREATE INDEX: it blocks writes to its table, not reads, and takes about half the time
-    of CONCURRENTLY). An invalid leftover of the same name is dropped first. Returns the names built."""
+    transaction. Reads go on meanwhile (exact scans where the index is missing). An invalid leftover of the same
+    name (a CONCURRENTLY build that was stopped) is dropped first. Returns the names built."""
     built = []
     for name, statement in missing_indexes(conn):
         log.log(level, "building the missing index %s in %s (%s); searches use exact scans until it is built", name, location, why)
