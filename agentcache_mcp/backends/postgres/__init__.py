@@ -71,9 +71,11 @@ BULK_LOAD_LOCK = "bulk_load"
 time, and a replica starting during such an import leaves the index to the import's end."""
 BULK_LOAD_RATIO = 4
 """An import drops the model's HNSW index and builds it after loading when the vector table holds at most this
-many times the memories it is about to add. Measured (pgwrite, 10k, loaded machine): a vector inserted into
-the HNSW index costs 9-15 ms, one loaded without it 0.07 ms, and building the index afterwards 1.3 ms per
-vector of the whole table; so the rebuild pays while the table holds less than ~6x the load."""
+many times the memories it is about to add. Measured (bench/pg_write.py, 10k with vectors into an empty
+store, 2 shared cores at load 6-8): with the index the import took 86.9 s (8.7 ms a memory); without it the
+load took 7.1-8.2 s (0.8 ms a memory) and the builds after it 5.9-7.8 s (HNSW ~0.65 ms per vector of the
+whole table). So the rebuild pays while the table holds up to ~10x the load; 4 keeps a margin, as replicas
+recall by exact scan until the build ends."""
 BULK_LOAD_TERMS_INDEX = True
 """Drop the keyword (GIN) index too, on the same rule for the memories table, and build it after (CONCURRENTLY):
 measured at 10k (3 runs, load 6), the load took 7.4 s without it against 9.7 s with it."""
