@@ -5,6 +5,9 @@ backend, which builds every missing derived index. Searches stay right (exact) w
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +133,40 @@ def test_a_backend_opening_while_an_import_loads_in_bulk_leaves_the_index_to_the
 
     import_jsonl(store, path, namespace=None, dry_run=False, skip_invalid=False, progress=open_another, batch_size=100)
     assert seen == [False] and HNSW in indexes(url_of(store))
+
+
+KILLED_IMPORT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from agentcache_mcp.app import open_memory
+from agentcache_mcp.config import Settings
+from agentcache_mcp.memory.exchange import import_jsonl
+from conftest import HashEmbedder
+
+def stall(done, total):
+    print("loading", flush=True)
+    time.sleep(120)
+
+memory = open_memory(Settings(database_url={url!r}, auto_forget_enabled=False), embedder=HashEmbedder())
+import_jsonl(memory, Path({path!r}), namespace=None, dry_run=False, skip_invalid=False, progress=stall, batch_size=100)
+"""
+
+
+def test_an_import_killed_mid_load_leaves_the_indexes_to_the_next_start(store: MemoryService, tmp_path: Path) -> None:
+    path = write_file(tmp_path / "killed.jsonl", [record(n) for n in range(300)])
+    script = KILLED_IMPORT.format(tests=str(Path(__file__).parent), url=url_of(store), path=str(path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"loading"
+        assert not {HNSW, TERMS} & indexes(url_of(store))  # mid-load, one batch in
+    finally:
+        child.kill()  # SIGKILL: no finally of its own runs
+        child.wait(timeout=30)
+        if child.stdout is not None:
+            child.stdout.close()
+    reopened = open_memory(Settings(database_url=url_of(store), auto_forget_enabled=False), embedder=HashEmbedder())
+    try:
+        assert {HNSW, TERMS} <= indexes(url_of(store)) and len(stored_rows(reopened)) == 100
+    finally:
+        reopened.close()
