@@ -7,7 +7,8 @@ store's model and dimension, ids and supersession confined to a namespace), repo
 number; and only then applies it, in batches of at most BATCH_MEMORIES memories and about BATCH_SECONDS each,
 letting go of the write lock between them, so a large import never holds up another process's write for long.
 A refused file changes nothing; a failure while applying leaves whole batches, and the same import run again
-adds the rest (what is already stored is skipped).
+adds the rest (what is already stored is skipped). The batches run inside the backend's `bulk_load`: a large
+import into PostgreSQL loads without the HNSW index and builds it at the end (see PostgresBackend.bulk_load).
 
 Our format, one JSON object per line:
 - line 1, the header: {"format": "agentcache-export", "version": 1, "schema": ..., "embedding_model": ...,
@@ -852,7 +853,9 @@ def _import(
 
     report.skipped_existing = len(plan.repeated)
     try:
-        _apply(memory, valid(), report, total, progress, batch_size)
+        # A large import loads without the index the backend builds faster afterwards (rebuilt on any exit).
+        with memory.backend.bulk_load(plan.added):
+            _apply(memory, valid(), report, total, progress, batch_size)
     except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what stayed applied
         raise ImportInterrupted(report, exc) from exc
     finally:

@@ -294,6 +294,13 @@ class StorageBackend(Protocol):
         work). For work that must run on one replica at a time, such as the auto-forget sweep."""
         ...
 
+    def bulk_load(self, expected_rows: int) -> AbstractContextManager[None]:
+        """Around an import that is about to add `expected_rows` memories (with vectors): where the backend
+        loads faster without an index and builds it after (PostgreSQL's HNSW index, when the store holds few
+        vectors for the load's size), it drops the index on entry and builds it again on exit, whether the block
+        ended or raised. Searches stay correct meanwhile (exact, slower). A backend with nothing to gain: no-op."""
+        ...
+
     def maintenance(self) -> None:
         """Periodic housekeeping (e.g. pruning a change log); run after an auto-forget sweep."""
         ...

@@ -115,6 +115,9 @@ class PgMemories(SqlMemories[Connection]):
         super().__init__(database)
         self._chunk = RESTORE_CHUNK_MIN
         """Memories in the next COPY of a restore (see RESTORE_CHUNK_SECONDS)."""
+        self.defer_vector_index = False
+        """A bulk load is on (PostgresBackend.bulk_load): a vector table a restore creates gets its HNSW index at
+        the load's end."""
 
     def _lock_namespaces(self, db: Connection, namespaces: Iterable[str]) -> None:
         lock_namespaces(db, namespaces)
@@ -207,7 +210,9 @@ class PgMemories(SqlMemories[Connection]):
                 for _, vector in chunk:  # before the COPY: nothing else can be sent while it runs
                     if vector is not None and (vector[0], np.asarray(vector[1]).size) not in tables:
                         dim = np.asarray(vector[1]).size
-                        tables[vector[0], dim] = ensure_vector_table(db, vector[0], dim)  # StoreError: another dim
+                        tables[vector[0], dim] = ensure_vector_table(  # StoreError: another dim
+                            db, vector[0], dim, with_index=not self.defer_vector_index
+                        )
                 first = position
                 with db.cursor().copy(f"COPY agentcache_restore ({_STAGING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(_STAGING_TYPES)

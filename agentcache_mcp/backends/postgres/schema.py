@@ -22,6 +22,10 @@ from .connection import Connection, first_line, lock_key
 
 log = logging.getLogger(__name__)
 
+TERMS_INDEX = "memories_terms"
+TERMS_INDEX_SQL = f"CREATE INDEX {TERMS_INDEX} ON memories USING gin(terms) WITH (fastupdate = off)"
+"""The one definition of the keyword index (schema 1 creates it; a backend's start recreates it if missing)."""
+
 _SCHEMA_1 = [
     """
     CREATE TABLE memories (
@@ -55,7 +59,7 @@ _SCHEMA_1 = [
     "CREATE INDEX memories_expires ON memories(expires_at) WHERE expires_at IS NOT NULL",
     "CREATE INDEX memories_superseded_by ON memories(superseded_by) WHERE superseded_by IS NOT NULL",
     # fastupdate off: no pending list, so a memory's terms are in the index's tree when its row commits.
-    "CREATE INDEX memories_terms ON memories USING gin(terms) WITH (fastupdate = off)",
+    TERMS_INDEX_SQL,
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "INSERT INTO meta(key, value) VALUES ('erase_generation', '0'), ('erased_generation', '0')",
     """
@@ -266,9 +270,10 @@ def vector_table_name(model_id: str) -> str:
     return "vectors_" + hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:16]
 
 
-def ensure_vector_table(conn: Connection, model_id: str, dim: int) -> str:
+def ensure_vector_table(conn: Connection, model_id: str, dim: int, *, with_index: bool = True) -> str:
     """Create the model's vector table (vector(dim), HNSW cosine index) if it is not there yet; inside the
-    caller's transaction, under the schema lock so two replicas' first writes do not race."""
+    caller's transaction, under the schema lock so two replicas' first writes do not race. with_index False (a
+    bulk load, which builds the index once it has loaded): the table without its HNSW index."""
     table = vector_table_name(model_id)
     row = conn.execute("SELECT dim FROM vector_models WHERE model = %s", (model_id,)).fetchone()
     if row is not None:
@@ -285,6 +290,52 @@ def ensure_vector_table(conn: Connection, model_id: str, dim: int) -> str:
             ).format(name, sql.Literal(dim))
         )
         conn.execute(sql.SQL("CREATE INDEX {} ON {} (namespace)").format(sql.Identifier(table + "_ns"), name))
-        conn.execute(hnsw_index_sql(table))
+        if with_index:
+            conn.execute(hnsw_index_sql(table))
         conn.execute("INSERT INTO vector_models(model, table_name, dim) VALUES (%s, %s, %s)", (model_id, table, dim))
     return table
+
+
+def vector_tables(conn: Connection) -> list[str]:
+    """Every registered model's vector table."""
+    return [str(name) for (name,) in conn.execute("SELECT table_name FROM vector_models ORDER BY table_name")]
+
+
+def missing_indexes(conn: Connection) -> list[tuple[str, sql.SQL | sql.Composed]]:
+    """(name, CREATE INDEX) of the derived indexes that are not there (or left invalid): the keyword index and
+    each vector table's HNSW index. A bulk load drops an HNSW index and builds it at its end; one killed
+    meanwhile leaves it out."""
+    # The keyword index CONCURRENTLY: a plain build would hold up every replica's remember (and a recall's
+    # access stats) until it ends; the HNSW index plainly: it holds up only the vector table's writes (the
+    # background embedding writer), and builds in about half the time.
+    concurrently = TERMS_INDEX_SQL.replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY ", 1)
+    wanted: list[tuple[str, sql.SQL | sql.Composed]] = [(TERMS_INDEX, sql.SQL(concurrently))]
+    wanted += [(table + "_hnsw", hnsw_index_sql(table)) for table in vector_tables(conn)]
+    present = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "WHERE c.relname = ANY(%s) AND c.relnamespace = current_schema()::regnamespace AND i.indisvalid",
+            ([name for name, _ in wanted],),
+        )
+    }
+    return [(name, statement) for name, statement in wanted if name not in present]
+
+
+def build_missing_indexes(conn: Connection, location: str, why: str, *, level: int = logging.WARNING) -> list[str]:
+    """Create every index missing_indexes finds, then ANALYZE; on an autocommit connection, each build its own
+    transaction. Reads go on meanwhile (exact scans where the index is missing). An invalid leftover of the same
+    name (a CONCURRENTLY build that was stopped) is dropped first. Returns the names built."""
+    built = []
+    for name, statement in missing_indexes(conn):
+        log.log(level, "building the missing index %s in %s (%s); searches use exact scans until it is built", name, location, why)
+        started = time.monotonic()
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(statement)
+        built.append(name)
+        log.info("built index %s in %s in %.1f s", name, location, time.monotonic() - started)
+    if built:
+        conn.execute("ANALYZE memories")
+        for table in vector_tables(conn):
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    return built

@@ -53,6 +53,11 @@ class SqliteBackend:
         finds nothing left to do, so nothing is gained by making it wait or skip."""
         yield True
 
+    @contextmanager
+    def bulk_load(self, expected_rows: int) -> Iterator[None]:
+        """Nothing to defer: the vector index is built in memory at load, and FTS5 inserts are cheap."""
+        yield
+
     def maintenance(self) -> None:
         self.changes.prune()
 
