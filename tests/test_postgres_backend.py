@@ -13,7 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -361,8 +361,12 @@ def test_migrations_from_replicas_starting_at_once_apply_once(postgres_url: str)
 DIM = 32
 
 
-def fill(memory: MemoryService, namespaces: int, per_namespace: int, seed: int = 7) -> dict[str, np.ndarray]:
-    """Many namespaces of random unit vectors, stored in one transaction through restore()."""
+def fill(
+    memory: MemoryService, namespaces: int, per_namespace: int, seed: int = 7, *, bulk: bool = False
+) -> dict[str, np.ndarray]:
+    """Many namespaces of random unit vectors, stored in one transaction through restore(); `bulk`: as a bulk load
+    (the HNSW index built once at the end, as a large import does: row by row, 10k vectors took most of a 120 s
+    test under load; its ANALYZE changes the plans the HNSW-only tests force)."""
     rng = np.random.default_rng(seed)
     now = time.time()
     out: dict[str, np.ndarray] = {}
@@ -376,7 +380,8 @@ def fill(memory: MemoryService, namespaces: int, per_namespace: int, seed: int =
             text = f"{ns} item {i}"
             m = Memory(0, new_id(), ns, text, [], 0.5, {}, now, now, None, 0, None, None, content_hash(text))
             items.append((m, ("test-hash-embedder", matrix[i])))
-    memory.backend.memories.restore(items)
+    with memory.backend.bulk_load(len(items)) if bulk else nullcontext():
+        memory.backend.memories.restore(items)
     return out
 
 
@@ -430,7 +435,7 @@ def test_ann_recall_at_10_against_exact_search_with_many_namespaces(postgres_url
     namespaces of 500 random vectors; the figure is printed (pytest -s) for the README."""
     memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
     try:
-        fill(memory, namespaces=20, per_namespace=500)
+        fill(memory, namespaces=20, per_namespace=500, bulk=True)
         rng = np.random.default_rng(3)
         queries = [(f"ns{q % 20}", rng.normal(size=DIM).astype(np.float32)) for q in range(200)]
         exact = [
