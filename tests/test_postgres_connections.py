@@ -232,6 +232,32 @@ def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_
         second.close()
 
 
+def test_an_exclusive_lock_outlives_the_servers_transaction_timeout_so_no_second_replica_takes_it(
+    postgres_url: str,
+) -> None:
+    # The lock lives in a transaction left open for the block, so it disarms the server's
+    # idle_in_transaction_session_timeout; PostgreSQL 17's transaction_timeout (a sensible setting on a team's
+    # server) would end that transaction just the same, freeing the lock while the sweep holding it goes on.
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        if admin.info.server_version < 170000:
+            pytest.skip("transaction_timeout came in PostgreSQL 17")
+        name = conninfo_to_dict(postgres_url)["dbname"]
+        admin.execute(f'ALTER DATABASE "{name}" SET transaction_timeout = \'1s\'')
+    settings = Settings(database_url=postgres_url, pg_pool_size=3)
+    first, second = (open_memory(settings, embedder=HashEmbedder()) for _ in range(2))
+    try:
+        a, b = first.backend, second.backend
+        assert isinstance(a, PostgresBackend) and isinstance(b, PostgresBackend)
+        with a.exclusive("auto-forget") as held:
+            assert held
+            time.sleep(2.5)  # a sweep's deletes and erase take longer than a second at 100k
+            with b.exclusive("auto-forget") as also:
+                assert not also
+    finally:
+        first.close()
+        second.close()
+
+
 # --- the server restarted ------------------------------------------------------------------------------------
 
 
