@@ -730,6 +730,27 @@ def test_keyword_counts_are_taken_again_after_a_write_or_a_delete(
         memory.close()
 
 
+def test_a_term_first_searched_when_absent_finds_the_memory_another_replica_writes_with_it_next(
+    postgres_url: str,
+) -> None:
+    """A term counted in no row is left out of the search; the count must not outlive the memory that brings the
+    term (a rare word, an error code: what keyword search is for), even while the namespace grew by less than
+    a hundredth."""
+    replica_a = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    replica_b = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    try:
+        _insert_rows(postgres_url, "ns", [f"routine entry number {i}" for i in range(500)])
+        kw = replica_a.backend.keywords
+        assert kw.search("ns", ["zx81"], 10, MemoryFilter("ns", live_at=time.time()), 0.0) == []
+        written = replica_b.remember("build failed with error zx81 on the arm runner", namespace="ns").id
+        [key] = [m.key for m in replica_a.backend.memories.get("ns", [written])]
+        hits = kw.search("ns", ["zx81"], 10, MemoryFilter("ns", live_at=time.time()), 0.0)
+        assert [k for k, _ in hits] == [key]
+    finally:
+        replica_b.close()
+        replica_a.close()
+
+
 def test_a_repeated_keyword_search_counts_nothing_until_the_store_changes(postgres_url: str) -> None:
     """The counts behind the term rules and the IDFs are taken once (bounded), not on every recall: a repeated
     query runs the stamp lookup and the search, and no count(*) of the namespace."""

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -69,6 +70,13 @@ def pgbouncer_binary() -> str:
 def pgbouncer(postgres_server: PostgresServer) -> Iterator[str]:
     """PgBouncer in transaction mode on a free loopback port, in front of the session's PostgreSQL server; its
     URL with the database name left out (`/NAME` is appended)."""
+    with running_pgbouncer(postgres_server, "transaction") as url:
+        yield url
+
+
+@contextmanager
+def running_pgbouncer(postgres_server: PostgresServer, pool_mode: str) -> Iterator[str]:
+    """PgBouncer in `pool_mode` in front of the session's PostgreSQL server (see the fixture `pgbouncer`)."""
     binary = pgbouncer_binary()
     server = conninfo_to_dict(postgres_server.url)
     host = str(server.get("host") or "127.0.0.1")
@@ -83,7 +91,7 @@ def pgbouncer(postgres_server: PostgresServer) -> Iterator[str]:
         f"[databases]\n* = {target}\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        "auth_type = any\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 200\n"
+        f"auth_type = any\npool_mode = {pool_mode}\ndefault_pool_size = 20\nmax_client_conn = 200\n"
     )
     config.chmod(0o644)
     command = [binary, str(config)]
@@ -182,6 +190,26 @@ def test_behind_pgbouncer_the_erase_is_postponed_with_a_line_naming_the_direct_u
         direct.close()
 
 
+def test_behind_pgbouncer_in_session_mode_the_erase_runs_as_the_postponement_note_promises(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    # The transaction-mode erase's note (and README) send the user to "the pooler's session mode"; there a
+    # client keeps one server connection for its whole session, so VACUUM and its settings are ours.
+    with running_pgbouncer(postgres_server, "session") as bouncer:
+        url = f"{bouncer}/{conninfo_to_dict(postgres_url)['dbname']}"
+        memory = open_memory(Settings(database_url=url, pg_pool_size=2), embedder=HashEmbedder())
+        try:
+            backend = memory.backend
+            assert isinstance(backend, PostgresBackend)
+            gone = memory.remember("the alarm code is 4471").id
+            assert memory.forget(ids=[gone])
+            report = backend.erase()
+            assert report.erased, report.note
+            assert not backend.erase_pending()
+        finally:
+            memory.close()
+
+
 def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_released(pooled_url: str) -> None:
     settings = Settings(database_url=pooled_url, pg_pool_size=3)
     first, second = (open_memory(settings, embedder=HashEmbedder()) for _ in range(2))
@@ -199,6 +227,32 @@ def test_behind_pgbouncer_an_exclusive_lock_keeps_every_other_replica_out_until_
                     assert not again
         with b.exclusive("auto-forget") as held:
             assert held
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_exclusive_lock_outlives_the_servers_transaction_timeout_so_no_second_replica_takes_it(
+    postgres_url: str,
+) -> None:
+    # The lock lives in a transaction left open for the block, so it disarms the server's
+    # idle_in_transaction_session_timeout; PostgreSQL 17's transaction_timeout (a sensible setting on a team's
+    # server) would end that transaction just the same, freeing the lock while the sweep holding it goes on.
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        if admin.info.server_version < 170000:
+            pytest.skip("transaction_timeout came in PostgreSQL 17")
+        name = conninfo_to_dict(postgres_url)["dbname"]
+        admin.execute(f'ALTER DATABASE "{name}" SET transaction_timeout = \'1s\'')
+    settings = Settings(database_url=postgres_url, pg_pool_size=3)
+    first, second = (open_memory(settings, embedder=HashEmbedder()) for _ in range(2))
+    try:
+        a, b = first.backend, second.backend
+        assert isinstance(a, PostgresBackend) and isinstance(b, PostgresBackend)
+        with a.exclusive("auto-forget") as held:
+            assert held
+            time.sleep(2.5)  # a sweep's deletes and erase take longer than a second at 100k
+            with b.exclusive("auto-forget") as also:
+                assert not also
     finally:
         first.close()
         second.close()

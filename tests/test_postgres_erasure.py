@@ -74,6 +74,26 @@ def test_a_delete_leaves_the_text_in_the_files_until_the_erase(harness: Postgres
         memory.close()
 
 
+def test_an_erase_that_an_older_snapshot_kept_from_removing_the_rows_does_not_report_them_erased(
+    harness: PostgresHarness,
+) -> None:
+    """VACUUM FULL copies a deleted row that a transaction still running may see (a long report on another table,
+    a standby's hot_standby_feedback): the bytes stay in the new files. The erase must not say they are gone."""
+    memory = harness.open(pg_erase="manual")
+    try:
+        with psycopg.connect(harness.url) as reader:
+            reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            reader.execute("SELECT count(*) FROM meta").fetchone()  # its snapshot predates the forget
+            remember_and_forget(memory)
+            report = backend_of(memory).erase()
+            still_held = held(harness)
+            reader.rollback()
+        assert not (report.erased and still_held), (report.note, still_held)
+        assert backend_of(memory).erase_pending()
+    finally:
+        memory.close()
+
+
 def at_utc(day: str, hhmm: str) -> float:
     return float(calendar.timegm(time.strptime(f"{day} {hhmm}", "%Y-%m-%d %H:%M")))
 

@@ -343,3 +343,24 @@ def test_a_restore_given_one_id_twice_stores_the_first_with_its_vector(store: Me
     assert stored.text == "the first text"
     (vector,) = store.backend.embeddings.vectors_of(HashEmbedder.model_id, [stored.key]).values()
     assert np.allclose(vector, vector_of("the first text"), atol=1e-6)
+
+
+def test_a_restore_given_one_id_twice_whose_first_text_is_stored_keeps_the_second_with_its_own_vector(
+    store: MemoryService,
+) -> None:
+    """The first row of the id is skipped (its text is stored already, under another id) and the second added:
+    the vector stored with the added memory must be its own, not the skipped row's (a wrong vector whose content
+    hash matches is never embedded again)."""
+    from agentcache_mcp.memory.model import Memory
+
+    store.remember("the first text", namespace="team")
+
+    def item(text: str) -> tuple[Memory, tuple[str, np.ndarray]]:
+        memory = Memory(0, "SAMEID", "team", text, [], 0.5, {}, 1.0, 1.0, None, 0, None, None, content_hash(text))
+        return memory, (HashEmbedder.model_id, vector_of(text))
+
+    assert store.backend.memories.restore([item("the first text"), item("the second text")]) == (1, 1)
+    (stored,) = store.backend.memories.get("team", ["SAMEID"])
+    assert stored.text == "the second text"
+    vectors = store.backend.embeddings.vectors_of(HashEmbedder.model_id, [stored.key])
+    assert stored.key not in vectors or np.allclose(vectors[stored.key], vector_of("the second text"), atol=1e-6)

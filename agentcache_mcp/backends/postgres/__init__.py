@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,8 @@ ERASE_RETRY_S = 1.0
 """The pause before the second try; it grows by this much per try, to 5 s at most."""
 POSTPONED_RETRY_S = 600.0
 """A scheduled erase postponed (the table stayed busy) is tried again this much later."""
+_KEPT_DEAD = re.compile(r"(\d+) dead row versions cannot be removed yet")
+"""VACUUM (FULL, VERBOSE)'s count of the dead row versions it copied (the server's English messages)."""
 META_KEYS = (
     "erase_generation",
     "erased_generation",
@@ -331,14 +334,24 @@ class PostgresBackend:
             return EraseReport(False, "nothing to erase: no memory was forgotten since the last erase")
         [(snapshot_at,)] = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchall()
         conn.execute("SET statement_timeout = 0")  # a large table's rewrite may take longer than a call may
+        kept: list[int] = []
+        """Row versions the rewrite kept though dead (VERBOSE's detail: "N dead row versions cannot be removed yet")."""
+
+        def notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+            found = _KEPT_DEAD.search(diagnostic.message_detail or "")
+            if found:
+                kept.append(int(found.group(1)))
+
         tried = 0
         while True:
             tried += 1
             wait_s = min(ERASE_LOCK_TIMEOUT_MAX_S, ERASE_LOCK_TIMEOUT_S * 2 ** (tried - 1))
             conn.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
             rewrite_started = time.monotonic()
+            kept.clear()
+            conn.add_notice_handler(notice)
             try:
-                conn.execute("VACUUM (FULL) memories")
+                conn.execute("VACUUM (FULL, VERBOSE) memories")
                 break
             except psycopg.errors.LockNotAvailable:
                 if tried >= attempts:
@@ -351,8 +364,27 @@ class PostgresBackend:
                         seconds=time.monotonic() - started,
                     )
                 time.sleep(min(5.0, ERASE_RETRY_S * tried))
+            finally:
+                conn.remove_notice_handler(notice)
         locked_s = time.monotonic() - rewrite_started
         conn.execute("RESET lock_timeout")
+        if sum(kept):
+            # VACUUM FULL copies a dead row version that a transaction still running may see (one that began
+            # before the delete, on any table of this database, or a standby's hot_standby_feedback): its bytes
+            # are in the new files. Not erased: the deletes stay pending, and the next try rewrites again.
+            log.warning(
+                "erase postponed: %d deleted or updated row versions were kept, still visible to a transaction "
+                "older than them",
+                sum(kept),
+            )
+            return EraseReport(
+                False,
+                f"postponed: the rewrite had to keep {sum(kept)} deleted or updated row versions that a transaction "
+                "older than them may still read (a long transaction in this database, or a standby's "
+                "hot_standby_feedback); nothing is reported erased, try again once it ended",
+                attempts=tried,
+                seconds=time.monotonic() - started,
+            )
         # The vector tables are left to autovacuum: a plain VACUUM does not overwrite a dead row either, and
         # at 100k memories the HNSW index's VACUUM ran for more than 5 minutes after 2,000 deletes.
         with conn.transaction():

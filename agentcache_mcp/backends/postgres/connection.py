@@ -273,9 +273,12 @@ class Database:
         connection the pooler hands to others); if the process dies, the server ends the transaction and the
         lock is free. Holding no snapshot or transaction id, the open transaction holds back no VACUUM."""
         with self.connection() as conn:
+            # The server's timeouts for an idle or a long transaction would end it, and free the lock while the
+            # block still runs (transaction_timeout came in PostgreSQL 17; an unknown setting is an error before).
+            timeouts = ", set_config('transaction_timeout', '0', true)" if conn.info.server_version >= 170000 else ""
             row = conn.execute(
                 f"SELECT pg_try_advisory_xact_lock({lock_key('%s')}), "
-                "set_config('idle_in_transaction_session_timeout', '0', true)",
+                f"set_config('idle_in_transaction_session_timeout', '0', true){timeouts}",
                 (name,),
             ).fetchone()
             yield bool(row and row[0])

@@ -106,16 +106,22 @@ class TsvectorKeywords:
     @staticmethod
     def _rows(db: Connection, namespace: str, terms: list[str], counts: Counts) -> dict[str, int]:
         """Per term, the rows it matches (its own words or its context's) counted no further than the budget + 1
-        (GIN, then one heap visit per row); the uncounted terms in one statement."""
+        (GIN, then one heap visit per row); the uncounted terms in one statement. A term in no row is not kept
+        (counted again at the next search, a GIN lookup that finds nothing): the search leaves such a term out,
+        and a memory written with it since (by any replica) must be found."""
         missing = [t for t in dict.fromkeys(terms) if ("rows", t) not in counts]
+        absent: set[str] = set()
         if missing:
             for term, n in db.execute(
                 "SELECT t, (SELECT count(*) FROM (SELECT 1 FROM memories WHERE namespace = %s AND "
                 "terms @@ plainto_tsquery('english', t) LIMIT %s) n) FROM unnest(%s::text[]) AS t",
                 (namespace, KEYWORD_ROW_BUDGET + 1, missing),
             ):
-                counts[("rows", term)] = int(n)
-        return {t: counts[("rows", t)] for t in terms}
+                if n:
+                    counts[("rows", term)] = int(n)
+                else:
+                    absent.add(term)
+        return {t: 0 if t in absent else counts[("rows", t)] for t in terms}
 
     @staticmethod
     def _sampled(db: Connection, namespace: str, terms: list[str], counts: Counts) -> None:

@@ -243,8 +243,9 @@ class PgMemories(SqlMemories[Connection]):
                 vector_inserts = [
                     sql.SQL(
                         ", {} AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) SELECT a.pk, a.namespace, "
-                        "a.content_hash, s.vector FROM added a JOIN (SELECT DISTINCT ON (id) id, model, vector "
-                        "FROM agentcache_restore WHERE position >= %(first)s ORDER BY id, position) s ON s.id = a.id "
+                        "a.content_hash, s.vector FROM added a JOIN (SELECT DISTINCT ON (id, content_hash) id, content_hash, "
+                        "model, vector FROM agentcache_restore WHERE position >= %(first)s "
+                        "ORDER BY id, content_hash, position) s ON s.id = a.id AND s.content_hash = a.content_hash "
                         "WHERE s.model = {})"
                     ).format(sql.Identifier(f"vectors_{i}"), sql.Identifier(vector_table_name(model_id)), sql.Literal(model_id))
                     for i, model_id in enumerate(models)
