@@ -302,17 +302,19 @@ class PostgresBackend:
         started = time.monotonic()
         if self.db.pooled:
             # VACUUM runs outside a transaction with session settings (its lock timeout) and a session lock:
-            # through a transaction-mode pooler each statement may land on another server connection.
+            # through a transaction-mode pooler each statement may land on another server connection, and a
+            # pooler in session mode cannot be told from one in transaction mode (both hand out their own
+            # backend pid), so no pooled replica erases.
             log.warning(
-                "erase postponed: %s is reached through a transaction-mode connection pooler; run "
-                "`agentcache-mcp erase` with a direct URL to the server (or use the pooler's session mode)",
+                "erase postponed: %s is reached through a connection pooler; run `agentcache-mcp erase` with a "
+                "direct URL to the server",
                 self.location,
             )
             return EraseReport(
                 False,
-                "postponed: this store is reached through a transaction-mode connection pooler, which cannot run "
-                "the erase (VACUUM FULL needs one server session); run `agentcache-mcp erase` with a direct URL to "
-                "the server, or use the pooler's session mode",
+                "postponed: this store is reached through a connection pooler, through which the erase cannot run "
+                "safely (VACUUM FULL needs one server session); run `agentcache-mcp erase` with a direct URL to "
+                "the server",
             )
         # One connection for the lock and the work: a sweep calls this while it holds one for its own lock,
         # and the pool may have only two.
