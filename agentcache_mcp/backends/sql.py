@@ -187,7 +187,7 @@ def _json(value: Any) -> str:
 _CONTENT_COLUMNS = "id, namespace, text, content_hash, tags, importance, metadata"
 
 
-def _content(m: Memory | NewMemory) -> tuple[Any, ...]:
+def content_values(m: Memory | NewMemory) -> tuple[Any, ...]:
     """The values of _CONTENT_COLUMNS: what a memory is, as remember and restore insert it."""
     return (m.id, m.namespace, m.text, m.content_hash, _json(m.tags), m.importance, _json(m.metadata))
 
@@ -224,7 +224,7 @@ class SqlMemories(ABC, Generic[C]):
                 inserted = db.execute(
                     f"INSERT INTO memories ({_CONTENT_COLUMNS}, created_at, updated_at, expires_at) "
                     f"VALUES ({d.marks(10)}) {RETURNING}",
-                    (*_content(new), new.created_at, new.created_at, new.expires_at),
+                    (*content_values(new), new.created_at, new.created_at, new.expires_at),
                 ).fetchone()
                 stored = d.memory(inserted)
                 self._supersede_by(db, stored, new.supersedes)
@@ -288,7 +288,7 @@ class SqlMemories(ABC, Generic[C]):
                     self._lock_namespaces(db, [m.namespace])
                     locked.add(m.namespace)
                 stats = (m.created_at, m.updated_at, m.last_accessed_at, m.access_count, m.expires_at, m.superseded_by)
-                row = db.execute(insert, (*_content(m), *stats)).fetchone()
+                row = db.execute(insert, (*content_values(m), *stats)).fetchone()
                 if row is None:
                     skipped += 1
                     continue

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from ...memory.model import Memory, MemoryFilter, NewMemory
 from ...memory.ports import Merge, Vector
-from ..sql import COLUMNS, Dialect, SqlMemories
+from ..sql import COLUMNS, Dialect, SqlMemories, content_values
 from ..sql import filter_sql as dialect_filter_sql
 from .connection import Connection, Database, lock_key
 from .schema import ensure_vector_table, vector_table_name
@@ -133,13 +133,7 @@ class PgMemories(SqlMemories[Connection]):
                     "%s) AS m",
                     (
                         _NAMESPACE_LOCK + new.namespace,
-                        new.id,
-                        new.namespace,
-                        new.text,
-                        new.content_hash,
-                        json.dumps(new.tags, ensure_ascii=False),
-                        new.importance,
-                        json.dumps(new.metadata, ensure_ascii=False),
+                        *content_values(new),
                         new.created_at,
                         new.expires_at,
                     ),
@@ -221,13 +215,7 @@ class PgMemories(SqlMemories[Connection]):
                         copy.write_row(
                             (
                                 position,
-                                m.id,
-                                m.namespace,
-                                m.text,
-                                m.content_hash,
-                                json.dumps(m.tags, ensure_ascii=False),
-                                m.importance,
-                                json.dumps(m.metadata, ensure_ascii=False),
+                                *content_values(m),
                                 m.created_at,
                                 m.updated_at,
                                 m.last_accessed_at,
