@@ -60,7 +60,11 @@ def test_every_derived_namespace_is_valid_for_the_store(tmp_path: Path) -> None:
     odd = tmp_path / "my project (copy) ünï"
     odd.mkdir()
     long = _repo(tmp_path / "long", "https://host.example/" + "/".join(["segment-" * 4] * 12) + ".git")
-    for ns in (project_namespace(odd, environ={}), project_namespace(long, environ={}), project_namespace("/", environ={})):
+    for ns in (
+        project_namespace(odd, environ={}),
+        project_namespace(long, environ={}),
+        project_namespace("/", environ={}),
+    ):
         assert validate_namespace(ns) == ns
 
 

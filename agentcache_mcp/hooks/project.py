@@ -13,6 +13,7 @@ name stay apart). `AGENTCACHE_PROJECT_NAMESPACE` overrides both; it must be a va
 from __future__ import annotations
 
 import configparser
+import contextlib
 import hashlib
 import os
 import re
@@ -67,10 +68,8 @@ def _find_git_dir(folder: Path) -> tuple[Path | None, Path]:
                 target = (candidate / line[len("gitdir:") :].strip()).resolve()
                 common = target / "commondir"  # a worktree's git dir points at the main one
                 if common.is_file():
-                    try:
+                    with contextlib.suppress(OSError):
                         target = (target / common.read_text(encoding="utf-8").strip()).resolve()
-                    except OSError:
-                        pass
                 return target, candidate
     return None, folder
 
