@@ -806,3 +806,29 @@ def test_the_live_filter_looks_up_a_superseding_memory_by_id_not_by_scanning_the
         assert "Seq Scan" not in plan and "hashed" not in plan, plan
     finally:
         memory.close()
+
+
+def test_an_index_of_an_earlier_version_keeps_the_candidate_lists_it_was_measured_with(postgres_url: str) -> None:
+    """An m=16 index (earlier versions; kept until dropped) needs longer candidate lists than today's m=24 one:
+    the search reads the index's m from the catalogue and takes the breakpoints measured for it."""
+    from agentcache_mcp.backends.postgres import vectors
+    from agentcache_mcp.backends.postgres.schema import HNSW_M, hnsw_index_sql
+
+    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    try:
+        fill(memory, namespaces=1, per_namespace=5)
+    finally:
+        memory.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        [(table,)] = conn.execute("SELECT table_name FROM vector_models").fetchall()
+        assert vectors.index_m(conn, table) == HNSW_M
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(table + "_hnsw")))
+        assert vectors.index_m(conn, table) is None
+        conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (vector vector_cosine_ops)").format(
+            sql.Identifier(table + "_hnsw"), sql.Identifier(table)))
+        assert vectors.index_m(conn, table) == 16  # pgvector's default when no m was given
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(table + "_hnsw")))
+        conn.execute(hnsw_index_sql(table))
+    for rows, ef in vectors.EF_SEARCH_BY_ROWS_M16:
+        assert vectors.ef_search_for(10, rows, 16) == ef
+    assert vectors.ef_search_for(10, 30_000, 16) > vectors.ef_search_for(10, 30_000, HNSW_M)

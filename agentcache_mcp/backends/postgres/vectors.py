@@ -25,20 +25,26 @@ from ...memory.model import MemoryFilter
 from ...memory.ports import Vector
 from .connection import Connection, Database
 from .repository import PgEmbeddings, as_array, filter_sql
+from .schema import HNSW_M
 
 EXACT_SEARCH_MAX = 2_000
 """Namespaces with at most this many vectors are searched exactly: measured 5 ms per query at 2,000 and 228 ms
 at 15,000 (384 dims, tests/postgres_ann_recall.py), against 8 ms for the HNSW search at 15,000."""
-EF_SEARCH_BY_ROWS = ((10_000, 200), (30_000, 500), (1_000_000, 1_000))
-"""hnsw.ef_search that found >= 0.98 of the exact top 10 at these table sizes (bench/pg_ann.py; index m=16,
-ef_construction=64; MiniLM vectors of bench/scale.py's corpus at 10k and 30k, queried with its query texts:
-0.9805 at 200 and 0.9765 / 0.9875 at 400 / 800 respectively). At 1M (clustered synthetic vectors, see
-bench/pg_ann.py) this index falls short: 0.9105 / 0.9465 / 0.9605 at 400 / 700 / 1,000, pgvector's limit; the
-1M point is that limit, not 0.98. Between the points interpolated on log scales, beyond them held at the
-nearest end. The candidate list, not k, sets the top 10's quality: k only needs to fit in it (a scan asked
-for k beyond its list starts another round of the iterative scan, measured slower at ef 100 / k 100 than at
-ef 200 / k 100), and a deeper iterative scan does not lift it (1M, ef 1,000: 0.963 at depth 1,000, 2,000
-and 4,000)."""
+EF_SEARCH_BY_ROWS = ((10_000, 150), (30_000, 300), (100_000, 500), (1_000_000, 800))
+"""hnsw.ef_search that found >= 0.98 of the exact top 10 at these table sizes, with a margin, on indexes of
+m=24, ef_construction=128 (bench/pg_ann.py, k=100; bench/RESULTS.md). 10k, 30k, 100k: MiniLM vectors of
+bench/scale.py's corpus (10k and 30k its first rows) queried with its query texts: 0.98 / 0.987 at ef 100 / 150,
+0.982 / 0.9865 at 250 / 300, 0.981 / 0.984 at 450 / 500. 1M (clustered synthetic vectors, see bench/pg_ann.py):
+0.9795 / 0.9835 / 0.9865 at 600 / 800 / 1,000. (The m=16, ef_construction=64 index of earlier versions needed
+about twice as much: 500 at 30k.) Between the points interpolated on log scales, beyond them held at the nearest
+end. The candidate list, not k, sets the top 10's quality: k only needs to fit in it (a scan asked for k beyond
+its list starts another round of the iterative scan, measured slower at ef 100 / k 100 than at ef 200 / k 100),
+and a deeper iterative scan does not lift it (1M, m=16, ef 1,000: 0.963 at depth 1,000, 2,000 and 4,000)."""
+EF_SEARCH_BY_ROWS_M16 = ((10_000, 200), (30_000, 500), (1_000_000, 1_000))
+"""The same for an index of m=16, ef_construction=64, which earlier versions built and which
+keeps its parameters until it is dropped (README, Team deployment): 0.9805 at 200 at 10k; 0.9765 / 0.9875 at
+400 / 800 at 30k; at 1M 0.9105 / 0.9465 / 0.9605 at 400 / 700 / 1,000, pgvector's limit (that point is the
+limit, not 0.98)."""
 EF_SEARCH_MAX = 1_000
 """pgvector's own upper limit of hnsw.ef_search."""
 MAX_SCAN_TUPLES = 100_000
@@ -84,11 +90,12 @@ def counted_rows(db: Connection, table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def ef_search_for(k: int, total: int) -> int:
-    """hnsw.ef_search for a top-k search in a table of about `total` vectors: EF_SEARCH_BY_ROWS interpolated
-    on log scales, at least 2k (a scan whose candidate list is used up before k rows are out starts another
-    round of the iterative scan, which costs as much again), at most EF_SEARCH_MAX."""
-    (n0, ef0), *rest = EF_SEARCH_BY_ROWS
+def ef_search_for(k: int, total: int, m: int = HNSW_M) -> int:
+    """hnsw.ef_search for a top-k search in a table of about `total` vectors whose index was built with `m`:
+    EF_SEARCH_BY_ROWS (EF_SEARCH_BY_ROWS_M16 for a sparser index) interpolated on log scales, at least 2k (a
+    scan whose candidate list is used up before k rows are out starts another round of the iterative scan,
+    which costs as much again), at most EF_SEARCH_MAX."""
+    (n0, ef0), *rest = EF_SEARCH_BY_ROWS if m >= HNSW_M else EF_SEARCH_BY_ROWS_M16
     ef = float(ef0)
     for n1, ef1 in rest:
         if total <= n0:
@@ -98,7 +105,18 @@ def ef_search_for(k: int, total: int) -> int:
     return min(EF_SEARCH_MAX, max(math.ceil(ef), 2 * k))
 
 
-def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) -> None:
+def index_m(db: Connection, table: str) -> int | None:
+    """The m the table's HNSW index was built with (pgvector's default 16 if not given); None: no index."""
+    row = db.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", (table + "_hnsw",)
+    ).fetchone()
+    if row is None:
+        return None
+    options = dict(option.split("=", 1) for option in (row[0] or []))
+    return int(options.get("m", 16))
+
+
+def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int, m: int = HNSW_M) -> None:
     """For this transaction, in one round trip: HNSW scans keep going until k rows pass the filter
     (pgvector 0.8), with the candidate list of ef_search_for and a tuple budget large enough to expect k of the
     namespace's rows among them. `total` is the catalogue's estimate (stale by up to what autovacuum has not
@@ -110,7 +128,7 @@ def use_iterative_scan(db: Connection, k: int, total: int, in_namespace: int) ->
     db.execute(
         "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
         "set_config('hnsw.max_scan_tuples', %s, true)",
-        (str(ef_search_for(k, total)), str(budget)),
+        (str(ef_search_for(k, total, m)), str(budget)),
     )
 
 
@@ -119,6 +137,8 @@ class PgVectors:
         self.db = database
         self.embeddings = embeddings
         self._model_id = model_id
+        self._index_m: dict[str, int] = {}
+        """Per vector table, its HNSW index's m, read once (an index is rebuilt only by a start)."""
 
     @property
     def model_id(self) -> str:
@@ -155,7 +175,12 @@ class PgVectors:
             query_sql = search_sql(table, clause)
             args = [q_vec, namespace, *params, q_vec, k]
             if in_namespace > EXACT_SEARCH_MAX:
-                use_iterative_scan(db, k, total, in_namespace)
+                m = self._index_m.get(table)
+                if m is None:
+                    m = index_m(db, table)
+                    if m is not None:
+                        self._index_m[table] = m
+                use_iterative_scan(db, k, total, in_namespace, HNSW_M if m is None else m)
                 hits = db.execute(query_sql, args).fetchall()
                 if len(hits) >= k:
                     return [(int(pk), float(score)) for pk, score in hits]
