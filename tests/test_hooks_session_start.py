@@ -23,7 +23,7 @@ from agentcache_mcp.hooks import runner
 from agentcache_mcp.hooks.location import StoreLocation, StoreLocationError, store_location
 from agentcache_mcp.hooks.project import ENV_VAR as PROJECT_VARIABLE
 from agentcache_mcp.hooks.project import project_namespace
-from agentcache_mcp.hooks.session_start import DEFAULT_MAX_CHARS, MIN_MAX_CHARS, TAG, read_memories, score
+from agentcache_mcp.hooks.session_start import DEFAULT_MAX_CHARS, MIN_MAX_CHARS, TAG, read_memories, score_sql
 from agentcache_mcp.memory.model import MemoryFilter
 from agentcache_mcp.memory.service import MemoryService
 
@@ -207,11 +207,23 @@ def test_missing_fields_are_tolerated_the_process_folder_stands_in_for_cwd(
 # --- ranking ------------------------------------------------------------------------------------------------
 
 
-def test_the_score_is_the_documented_sum() -> None:
+def documented_score(importance: float, age_days: float, recalls: int) -> float:
+    return 0.5 * importance + 0.3 * 0.5 ** (max(0.0, age_days) / 60) + 0.2 * recalls / (recalls + 3)
+
+
+@pytest.mark.parametrize(
+    ("importance", "age_days", "recalls"),
+    [(1.0, 0, 3), (0.5, 60, 0), (0.0, -1, 0), (0.2, 400, 40), (0.7, 1e9, 1)],
+)
+def test_the_score_is_the_documented_sum(importance: float, age_days: float, recalls: int) -> None:
+    import sqlean
+
     now = 1_000_000_000.0
-    assert score(1.0, now, 3, now) == pytest.approx(0.5 + 0.3 + 0.1)
-    assert score(0.5, now - 60 * DAY, 0, now) == pytest.approx(0.25 + 0.15)
-    assert score(0.0, now + DAY, 0, now) == pytest.approx(0.3)  # a clock ahead counts as now
+    db = sqlean.connect(":memory:")
+    db.execute("CREATE TABLE memories (importance REAL, updated_at REAL, access_count INTEGER)")
+    db.execute("INSERT INTO memories VALUES (?, ?, ?)", (importance, now - age_days * DAY, recalls))
+    (found,) = db.execute(f"SELECT {score_sql(':now')} FROM memories m", {"now": now}).fetchone()
+    assert found == pytest.approx(documented_score(importance, min(age_days, 6000), recalls))
 
 
 def test_important_memories_come_first(engine: MemoryService, hook_env: Path, repo: Path) -> None:
@@ -594,3 +606,5 @@ def test_the_hook_reads_a_postgresql_store_the_same_way(
     assert not (tmp_path / "hooks.log").exists()
     assert texts(block) == ["Crucial: never force-push to main.", "Releases on Tuesdays.", "Low importance note."]
     assert read_memories(StoreLocation(url=postgres_url), "nobody", time.time()) == []
+    best = read_memories(StoreLocation(url=postgres_url), NS, time.time(), limit=1)
+    assert best[0].score == pytest.approx(documented_score(1.0, 0, 0), abs=1e-3)  # the same sum as SQLite's
