@@ -75,8 +75,8 @@ def best_sql(ns: str, now: str, limit: str) -> str:
 
     Live is the store's rule (backends/sql.py, MemoryFilter.live_at; not imported: it pulls in numpy): not
     expired, and not superseded by a memory that is still there and unexpired. Scored and sorted by the
-    database, which returns the few rows shown: at 10k memories, 7 ms where fetching every row and scoring it
-    in Python took 40 ms."""
+    database, which returns only the rows shown: the read takes 11 ms at 10k memories (85 ms at 100k), where
+    fetching every row and scoring it in Python took 30 to 40 ms at 10k."""
     return (
         f"SELECT m.id, m.text, m.created_at, {score_sql(now)} AS score FROM memories m WHERE m.namespace = {ns} "
         f"AND (m.expires_at IS NULL OR m.expires_at > {now}) AND (m.superseded_by IS NULL OR NOT coalesce(("
