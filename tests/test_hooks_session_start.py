@@ -385,6 +385,25 @@ def test_bad_stdin_prints_nothing_exits_zero_and_is_logged(
     assert logged in hook_env.read_text()
 
 
+def test_a_stdin_never_closed_is_given_up_on_and_logged(
+    engine: MemoryService, hook_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.remember("Widgets use semantic versioning.", namespace=NS)
+    monkeypatch.setattr(runner, "STDIN_TIMEOUT_S", 0.5)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'{"cwd": ')
+    out = io.StringIO()
+    started = time.monotonic()
+    with os.fdopen(read_end, "rb") as stdin:
+        try:
+            assert runner.main(["session-start"], stdin=stdin, stdout=out) == 0
+            assert time.monotonic() - started < 30
+        finally:
+            os.close(write_end)  # lets the abandoned reader finish
+    assert out.getvalue() == ""
+    assert "TimeoutError: the hook's stdin was not closed within 0.5 s" in hook_env.read_text()
+
+
 @pytest.mark.parametrize("argv", [[], ["session-end"], ["session-start", "--bogus"], ["session-start", "--max-chars", "x"]])
 def test_a_wrong_command_line_prints_nothing_exits_zero_and_is_logged(hook_env: Path, argv: list[str]) -> None:
     assert hook(*argv) == ""

@@ -37,6 +37,8 @@ from .project import ProjectNamespaceError, project_namespace
 EVENTS = ("session-start", "ingest")
 MAX_STDIN_BYTES = 1024 * 1024
 """A hook's JSON is a few hundred bytes; more is not a hook's input."""
+STDIN_TIMEOUT_S = 5.0
+"""Claude Code writes the JSON and closes stdin at once; a stdin still open after this is given up on."""
 LOG_VARIABLE = "AGENTCACHE_HOOK_LOG"
 LOG_MAX_BYTES = 256 * 1024
 """The hook log's size at most: past it, it becomes hooks.log.1 (replacing the previous one) and a new one starts."""
@@ -151,7 +153,7 @@ def read_payload(stream: IO[bytes]) -> dict[str, Any]:
     """The hook's JSON object; {} for an empty stdin or a terminal (a person trying the hook by hand)."""
     if stream.isatty():
         return {}
-    data = stream.read(MAX_STDIN_BYTES + 1)
+    data = _read_within(stream, MAX_STDIN_BYTES + 1, STDIN_TIMEOUT_S)
     if len(data) > MAX_STDIN_BYTES:
         raise ValueError(f"the hook's stdin holds more than {MAX_STDIN_BYTES} bytes: not a hook's JSON")
     if not data.strip():
@@ -163,6 +165,31 @@ def read_payload(stream: IO[bytes]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValueError(f"the hook's stdin is JSON, but not an object: {type(payload).__name__}")
     return payload
+
+
+def _read_within(stream: IO[bytes], size: int, timeout: float) -> bytes:
+    """stream.read(size), given up after `timeout` seconds: a host that never closes stdin must not hold the
+    session's start until its own hook timeout (Claude Code's: 60 s). The reading thread is a daemon: it does
+    not keep the process alive."""
+    import threading
+
+    result: list[bytes] = []
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            result.append(stream.read(size))
+        except BaseException as exc:
+            failure.append(exc)
+
+    reader = threading.Thread(target=read, name="hook-stdin", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if failure:
+        raise failure[0]
+    if not result:
+        raise TimeoutError(f"the hook's stdin was not closed within {timeout:g} s")
+    return result[0]
 
 
 def session_start(location: StoreLocation, namespace: str, max_chars: int) -> str:
