@@ -4,8 +4,8 @@
     agentcache-mcp hook ingest [--namespace NS] [--db PATH]
 
 Each reads the host's hook JSON on stdin (Claude Code: session_id, transcript_path, cwd, hook_event_name and,
-for SessionStart, source; https://code.claude.com/docs/en/hooks), at most MAX_STDIN_BYTES; a missing field
-is tolerated (no cwd: the process's own). The project's namespace is `project_namespace(cwd)` unless
+for SessionStart, source; https://code.claude.com/docs/en/hooks), at most MAX_STDIN_BYTES, closed within
+STDIN_TIMEOUT_S; a missing field is tolerated (no cwd: the process's own; a terminal or an empty stdin: {}). The project's namespace is `project_namespace(cwd)` unless
 --namespace names one.
 
 A broken memory never breaks a session: on any error a hook prints nothing on stdout and exits 0; the error
@@ -62,15 +62,31 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a coding agent's hook: reads the hook's JSON on stdin. On any error: nothing on stdout, "
         "exit 0, the error in the hook log.",
     )
-    parser.add_argument("event", choices=EVENTS, help="session-start: print the project's memories; ingest: store "
-                        "durable facts from the session's transcript")
-    parser.add_argument("--namespace", default=None, metavar="NS",
-                        help=f"the project's namespace (default: ${PROJECT_NAMESPACE_VARIABLE}, else from the git "
-                        "remote or folder of the hook's cwd)")
-    parser.add_argument("--db", default=None, metavar="PATH",
-                        help="database file or PostgreSQL URL (default: $AGENTCACHE_DB, else the user data directory)")
-    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, metavar="N",
-                        help=f"session-start: print at most N characters (default {DEFAULT_MAX_CHARS})")
+    parser.add_argument(
+        "event",
+        choices=EVENTS,
+        help="session-start: print the project's memories; ingest: store durable facts from the session's transcript",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        metavar="NS",
+        help=f"the project's namespace (default: ${PROJECT_NAMESPACE_VARIABLE}, else from the git remote or folder "
+        "of the hook's cwd)",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help="database file or PostgreSQL URL (default: $AGENTCACHE_DB, else the user data directory)",
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=DEFAULT_MAX_CHARS,
+        metavar="N",
+        help=f"session-start: print at most N characters (default {DEFAULT_MAX_CHARS})",
+    )
     return parser
 
 
