@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         help="with --stateful-http: close a session idle this long (default 300; $AGENTCACHE_SESSION_IDLE_TIMEOUT_S)",
     )
 
+    # listed for --help only: `hook ...` is run before this parser is built (_hook_arguments, entry.py)
+    sub.add_parser("hook", help="run a coding agent's hook: session-start, ingest (see: hook --help)", add_help=False)
+
     ui = sub.add_parser(
         "ui",
         help="open the memory browser (a web page) on loopback",
@@ -326,6 +329,22 @@ def _configure_logging(level: str) -> None:
         logging.getLogger("mcp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+def _hook_arguments(argv: list[str]) -> list[str] | None:
+    """The hook runner's arguments if argv runs `hook` (after any --db or --log-level), else None. entry.py
+    takes a leading `hook` before this module is imported (a hook must start fast); this serves `--db PATH hook
+    ...` and console scripts installed before entry.py existed."""
+    rest, db = list(argv), []
+    while rest and rest[0].split("=", 1)[0] in ("--db", "--log-level"):
+        flag, equals, value = rest[0].partition("=")
+        if equals:
+            rest = rest[1:]
+        else:
+            value, rest = (rest[1] if len(rest) > 1 else ""), rest[2:]
+        if flag == "--db":
+            db = ["--db", value]
+    return [*db, *rest[1:]] if rest[:1] == ["hook"] else None
+
+
 def main(argv: list[str] | None = None) -> None:
     # numpy's OpenBLAS threads spin after each vector search and starve torch's query embedding on a small
     # machine (recall p50 went from 67 ms to 29 ms at 10k memories with one thread; bench/RESULTS.md). The
@@ -333,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     for name, value in QUIET_THIRD_PARTY.items():
         os.environ.setdefault(name, value)
+    if (hook_args := _hook_arguments(sys.argv[1:] if argv is None else argv)) is not None:
+        from .hooks.runner import main as run_hook  # never refuses to start: errors are logged, exit 0
+
+        sys.exit(run_hook(hook_args))
     args = _parser().parse_args(argv)
     command = args.command or "serve"
     quiet = command in COMMANDS and not getattr(args, "log_level_given", False)
