@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,27 @@ def test_agentcache_db_in_this_shell_without_db_gets_a_note(
     assert run("install", "claude-code") == 0
     assert "add --db to pin the store" in capsys.readouterr().out
     assert "--db" not in user_settings.read_text()
+
+
+def test_the_written_commands_run_in_a_shell_with_their_arguments_intact(
+    user_settings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Claude Code runs a hook's command through a shell: a path with spaces or quotes must reach us whole
+    launcher = tmp_path / "my tools" / "agentcache-mcp"
+    launcher.parent.mkdir()
+    launcher.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_OUT"\ncat > "$STDIN_OUT"\n')
+    launcher.chmod(0o755)
+    db = tmp_path / "it's my" / "memory.db"
+    db.parent.mkdir()
+    monkeypatch.setattr(install, "this_installation", lambda: Launcher((str(launcher),), "test"))
+    assert run("install", "claude-code", "--db", str(db)) == 0
+    data = json.loads(user_settings.read_text())
+    for event, hook_event in (("SessionStart", "session-start"), ("SessionEnd", "ingest"), ("PreCompact", "ingest")):
+        (command,) = commands(data, event)
+        env = {**os.environ, "ARGV_OUT": str(tmp_path / "argv"), "STDIN_OUT": str(tmp_path / "stdin")}
+        subprocess.run(["sh", "-c", command], input=b'{"session_id": "s"}', env=env, check=True, timeout=30)
+        assert (tmp_path / "argv").read_text().splitlines() == ["hook", hook_event, "--db", str(db)]
+        assert (tmp_path / "stdin").read_bytes() == b'{"session_id": "s"}'
 
 
 # which entries are ours

@@ -476,6 +476,14 @@ def add_parser(sub: Any, common_options: Callable[[argparse.ArgumentParser], Non
     for action, text in (("install", "add or update the hooks"), ("uninstall", "remove the hooks (only ours)")):
         parser = actions.add_parser(action, help=text, description=text)
         common_options(parser)
+        for option in parser._actions:
+            if "--db" in option.option_strings:
+                option.help = (
+                    "install: the store the hooks use, written into their commands (default: none written; the "
+                    "hooks read $AGENTCACHE_DB as Claude Code's environment has it, else the default file)"
+                    if action == "install"
+                    else "not used by uninstall"
+                )
         parser.add_argument("host", choices=[HOST], help="the coding agent (only claude-code for now)")
         parser.add_argument(
             "--scope",
