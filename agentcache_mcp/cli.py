@@ -224,6 +224,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="import the valid lines and list the bad ones (default: a bad line imports nothing)",
     )
+    from .hooks.install import add_parser as add_hooks_parser  # light: argparse and the standard library
+
+    add_hooks_parser(sub, lambda command: _common_options(command, subcommand=True))
     return parser
 
 
@@ -361,6 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet = command in COMMANDS and not getattr(args, "log_level_given", False)
     _configure_logging("WARNING" if quiet else args.log_level)  # a person at a terminal wants the result only
     transport = getattr(args, "transport", "stdio")
+    if command == "hooks":  # edits a host's settings file: needs no store, so no settings are checked
+        from .hooks.install import run as run_hooks_command
+
+        sys.exit(run_hooks_command(args))
     if command == "backup" and (other := other_store_kind(args)) is not None:
         sys.exit(print_error(other, EXIT_FAILED))
     settings = _checked_settings(args, command, transport)

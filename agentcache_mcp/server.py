@@ -12,7 +12,9 @@ from urllib.parse import quote
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import ToolAnnotations
+from mcp.server.mcpserver.prompts.base import Prompt
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
@@ -21,7 +23,7 @@ from .config import Settings
 from .embeddings import Embedder
 from .memory.model import MatchLevel, Memory, memory_fields
 from .memory.ports import StoreError
-from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput
+from .memory.validation import MAX_LIMIT, MAX_TAGS, InvalidInput, validate_namespace
 from .tool_arguments import check_arguments_humanely
 from .workers import App, open_app
 
@@ -30,11 +32,14 @@ T = TypeVar("T")
 MetadataValue = str | int | float | bool
 
 INSTRUCTIONS = """\
-Long-term memory that persists across conversations. Use `remember` to store durable facts worth knowing
-later: the user's preferences, decisions, project facts, names, dates, and outcomes. One fact per memory,
-written so it makes sense on its own ("Alice prefers tabs over spaces in Python", not "she prefers tabs").
-Use `recall` before answering anything that may depend on earlier conversations. Use `forget` when the user
-asks to delete something or a memory is wrong."""
+Long-term memory that persists across conversations.
+Recall first: before answering about the user, the project or past decisions, call `recall` with the key words.
+Remember as you go: decisions, preferences, conventions, facts the user states, fixes that worked. One fact per
+`remember`, phrased to stand alone ("Alice prefers tabs in Python", not "she prefers tabs"); never secrets.
+When an <agentcache-memory namespace="..."> block opens the session, pass that namespace to recall and remember.
+`forget` when the user asks or a memory is wrong; correct one with remember(supersedes=[its id])."""
+INSTRUCTIONS_BUDGET = 700
+"""Characters at most: hosts put the instructions in every conversation's context (tests/test_server_prompts.py)."""
 
 
 class RememberResult(BaseModel):
@@ -133,13 +138,14 @@ def _one_line(text: str) -> str:
 
 
 REMEMBER_DESCRIPTION = _one_line(
-    """Store a memory for later conversations. Remember durable facts (preferences, decisions, names, dates,
-    outcomes), one per call, phrased to stand alone. The same text twice returns the existing memory. To
-    correct a memory, remember the right version with supersedes=[the old id]."""
+    """Store a durable memory for later conversations: a decision, preference, convention, fact the user stated,
+    or a fix that worked. One per call, phrased to stand alone; never secrets. The same text twice returns the
+    existing memory. To correct a memory, remember the right version with supersedes=[the old id]."""
 )
 RECALL_DESCRIPTION = _one_line(
-    """Search long-term memory, best match first. Ask about one thing at a time and include the names and
-    specific words likely to appear in the memory. Search by meaning and by keyword, within one namespace."""
+    """Search long-term memory, best match first. Call it before answering about the user, the project or past
+    decisions. Ask about one thing at a time, with the names and specific words likely to be in the memory.
+    Searches by meaning and keyword, within one namespace."""
 )
 FORGET_DESCRIPTION = _one_line(
     """Delete memories of one namespace: by ids (immediately), or by filter (tags, older_than_days, or a
@@ -186,6 +192,7 @@ def build_server(
     _add_stats_resource(server, settings, running)
     _add_memory_resource(server)
     _add_namespace_resource(server)
+    _add_prompts(server, settings.namespace)
     check_arguments_humanely(server)
     return server
 
@@ -367,3 +374,90 @@ async def _read(app: App, fn: Callable[..., T], *args: Any) -> T:
         return await app.run(fn, *args)
     except (InvalidInput, StoreError) as exc:
         raise ResourceError(str(exc)) from None
+
+
+# Prompts: for hosts that show them (Claude Desktop lists them under "+"; others as slash commands). Each is a
+# user message asking the model to use the tools; the model does the work, so nothing here reads the store.
+
+MAX_TOPIC_CHARS = 200
+
+RECALL_PROMPT = """\
+Use the agentcache `recall` tool to find what you remember about {topic}{where}. Recall a few times with \
+different key words (people, decisions, preferences, conventions, fixes). Then summarise what you found in a \
+short list, newest first, with dates; say plainly if nothing relevant is stored, and never invent memories."""
+
+REMEMBER_PROMPT = """\
+Go over this conversation and store its durable facts with the agentcache `remember` tool{where}: decisions \
+made, preferences and conventions stated, facts about me or the project, fixes that worked. One fact per call, \
+phrased to stand alone, dated if it matters. Recall first and skip what is stored; correct an outdated memory with \
+supersedes. Skip passing chatter, and never store secrets (keys, tokens, passwords) or anything marked private. \
+Then list what you stored."""
+
+
+class _StrictPrompt(Prompt):
+    """A prompt that names a wrong argument: the SDK reports any as "Error rendering prompt <name>"."""
+
+    async def render(self, arguments: dict[str, Any] | None, context: Any) -> Any:
+        known = [a.name for a in self.arguments or []]
+        for name, value in (arguments or {}).items():
+            if name not in known:
+                raise MCPError(
+                    INVALID_PARAMS, f"prompt {self.name!r} has no argument {name!r}; it accepts {', '.join(known)}"
+                )
+            if not isinstance(value, str):
+                raise MCPError(INVALID_PARAMS, f"prompt argument {name!r} must be a string")
+        return await super().render(arguments, context)
+
+
+def _prompt_namespace(namespace: str | None) -> str:
+    """' in namespace "NS"' for a namespace given (checked as the tools check it), else an empty string."""
+    if not namespace or not namespace.strip():
+        return ""
+    try:
+        return f' in namespace "{validate_namespace(namespace.strip())}"'
+    except InvalidInput as exc:
+        raise MCPError(INVALID_PARAMS, f"argument 'namespace': {exc}") from None
+
+
+def _add_prompts(server: MCPServer[App], default_ns: str) -> None:
+    ns_help = f"Memory space, e.g. a project's (from a session-start block). Default: {default_ns!r}."
+
+    def what_do_you_remember(
+        topic: Annotated[
+            str | None, Field(description="A person, project or subject. Default: this project and me.")
+        ] = None,
+        namespace: Annotated[str | None, Field(description=ns_help)] = None,
+    ) -> str:
+        topic = " ".join((topic or "").split())
+        if len(topic) > MAX_TOPIC_CHARS:
+            raise MCPError(INVALID_PARAMS, f"argument 'topic' is {len(topic)} characters; at most {MAX_TOPIC_CHARS}")
+        return RECALL_PROMPT.format(topic=topic or "this project and me", where=_prompt_namespace(namespace))
+
+    def remember_this_session(namespace: Annotated[str | None, Field(description=ns_help)] = None) -> str:
+        return REMEMBER_PROMPT.format(where=_prompt_namespace(namespace))
+
+    for fn, name, title, description in (
+        (
+            what_do_you_remember,
+            "what-do-you-remember",
+            "What do you remember?",
+            "Recall and summarise what is remembered about a topic, or this project.",
+        ),
+        (
+            remember_this_session,
+            "remember-this-session",
+            "Remember this session",
+            "Store this conversation's durable decisions, preferences and facts.",
+        ),
+    ):
+        server.add_prompt(_StrictPrompt.from_function(fn, name=name, title=title, description=description))
+    names = ("what-do-you-remember", "remember-this-session")
+    sdk_get_prompt = server.get_prompt
+
+    async def get_prompt(name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        # the SDK answers an unknown name as an internal error (and logs a traceback)
+        if name not in names:
+            raise MCPError(INVALID_PARAMS, f"no prompt named {name!r}; the prompts are {', '.join(names)}")
+        return await sdk_get_prompt(name, arguments, context)
+
+    server.get_prompt = get_prompt  # type: ignore[method-assign]
