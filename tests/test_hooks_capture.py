@@ -125,6 +125,9 @@ def test_an_unreadable_file_raises() -> None:
         ("user", "It works now after I set PGSSLMODE=disable in the environment of the job.", "fix"),
         ("assistant", "The root cause was a stale `.pyc` cache in the Docker image: rebuilding with `--no-cache` fixed it.", "fix"),
         ("assistant", "Fixed the flaky login test by freezing time with `freezegun` instead of sleeping.", "fix"),
+        ("user", "Do not use mocks for the database layer in any test.", "preference"),
+        ("user", "Remember to never log request bodies, they contain personal data.", "preference"),
+        ("user", "Use ruff instead of flake8 from now on.", "preference"),
     ],
 )
 def test_a_durable_statement_is_kept_with_its_kind(role: str, text: str, kind: str) -> None:
@@ -147,6 +150,10 @@ def test_a_durable_statement_is_kept_with_its_kind(role: str, text: str, kind: s
         ("user", "Implement what we decided yesterday about the cache layer."),
         ("user", "Our api is down again since this morning."),
         ("user", "The fix didn't work, still getting the same error."),
+        ("user", "Add a test that checks we never return a 500 on bad input."),
+        ("user", "Let's switch to the other branch and try again."),
+        ("user", "I don't like this approach at all, it is too complicated."),
+        ("user", "Use ruff instead of flake8 here."),
         ("assistant", "I'll use the existing helper instead of writing a new one."),
         ("assistant", "The issue might be a race condition in the worker."),
         ("assistant", "I prefer to keep functions small, we decided that in this repo we always do so."),
@@ -176,6 +183,12 @@ def test_a_short_statement_takes_its_neighbour_and_a_too_long_one_is_dropped() -
     candidate = classify("user", "The old client kept timing out on large uploads. Let's switch to httpx.")
     assert candidate is not None and candidate.text == "The old client kept timing out on large uploads. Let's switch to httpx."
     assert classify("user", "We decided to use " + "very " * 100 + "long names.") is None
+
+
+def test_a_fix_without_a_subject_takes_the_sentence_before_it() -> None:
+    said = "I found the issue: the config loader ignored environment variables. Fixed by reading `os.environ` first."
+    candidate = classify("assistant", said)
+    assert candidate is not None and candidate.text == said
 
 
 def test_private_text_is_never_part_of_a_candidate() -> None:

@@ -98,7 +98,7 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
         2.4,
         ("user",),
     ),
-    ("preference", _rx(r"\b(?:you should|you must|make sure to|be sure to) (?:always|never)\b"), 2.6, ("user",)),
+    ("preference", _rx(r"\b(?:you should|you must|make sure to|be sure to|remember to) (?:always|never)\b"), 2.6, ("user",)),
     ("preference", _rx(r"\bfrom now on\b|\bgoing forward\b"), 2.6, ("user",)),
     # conventions
     (
@@ -170,7 +170,7 @@ _HEDGE = _rx(
     r"should we|do we|can we|could we|would it|how about|any idea|let me know|todo|tbd|hopefully|in theory|"
     r"not decided|undecided|haven't decided|have not decided|not yet decided|no decision|reconsider|"
     r"for now|right now|for the moment|at the moment|temporarily|this time|just this once|today|tonight|"
-    r"for this (?:task|pr|change|session|one)|wouldn't|would(?! rather| prefer)|unless)\b"
+    r"for this (?:task|pr|change|session|one)|try (?:it )?again|wouldn't|would(?! rather| prefer)|unless)\b"
 )
 _CONDITION = _rx(r"^(?:if|when|once|whenever|unless|in case|assuming|suppose)\b")
 _ASSISTANT_PLAN = _rx(
@@ -182,8 +182,21 @@ _FAILED_FIX = _rx(
 )
 _VAGUE_OBJECT = _rx(
     r"\b(?:with|to|use|on|prefer|choose|chose|pick|picked|for) (?:that|this|it|them|those|these|the (?:first|second|third|last|"
-    r"other|former|latter|above|previous|same) (?:one|option|approach|version|way|idea))\s*(?:[.!,;:]|$| instead| then)"
+    r"other|former|latter|above|previous|same) (?:one|option|approach|version|way|idea))\s*(?:[.!,;:]|$| instead| then)|"
+    r"\b(?:to|with|use|on|for) the (?:other|former|latter|above|previous|same) \w+|"
+    r"\b(?:like|want|prefer|hate|love) (?:this|that|it|these|those)\b"
 )
+_REQUEST = _rx(
+    r"^(?:please,? |pls,? |now,? |then,? |and,? |also,? |so,? )?(?:add|fix|implement|write|create|update|make|change|remove|"
+    r"delete|refactor|run|check|look|try|show|give|find|move|rename|revert|build|test|debug|investigate|explain|"
+    r"help|read|open|install|set up|setup|go|do(?!\s+not\b)|finish|continue|start|stop|commit|push|merge|deploy|review|"
+    r"clean|generate|convert|replace|split|rewrite|document|can you|could you|would you|will you)\b"
+)
+_STANDING = _rx(
+    r"\b(?:from now on|going forward|from here on|in (?:the )?future|every time|each time)\b|"
+    r"^(?:please,? )?(?:make sure|be sure|remember) (?:to )?(?:always|never)\b"
+)
+_SUBJECTLESS_FIX = _rx(r"^(?:fixed|solved|resolved)(?: (?:it|this|that))? by\b")
 _VAGUE_REFERENCE = _rx(
     r"\bwhat (?:we|i|you)(?:'ve| have)? (?:decided|agreed|chose|picked|discussed)\b|"
     r"\bwe (?:use|run|keep|store|build|test|write) (?:this|that|it|these|those|them)\b"
@@ -315,6 +328,8 @@ def _match(role: str, sentence: str) -> tuple[str, float] | None:
         return None
     if _VAGUE_REFERENCE.search(sentence):
         return None
+    if _REQUEST.search(sentence) and not _STANDING.search(sentence):
+        return None  # a task for this session, not a standing rule
     for kind, pattern, weight, roles in RULES:
         if role in roles and pattern.search(sentence):
             if kind == "fix" and _FAILED_FIX.search(sentence):
@@ -333,7 +348,11 @@ def _self_contained(sentences: list[str], index: int) -> str | None:
     sentence = sentences[index]
     if len(sentence) > MAX_CHARS:
         return None
-    needs_context = len(sentence) < MIN_CHARS or _PRONOUN_START.search(sentence) is not None
+    needs_context = (
+        len(sentence) < MIN_CHARS
+        or _PRONOUN_START.search(sentence) is not None
+        or _SUBJECTLESS_FIX.search(sentence) is not None
+    )
     if not needs_context:
         return sentence
     before = sentences[index - 1] if index > 0 else None
