@@ -271,14 +271,14 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
             [(c.kind, str(c.line), console.shorten(c.text, 200)) for _, c in report.added],
         )
     verb = "would add" if args.dry_run else "added"
-    lines = (
-        f"lines {report.from_line}-{report.to_line}" if report.to_line >= report.from_line else "no new lines"
-    )
-    console.say(
-        f"{verb} {len(report.added)} of {len(report.selected)} durable "
-        f"{'memory' if len(report.selected) == 1 else 'memories'} found in {lines} to namespace {namespace!r}; "
-        f"{report.already_stored} already stored"
-    )
+    if report.to_line < report.from_line:
+        console.say(f"nothing new after line {report.to_line}: nothing to add to namespace {namespace!r}")
+    else:
+        console.say(
+            f"{verb} {len(report.added)} of {len(report.selected)} durable "
+            f"{'memory' if len(report.selected) == 1 else 'memories'} found in lines {report.from_line}-"
+            f"{report.to_line} to namespace {namespace!r}; {report.already_stored} already stored"
+        )
     if report.used_before:
         console.say(f"earlier runs took {report.used_before} of this session's limit of {args.limit}")
     return 0
