@@ -101,6 +101,17 @@ def test_bad_lines_of_every_kind_are_skipped_with_a_note_and_the_rest_is_read(tm
     ]
 
 
+def test_ide_context_is_not_the_humans_text_but_a_typed_memory_is(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    opened = "<ide_opened_file>The user opened the file /src/app.py in the IDE.</ide_opened_file>"
+    path.write_text(
+        _line(_user([{"type": "text", "text": opened}, {"type": "text", "text": "why does this crash"}]))
+        + _line(_user("<user-memory-input>always use pnpm, never npm</user-memory-input>", "u2"))
+    )
+    messages, _ = read_transcript(path)
+    assert [m.text for m in messages] == ["why does this crash", "always use pnpm, never npm"]
+
+
 def test_an_unreadable_file_raises() -> None:
     with pytest.raises(OSError):
         read_transcript(FIXTURES / "no-such-file.jsonl")
