@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from secret_samples import SAMPLES
 
 from agentcache_mcp import cli
 from agentcache_mcp.app import open_memory
@@ -266,3 +267,66 @@ def test_ingesting_into_postgresql_is_idempotent_too(postgres_url: str) -> None:
         assert any("Redis instead of Memcached" in t for t in _keyword(memory, "Redis Memcached"))
     finally:
         memory.close()
+
+
+# secrets and private text
+
+
+PRIVATE = "Xylophone-quartz-harbour"
+
+
+def _secret_transcript(path: Path) -> None:
+    """A session whose durable statements carry every planted secret (tests/secret_samples.py), in every shape
+    a transcript has: the human's text, the assistant's prose, thinking, tool calls and results, private spans."""
+    lines: list[str] = []
+
+    def add(entry: dict[str, object]) -> None:
+        lines.append(json.dumps({"sessionId": "sec-session", "uuid": f"m-{len(lines)}", **entry}) + "\n")
+
+    for sample in SAMPLES:
+        add({"type": "user", "message": {"role": "user", "content": f"We decided to keep {sample.text} for the deploy job."}})
+        add({"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": f"Our staging server uses {sample.text} always."}]}})
+        add({"type": "assistant", "message": {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": f"The root cause was {sample.text}."},
+            {"type": "text", "text": f"The root cause was that {sample.text} had expired in the config."},
+            {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": sample.text}},
+        ]}})
+        add({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": f"We decided the root cause was {sample.text}"},
+        ]}})
+    add({"type": "user", "message": {"role": "user", "content": f"We decided to use Redis instead of Memcached <private>because of {PRIVATE}</private> for the session cache."}})
+    add({"type": "user", "message": {"role": "user", "content": f"<private>We decided to tell nobody about {PRIVATE} and never write it down.</private>"}})
+    add({"type": "user", "message": {"role": "user", "content": f"We decided to move the cache to Redis. <PRIVATE>We decided on {PRIVATE} too."}})
+    path.write_text("".join(lines))
+
+
+def _store_files(db: Path) -> list[Path]:
+    return [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
+
+
+def test_no_planted_secret_or_private_text_reaches_the_store_or_its_files(tmp_path: Path) -> None:
+    transcript = tmp_path / "session" / "transcript.jsonl"
+    transcript.parent.mkdir()
+    _secret_transcript(transcript)
+    db = tmp_path / "store" / "memory.db"
+    db.parent.mkdir()
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        report = ingest_transcript(memory, transcript, namespace=NS, limit=10_000)
+        texts = [m.text for m in _stored(memory)]
+    finally:
+        memory.close()
+    assert any(t.startswith("We decided to use Redis instead of Memcached") for t in texts)  # without its private part
+    assert any(t == "We decided to move the cache to Redis." for t in texts)
+    files = _store_files(db)
+    assert db in files
+    contents = [f.read_bytes() for f in files]
+    for sample in SAMPLES:
+        needles = [sample.secret, *(line for line in sample.secret.splitlines() if len(line) >= 16 and "-----" not in line)]
+        for needle in needles:
+            assert not any(needle in t for t in texts), sample.kind
+            assert not any(needle.encode() in content for content in contents), sample.kind
+    assert not any(PRIVATE in t or "nobody" in t for t in texts)
+    assert not any(PRIVATE.encode() in content for content in contents)
+    assert sum("[redacted " in t for t in texts) >= len(SAMPLES)  # statements kept, their secrets redacted
+    assert len(report.added) == len(texts)
