@@ -72,6 +72,15 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
         ("user", "assistant"),
     ),
     ("fix", _rx(r"\bthe (?:workaround|trick) (?:is|was)\b"), 2.2, ("user", "assistant")),
+    ("fix", _rx(r"\bthe (?:fix|solution|workaround) is to\b"), 2.2, ("user", "assistant")),
+    (
+        "fix",
+        _rx(r"^(?!(?:fixed|solved|resolved)\b).{8,}\b(?:fixed|solved|resolved) (?:it|this|that|the (?:[\w-]+ )?(?:issue|problem|bug|error|crash|build|tests?|failure))\b"),
+        2.2,
+        ("user", "assistant"),
+    ),
+    ("fix", _rx(r"\b(?:did the trick|was caused by|were caused by)\b"), 2.2, ("user", "assistant")),
+    ("fix", _rx(r"\b(?:the )?(?:error|crash|warning|failure|problem) (?:went away|disappeared|is gone|stopped) (?:after|once|when)\b"), 2.2, ("user", "assistant")),
     ("fix", _rx(r"\b(?:it |this )?turned out (?:that )?(?:the|it|we|our)\b"), 2.0, ("user",)),
     # decisions
     ("decision", _rx(r"\b(?:we|i)(?:'ve| have)? decided\b"), 3.2, ("user",)),
@@ -86,6 +95,15 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
         ("user",),
     ),
     ("decision", _rx(r"\b(?:we|i)(?:'ve| have)? (?:chose|chosen|picked|opted for|opted to)\b"), 2.6, ("user",)),
+    (
+        "decision",
+        _rx(r"\b(?:we|i)(?:'ll| will| went| ended up going) (?:with|go with|stick with|switch to|standardi[sz]e on|migrate to|move to)\b"),
+        2.4,
+        ("user",),
+    ),
+    ("decision", _rx(r"\b(?:we|i)(?:'re| are|'m| am) not going to (?:use|support|add|ship|keep)\b"), 2.4, ("user",)),
+    ("decision", _rx(r"\blet'?s not (?:use|add|support|ship|keep|do)\b"), 2.2, ("user",)),
+    ("decision", _rx(r"\bthe plan is to\b"), 2.2, ("user",)),
     # preferences
     ("preference", _rx(r"\bi(?:'d| would)? (?:really |strongly )?prefer\b"), 3.0, ("user",)),
     ("preference", _rx(r"\bi(?:'d| would) rather\b"), 2.8, ("user",)),
@@ -100,6 +118,9 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
     ),
     ("preference", _rx(r"\b(?:you should|you must|make sure to|be sure to|remember to) (?:always|never)\b"), 2.6, ("user",)),
     ("preference", _rx(r"\bfrom now on\b|\bgoing forward\b"), 2.6, ("user",)),
+    ("preference", _rx(r"\bi (?:like|love|hate) (?:to|it when|when|using|my|having)\b"), 2.2, ("user",)),
+    ("preference", _rx(r"\bi want (?:you to )?(?:always|never)\b"), 2.6, ("user",)),
+    ("preference", _rx(r"^(?:please,? )?keep (?:\w+ ){0,4}(?:short|small|simple|minimal|concise|terse|brief)\b"), 2.2, ("user",)),
     # conventions
     (
         "convention",
@@ -109,6 +130,18 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
     ),
     ("convention", _rx(r"\b(?:the|our) (?:convention|rule|policy|style|naming scheme) (?:here )?(?:is|says)\b"), 3.0, ("user",)),
     ("convention", _rx(r"\bby convention\b"), 2.6, ("user",)),
+    (
+        "convention",
+        _rx(r"\b(?:tests?|migrations?|fixtures?|docs|configs?|scripts|components|helpers|secrets) (?:go|goes|live|lives|belong|belongs) (?:in|under|into|next to)\b"),
+        2.4,
+        ("user",),
+    ),
+    (
+        "convention",
+        _rx(r"\b(?:branch names?|commit messages?|pr titles?|tags|versions) (?:should|must|always|start|follow|use)\b"),
+        2.4,
+        ("user",),
+    ),
     (
         "convention",
         _rx(r"\b(?:we|our team) (?:always|never|only|usually|normally|don't|do not)\b"),
@@ -157,6 +190,14 @@ RULES: tuple[tuple[str, re.Pattern[str], float, tuple[str, ...]], ...] = (
     ),
     ("fact", _rx(r"\b[A-Z][a-z]+ (?:is|owns) (?:the |our )?(?:owner|maintainer|lead|contact|point of contact|on-call|dba)\b"), 2.2, ("user",)),
     ("fact", _rx(r"\bi (?:work|am working) (?:at|for|on the)\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\b(?:is|are) (?:hosted|deployed|running|served) (?:on|at|in|from|behind)\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\b(?:lives|live|is located|are located|is kept|are kept|is stored|are stored) (?:in|at|under|on)\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\b(?:is|are) (?:written|built) (?:in|with)\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\b(?:listens|runs|is served) on port\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\b(?:is|are) (?:owned|maintained) by\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\bmy (?:name|email|username|handle|timezone|time zone|role|title|team) is\b"), 2.4, ("user",)),
+    ("fact", _rx(r"\bi(?:'m| am) (?:the |a |an )?(?:[\w-]+ ){0,2}(?:engineer|developer|lead|maintainer|manager|designer|admin|founder|cto|owner)\b"), 2.2, ("user",)),
+    ("fact", _rx(r"\bi(?:'m| am) (?:based|located) in\b"), 2.2, ("user",)),
 )
 
 # A sentence with any of these is not a durable statement, whatever it matched.
@@ -170,7 +211,7 @@ _HEDGE = _rx(
     r"should we|do we|can we|could we|would it|how about|any idea|let me know|todo|tbd|hopefully|in theory|"
     r"not decided|undecided|haven't decided|have not decided|not yet decided|no decision|reconsider|"
     r"for now|right now|for the moment|at the moment|temporarily|this time|just this once|today|tonight|"
-    r"for this (?:task|pr|change|session|one)|try (?:it )?again|wouldn't|would(?! rather| prefer)|unless)\b"
+    r"for this (?:task|pr|change|session|one)|try (?:it )?again|(?:can|could|will) you|wouldn't|would(?! rather| prefer)|unless)\b"
 )
 _CONDITION = _rx(r"^(?:if|when|once|whenever|unless|in case|assuming|suppose)\b")
 _ASSISTANT_PLAN = _rx(
