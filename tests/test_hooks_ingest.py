@@ -330,3 +330,20 @@ def test_no_planted_secret_or_private_text_reaches_the_store_or_its_files(tmp_pa
     assert not any(PRIVATE.encode() in content for content in contents)
     assert sum("[redacted " in t for t in texts) >= len(SAMPLES)  # statements kept, their secrets redacted
     assert len(report.added) == len(texts)
+
+
+def test_nul_characters_lone_surrogates_and_a_byte_order_mark_do_not_stop_an_ingest(
+    memory: MemoryService, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\ufeff" + _entry(1, "We decided to use Redis instead of Memcached for the session cache."))
+        f.write(_entry(2, "We decided to keep\u0000 the old endpoint alive until the third quarter ends."))
+        f.write(_entry(3, "We decided to name the queue \ud800jobs and never rename it again later."))
+        f.write(json.dumps({"type": "user", "uuid": "u-\u0000", "sessionId": "s\ud800", "message": {"role": "user", "content": "I prefer small focused commits over one big commit at the end."}}) + "\n")
+    report = ingest_transcript(memory, path, namespace=NS)
+    assert report.notes == []
+    texts = sorted(m.text for m in _stored(memory))
+    assert len(texts) == 4
+    assert "We decided to keep the old endpoint alive until the third quarter ends." in texts
+    assert all("\x00" not in t for t in texts)

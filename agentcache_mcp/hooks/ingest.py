@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .capture import Candidate, durable_candidates
-from .transcript import read_transcript_part
+from .transcript import read_transcript_part, storable
 
 if TYPE_CHECKING:
     import argparse
@@ -142,6 +142,7 @@ def ingest_transcript(
 ) -> IngestReport:
     """Store the durable memories of the part of `path` not read before (see the module docstring)."""
     from ..memory.model import content_hash
+    from ..memory.validation import InvalidInput
 
     transcript = Path(path)
     session = session_key(transcript, session_id)
@@ -172,10 +173,14 @@ def ingest_transcript(
         if dry_run:
             report.added.append(("", candidate))
             continue
-        metadata: dict[str, Any] = {"source": SOURCE, "session_id": candidate.session_id or session_id or session}
+        metadata: dict[str, Any] = {"source": SOURCE, "session_id": storable(candidate.session_id or session_id or session)[:200]}
         if candidate.uuid:
-            metadata["message_uuid"] = candidate.uuid
-        result = memory.remember(candidate.text, namespace, tags=[TAG, candidate.kind], metadata=metadata)
+            metadata["message_uuid"] = candidate.uuid[:200]
+        try:
+            result = memory.remember(candidate.text, namespace, tags=[TAG, candidate.kind], metadata=metadata)
+        except InvalidInput as exc:  # one refused memory does not stop the others nor the session's progress
+            report.notes.append(f"line {candidate.line}: not stored ({exc})")
+            continue
         if result.deduplicated:  # stored meanwhile by another process
             report.already_stored += 1
         else:
