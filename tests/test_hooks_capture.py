@@ -112,6 +112,16 @@ def test_ide_context_is_not_the_humans_text_but_a_typed_memory_is(tmp_path: Path
     assert [m.text for m in messages] == ["why does this crash", "always use pnpm, never npm"]
 
 
+def test_a_user_turn_another_agent_wrote_is_not_the_humans(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        _line(_user("We decided to use Kafka instead of RabbitMQ for the events.", "u1", origin={"kind": "agent"}))
+        + _line(_user("We decided to use Redis instead of Memcached for sessions.", "u2", origin={"kind": "human"}))
+    )
+    messages, _ = read_transcript(path)
+    assert [m.uuid for m in messages] == ["u2"]
+
+
 def test_an_unreadable_file_raises() -> None:
     with pytest.raises(OSError):
         read_transcript(FIXTURES / "no-such-file.jsonl")

@@ -10,7 +10,8 @@ docs/claude-cli-jsonl-format.md; DRMacIver/claude-reliability notes/transcript-f
   `tool_result` (whose `content` is a string or a list of blocks), `image`;
 - `uuid`, `parentUuid`, `sessionId`, `timestamp`, `cwd`; `isSidechain` (a subagent's conversation, where the
   "user" is the main agent), `isMeta` (text the client wrote as a user turn: the caveat before a local
-  command's output), `isCompactSummary` (the summary a compaction wrote as a user turn), `isApiErrorMessage`;
+  command's output), `origin.kind` other than human (a turn another agent or a background task wrote, as
+  Octonove/crbro-memory's 2.7.0 notes read it), `isCompactSummary` (the summary a compaction wrote as a user turn), `isApiErrorMessage`;
 - summary lines `{"type": "summary", "summary": ..., "leafUuid": ...}` (the session's title).
 
 Liberal on purpose: an unknown `type` or block is skipped, a line that is not JSON (a truncated last line
@@ -208,6 +209,9 @@ def _messages(entry: dict[str, Any], number: int) -> list[Message]:
             # thinking, redacted_thinking, image, document: not read
     if entry.get("isMeta") is True:
         return out  # the client's own text written as a user turn
+    origin = entry.get("origin")
+    if isinstance(origin, dict) and origin.get("kind") not in (None, "human", "user"):
+        return out  # a user turn another agent or a background task wrote
     text = "\n\n".join(p for p in prose if p)
     if entry.get("isCompactSummary") is True:
         return [*out, make("summary", text)] if text.strip() else out
