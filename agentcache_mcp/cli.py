@@ -64,7 +64,9 @@ def _common_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> Non
     )
 
 
-COMMANDS = ("recall", "list", "show", "forget", "stats", "erase", "reembed", "backup", "export", "import")
+COMMANDS = (
+    "recall", "list", "show", "forget", "stats", "erase", "reembed", "backup", "export", "import", "ingest-transcript"
+)
 """The subcommands for people and scripts (everything but serve)."""
 
 NAMESPACE_HELP = "the namespace (default: $AGENTCACHE_NAMESPACE, else 'default')"
@@ -227,6 +229,22 @@ def _parser() -> argparse.ArgumentParser:
     from .hooks.install import add_parser as add_hooks_parser  # light: argparse and the standard library
 
     add_hooks_parser(sub, lambda command: _common_options(command, subcommand=True))
+
+    ingest = _command(
+        sub,
+        "ingest-transcript",
+        "store the durable facts of a Claude Code session's transcript (decisions, preferences, conventions, "
+        "fixes; no secrets); what was read before is skipped",
+    )
+    ingest.add_argument("file", metavar="FILE", help="the transcript (~/.claude/projects/<project>/<session>.jsonl)")
+    ingest.add_argument(
+        "--namespace",
+        default=None,
+        metavar="NS",
+        help="where to store them (default: the project's namespace, from the session's folder)",
+    )
+    ingest.add_argument("--limit", type=int, default=10, metavar="N", help="at most N per session (default 10)")
+    ingest.add_argument("--dry-run", action="store_true", help="show what would be stored; write nothing")
     return parser
 
 

@@ -1,5 +1,5 @@
 """The subcommands for people at a terminal (and scripts): recall, list, show, forget, stats, erase, reembed,
-backup, export, import.
+backup, export, import, ingest-transcript (hooks/ingest.py).
 
 Each opens the store, does its work and closes it (no background workers, nothing held open that could stall
 a running server), prints its result on stdout (a table, or one JSON document with --json) and progress on
@@ -833,6 +833,12 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ingest_transcript(args: argparse.Namespace, settings: Settings) -> int:
+    from .hooks.ingest import ingest_command
+
+    return ingest_command(args, settings)
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "recall": _recall,
     "list": _list,
@@ -844,6 +850,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "backup": _backup,
     "export": _export,
     "import": _import,
+    "ingest-transcript": _ingest_transcript,
 }
 
 
