@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from secret_samples import SAMPLES
+from test_cli_commands import run
 
-from agentcache_mcp import cli
 from agentcache_mcp.app import open_memory
 from agentcache_mcp.config import Settings
 from agentcache_mcp.hooks.ingest import DEFAULT_LIMIT, STATE_PREFIX, ingest_transcript, run_hook, state_name
@@ -200,26 +200,16 @@ def test_the_hook_raises_on_input_it_cannot_use(payload: dict[str, object], erro
         run_hook(payload)
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_the_command_ingests_then_adds_nothing_the_second_time(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     db = tmp_path / "memory.db"
-    code, out, err = _run(capsys, "ingest-transcript", MIXED, "--db", db, "--namespace", "work", "--json")
+    code, out, err = run(capsys, "ingest-transcript", MIXED, "--db", db, "--namespace", "work", "--json")
     assert code == 0, err
     first = json.loads(out)
     assert first["namespace"] == "work" and len(first["added"]) >= 5
     assert first["notes"][0].startswith("line 16: not valid JSON")
-    code, out, _ = _run(capsys, "ingest-transcript", MIXED, "--db", db, "--namespace", "work", "--json")
+    code, out, _ = run(capsys, "ingest-transcript", MIXED, "--db", db, "--namespace", "work", "--json")
     assert code == 0 and json.loads(out)["added"] == []
-    code, out, _ = _run(capsys, "list", "--db", db, "--namespace", "work", "--tag", "captured", "--json")
+    code, out, _ = run(capsys, "list", "--db", db, "--namespace", "work", "--tag", "captured", "--json")
     assert len(json.loads(out)["memories"]) == len(first["added"])
 
 
@@ -229,7 +219,7 @@ def test_the_command_defaults_to_the_namespace_of_the_sessions_folder(
     project = _git_project(tmp_path / "widgets")
     transcript = tmp_path / "t.jsonl"
     transcript.write_text(MIXED.read_text().replace("/home/dev/widgets", str(project)))
-    code, out, err = _run(capsys, "ingest-transcript", transcript, "--db", tmp_path / "m.db", "--dry-run")
+    code, out, err = run(capsys, "ingest-transcript", transcript, "--db", tmp_path / "m.db", "--dry-run")
     assert code == 0, err
     assert "would add" in out and NS in out
     assert not (tmp_path / "m.db").exists()
@@ -245,12 +235,12 @@ def test_the_command_defaults_to_the_namespace_of_the_sessions_folder(
 def test_the_command_refuses_bad_flags_in_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
 ) -> None:
-    code, _, err = _run(capsys, "ingest-transcript", MIXED, "--db", tmp_path / "m.db", *argv)
+    code, _, err = run(capsys, "ingest-transcript", MIXED, "--db", tmp_path / "m.db", *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_command_refuses_a_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = _run(capsys, "ingest-transcript", tmp_path / "nope.jsonl", "--db", tmp_path / "m.db")
+    code, _, err = run(capsys, "ingest-transcript", tmp_path / "nope.jsonl", "--db", tmp_path / "m.db")
     assert code == 2 and "nope.jsonl" in err
 
 
