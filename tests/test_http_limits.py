@@ -433,7 +433,7 @@ def closed_by_server(sock: socket.socket, limit_s: float) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors in /proc")
 def test_a_slowloris_attack_keeps_the_servers_sockets_bounded(tmp_path: Path) -> None:
-    cap, timeout_s, attackers = 20, 3, 2 * (20 + transports.LISTEN_BACKLOG)
+    cap, timeout_s, attackers = 20, 3, 4 * (20 + transports.LISTEN_BACKLOG)
     port = free_port()
     env = {
         **os.environ,
@@ -484,8 +484,11 @@ def test_a_slowloris_attack_keeps_the_servers_sockets_bounded(tmp_path: Path) ->
         f"timeout; the token holder was answered in {took:.3f} s"
     )
     # A burst that waited in the listen queue is accepted at once (up to LISTEN_BACKLOG) and closed a moment
-    # later; today every stalled client kept one.
-    assert most <= before + cap + transports.LISTEN_BACKLOG, (before, most)
+    # later: asyncio releases a closed transport's socket on a later turn of the loop, so on a loaded machine
+    # the previous batch may still hold its sockets when the next is accepted (CI once saw 159 against a
+    # bound of one batch). Two batches is the bound; without the limit every stalled client kept one.
+    assert most <= before + cap + 2 * transports.LISTEN_BACKLOG, (before, most)
+    assert before + cap + 2 * transports.LISTEN_BACKLOG < attackers / 2  # the bound is far from no bound
     assert took < 5, took
     assert still_open == 0
     assert after <= before, (before, after)
