@@ -19,7 +19,7 @@ import anyio
 
 from . import __version__
 from .commands import EXIT_FAILED, other_store_kind, print_error, run_command
-from .config import ConfigError, Settings
+from .config import DEFAULT_CAPTURE_LIMIT, ConfigError, Settings
 from .serving import CannotListen, serve, serve_ui
 from .transports import bind_refusal
 
@@ -243,7 +243,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NS",
         help="where to store them (default: the project's namespace, from the session's folder)",
     )
-    ingest.add_argument("--limit", type=int, default=10, metavar="N", help="at most N per session (default 10)")
+    ingest.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_CAPTURE_LIMIT,
+        metavar="N",
+        help=f"at most N per session (default {DEFAULT_CAPTURE_LIMIT}; AGENTCACHE_CAPTURE_LIMIT is the hook's)",
+    )
     ingest.add_argument("--dry-run", action="store_true", help="show what would be stored; write nothing")
     return parser
 

@@ -219,6 +219,9 @@ def _userinfo_end(rest: str) -> int | None:
     return None
 
 
+DEFAULT_CAPTURE_LIMIT = 10
+"""Memories one Claude Code session may add at most through the `ingest` hook or `ingest-transcript`."""
+
 PG_ERASE_MODES = ("daily", "after-forget", "manual")
 """AGENTCACHE_PG_ERASE's values: when the PostgreSQL backend rewrites the memories table (backends/postgres)."""
 
@@ -233,6 +236,7 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_EMBEDDING_MODEL", "embedding_model", _text),
     ("AUTO_FORGET_ENABLED", "auto_forget_enabled", _bool),
     ("AUTO_FORGET_INTERVAL_S", "auto_forget_interval_s", _number),
+    ("AGENTCACHE_CAPTURE_LIMIT", "capture_limit", _integer),
     ("AGENTCACHE_AUTH_TOKEN", "auth_token", _text),
     ("AGENTCACHE_ALLOWED_HOSTS", "allowed_hosts", _names),
     ("AGENTCACHE_MAX_TEXT_BYTES", "max_text_bytes", _integer),
@@ -302,6 +306,9 @@ class Settings(BaseModel):
     auto_forget_enabled: bool = True
     auto_forget_interval_s: float = Field(default=3600.0, gt=0)
     auto_forget_first_delay_s: float = Field(default=30.0, ge=0)
+    capture_limit: int = Field(default=DEFAULT_CAPTURE_LIMIT, ge=0, le=1000)
+    """Memories the `ingest` hook stores from one Claude Code session at most (hooks/ingest.py); 0 turns the
+    hook's capture off (it then reads nothing and opens no store). `ingest-transcript --limit` overrides it."""
     auth_token: str | None = Field(default=None, repr=False)  # a secret: never in a repr or a log line
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)

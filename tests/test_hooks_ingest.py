@@ -15,7 +15,7 @@ from secret_samples import SAMPLES
 from test_cli_commands import run
 
 from agentcache_mcp.app import open_memory
-from agentcache_mcp.config import Settings
+from agentcache_mcp.config import ConfigError, Settings
 from agentcache_mcp.hooks.ingest import DEFAULT_LIMIT, STATE_PREFIX, ingest_transcript, run_hook, state_name
 from agentcache_mcp.memory.fusion import FusionParams
 from agentcache_mcp.memory.model import Memory
@@ -337,3 +337,42 @@ def test_nul_characters_lone_surrogates_and_a_byte_order_mark_do_not_stop_an_ing
     assert len(texts) == 4
     assert "We decided to keep the old endpoint alive until the third quarter ends." in texts
     assert all("\x00" not in t for t in texts)
+
+
+def _hook_payload(project: Path) -> dict[str, object]:
+    return {"session_id": SESSION, "transcript_path": str(MIXED), "cwd": str(project), "hook_event_name": "Stop"}
+
+
+def test_the_capture_limit_variable_bounds_what_the_hook_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _git_project(tmp_path / "widgets")
+    db = tmp_path / "memory.db"
+    monkeypatch.setenv("AGENTCACHE_DB", str(db))
+    monkeypatch.setenv("AGENTCACHE_CAPTURE_LIMIT", "2")
+    run_hook(_hook_payload(project))
+    memory = open_memory(Settings(db_path=db), embedder=HashEmbedder())
+    try:
+        assert len(_stored(memory, NS)) == 2
+    finally:
+        memory.close()
+
+
+def test_a_capture_limit_of_zero_turns_the_hook_off_without_opening_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _git_project(tmp_path / "widgets")
+    db = tmp_path / "memory.db"
+    monkeypatch.setenv("AGENTCACHE_DB", str(db))
+    monkeypatch.setenv("AGENTCACHE_CAPTURE_LIMIT", "0")
+    run_hook(_hook_payload(project))
+    assert not db.exists()
+
+
+def test_a_capture_limit_that_is_not_a_count_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTCACHE_DB", str(tmp_path / "memory.db"))
+    monkeypatch.setenv("AGENTCACHE_CAPTURE_LIMIT", "-1")
+    with pytest.raises(ConfigError, match="AGENTCACHE_CAPTURE_LIMIT"):
+        run_hook(_hook_payload(_git_project(tmp_path / "widgets")))

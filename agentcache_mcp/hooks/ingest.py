@@ -1,7 +1,7 @@
 """Storing a session's durable memories from its transcript: the `ingest` hook (Claude Code's SessionEnd,
 PreCompact and Stop) and `agentcache-mcp ingest-transcript FILE`.
 
-What is stored: at most `limit` (default 10) candidates per session (capture.py: decisions, preferences,
+What is stored: at most `limit` (default 10, AGENTCACHE_CAPTURE_LIMIT; 0 turns the hook off) candidates per session (capture.py: decisions, preferences,
 conventions, fixes, facts the user stated; secrets redacted, `<private>` removed), each a memory of the
 project's namespace (hooks/project.py) tagged `captured` and its kind, with metadata `source: claude-code`,
 `session_id` and `message_uuid`. No model is loaded: a memory is stored without a vector, found by keyword
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import DEFAULT_CAPTURE_LIMIT as DEFAULT_LIMIT
 from .capture import Candidate, durable_candidates
 from .transcript import read_transcript_part, storable
 
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..memory.service import MemoryService
 
-DEFAULT_LIMIT = 10
-"""Memories one session may add at most."""
 SOURCE = "claude-code"
 TAG = "captured"
 STATE_PREFIX = "capture:"
@@ -200,6 +199,9 @@ def run_hook(payload: dict[str, Any]) -> None:
     from ..config import Settings
     from .project import project_namespace
 
+    settings = Settings.from_env()
+    if settings.capture_limit == 0:  # AGENTCACHE_CAPTURE_LIMIT=0: capture is off
+        return
     raw = payload.get("transcript_path")
     if not isinstance(raw, str) or not raw:
         raise ValueError("the hook input has no transcript_path")
@@ -210,10 +212,9 @@ def run_hook(payload: dict[str, Any]) -> None:
     given_cwd = payload.get("cwd")
     cwd = given_cwd if isinstance(given_cwd, str) and given_cwd else os.getcwd()
     namespace = project_namespace(cwd)
-    settings = Settings.from_env()
     memory = app.open_memory(settings)
     try:
-        ingest_transcript(memory, path, namespace=namespace, session_id=session_id or None)
+        ingest_transcript(memory, path, namespace=namespace, session_id=session_id or None, limit=settings.capture_limit)
     finally:
         memory.close(checkpoint=True)
 
