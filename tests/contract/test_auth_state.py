@@ -383,6 +383,9 @@ def test_revoke_grant_removes_every_code_and_token_of_it_and_nothing_else(state:
     assert not live(state, access, "access") and not live(state, refresh, "refresh")
     assert state.list_grants() == [kept] and live(state, kept_access, "access")
     assert state.take_code(token_hash(kept_code), NOW) == kept_stored
+    state.create_grant(g)  # a grant of the same id again: nothing of the revoked one comes back with it
+    assert state.take_code(token_hash(code_secret), NOW) is None
+    assert not live(state, access, "access") and not live(state, refresh, "refresh")
 
 
 def test_delete_client_removes_every_grant_code_and_token_of_it(state: AuthStateStore) -> None:
@@ -400,6 +403,11 @@ def test_delete_client_removes_every_grant_code_and_token_of_it(state: AuthState
     assert live(state, kept_access, "access")
     with pytest.raises(UnknownClient):
         grant(state, "client-a")
+    client(state, "client-a")  # registered again, with grants of the same ids: nothing of the old ones comes back
+    for g in doomed:
+        state.create_grant(g)
+    assert all(state.take_code(token_hash(c), NOW) is None for c in codes)
+    assert not any(live(state, a, "access") or live(state, r, "refresh") for a, r in tokens)
 
 
 # --- expiry ---------------------------------------------------------------------------------------------
