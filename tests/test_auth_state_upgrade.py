@@ -53,3 +53,29 @@ def test_a_sqlite_store_of_the_release_before_gains_the_oauth_tables_and_keeps_i
         use_oauth_state(store)
     finally:
         store.close()
+
+
+def test_a_postgres_store_of_the_release_before_gains_the_oauth_tables_and_keeps_its_memories(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcache_mcp.backends.postgres import PostgresBackend
+    from agentcache_mcp.backends.postgres import schema as pg_schema
+
+    with monkeypatch.context() as old:
+        old.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:3])
+        old.setattr(pg_schema, "SCHEMA_VERSION", 3)
+        before = PostgresBackend(postgres_url, MODEL, pool_size=2)
+        kept = put(before, "the lighthouse keeper's notebook")
+        tables = before.db.read(lambda db: db.execute("SELECT to_regclass('oauth_tokens')").fetchone()[0])
+        assert tables is None
+        before.close()
+
+    store = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    try:
+        assert store.schema_version == pg_schema.SCHEMA_VERSION == 4
+        versions = store.db.read(lambda db: db.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall())
+        assert versions == [(1,), (2,), (3,), (4,)]
+        assert [m.id for m in store.memories.find(MemoryFilter("home"))] == [kept]
+        use_oauth_state(store)
+    finally:
+        store.close()
