@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -454,3 +455,18 @@ def test_the_state_is_shared_by_every_store_opened_on_the_database(opened: Calla
     assert second.list_grants() == [g] and live(second, access, "access")
     assert second.revoke_grant(g.grant_id)
     assert not live(first, access, "access")
+
+
+def test_the_stores_maintenance_purges_what_expired(opened: Callable[[], MemoryService]) -> None:
+    """maintenance() runs after each auto-forget sweep (one process of the store at a time)."""
+    backend = opened().backend
+    state = backend.auth_state
+    client(state)
+    g = grant(state)
+    now = time.time()
+    code(state, g, expires_at=now - 1)
+    issue(state, g, "access", expires_at=now - 1)
+    kept = issue(state, g, "refresh", expires_at=now + 3600)
+    backend.maintenance()
+    assert state.purge_expired(now) == 0  # nothing left to purge
+    assert live(state, kept, "refresh", now)

@@ -447,6 +447,7 @@ class PostgresBackend:
         )
 
     def maintenance(self) -> None:
+        self.auth_state.purge_expired(time.time())
         if self.erase_mode == "after-forget":
             self.erase()
 

@@ -3,6 +3,7 @@ log. The embedded default for one person's hosts; several processes may share th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
+        self.auth_state.purge_expired(time.time())
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
