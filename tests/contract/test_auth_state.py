@@ -358,6 +358,28 @@ def test_of_two_concurrent_rotations_of_a_refresh_token_one_wins_and_the_reuse_r
 # --- revocation -----------------------------------------------------------------------------------------
 
 
+def test_a_token_issued_while_its_grant_is_revoked_is_refused_or_revoked_with_it(
+    opened: Callable[[], MemoryService],
+) -> None:
+    """The race of a token endpoint issuing tokens and a replay, a reuse or the owner revoking the grant."""
+    first, second = opened().backend.auth_state, opened().backend.auth_state
+    client(first)
+
+    def put(token: StoredToken) -> bool:
+        try:
+            first.put_token(token)
+        except UnknownGrant:
+            return False
+        return True
+
+    for _ in range(20):
+        g = grant(first)
+        secret, stored = token_of(g, "access")
+        at_once([partial(put, stored), partial(second.revoke_grant, g.grant_id)])
+        first.create_grant(g)  # the same id again: a token that outlived the revoke would be live now
+        assert not live(first, secret, "access")
+
+
 def test_revoking_either_token_of_a_grant_revokes_the_grant(state: AuthStateStore) -> None:
     client(state)
     for kind in ("access", "refresh"):
