@@ -341,7 +341,15 @@ class SqlAuthState:
             )
         return token
 
-    def rotate_refresh(self, old_hash: str, new_refresh: StoredToken, new_access: StoredToken, now: float) -> bool:
+    def rotate_refresh(
+        self,
+        old_hash: str,
+        new_refresh: StoredToken,
+        new_access: StoredToken,
+        now: float,
+        *,
+        reuse_grace_s: float = 0.0,
+    ) -> bool:
         self._check_token(new_refresh, "refresh")
         self._check_token(new_access, "access")
         if not is_digest(old_hash):
@@ -358,14 +366,19 @@ class SqlAuthState:
             if row is None:
                 consumed = db.execute(
                     self._q(
-                        "SELECT grant_id FROM oauth_tokens WHERE token_hash = ? AND kind = 'refresh' "
-                        "AND consumed_at IS NOT NULL"
+                        "SELECT grant_id, client_id, consumed_at, expires_at FROM oauth_tokens "
+                        "WHERE token_hash = ? AND kind = 'refresh' AND consumed_at IS NOT NULL"
                     ),
                     (old_hash,),
                 ).fetchone()
-                if consumed is not None:
-                    self._revoke(db, consumed[0])  # a reused refresh token: the whole grant ends
-                return False
+                if consumed is None:
+                    return False
+                grant_id, client_id, consumed_at, expires_at = consumed
+                in_grace = now - consumed_at < reuse_grace_s and (expires_at is None or expires_at > now)
+                if not in_grace:
+                    self._revoke(db, grant_id)  # a reused refresh token: the whole grant ends
+                    return False
+                row = (grant_id, client_id)  # a concurrent or retried refresh: one more successor
             grant_id, client_id = row
             for token in (new_refresh, new_access):
                 if (token.grant_id, token.client_id) != (grant_id, client_id):

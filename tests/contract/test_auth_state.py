@@ -355,6 +355,45 @@ def test_of_two_concurrent_rotations_of_a_refresh_token_one_wins_and_the_reuse_r
             assert first.get_token(access.token_hash, "access", NOW) is None
 
 
+def test_within_the_reuse_grace_a_consumed_refresh_token_rotates_once_more_and_after_it_revokes(
+    state: AuthStateStore,
+) -> None:
+    """A host that lost the answer to its refresh, or two of its processes refreshing at once, send the same
+    refresh token twice within seconds: with a grace, both get working tokens; later, a reuse still revokes."""
+    client(state)
+    g = grant(state)
+    old = issue(state, g, "refresh")
+    successors = []
+    for at in (NOW, NOW + 29):
+        _, refresh = token_of(g, "refresh")
+        _, access = token_of(g, "access")
+        assert state.rotate_refresh(token_hash(old), refresh, access, at, reuse_grace_s=30) is True
+        successors += [refresh, access]
+    assert all(state.get_token(t.token_hash, t.kind, NOW + 29) == t for t in successors)
+    _, refresh = token_of(g, "refresh")
+    _, access = token_of(g, "access")
+    assert state.rotate_refresh(token_hash(old), refresh, access, NOW + 30, reuse_grace_s=30) is False
+    assert state.list_grants() == []
+    assert all(state.get_token(t.token_hash, t.kind, NOW + 30) is None for t in successors)
+
+
+def test_with_a_reuse_grace_two_concurrent_refreshes_both_succeed(opened: Callable[[], MemoryService]) -> None:
+    first, second = opened().backend.auth_state, opened().backend.auth_state
+    client(first)
+    for _ in range(5):
+        g = grant(first)
+        old = issue(first, g, "refresh")
+        new = [(token_of(g, "refresh")[1], token_of(g, "access")[1]) for _ in range(2)]
+        results = at_once(
+            [
+                partial(s.rotate_refresh, token_hash(old), r, a, NOW, reuse_grace_s=30)
+                for s, (r, a) in zip((first, second), new, strict=True)
+            ]
+        )
+        assert results == [True, True]
+        assert all(first.get_token(r.token_hash, "refresh", NOW) == r for r, _ in new)
+
+
 # --- revocation -----------------------------------------------------------------------------------------
 
 
