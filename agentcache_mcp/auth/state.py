@@ -111,7 +111,8 @@ class AuthStateStore(Protocol):
     """The OAuth state of one store (StorageBackend.auth_state). Every method is one transaction."""
 
     def put_client(self, client: StoredClient) -> None:
-        """Insert or replace the client (its metadata; created_at is kept from the first registration)."""
+        """Insert or replace the client (its metadata; created_at is kept from the first registration).
+        ValueError if the metadata holds a client_secret: the store keeps no secret in the clear."""
         ...
 
     def get_client(self, client_id: str) -> StoredClient | None: ...

@@ -134,6 +134,8 @@ class SqlAuthState:
     # -- clients
 
     def put_client(self, client: StoredClient) -> None:
+        if client.metadata.get("client_secret"):
+            raise ValueError("the store keeps no client secret in the clear (clients here are public; keep a digest)")
         metadata = json.dumps(client.metadata)
         self.db.write(
             lambda db: db.execute(

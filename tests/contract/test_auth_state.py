@@ -165,6 +165,13 @@ def test_the_store_refuses_a_secret_where_a_digest_belongs(state: AuthStateStore
     assert state.get_token(token_hash(secret), "access", NOW) == stored
 
 
+def test_the_store_refuses_a_client_secret_in_the_clear(state: AuthStateStore) -> None:
+    with pytest.raises(ValueError, match="no client secret"):
+        state.put_client(StoredClient("c", {"client_name": "x", "client_secret": "s3cret"}, NOW))
+    assert state.get_client("c") is None
+    state.put_client(StoredClient("c", {"client_name": "x", "client_secret": None}, NOW))  # a public client's dump
+
+
 def test_no_file_of_the_store_holds_a_code_or_token_in_the_clear(harness: Harness) -> None:
     memory = harness.open()
     state = memory.backend.auth_state
