@@ -16,6 +16,8 @@ a token being issued while its grant is revoked is either refused (UnknownGrant)
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -33,9 +35,11 @@ from ..auth.state import (
     is_digest,
     require_digest,
 )
+from ..memory.ports import StoreError
 from .sql import Connection
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Conflict = Literal["unique", "foreign"] | None
 
@@ -422,3 +426,14 @@ class SqlAuthState:
             return deleted + len(idle)
 
         return self.db.write(run)
+
+    def housekeeping(self) -> None:
+        """purge_expired now, for a backend's maintenance (after each auto-forget sweep): a store that is busy
+        or failing is logged and left to the next sweep, so the sweep's other work is not lost."""
+        try:
+            purged = self.purge_expired(time.time())
+        except StoreError as exc:
+            log.warning("purging expired OAuth codes and tokens failed (the next sweep tries again): %s", exc)
+            return
+        if purged:
+            log.info("purged %d expired OAuth codes, tokens and idle grants", purged)

@@ -29,6 +29,7 @@ from agentcache_mcp.auth.state import (
     UnknownGrant,
     token_hash,
 )
+from agentcache_mcp.memory.ports import StoreBusy
 from agentcache_mcp.memory.service import MemoryService
 
 from .harness import Harness
@@ -538,3 +539,17 @@ def test_the_stores_maintenance_purges_what_expired(opened: Callable[[], MemoryS
     backend.maintenance()
     assert state.purge_expired(now) == 0  # nothing left to purge
     assert live(state, kept, "refresh", now)
+
+
+def test_a_failing_purge_is_logged_and_the_maintenance_goes_on(
+    opened: Callable[[], MemoryService], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = opened().backend
+    state = backend.auth_state
+
+    def busy(now: float) -> int:
+        raise StoreBusy("the store is busy; nothing was written")
+
+    monkeypatch.setattr(state, "purge_expired", busy)
+    backend.maintenance()
+    assert "purging expired OAuth codes and tokens failed" in caplog.text

@@ -3,7 +3,6 @@ log. The embedded default for one person's hosts; several processes may share th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,7 +72,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
-        self.auth_state.purge_expired(time.time())
+        self.auth_state.housekeeping()
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
