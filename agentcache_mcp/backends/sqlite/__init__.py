@@ -9,13 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from ...memory.ports import EraseReport, StoreError
-from .connection import Database, DatabaseError
+from ..auth_state import Conflict, SqlAuthState
+from .connection import Database, DatabaseError, sqlite3
 from .keywords import Fts5Keywords
 from .repository import SqliteEmbeddings, SqliteMemories
 from .schema import migrate, refuse_newer_schema
 from .vectors import ChangeLog, MatrixVectors
 
-__all__ = ["SqliteBackend"]
+__all__ = ["SqliteAuthState", "SqliteBackend"]
+
+
+class SqliteAuthState(SqlAuthState):
+    """The OAuth tables of the file (schema migration 3). No row lock is needed: every write transaction
+    (BEGIN IMMEDIATE) holds the file's one write lock, across processes."""
+
+    def conflict(self, exc: Exception) -> Conflict:
+        # Foreign keys are not enforced (the revoke deletes a grant's rows itself), so only a key can clash.
+        unique = isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc)
+        return "unique" if unique else None
 
 
 class SqliteBackend:
@@ -36,6 +47,7 @@ class SqliteBackend:
         self.keywords = Fts5Keywords(self.db, self.memories)
         self.changes = ChangeLog(self.db)
         self.vectors = MatrixVectors(self.db, self.memories, self.embeddings, self.changes, model_id)
+        self.auth_state = SqliteAuthState(self.db)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,6 +72,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
+        self.auth_state.housekeeping()
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
