@@ -45,6 +45,16 @@ Redacted (kind: what):
   (`token: str`, `password: Optional[str]`), expressions (`os.environ["X"]`, `getpass()`), dotted names
   (`settings.password`) and a name repeated as its own value (`token=token`). Names that only contain a keyword are
   not secrets: `max_tokens=1024`, `tokenizer: bert`, `password_min_length=12`, `--password-stdin`.
+  An assignment inside an escaped JSON string, as a log or a JSON-in-JSON field prints it (`{\\"password\\":
+  \\"x\\"}`), counts the same.
+- `password` / `secret-assignment` in prose: a password, passphrase, secret, token, credential or API / access /
+  private / signing / deploy key named and then given with `is`, `was`, `will be`, `has been`, `is now`, ... or `to`
+  (`the staging db password is X`, `the token for CI was X`, `I changed the root password to X`), up to five words
+  between (`for the admin account`). The value is redacted if it is quoted (`"correct horse battery staple"`,
+  `` `x` ``) or is one word of 6 or more characters with a letter and a digit or symbol (`hunter2`, `Adm1n#`):
+  `the password is wrong`, `the token is 1024 characters`, `the password is in 1Password` are kept.
+- `password`: what is glued to `-p` on a `mysql`, `mysqldump`, `mysqladmin`, `mariadb` ... command line
+  (`mysql -uroot -pS3cret`); a bare `-p`, which prompts, is kept.
 - `high-entropy`: a run of 32 or more characters of `A-Z a-z 0-9 + / = _ -` that looks random: at least 3.5 bits of
   Shannon entropy per character, and at least 30 % of neighbouring characters change class (lower, upper, digit,
   other). Measured on random base64 and alphanumeric strings of 32-64 characters, every one passes both; on the
@@ -58,9 +68,9 @@ Kept (judgement calls, each tested both ways):
 - File paths, identifiers, URLs without a password, version numbers, e-mail addresses, short numbers.
 - The word "password" or "token" in prose ("the password must have 12 characters", "rotate the token").
 
-Not covered (say so rather than pretend): secrets without a recognisable shape, context or entropy (a short
-password typed into prose, `mysql -psecret`), a password containing a space outside quotes (only its first word is
-redacted), values split across lines other than PEM blocks, and secrets longer than 400 characters in an
+Not covered (say so rather than pretend): secrets without a recognisable shape, context or entropy (a password
+that is an ordinary word, or stated without its name: `log in with hunter2`), a password containing a space outside
+quotes (only its first word is redacted), values split across lines other than PEM blocks, and secrets longer than 400 characters in an
 unquoted assignment. Callers that keep only part of a text must redact the whole text before cutting it.
 """
 
@@ -146,9 +156,11 @@ def _value_span(match: re.Match[str]) -> tuple[int, int, bool] | None:
     """The span of a rule's value group `v` (quotes excluded), and whether it was quoted; None if it is no secret."""
     start, end = match.span("v")
     value = match.group("v")
-    quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"
+    escaped = len(value) >= 4 and value[0] == value[-2] == "\\" and value[1] == value[-1] and value[1] in "\"'"
+    quoted = escaped or (len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'`")
     if quoted:
-        start, end, value = start + 1, end - 1, value[1:-1]
+        cut = 2 if escaped else 1
+        start, end, value = start + cut, end - cut, value[cut:-cut]
     if _is_placeholder(value.strip(), quoted):
         return None
     return start, end, quoted
@@ -207,7 +219,28 @@ def _high_entropy(match: re.Match[str]) -> bool:
 _B = r"(?<![A-Za-z0-9_])"  # no word character before
 _E = r"(?![A-Za-z0-9_])"  # no word character after
 # a value: quoted, or up to a space, quote, `,` `;` `)` `}` `]`, or an `&` that starts the next `name=` of a query
-_VALUE = r"""(?P<v>"[^"\n]{1,400}"|'[^'\n]{1,400}'|[^\s"'`=,;&)}\]](?:[^\s"'`,;&)}\]]|&(?![A-Za-z_][\w.-]*=)){0,399})"""
+# (a value inside an escaped JSON string, `{\\"password\\": \\"x\\"}` as a log prints it, keeps its backslashes)
+_VALUE = (
+    r"""(?P<v>\\"[^"\n]{1,400}?\\"|\\'[^'\n]{1,400}?\\'|"[^"\n]{1,400}"|'[^'\n]{1,400}'"""
+    r"""|[^\s"'`=,;&)}\]](?:[^\s"'`,;&)}\]]|&(?![A-Za-z_][\w.-]*=)){0,399})"""
+)
+# a secret stated in prose: `the staging password is X`, `the token for CI was X`, `changed the password to X`
+_PROSE_NAME = (
+    r"(?P<n>password|passwd|passphrase|passcode|pwd|secret|token|apikey|credentials?"
+    r"|(?:api|access|secret|private|auth|signing|deploy|license|encryption|master)[ _-]?key)"
+)
+_PROSE_LINK = (
+    r"(?:[ \t]+(?:for|of|on|to|in|at|from)(?:[ \t]+[^\s.,;:!?]+){1,5}?)?"  # for the admin account
+    r"(?:[ \t]+(?:is|was|are|were|will[ \t]+be|has[ \t]+been|became|remains)"
+    r"(?:[ \t]+(?:now|still|just|currently|actually|always))?(?:[ \t]+(?:set|changed)[ \t]+to)?[ \t]*:?"
+    r"|[ \t]+to)[ \t]+"
+)
+_TOKEN_CHARS = r"[^\s\"'`,;()<>\[\]{}]"
+# quoted, or one word with a letter and a digit or symbol (`hunter2`, not `wrong`, `1024` or `in`)
+_PROSE_VALUE = (
+    r"(?P<v>\"[^\"\n]{4,200}\"|'[^'\n]{4,200}'|`[^`\n]{4,200}`"
+    rf"|(?={_TOKEN_CHARS}*[A-Za-z])(?={_TOKEN_CHARS}*[0-9!@#$%^&*+=~|]){_TOKEN_CHARS}{{6,200}}?(?=[.:!?]*(?!{_TOKEN_CHARS})))"
+)
 
 _RULES: tuple[_Rule, ...] = (
     _Rule(
@@ -281,7 +314,7 @@ _RULES: tuple[_Rule, ...] = (
         re.compile(
             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,60}?(?:password|passwd|passphrase|[_.-]pwd|[_.-]pass|secret"
             r"|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?![A-Za-z0-9_-])"
-            r"[\"']?[ \t]*(?:=>|:=|[:=])[ \t]*" + _VALUE
+            r"(?:\\?[\"'])?[ \t]*(?:=>|:=|[:=])[ \t]*" + _VALUE
         ),
         whole=False,
     ),
@@ -290,6 +323,15 @@ _RULES: tuple[_Rule, ...] = (
         re.compile(
             r"(?i)(?<![A-Za-z0-9_-])(?P<n>--?[A-Za-z0-9-]{0,40}?(?:password|passwd|passphrase|secret|token|api-?key"
             r"|access-key|secret-key))(?![A-Za-z0-9_-])[ \t]+" + _VALUE
+        ),
+        whole=False,
+    ),
+    _Rule(_password_or("secret-assignment"), re.compile(r"(?i)(?<![A-Za-z0-9_-])" + _PROSE_NAME + _PROSE_LINK + _PROSE_VALUE), whole=False),
+    _Rule(
+        "password",
+        re.compile(
+            r"(?<![\w-])(?i:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mariadb(?:-dump|-admin)?)"
+            r"(?![\w-])[^\n|;&]{0,200}?[ \t]-p(?P<v>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'`]{1,200})"
         ),
         whole=False,
     ),
