@@ -144,7 +144,7 @@ def test_a_dry_run_writes_nothing(memory: MemoryService) -> None:
 def test_the_kept_state_is_offsets_and_counts_only(memory: MemoryService) -> None:
     ingest_transcript(memory, MIXED, namespace=NS)
     state = json.loads(memory.backend.memories.get_setting(state_name(NS, SESSION)) or "{}")
-    assert set(state) == {"v", "offset", "line", "taken", "tail"}
+    assert set(state) == {"v", "offset", "line", "taken", "tail", "private"}
     assert state["line"] == 27 and state["offset"] < MIXED.stat().st_size  # the truncated last line: read again
     assert state_name(NS, SESSION).startswith(STATE_PREFIX)
 
@@ -337,3 +337,34 @@ def test_nul_characters_lone_surrogates_and_a_byte_order_mark_do_not_stop_an_ing
     assert len(texts) == 4
     assert "We decided to keep the old endpoint alive until the third quarter ends." in texts
     assert all("\x00" not in t for t in texts)
+
+
+# a <private> span across messages (review of issue 21)
+
+_SPAN = [
+    ("user", "We decided to use Redis instead of Memcached for the session cache. <private>We decided the vault is Vault-A1."),
+    ("user", "We decided the staging cluster is Ember-B2 and nobody else may know it."),
+    ("assistant", "The root cause was Ember-B2 rejecting the old certificate in the config."),
+    ("user", "We decided on Cobalt-C3 as the fallback. </private> We decided to keep Postgres instead of MySQL for billing."),
+]
+
+
+def _span_transcript(path: Path, upto: int) -> None:
+    lines = []
+    for n, (role, text) in enumerate(_SPAN[:upto]):
+        lines.append(json.dumps({"type": role, "uuid": f"p-{n}", "sessionId": "span", "message": {"role": role, "content": text}}) + "\n")
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize("runs", [[4], [1, 2, 3, 4]], ids=["one-read", "one-read-per-turn"])
+def test_a_private_span_opened_in_one_message_hides_every_message_until_it_is_closed(
+    memory: MemoryService, tmp_path: Path, runs: list[int]
+) -> None:
+    transcript = tmp_path / "span.jsonl"
+    for upto in runs:  # as the Stop hook reads it: a turn at a time
+        _span_transcript(transcript, upto)
+        ingest_transcript(memory, transcript, namespace=NS)
+    texts = [m.text for m in _stored(memory)]
+    assert not any(word in t for t in texts for word in ("Vault-A1", "Ember-B2", "Cobalt-C3")), texts
+    assert "We decided to use Redis instead of Memcached for the session cache." in texts
+    assert "We decided to keep Postgres instead of MySQL for billing." in texts

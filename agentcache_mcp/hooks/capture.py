@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .secrets import redact, strip_private
+from .secrets import redact, strip_private, strip_private_from
 from .transcript import Message
 
 MIN_CHARS = 30
@@ -287,12 +287,24 @@ def candidates_in(role: str, text: str) -> list[Candidate]:
 def durable_candidates(messages: Iterable[Message], limit: int = 10) -> list[Candidate]:
     """A session's best `limit` candidates: the best sentence of each message of the human (and the assistant's
     fixes), main conversation only; the same text once; ranked by score, then by where it was said."""
+    return scan_session(messages, limit)[0]
+
+
+def scan_session(messages: Iterable[Message], limit: int = 10, private_depth: int = 0) -> tuple[list[Candidate], int]:
+    """`durable_candidates` of a part of a session, and the `<private>` spans it leaves open. A span the human
+    opens in one message hides the following messages (the assistant's too, which may repeat it) until the
+    human closes it; `private_depth` is what the part before left open."""
     ranked: list[tuple[float, int, int, Candidate]] = []
     seen: set[str] = set()
+    depth = private_depth
     for order, message in enumerate(messages):
-        if message.sidechain:
+        if message.sidechain or message.role not in ("user", "assistant"):
             continue
-        candidate = classify(message.role, message.text)
+        if message.role == "user":
+            text, depth = strip_private_from(message.text, depth)
+        else:
+            text = "" if depth else message.text
+        candidate = classify(message.role, text)
         if candidate is None:
             continue
         key = loose_key(candidate.text)
@@ -302,7 +314,7 @@ def durable_candidates(messages: Iterable[Message], limit: int = 10) -> list[Can
         placed = replace(candidate, uuid=message.uuid, session_id=message.session_id, line=message.line)
         ranked.append((candidate.score, message.line, order, placed))
     ranked.sort(key=lambda item: (-item[0], item[1], item[2]))
-    return [c for _, _, _, c in ranked[: max(0, limit)]]
+    return [c for _, _, _, c in ranked[: max(0, limit)]], depth
 
 
 def loose_key(text: str) -> str:

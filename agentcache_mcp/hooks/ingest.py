@@ -10,7 +10,8 @@ at once and embedded later by a running server's writer (or `agentcache-mcp reem
 Idempotent and cheap to repeat. Stop fires after every turn and SessionEnd re-reads a session PreCompact has
 read, so each session's progress is kept in the store's settings (the `meta` table of SQLite, the settings
 table of PostgreSQL) under `capture:<sha256 of namespace and session>`: the byte offset and line read up to,
-a digest of the bytes before that offset, and how many candidates the session has used of its limit. The next
+a digest of the bytes before that offset, how many candidates the session has used of its limit, and how many
+`<private>` spans the human left open (they hide the messages after them until closed). The next
 run reads only what was appended since; a transcript that shrank or changed before the offset is read again
 from the start. A candidate whose text is already stored in the namespace (same text once case, width and
 spacing are folded: the store's own content hash) is not stored again and still counts against the limit, so
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .capture import Candidate, durable_candidates
+from .capture import Candidate, scan_session
 from .transcript import read_transcript_part, storable
 
 if TYPE_CHECKING:
@@ -57,9 +58,13 @@ class ReadState:
     line: int = 0
     taken: int = 0
     tail: str = ""
+    private: int = 0
+    """`<private>` spans the part read left open (capture.scan_session): they hide the start of the next part."""
 
     def dumps(self) -> str:
-        return json.dumps({"v": 1, "offset": self.offset, "line": self.line, "taken": self.taken, "tail": self.tail})
+        return json.dumps(
+            {"v": 1, "offset": self.offset, "line": self.line, "taken": self.taken, "tail": self.tail, "private": self.private}
+        )
 
     @classmethod
     def loads(cls, raw: str | None) -> ReadState:
@@ -67,10 +72,12 @@ class ReadState:
             return cls()
         try:
             data = json.loads(raw)
-            state = cls(int(data["offset"]), int(data["line"]), int(data["taken"]), str(data["tail"]))
-        except (ValueError, KeyError, TypeError):
+            state = cls(
+                int(data["offset"]), int(data["line"]), int(data["taken"]), str(data["tail"]), int(data.get("private", 0))
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
-        return state if min(state.offset, state.line, state.taken) >= 0 else cls()
+        return state if min(state.offset, state.line, state.taken, state.private) >= 0 else cls()
 
 
 @dataclass(slots=True)
@@ -160,7 +167,9 @@ def ingest_transcript(
         used_before=state.taken, notes=notes,
     )
     left = max(0, limit - state.taken)
-    report.selected = durable_candidates(part.messages, limit=left) if left else []
+    private = state.private
+    if left:
+        report.selected, private = scan_session(part.messages, limit=left, private_depth=state.private)
     hashes = {c.text: content_hash(c.text) for c in report.selected}
     stored = {
         m.content_hash for m in memory.backend.memories.find_by_content([(namespace, h) for h in hashes.values()])
@@ -187,7 +196,11 @@ def ingest_transcript(
             report.added.append((result.id, candidate))
     if not dry_run:
         advanced = ReadState(
-            part.end_offset, part.end_line, state.taken + len(report.selected), _tail_digest(transcript, part.end_offset)
+            part.end_offset,
+            part.end_line,
+            state.taken + len(report.selected),
+            _tail_digest(transcript, part.end_offset),
+            private,
         )
         memory.backend.memories.put_setting(name, advanced.dumps())
     return report

@@ -3,6 +3,8 @@
 `strip_private(text)` removes every `<private>...</private>` span (tags in any case, with or without attributes,
 across lines, several per text, nested: the span ends at the matching close). An unclosed `<private>` hides
 everything after it. A `</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
+`strip_private_from(text, depth)` carries an unclosed span over a sequence of texts (a session's messages): a
+`<private>` left open in one message hides the next ones until a `</private>` closes it.
 
 `redact(text)` replaces each secret it finds by `[redacted <kind>]` and says which kinds it found;
 `contains_secret(text)` is `bool(redact(text).kinds)`; `scrub(text)` is `redact(strip_private(text))`.
@@ -82,7 +84,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Redacted", "contains_secret", "redact", "scrub", "strip_private"]
+__all__ = ["Redacted", "contains_secret", "redact", "scrub", "strip_private", "strip_private_from"]
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,16 @@ _PRIVATE_TAG = re.compile(r"<\s*(/?)\s*private(?=[\s>/])[^>]*>", re.IGNORECASE)
 
 def strip_private(text: str) -> str:
     """`text` without its `<private>...</private>` spans (see the module docstring)."""
+    return strip_private_from(text)[0]
+
+
+def strip_private_from(text: str, depth: int = 0) -> tuple[str, int]:
+    """`strip_private` for one text of a sequence (a session's messages): `depth` is how many `<private>` spans
+    the texts before it left open (its start is hidden until they close); returns what is kept and how many this
+    text leaves open for the next."""
     if "<" not in text:
-        return text
+        return ("" if depth else text), depth
     kept: list[str] = []
-    depth = 0
     pos = 0
     for tag in _PRIVATE_TAG.finditer(text):
         if depth == 0:
@@ -115,7 +123,7 @@ def strip_private(text: str) -> str:
             depth += 1
     if depth == 0:
         kept.append(text[pos:])
-    return "".join(kept)
+    return "".join(kept), depth
 
 
 # ---- secrets ------------------------------------------------------------------------------------------------------
