@@ -224,6 +224,17 @@ def test_a_dry_run_prints_the_change_and_writes_nothing(
         assert sorted(p.name for p in user_settings.parent.iterdir()) == ["settings.json"]
 
 
+def test_a_dry_run_never_prints_a_secret_the_settings_file_holds_near_the_change(
+    user_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "sk-ant-api03-" + "Qx7" * 30  # as Claude Code users put it in "env"
+    write(user_settings, {"model": "opus", "env": {"ANTHROPIC_API_KEY": key, "DB_PASSWORD": "Tr0ub4dor&3horse"}})
+    assert run("install", "claude-code", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert '+  "hooks": {' in out  # the change is shown, with the lines around it
+    assert "ANTHROPIC_API_KEY" in out and key[:16] not in out and "Tr0ub4dor" not in out
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

@@ -18,6 +18,8 @@ Safety, in the order it happens:
   after the event, `--max-chars 1000`, are kept) and a changed install path replaces the old one, never a
   duplicate; every other hook, setting and key order is kept (indentation too, as detected);
 - nothing changed, nothing written (no backup, no reformatting);
+- `--dry-run` prints the change as a diff, the lines around it passed through secrets.redact (a settings file's
+  "env" block often holds API keys, and a dry run's output gets pasted into issues);
 - otherwise the previous file is copied to `settings.json.agentcache-backup` (one backup, replaced at each
   change: the file as it was before the last change we made), then the new text goes to a temporary file
   beside it, is fsynced and renamed over the file (same permissions). Just before the rename the file is read
@@ -556,6 +558,7 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
 
 
 def _run(args: argparse.Namespace, out: Any) -> int:
+    from .secrets import redact
     if args.project_dir is not None and args.scope == "user":
         raise InstallError("--project-dir applies to --scope project or local, not user", EXIT_USAGE)
     project = Path(args.project_dir or os.getcwd()).expanduser().absolute()
@@ -591,7 +594,8 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             print(f"  {note}", file=out)
         old_lines = settings.text.splitlines(keepends=True)
         diff = difflib.unified_diff(old_lines, text.splitlines(keepends=True), str(path), f"{path} (after)")
-        out.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
+        # the lines around the change may hold the file's secrets (an "env" block's API keys): shown redacted
+        out.writelines(redact(line if line.endswith("\n") else line + "\n").text for line in diff)
         return 0
     backup = write_settings(path, settings, text)
     print(f"{path}: {'installed' if installing else 'uninstalled'}", file=out)
