@@ -315,3 +315,17 @@ def test_a_password_glued_to_mysqls_p_flag_is_redacted(text: str, secret: str) -
 def test_mysqls_bare_p_flag_which_prompts_for_the_password_is_kept() -> None:
     text = "mysql -u root -p shop and ssh -p 2222 host and mkdir -p build"
     assert redact(text) == Redacted(text, ())
+
+
+def test_a_private_tag_missing_its_closing_bracket_still_hides_what_follows() -> None:
+    assert strip_private("We chose Go. <private the vault key is Hunter22") == "We chose Go. "
+    assert strip_private("We chose Go. <private\nthe vault key is Hunter22\n</private> and Rust.") == "We chose Go.  and Rust."
+    assert strip_private("a <private>b</private") == "a "
+
+
+def test_a_private_span_left_open_carries_over_to_the_next_texts() -> None:
+    from agentcache_mcp.hooks.secrets import strip_private_from
+
+    assert strip_private_from("keep <private>hide", 0) == ("keep ", 1)
+    assert strip_private_from("hidden too", 1) == ("", 1)
+    assert strip_private_from("hidden</private> shown", 1) == (" shown", 0)

@@ -2,7 +2,8 @@
 
 `strip_private(text)` removes every `<private>...</private>` span (tags in any case, with or without attributes,
 across lines, several per text, nested: the span ends at the matching close). An unclosed `<private>` hides
-everything after it. A `</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
+everything after it, and so does a `<private` missing its `>` (the tag ends at the next `<` or with the text). A
+`</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
 `strip_private_from(text, depth)` carries an unclosed span over a sequence of texts (a session's messages): a
 `<private>` left open in one message hides the next ones until a `</private>` closes it.
 
@@ -97,7 +98,8 @@ class Redacted:
 
 # ---- <private> ---------------------------------------------------------------------------------------------------
 
-_PRIVATE_TAG = re.compile(r"<\s*(/?)\s*private(?=[\s>/])[^>]*>", re.IGNORECASE)
+_PRIVATE_TAG = re.compile(r"<\s*(/?)\s*private(?=[\s>/]|\Z)[^<>]*(?:>|(?=<)|\Z)", re.IGNORECASE)
+"""A tag that lacks its `>` (`<private the key is ...`) ends where the next tag starts, or with the text: still a tag."""
 
 
 def strip_private(text: str) -> str:
@@ -119,7 +121,7 @@ def strip_private_from(text: str, depth: int = 0) -> tuple[str, int]:
         pos = tag.end()
         if tag.group(1):  # a close: ends one level, or is stray and dropped
             depth = max(depth - 1, 0)
-        elif not tag.group(0)[:-1].rstrip().endswith("/"):  # an open (a self-closing <private/> hides nothing)
+        elif not re.search(r"/\s*>\Z", tag.group(0)):  # an open (a self-closing <private/> hides nothing)
             depth += 1
     if depth == 0:
         kept.append(text[pos:])
