@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -368,3 +369,30 @@ def test_a_private_span_opened_in_one_message_hides_every_message_until_it_is_cl
     assert not any(word in t for t in texts for word in ("Vault-A1", "Ember-B2", "Cobalt-C3")), texts
     assert "We decided to use Redis instead of Memcached for the session cache." in texts
     assert "We decided to keep Postgres instead of MySQL for billing." in texts
+
+
+def test_a_transcript_path_that_is_a_fifo_is_refused_at_once_not_waited_on(memory: MemoryService, tmp_path: Path) -> None:
+    """The hook checks transcript_path is a file, but what is opened a moment later may be a FIFO by then: the
+    read itself refuses anything but a regular file, without blocking for a writer."""
+    import threading
+
+    fifo = tmp_path / "session.jsonl"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            ingest_transcript(memory, fifo, namespace=NS, session_id="s-fifo")
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=ingest, daemon=True)
+    worker.start()
+    worker.join(20)
+    try:
+        assert not worker.is_alive(), "the ingest blocked on a FIFO"
+        assert len(errors) == 1 and isinstance(errors[0], OSError) and "not a regular file" in str(errors[0])
+    finally:
+        with contextlib.suppress(OSError):  # releases a reader still blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .capture import Candidate, scan_session
-from .transcript import read_transcript_part, storable
+from .transcript import open_regular, read_transcript_part, storable
 
 if TYPE_CHECKING:
     import argparse
@@ -115,7 +115,7 @@ def session_key(path: Path, session_id: str | None) -> str:
 def _first_session_id(path: Path, max_bytes: int = 1 << 20) -> str | None:
     """The first `sessionId` in the first MiB of the file (the first lines name it; a summary line does not)."""
     read = 0
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while read < max_bytes and (raw := f.readline(max_bytes - read)):
             read += len(raw)
             match = re.search(rb'"sessionId"\s*:\s*"([^"\\]{1,200})"', raw)
@@ -132,7 +132,7 @@ def state_name(namespace: str, session: str) -> str:
 def _tail_digest(path: Path, offset: int) -> str:
     if offset <= 0:
         return ""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         start = max(0, offset - TAIL_BYTES)
         f.seek(start)
         return hashlib.sha256(f.read(offset - start)).hexdigest()
