@@ -12,8 +12,9 @@ later session start pays for. So:
   "I think", "should we"), a condition ("if ..."), a plan of the assistant ("I'll", "let me"), temporary
   ("for now", "right now"), or points at something it does not name ("let's go with that");
 - the candidate is 30-400 characters (a short sentence takes its neighbour; a longer one is dropped, not cut),
-  has `<private>` spans removed and secrets redacted (secrets.py); if a secret is still found after
-  redaction, or the redaction markers are most of it, it is dropped.
+  has `<private>` spans removed and secrets redacted (secrets.py; the whole message is redacted before it is cut
+  into sentences, so a secret split across lines is seen whole); if a secret is still found after redaction
+  (also in its URL-decoded form), or the redaction markers are most of it, it is dropped.
 
 `durable_candidates` ranks a session's candidates by a fixed score (the kind, who said it, the strength of
 its marker) and keeps the best `limit`, in a deterministic order.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from urllib.parse import unquote
 
 from .secrets import redact, strip_private, strip_private_from
 from .transcript import Message
@@ -265,7 +267,8 @@ def candidates_in(role: str, text: str) -> list[Candidate]:
     """Every candidate of one message, best first (at most one per sentence)."""
     if role not in ("user", "assistant") or not text:
         return []
-    sentences = _sentences(strip_private(text))
+    # redacted whole before it is cut into sentences: a secret split across lines or around a ". " is seen whole
+    sentences = _sentences(redact(strip_private(text)).text)
     found: list[tuple[float, int, Candidate]] = []
     for index, sentence in enumerate(sentences):
         matched = _match(role, sentence)
@@ -419,13 +422,15 @@ def _self_contained(sentences: list[str], index: int) -> str | None:
 
 
 def _safe(text: str) -> str | None:
-    """The text with secrets redacted; None if one is still found, or if what is left is mostly markers."""
+    """The text with secrets redacted; None if one is still found (also once URL-decoded), or if what is left is
+    mostly markers."""
     text = " ".join(strip_private(text).split())
-    redacted = redact(text)
-    clean = " ".join(redacted.text.split())
-    if redacted.kinds:
-        if redact(clean).kinds:
-            return None
+    clean = " ".join(redact(text).text.split())
+    if redact(clean).kinds:
+        return None
+    if "%" in clean and (decoded := unquote(clean)) != clean and redact(decoded).kinds:
+        return None  # postgres%3A%2F%2Fapp%3Apassword%40db: a secret URL-encoded
+    if _REDACTION.search(clean):
         markers = sum(len(m) for m in _REDACTION.findall(clean))
         if markers * 2 > len(clean) or len(_REDACTION.sub("", clean).strip()) < MIN_CHARS:
             return None

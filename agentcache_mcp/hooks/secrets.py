@@ -29,6 +29,9 @@ Redacted (kind: what):
 - `huggingface-token`: `hf_` + 30 or more letters; `npm-token`: `npm_` + 36; `pypi-token`: `pypi-` + 50 or more.
 - `sendgrid-key`: `SG.<16-32>.<16-64>`; `twilio-key`: `SK` + 32 hex digits; `telegram-bot-token`: `<digits>:<35>`;
   `digitalocean-token`: `dop_v1_` / `doo_v1_` + 64 hex digits; `shopify-token`: `shpat_` `shpss_` `shpca_` `shppa_`.
+- `token-fragment`: what is left of one of the prefixes above (`ghp_`, `xoxb-`, `sk_live_`, `sk-ant-`, `AIza`, `AKIA`,
+  ...) when the token is cut short or split across lines: the prefix with 6 or more characters, or the prefix, what
+  follows it on its line and the first word of the next line (`ghp_NqVw` / `YS81VP7H...`).
 - `jwt`: three dot-separated base64url parts, the first two starting `eyJ` (a JSON object).
 - `connection-string`: the password of `scheme://user:password@host` for any scheme (postgres, mysql, mongodb+srv,
   redis, amqp, https, ...). The scheme, user, host, port, path and query stay: `postgres://app:[redacted
@@ -73,7 +76,7 @@ Kept (judgement calls, each tested both ways):
 
 Not covered (say so rather than pretend): secrets without a recognisable shape, context or entropy (a password
 that is an ordinary word, or stated without its name: `log in with hunter2`), a password containing a space outside
-quotes (only its first word is redacted), values split across lines other than PEM blocks, and secrets longer than 400 characters in an
+quotes (only its first word is redacted), values split across lines other than PEM blocks and provider tokens, and secrets longer than 400 characters in an
 unquoted assignment. Callers that keep only part of a text must redact the whole text before cutting it.
 """
 
@@ -296,6 +299,14 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("telegram-bot-token", re.compile(_B + r"[0-9]{8,10}:AA[A-Za-z0-9_-]{33}" + r"(?![A-Za-z0-9_-])")),
     _Rule("digitalocean-token", re.compile(_B + r"do[opr]_v1_[a-f0-9]{64}" + _E)),
     _Rule("shopify-token", re.compile(_B + r"shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}" + _E)),
+    _Rule(
+        "token-fragment",
+        re.compile(
+            r"(?<![A-Za-z0-9_.-])(?:gh[pousr]_|github_pat_|gl(?:pat|dt|rt|ptt|ft|soat)-|xox[abprse]-|xapp-|[sr]k_(?:live|test)_"
+            r"|whsec_|sk-ant-|sk-(?:proj|svcacct|admin)-|AIza|ya29\.|do[opr]_v1_|shp(?:at|ss|ca|pa)_|AKIA|ASIA)"
+            r"(?:[A-Za-z0-9_.-]*[ \t]*\r?\n[ \t]*[A-Za-z0-9_+/=-]{6,}|[A-Za-z0-9_-]{6,})"
+        ),
+    ),
     _Rule("jwt", re.compile(_B + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
     _Rule(
         "connection-string",
