@@ -329,3 +329,15 @@ def test_a_private_span_left_open_carries_over_to_the_next_texts() -> None:
     assert strip_private_from("keep <private>hide", 0) == ("keep ", 1)
     assert strip_private_from("hidden too", 1) == ("", 1)
     assert strip_private_from("hidden</private> shown", 1) == (" shown", 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We chose Go. ＜private＞the vault key is Hunter22＜／private＞ And Rust.",  # a full-width IME's brackets
+        "We chose Go. ＜private＞the vault key is Hunter22＜/private＞ And Rust.",
+        "We chose Go. &lt;private&gt;the vault key is Hunter22&lt;/private&gt; And Rust.",  # pasted from HTML
+    ],
+)
+def test_private_tags_written_with_full_width_or_html_escaped_brackets_count(text: str) -> None:
+    assert strip_private(text) == "We chose Go.  And Rust."

@@ -1,7 +1,8 @@
 """What transcript capture must never store: text inside `<private>` tags, and secrets.
 
 `strip_private(text)` removes every `<private>...</private>` span (tags in any case, with or without attributes,
-across lines, several per text, nested: the span ends at the matching close). An unclosed `<private>` hides
+across lines, several per text, nested: the span ends at the matching close; full-width `＜private＞` and
+HTML-escaped `&lt;private&gt;` count too). An unclosed `<private>` hides
 everything after it, and so does a `<private` missing its `>` (the tag ends at the next `<` or with the text). A
 `</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
 `strip_private_from(text, depth)` carries an unclosed span over a sequence of texts (a session's messages): a
@@ -101,7 +102,11 @@ class Redacted:
 
 # ---- <private> ---------------------------------------------------------------------------------------------------
 
-_PRIVATE_TAG = re.compile(r"<\s*(/?)\s*private(?=[\s>/]|\Z)[^<>]*(?:>|(?=<)|\Z)", re.IGNORECASE)
+_LT, _GT = r"(?:<|＜|&lt;)", r"(?:>|＞|&gt;)"  # also full-width (an IME's) and HTML-escaped (pasted) brackets
+_PRIVATE_TAG = re.compile(
+    rf"{_LT}\s*([/／]?)\s*private(?=[\s/／]|{_GT}|\Z)(?:(?!{_LT}|{_GT}).)*(?:{_GT}|(?={_LT})|\Z)",
+    re.IGNORECASE | re.DOTALL,
+)
 """A tag that lacks its `>` (`<private the key is ...`) ends where the next tag starts, or with the text: still a tag."""
 
 
@@ -114,7 +119,7 @@ def strip_private_from(text: str, depth: int = 0) -> tuple[str, int]:
     """`strip_private` for one text of a sequence (a session's messages): `depth` is how many `<private>` spans
     the texts before it left open (its start is hidden until they close); returns what is kept and how many this
     text leaves open for the next."""
-    if "<" not in text:
+    if "<" not in text and "＜" not in text and "&lt;" not in text.lower():
         return ("" if depth else text), depth
     kept: list[str] = []
     pos = 0
@@ -124,7 +129,7 @@ def strip_private_from(text: str, depth: int = 0) -> tuple[str, int]:
         pos = tag.end()
         if tag.group(1):  # a close: ends one level, or is stray and dropped
             depth = max(depth - 1, 0)
-        elif not re.search(r"/\s*>\Z", tag.group(0)):  # an open (a self-closing <private/> hides nothing)
+        elif not re.search(rf"[/／]\s*{_GT}\Z", tag.group(0), re.IGNORECASE):  # an open (<private/> hides nothing)
             depth += 1
     if depth == 0:
         kept.append(text[pos:])
