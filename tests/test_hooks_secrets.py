@@ -341,3 +341,25 @@ def test_a_private_span_left_open_carries_over_to_the_next_texts() -> None:
 )
 def test_private_tags_written_with_full_width_or_html_escaped_brackets_count(text: str) -> None:
     assert strip_private(text) == "We chose Go.  And Rust."
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("SECRET_KEY_BASE=" + "9f86d081884c7d659a2feaa0c55ad015" * 4, "9f86d081884c7d65"),  # Rails: 128 hex digits
+        ("export API_KEY_2=abc123def456", "abc123def456"),
+        ("STRIPE_SECRET_LIVE='whatever123'", "whatever123"),
+        ("db_password_prod: Tr0ub4dorHorse", "Tr0ub4dor"),
+        ("GITHUB_TOKEN_OLD=abcdef0123456789abcdef0123456789abcdef01", "abcdef0123456789"),
+    ],
+)
+def test_a_secret_name_with_a_suffix_after_its_keyword_is_still_a_secret_name(text: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result
+
+
+@pytest.mark.parametrize(
+    "text", ["TOKEN_TTL=3600", "SECRET_KEY_FILE=/run/secrets/app", "PASSWORD_MIN_LENGTH=12", "API_KEY_HEADER=X-Api-Key"]
+)
+def test_settings_about_a_secret_are_not_secrets(text: str) -> None:
+    assert redact(text) == Redacted(text, ())

@@ -41,7 +41,9 @@ Redacted (kind: what):
   scheme word `Bearer`, `Basic`, `Token`, ... kept); `bearer-token`: `Bearer <16 or more token characters>` anywhere.
 - `env-secret` / `password`: a `.env` or shell line (optionally `export NAME=`) whose upper-case name ends in
   `_KEY`, `SECRET`, `TOKEN`, `PASSWORD`, `PASSWD`, `_PASS`, `_PWD`, `_CREDENTIALS`, `_APIKEY`, `PASSPHRASE` or
-  `_SALT` (names with `PUBLIC` or `PUBLISHABLE` are kept); the value to the end of the word or the quotes. `password`
+  `_SALT`, or has one of these followed by `_BASE`, `_PROD`, `_DEV`, `_TEST`, `_LIVE`, `_STAGING`, `_OLD`, `_NEW`,
+  `_PRIMARY`, `_SECONDARY`, `_VALUE`, `_RAW` or a number (`SECRET_KEY_BASE`, `API_KEY_2`; the same suffixes count
+  in the assignments below) (names with `PUBLIC` or `PUBLISHABLE` are kept); the value to the end of the word or the quotes. `password`
   when the name says pass/pwd (`PGPASSWORD=...`, `MYSQL_PWD=...`).
 - `password` / `secret-assignment`: in code, config, JSON, YAML or a URL query, a value assigned (`=`, `:`, `:=`,
   `=>`) to a name ending in `password`, `passwd`, `passphrase`, `_pwd`, `_pass`, `secret`, `token`, `api_key` /
@@ -260,6 +262,10 @@ _PROSE_VALUE = (
     rf"|(?={_TOKEN_CHARS}*[A-Za-z])(?={_TOKEN_CHARS}*[0-9!@#$%^&*+=~|]){_TOKEN_CHARS}{{6,200}}?(?=[.:!?]*(?!{_TOKEN_CHARS})))"
 )
 
+_NAME_SUFFIX = r"(?i:[_.-](?:base|prod|production|dev|development|test|live|staging|old|new|primary|secondary|value|raw|v?\d{1,3}))*"
+"""What may follow a secret's keyword in its name (`SECRET_KEY_BASE`, `API_KEY_2`, `db_password_prod`); other
+suffixes say the value is about the secret, not the secret (`TOKEN_TTL`, `SECRET_KEY_FILE`, `PASSWORD_MIN_LENGTH`)."""
+
 _RULES: tuple[_Rule, ...] = (
     _Rule(
         "private-key",
@@ -330,7 +336,7 @@ _RULES: tuple[_Rule, ...] = (
         _password_or("env-secret"),
         re.compile(
             r"(?m)^[ \t]*(?:export[ \t]+)?(?P<n>[A-Z][A-Z0-9_]*(?:_KEY|SECRET|TOKEN|PASSWORD|PASSWD|_PASS|_PWD|_CREDENTIALS"
-            r"|_APIKEY|PASSPHRASE|_SALT))[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\"|'[^'\n]*'|[^\s#]+)"
+            r"|_APIKEY|PASSPHRASE|_SALT)" + _NAME_SUFFIX + r")[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\"|'[^'\n]*'|[^\s#]+)"
         ),
         whole=False,
         check=_not_public,
@@ -339,7 +345,7 @@ _RULES: tuple[_Rule, ...] = (
         _password_or("secret-assignment"),
         re.compile(
             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,60}?(?:password|passwd|passphrase|[_.-]pwd|[_.-]pass|secret"
-            r"|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?![A-Za-z0-9_-])"
+            r"|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key)" + _NAME_SUFFIX + r")(?![A-Za-z0-9_-])"
             r"(?:\\?[\"'])?[ \t]*(?:=>|:=|[:=])[ \t]*" + _VALUE
         ),
         whole=False,
