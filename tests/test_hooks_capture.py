@@ -275,3 +275,17 @@ def test_a_connection_string_with_a_url_encoded_password_is_not_kept() -> None:
     text = "We decided the staging database is postgres%3A%2F%2Fapp%3ATr0ub4dor%26horse%40db.internal%3A5432 for all jobs."
     kept = " ".join(c.text for c in candidates_in("user", text))
     assert "Tr0ub4dor" not in kept
+
+
+def test_a_line_with_a_number_python_refuses_to_convert_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """A number of more than 4,300 digits (a tool call's argument) makes json.loads raise a plain ValueError: the
+    line is skipped like any other bad line, not the whole session's ingest stopped at it for good."""
+    path = tmp_path / "t.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"type": "user", "message": {"role": "user", "content": "first"}}\n')
+        f.write(b'{"type": "assistant", "message": {"role": "assistant", "content": [{"type": "tool_use", "input": {"n": '
+                + b"9" * 5000 + b"}}]}}\n")  # fmt: skip
+        f.write(b'{"type": "user", "message": {"role": "user", "content": "last one"}}\n')
+    messages, notes = read_transcript(path)
+    assert [m.text for m in messages] == ["first", "last one"]
+    assert len(notes) == 1 and notes[0].startswith("line 2: not valid JSON (")

@@ -130,11 +130,16 @@ def read_transcript_part(path: str | os.PathLike[str], offset: int = 0, first_li
                 continue
             try:
                 entry = json.loads(raw.decode("utf-8", errors="replace").lstrip("\ufeff"))
-            except (json.JSONDecodeError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:  # ValueError: also a number of more than 4,300 digits
                 if not complete:
                     part.notes.append(f"line {number}: not valid JSON and without a line end (still being written?), skipped")
                     break  # read again next time
-                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                if isinstance(exc, json.JSONDecodeError):
+                    why = exc.msg
+                elif isinstance(exc, RecursionError):
+                    why = "nested too deeply"
+                else:
+                    why = "a number too long to read"
                 part.notes.append(f"line {number}: not valid JSON ({why}), skipped")
                 part.end_offset, part.end_line = position, number
                 continue
