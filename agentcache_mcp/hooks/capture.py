@@ -267,8 +267,11 @@ def candidates_in(role: str, text: str) -> list[Candidate]:
     """Every candidate of one message, best first (at most one per sentence)."""
     if role not in ("user", "assistant") or not text:
         return []
-    # redacted whole before it is cut into sentences: a secret split across lines or around a ". " is seen whole
-    sentences = _sentences(redact(strip_private(text)).text)
+    prose = _prose(strip_private(text))
+    if not any(_match(role, sentence) for sentence in _sentences(prose)):
+        return []  # most messages: no need to pay for redacting them
+    # the prose is redacted whole before it is cut into sentences: a secret split across lines is seen whole
+    sentences = _sentences(redact(prose).text)
     found: list[tuple[float, int, Candidate]] = []
     for index, sentence in enumerate(sentences):
         matched = _match(role, sentence)
@@ -323,6 +326,12 @@ def scan_session(messages: Iterable[Message], limit: int = 10, private_depth: in
 def loose_key(text: str) -> str:
     """Two candidates with this key say the same: letters and digits only, case-folded."""
     return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def _prose(text: str) -> str:
+    """The text with its code blocks removed and every line that is not prose blanked (line breaks kept)."""
+    text = _FENCE.sub("\n", text)
+    return "\n".join("" if _not_prose(line.rstrip()) else line for line in text.splitlines())
 
 
 def _sentences(text: str) -> list[str]:
@@ -425,8 +434,9 @@ def _safe(text: str) -> str | None:
     """The text with secrets redacted; None if one is still found (also once URL-decoded), or if what is left is
     mostly markers."""
     text = " ".join(strip_private(text).split())
-    clean = " ".join(redact(text).text.split())
-    if redact(clean).kinds:
+    redacted = redact(text)
+    clean = " ".join(redacted.text.split())
+    if redacted.kinds and redact(clean).kinds:
         return None
     if "%" in clean and (decoded := unquote(clean)) != clean and redact(decoded).kinds:
         return None  # postgres%3A%2F%2Fapp%3Apassword%40db: a secret URL-encoded
