@@ -278,6 +278,8 @@ def test_a_secret_stated_in_prose_after_is_is_redacted(text: str, secret: str) -
         "the password is the same as last time",
         "The api key is required for every call.",
         "The password is $DB_PASSWORD from the environment.",
+        "The fix was to set the api key to `settings.billing_api_key` and the token to `None`.",
+        "The secret is `SECRET_KEY` in the settings module.",
     ],
 )
 def test_prose_about_a_password_or_token_without_one_is_kept(text: str) -> None:

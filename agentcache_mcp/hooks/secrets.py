@@ -178,10 +178,11 @@ def _value_span(match: re.Match[str]) -> tuple[int, int, bool] | None:
     value = match.group("v")
     escaped = len(value) >= 4 and value[0] == value[-2] == "\\" and value[1] == value[-1] and value[1] in "\"'"
     quoted = escaped or (len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'`")
+    code = quoted and value[0] == "`"  # `settings.api_key` in backticks is code, a reference like an unquoted one
     if quoted:
         cut = 2 if escaped else 1
         start, end, value = start + cut, end - cut, value[cut:-cut]
-    if _is_placeholder(value.strip(), quoted):
+    if _is_placeholder(value.strip(), quoted and not code):
         return None
     return start, end, quoted
 
