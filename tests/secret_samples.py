@@ -85,6 +85,7 @@ _MONGO_PASSWORD = _j("m0ng", "0Pw")
 _REDIS_PASSWORD = _j("r3d", "isPa55")
 _AMQP_PASSWORD = _j("rabb", "1tPw")
 _HTTPS_PASSWORD = _j("hunt", "er2", "Pass")
+_PROSE_PASSWORD = _j("Wh1te", "Rabbit", "#42")
 _ENV_KEY = _fake(_ALNUM, 28)
 _ENV_SECRET = _fake("0123456789abcdef", 40)
 _ENV_TOKEN = _fake(_ALNUM, 32)
@@ -133,6 +134,10 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("password", f'{{"user": "app", "password": "{_DB_PASSWORD}"}}', _DB_PASSWORD),
     Sample("password", f"mysqldump --user app --password {_DB_PASSWORD} shop", _DB_PASSWORD),
     Sample("password", f"export DB_PASSWORD='{_PG_PASSWORD}'", _PG_PASSWORD),
+    Sample("password", f"the staging database password is {_PROSE_PASSWORD}", _PROSE_PASSWORD),
+    Sample("password", f'the log line read {{\\"user\\": \\"app\\", \\"password\\": \\"{_DB_PASSWORD}\\"}}', _DB_PASSWORD),
+    Sample("password", f"mysql -uroot -p{_PG_PASSWORD} shop", _PG_PASSWORD),
+    Sample("secret-assignment", f"the CI token for the release job was {_ENV_KEY}", _ENV_KEY),
     Sample("connection-string", f"DATABASE_URL is postgres://app:{_PG_PASSWORD}@db.internal:5432/app", _PG_PASSWORD),
     Sample("connection-string", f"mysql://root:{_DB_PASSWORD}@127.0.0.1/shop", _DB_PASSWORD),
     Sample("connection-string", f"mongodb+srv://svc:{_MONGO_PASSWORD}@cluster0.example.net/db", _MONGO_PASSWORD),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentcache_mcp.hooks.capture import MAX_CHARS, MIN_CHARS, Candidate, classify, durable_candidates
+from agentcache_mcp.hooks.capture import MAX_CHARS, MIN_CHARS, Candidate, candidates_in, classify, durable_candidates
 from agentcache_mcp.hooks.transcript import MAX_LINE_BYTES, Message, read_transcript, read_transcript_part
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transcripts"
@@ -258,3 +258,34 @@ def test_the_same_statement_twice_in_a_session_is_one_candidate() -> None:
     said = "We decided to use Redis instead of Memcached for the session cache."
     messages = [Message("user", said, uuid="a", line=1), Message("user", said.lower() + "!", uuid="b", line=2)]
     assert [c.uuid for c in durable_candidates(messages)] == ["a"]
+
+
+# review of issue 21: a secret cut in two, or URL-encoded
+
+
+def test_a_token_split_across_lines_leaves_no_piece_of_it_in_a_candidate() -> None:
+    token = "gh" + "p_" + "NqVwYS81VP7Hb1DXkR4mZ0aLcE2tUy9oWq3s"
+    for cut in (12, 20, 28):
+        text = f"We decided the deploy job uses the token {token[:cut]}\n{token[cut:]} from now on."
+        kept = " ".join(c.text for c in candidates_in("user", text))
+        assert not any(token[i : i + 8] in kept for i in range(len(token) - 7)), kept
+
+
+def test_a_connection_string_with_a_url_encoded_password_is_not_kept() -> None:
+    text = "We decided the staging database is postgres%3A%2F%2Fapp%3ATr0ub4dor%26horse%40db.internal%3A5432 for all jobs."
+    kept = " ".join(c.text for c in candidates_in("user", text))
+    assert "Tr0ub4dor" not in kept
+
+
+def test_a_line_with_a_number_python_refuses_to_convert_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """A number of more than 4,300 digits (a tool call's argument) makes json.loads raise a plain ValueError: the
+    line is skipped like any other bad line, not the whole session's ingest stopped at it for good."""
+    path = tmp_path / "t.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"type": "user", "message": {"role": "user", "content": "first"}}\n')
+        f.write(b'{"type": "assistant", "message": {"role": "assistant", "content": [{"type": "tool_use", "input": {"n": '
+                + b"9" * 5000 + b"}}]}}\n")  # fmt: skip
+        f.write(b'{"type": "user", "message": {"role": "user", "content": "last one"}}\n')
+    messages, notes = read_transcript(path)
+    assert [m.text for m in messages] == ["first", "last one"]
+    assert len(notes) == 1 and notes[0].startswith("line 2: not valid JSON (")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -144,7 +145,7 @@ def test_a_dry_run_writes_nothing(memory: MemoryService) -> None:
 def test_the_kept_state_is_offsets_and_counts_only(memory: MemoryService) -> None:
     ingest_transcript(memory, MIXED, namespace=NS)
     state = json.loads(memory.backend.memories.get_setting(state_name(NS, SESSION)) or "{}")
-    assert set(state) == {"v", "offset", "line", "taken", "tail"}
+    assert set(state) == {"v", "offset", "line", "taken", "tail", "private"}
     assert state["line"] == 27 and state["offset"] < MIXED.stat().st_size  # the truncated last line: read again
     assert state_name(NS, SESSION).startswith(STATE_PREFIX)
 
@@ -376,3 +377,61 @@ def test_a_capture_limit_that_is_not_a_count_is_refused_by_name(
     monkeypatch.setenv("AGENTCACHE_CAPTURE_LIMIT", "-1")
     with pytest.raises(ConfigError, match="AGENTCACHE_CAPTURE_LIMIT"):
         run_hook(_hook_payload(_git_project(tmp_path / "widgets")))
+
+
+# a <private> span across messages (review of issue 21)
+
+_SPAN = [
+    ("user", "We decided to use Redis instead of Memcached for the session cache. <private>We decided the vault is Vault-A1."),
+    ("user", "We decided the staging cluster is Ember-B2 and nobody else may know it."),
+    ("assistant", "The root cause was Ember-B2 rejecting the old certificate in the config."),
+    ("user", "We decided on Cobalt-C3 as the fallback. </private> We decided to keep Postgres instead of MySQL for billing."),
+]
+
+
+def _span_transcript(path: Path, upto: int) -> None:
+    lines = []
+    for n, (role, text) in enumerate(_SPAN[:upto]):
+        lines.append(json.dumps({"type": role, "uuid": f"p-{n}", "sessionId": "span", "message": {"role": role, "content": text}}) + "\n")
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize("runs", [[4], [1, 2, 3, 4]], ids=["one-read", "one-read-per-turn"])
+def test_a_private_span_opened_in_one_message_hides_every_message_until_it_is_closed(
+    memory: MemoryService, tmp_path: Path, runs: list[int]
+) -> None:
+    transcript = tmp_path / "span.jsonl"
+    for upto in runs:  # as the Stop hook reads it: a turn at a time
+        _span_transcript(transcript, upto)
+        ingest_transcript(memory, transcript, namespace=NS)
+    texts = [m.text for m in _stored(memory)]
+    assert not any(word in t for t in texts for word in ("Vault-A1", "Ember-B2", "Cobalt-C3")), texts
+    assert "We decided to use Redis instead of Memcached for the session cache." in texts
+    assert "We decided to keep Postgres instead of MySQL for billing." in texts
+
+
+def test_a_transcript_path_that_is_a_fifo_is_refused_at_once_not_waited_on(memory: MemoryService, tmp_path: Path) -> None:
+    """The hook checks transcript_path is a file, but what is opened a moment later may be a FIFO by then: the
+    read itself refuses anything but a regular file, without blocking for a writer."""
+    import threading
+
+    fifo = tmp_path / "session.jsonl"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            ingest_transcript(memory, fifo, namespace=NS, session_id="s-fifo")
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=ingest, daemon=True)
+    worker.start()
+    worker.join(20)
+    try:
+        assert not worker.is_alive(), "the ingest blocked on a FIFO"
+        assert len(errors) == 1 and isinstance(errors[0], OSError) and "not a regular file" in str(errors[0])
+    finally:
+        with contextlib.suppress(OSError):  # releases a reader still blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)

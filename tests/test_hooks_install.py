@@ -196,6 +196,36 @@ def test_uninstall_of_a_file_install_created_leaves_an_empty_object(user_setting
     assert json.loads(user_settings.read_text()) == {}
 
 
+COMPOUND = {
+    "SessionStart": "cd ~/notes; agentcache-mcp hook session-start > /tmp/last-memories.txt; cat /tmp/last-memories.txt",
+    "SessionEnd": "agentcache-mcp hook ingest && notify-send 'session saved'",
+}
+
+
+def test_a_shell_command_the_user_wrote_around_ours_is_kept_as_written_and_not_doubled(
+    user_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(user_settings, {"hooks": {e: [{"matcher": "", "hooks": [{"type": "command", "command": c}]}] for e, c in COMPOUND.items()}})
+    assert run("install", "claude-code") == 0
+    data = json.loads(user_settings.read_text())
+    for event, command in COMPOUND.items():
+        assert commands(data, event) == [command]  # neither rewritten (its `;` `>` `&&` quoted away) nor doubled
+    assert commands(data, "PreCompact") == [f"{QUOTED} hook ingest"]
+    assert "kept as written" in capsys.readouterr().out
+
+
+def test_uninstall_leaves_a_shell_command_around_ours_and_says_so(
+    user_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = write(
+        user_settings, {"hooks": {e: [{"matcher": "", "hooks": [{"type": "command", "command": c}]}] for e, c in COMPOUND.items()}}
+    )
+    assert run("uninstall", "claude-code") == 0
+    assert user_settings.read_bytes() == original  # the user's other commands are not deleted with ours
+    out = capsys.readouterr().out
+    assert "SessionEnd" in out and "by hand" in out
+
+
 def test_uninstall_without_our_hooks_writes_nothing(user_settings: Path, capsys: pytest.CaptureFixture[str]) -> None:
     original = write(user_settings, FOREIGN)
     assert run("uninstall", "claude-code") == 0
@@ -222,6 +252,17 @@ def test_a_dry_run_prints_the_change_and_writes_nothing(
     else:
         assert user_settings.read_bytes() == before
         assert sorted(p.name for p in user_settings.parent.iterdir()) == ["settings.json"]
+
+
+def test_a_dry_run_never_prints_a_secret_the_settings_file_holds_near_the_change(
+    user_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "sk-ant-api03-" + "Qx7" * 30  # as Claude Code users put it in "env"
+    write(user_settings, {"model": "opus", "env": {"ANTHROPIC_API_KEY": key, "DB_PASSWORD": "Tr0ub4dor&3horse"}})
+    assert run("install", "claude-code", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert '+  "hooks": {' in out  # the change is shown, with the lines around it
+    assert "ANTHROPIC_API_KEY" in out and key[:16] not in out and "Tr0ub4dor" not in out
 
 
 @pytest.mark.parametrize(

@@ -241,3 +241,127 @@ def test_importing_the_module_pulls_in_nothing_heavy() -> None:
            "{'mcp', 'pydantic', 'torch', 'sentence_transformers', 'numpy'}))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# ---- review of issue 21: shapes the first rules missed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("We decided the staging database password is Tr0ub4dor&3horse for everyone.", "Tr0ub4dor&3horse"),
+        ("Our staging db password is Xk9pLmQ2vR7t and it lives in vault.", "Xk9pLmQ2vR7t"),
+        ("Our CI token is EpSfZB9KQprdFSpdTmYs4x4geAXuyW and it is rotated monthly.", "EpSfZB9KQprdFSpdTmYs4x4geAXuyW"),
+        ('The wifi password is "correct horse battery staple" for the office.', "horse battery"),
+        ("The password for the admin account is hunter2!", "hunter2"),
+        ("the api key for the billing service was sk9Ld0Qp2xZ.", "sk9Ld0Qp2xZ"),
+        ("the password to the admin panel is now Adm1nPanel#", "Adm1nPanel#"),
+        ("I changed the root password to Sup3rS3cret yesterday.", "Sup3rS3cret"),
+        ("My GitHub token is `gh0Tok3nValue99` for CI.", "gh0Tok3nValue99"),
+        ("(the password is hunter22) and the deploy key was 'Dk-4471-x'", "hunter22"),
+        ("Staging: the password is Xy9!wq.Lm2, for now.", "Lm2"),
+    ],
+)
+def test_a_secret_stated_in_prose_after_is_is_redacted(text: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result
+    assert result.kinds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The password is wrong, and the token is expired.",
+        "The token is stored in vault and the password is in 1Password.",
+        "The secret is to cache the embeddings before the first recall.",
+        "The token is 1024 characters long at most.",
+        "the password is the same as last time",
+        "The api key is required for every call.",
+        "The password is $DB_PASSWORD from the environment.",
+        "The fix was to set the api key to `settings.billing_api_key` and the token to `None`.",
+        "The secret is `SECRET_KEY` in the settings module.",
+    ],
+)
+def test_prose_about_a_password_or_token_without_one_is_kept(text: str) -> None:
+    assert redact(text) == Redacted(text, ())
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('the log showed {\\"password\\": \\"Tr0ub4dor&3horse\\", \\"user\\": \\"app\\"}', "Tr0ub4dor"),
+        ("payload was '{\\\"client_secret\\\":\\\"Sup3rS3cretValue\\\"}'", "Sup3rS3cret"),
+        ("env: {\\'api_key\\': \\'abc123def456\\'}", "abc123def456"),
+    ],
+)
+def test_an_assignment_inside_an_escaped_json_string_is_redacted(text: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result
+    assert result.kinds
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("We always connect with mysql -uroot -pS3cretPw99 to the prod db.", "S3cretPw99"),
+        ("mysqldump -h db -u app -p'Tr0ub4dor&3' shop > shop.sql", "Tr0ub4dor"),
+        ("mariadb --user=app -pHunter22 shop", "Hunter22"),
+    ],
+)
+def test_a_password_glued_to_mysqls_p_flag_is_redacted(text: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result
+    assert "password" in result.kinds
+
+
+def test_mysqls_bare_p_flag_which_prompts_for_the_password_is_kept() -> None:
+    text = "mysql -u root -p shop and ssh -p 2222 host and mkdir -p build"
+    assert redact(text) == Redacted(text, ())
+
+
+def test_a_private_tag_missing_its_closing_bracket_still_hides_what_follows() -> None:
+    assert strip_private("We chose Go. <private the vault key is Hunter22") == "We chose Go. "
+    assert strip_private("We chose Go. <private\nthe vault key is Hunter22\n</private> and Rust.") == "We chose Go.  and Rust."
+    assert strip_private("a <private>b</private") == "a "
+
+
+def test_a_private_span_left_open_carries_over_to_the_next_texts() -> None:
+    from agentcache_mcp.hooks.secrets import strip_private_from
+
+    assert strip_private_from("keep <private>hide", 0) == ("keep ", 1)
+    assert strip_private_from("hidden too", 1) == ("", 1)
+    assert strip_private_from("hidden</private> shown", 1) == (" shown", 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We chose Go. ＜private＞the vault key is Hunter22＜／private＞ And Rust.",  # a full-width IME's brackets
+        "We chose Go. ＜private＞the vault key is Hunter22＜/private＞ And Rust.",
+        "We chose Go. &lt;private&gt;the vault key is Hunter22&lt;/private&gt; And Rust.",  # pasted from HTML
+    ],
+)
+def test_private_tags_written_with_full_width_or_html_escaped_brackets_count(text: str) -> None:
+    assert strip_private(text) == "We chose Go.  And Rust."
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("SECRET_KEY_BASE=" + "9f86d081884c7d659a2feaa0c55ad015" * 4, "9f86d081884c7d65"),  # Rails: 128 hex digits
+        ("export API_KEY_2=abc123def456", "abc123def456"),
+        ("STRIPE_SECRET_LIVE='whatever123'", "whatever123"),
+        ("db_password_prod: Tr0ub4dorHorse", "Tr0ub4dor"),
+        ("GITHUB_TOKEN_OLD=abcdef0123456789abcdef0123456789abcdef01", "abcdef0123456789"),
+    ],
+)
+def test_a_secret_name_with_a_suffix_after_its_keyword_is_still_a_secret_name(text: str, secret: str) -> None:
+    result = redact(text)
+    assert secret not in result.text, result
+
+
+@pytest.mark.parametrize(
+    "text", ["TOKEN_TTL=3600", "SECRET_KEY_FILE=/run/secrets/app", "PASSWORD_MIN_LENGTH=12", "API_KEY_HEADER=X-Api-Key"]
+)
+def test_settings_about_a_secret_are_not_secrets(text: str) -> None:
+    assert redact(text) == Redacted(text, ())

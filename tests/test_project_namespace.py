@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,41 @@ def test_the_environment_overrides_and_is_checked(tmp_path: Path) -> None:
     assert project_namespace(tmp_path, environ={ENV_VAR: "team-notes"}) == "team-notes"
     with pytest.raises(ProjectNamespaceError, match=ENV_VAR):
         project_namespace(tmp_path, environ={ENV_VAR: "../etc"})
+
+
+def _in_time(target: object, seconds: float = 20.0) -> tuple[bool, list[object]]:
+    """Run `target()` in a daemon thread; whether it returned within `seconds`, and what it returned."""
+    import threading
+
+    out: list[object] = []
+    worker = threading.Thread(target=lambda: out.append(target()), daemon=True)  # type: ignore[operator]
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive(), out
+
+
+@pytest.mark.parametrize("where", [".git/config", ".git"])
+def test_a_fifo_where_git_keeps_its_config_does_not_hang_the_hook(tmp_path: Path, where: str) -> None:
+    """An unpacked archive can hold a FIFO (or a link to /dev/zero) where a repository's files should be: the
+    hook must fall back to the folder's namespace, not wait forever for a writer (or read without end)."""
+    import os
+
+    root = tmp_path / "unpacked"
+    (root / ".git").mkdir(parents=True) if where == ".git/config" else root.mkdir()
+    fifo = root / where
+    os.mkfifo(fifo)
+    try:
+        done, out = _in_time(lambda: project_namespace(root))
+        assert done, "project_namespace blocked on a FIFO"
+        assert str(out[0]).startswith("dir:unpacked-")
+    finally:
+        with contextlib.suppress(OSError):  # releases a reader still blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_git_config_linked_to_an_endless_device_is_not_read_without_end(tmp_path: Path) -> None:
+    root = tmp_path / "unpacked"
+    (root / ".git").mkdir(parents=True)
+    (root / ".git" / "config").symlink_to("/dev/zero")
+    done, out = _in_time(lambda: project_namespace(root))
+    assert done and str(out[0]).startswith("dir:unpacked-")

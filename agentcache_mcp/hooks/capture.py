@@ -12,8 +12,9 @@ later session start pays for. So:
   "I think", "should we"), a condition ("if ..."), a plan of the assistant ("I'll", "let me"), temporary
   ("for now", "right now"), or points at something it does not name ("let's go with that");
 - the candidate is 30-400 characters (a short sentence takes its neighbour; a longer one is dropped, not cut),
-  has `<private>` spans removed and secrets redacted (secrets.py); if a secret is still found after
-  redaction, or the redaction markers are most of it, it is dropped.
+  has `<private>` spans removed and secrets redacted (secrets.py; the whole message is redacted before it is cut
+  into sentences, so a secret split across lines is seen whole); if a secret is still found after redaction
+  (also in its URL-decoded form), or the redaction markers are most of it, it is dropped.
 
 `durable_candidates` ranks a session's candidates by a fixed score (the kind, who said it, the strength of
 its marker) and keeps the best `limit`, in a deterministic order.
@@ -24,8 +25,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from urllib.parse import unquote
 
-from .secrets import redact, strip_private
+from .secrets import redact, strip_private, strip_private_from
 from .transcript import Message
 
 MIN_CHARS = 30
@@ -265,7 +267,11 @@ def candidates_in(role: str, text: str) -> list[Candidate]:
     """Every candidate of one message, best first (at most one per sentence)."""
     if role not in ("user", "assistant") or not text:
         return []
-    sentences = _sentences(strip_private(text))
+    prose = _prose(strip_private(text))
+    if not any(_match(role, sentence) for sentence in _sentences(prose)):
+        return []  # most messages: no need to pay for redacting them
+    # the prose is redacted whole before it is cut into sentences: a secret split across lines is seen whole
+    sentences = _sentences(redact(prose).text)
     found: list[tuple[float, int, Candidate]] = []
     for index, sentence in enumerate(sentences):
         matched = _match(role, sentence)
@@ -287,12 +293,24 @@ def candidates_in(role: str, text: str) -> list[Candidate]:
 def durable_candidates(messages: Iterable[Message], limit: int = 10) -> list[Candidate]:
     """A session's best `limit` candidates: the best sentence of each message of the human (and the assistant's
     fixes), main conversation only; the same text once; ranked by score, then by where it was said."""
+    return scan_session(messages, limit)[0]
+
+
+def scan_session(messages: Iterable[Message], limit: int = 10, private_depth: int = 0) -> tuple[list[Candidate], int]:
+    """`durable_candidates` of a part of a session, and the `<private>` spans it leaves open. A span the human
+    opens in one message hides the following messages (the assistant's too, which may repeat it) until the
+    human closes it; `private_depth` is what the part before left open."""
     ranked: list[tuple[float, int, int, Candidate]] = []
     seen: set[str] = set()
+    depth = private_depth
     for order, message in enumerate(messages):
-        if message.sidechain:
+        if message.sidechain or message.role not in ("user", "assistant"):
             continue
-        candidate = classify(message.role, message.text)
+        if message.role == "user":
+            text, depth = strip_private_from(message.text, depth)
+        else:
+            text = "" if depth else message.text
+        candidate = classify(message.role, text)
         if candidate is None:
             continue
         key = loose_key(candidate.text)
@@ -302,12 +320,18 @@ def durable_candidates(messages: Iterable[Message], limit: int = 10) -> list[Can
         placed = replace(candidate, uuid=message.uuid, session_id=message.session_id, line=message.line)
         ranked.append((candidate.score, message.line, order, placed))
     ranked.sort(key=lambda item: (-item[0], item[1], item[2]))
-    return [c for _, _, _, c in ranked[: max(0, limit)]]
+    return [c for _, _, _, c in ranked[: max(0, limit)]], depth
 
 
 def loose_key(text: str) -> str:
     """Two candidates with this key say the same: letters and digits only, case-folded."""
     return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def _prose(text: str) -> str:
+    """The text with its code blocks removed and every line that is not prose blanked (line breaks kept)."""
+    text = _FENCE.sub("\n", text)
+    return "\n".join("" if _not_prose(line.rstrip()) else line for line in text.splitlines())
 
 
 def _sentences(text: str) -> list[str]:
@@ -407,13 +431,16 @@ def _self_contained(sentences: list[str], index: int) -> str | None:
 
 
 def _safe(text: str) -> str | None:
-    """The text with secrets redacted; None if one is still found, or if what is left is mostly markers."""
+    """The text with secrets redacted; None if one is still found (also once URL-decoded), or if what is left is
+    mostly markers."""
     text = " ".join(strip_private(text).split())
     redacted = redact(text)
     clean = " ".join(redacted.text.split())
-    if redacted.kinds:
-        if redact(clean).kinds:
-            return None
+    if redacted.kinds and redact(clean).kinds:
+        return None
+    if "%" in clean and (decoded := unquote(clean)) != clean and redact(decoded).kinds:
+        return None  # postgres%3A%2F%2Fapp%3Apassword%40db: a secret URL-encoded
+    if _REDACTION.search(clean):
         markers = sum(len(m) for m in _REDACTION.findall(clean))
         if markers * 2 > len(clean) or len(_REDACTION.sub("", clean).strip()) < MIN_CHARS:
             return None

@@ -10,7 +10,8 @@ at once and embedded later by a running server's writer (or `agentcache-mcp reem
 Idempotent and cheap to repeat. Stop fires after every turn and SessionEnd re-reads a session PreCompact has
 read, so each session's progress is kept in the store's settings (the `meta` table of SQLite, the settings
 table of PostgreSQL) under `capture:<sha256 of namespace and session>`: the byte offset and line read up to,
-a digest of the bytes before that offset, and how many candidates the session has used of its limit. The next
+a digest of the bytes before that offset, how many candidates the session has used of its limit, and how many
+`<private>` spans the human left open (they hide the messages after them until closed). The next
 run reads only what was appended since; a transcript that shrank or changed before the offset is read again
 from the start. A candidate whose text is already stored in the namespace (same text once case, width and
 spacing are folded: the store's own content hash) is not stored again and still counts against the limit, so
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_CAPTURE_LIMIT as DEFAULT_LIMIT
-from .capture import Candidate, durable_candidates
-from .transcript import read_transcript_part, storable
+from .capture import Candidate, scan_session
+from .transcript import open_regular, read_transcript_part, storable
 
 if TYPE_CHECKING:
     import argparse
@@ -56,9 +57,13 @@ class ReadState:
     line: int = 0
     taken: int = 0
     tail: str = ""
+    private: int = 0
+    """`<private>` spans the part read left open (capture.scan_session): they hide the start of the next part."""
 
     def dumps(self) -> str:
-        return json.dumps({"v": 1, "offset": self.offset, "line": self.line, "taken": self.taken, "tail": self.tail})
+        return json.dumps(
+            {"v": 1, "offset": self.offset, "line": self.line, "taken": self.taken, "tail": self.tail, "private": self.private}
+        )
 
     @classmethod
     def loads(cls, raw: str | None) -> ReadState:
@@ -66,10 +71,12 @@ class ReadState:
             return cls()
         try:
             data = json.loads(raw)
-            state = cls(int(data["offset"]), int(data["line"]), int(data["taken"]), str(data["tail"]))
-        except (ValueError, KeyError, TypeError):
+            state = cls(
+                int(data["offset"]), int(data["line"]), int(data["taken"]), str(data["tail"]), int(data.get("private", 0))
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
-        return state if min(state.offset, state.line, state.taken) >= 0 else cls()
+        return state if min(state.offset, state.line, state.taken, state.private) >= 0 else cls()
 
 
 @dataclass(slots=True)
@@ -107,7 +114,7 @@ def session_key(path: Path, session_id: str | None) -> str:
 def _first_session_id(path: Path, max_bytes: int = 1 << 20) -> str | None:
     """The first `sessionId` in the first MiB of the file (the first lines name it; a summary line does not)."""
     read = 0
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while read < max_bytes and (raw := f.readline(max_bytes - read)):
             read += len(raw)
             match = re.search(rb'"sessionId"\s*:\s*"([^"\\]{1,200})"', raw)
@@ -124,7 +131,7 @@ def state_name(namespace: str, session: str) -> str:
 def _tail_digest(path: Path, offset: int) -> str:
     if offset <= 0:
         return ""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         start = max(0, offset - TAIL_BYTES)
         f.seek(start)
         return hashlib.sha256(f.read(offset - start)).hexdigest()
@@ -159,7 +166,9 @@ def ingest_transcript(
         used_before=state.taken, notes=notes,
     )
     left = max(0, limit - state.taken)
-    report.selected = durable_candidates(part.messages, limit=left) if left else []
+    private = state.private
+    if left:
+        report.selected, private = scan_session(part.messages, limit=left, private_depth=state.private)
     hashes = {c.text: content_hash(c.text) for c in report.selected}
     stored = {
         m.content_hash for m in memory.backend.memories.find_by_content([(namespace, h) for h in hashes.values()])
@@ -186,7 +195,11 @@ def ingest_transcript(
             report.added.append((result.id, candidate))
     if not dry_run:
         advanced = ReadState(
-            part.end_offset, part.end_line, state.taken + len(report.selected), _tail_digest(transcript, part.end_offset)
+            part.end_offset,
+            part.end_line,
+            state.taken + len(report.selected),
+            _tail_digest(transcript, part.end_offset),
+            private,
         )
         memory.backend.memories.put_setting(name, advanced.dumps())
     return report

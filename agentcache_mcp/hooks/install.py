@@ -17,7 +17,12 @@ Safety, in the order it happens:
   `python -m agentcache_mcp ... hook ...`), so a second install updates them in place (options the user added
   after the event, `--max-chars 1000`, are kept) and a changed install path replaces the old one, never a
   duplicate; every other hook, setting and key order is kept (indentation too, as detected);
+- a shell command the user wrote around ours (`cd x; agentcache-mcp hook ... > f`, `... && notify-send`) counts as
+  our hook for its event but is never edited nor removed, only named in a note: rewritten word by word, its
+  operators would be quoted into arguments, and removing it would delete the user's other commands;
 - nothing changed, nothing written (no backup, no reformatting);
+- `--dry-run` prints the change as a diff, the lines around it passed through secrets.redact (a settings file's
+  "env" block often holds API keys, and a dry run's output gets pasted into issues);
 - otherwise the previous file is copied to `settings.json.agentcache-backup` (one backup, replaced at each
   change: the file as it was before the last change we made), then the new text goes to a temporary file
   beside it, is fsynced and renamed over the file (same permissions). Just before the rename the file is read
@@ -199,6 +204,21 @@ class _OurCommand:
     options: list[str]  # between the launcher and `hook` (`--db PATH`): kept
     event: str
     extras: list[str]  # after the event (`--max-chars 1000`): kept
+    compound: bool = False  # a shell command the user wrote around ours (`cd x; ... > f`, `... && notify`): not edited
+
+
+def _is_compound(command: str) -> bool:
+    """Whether the shell would run more than one plain command: an operator (`;` `&&` `|` `>` `(`) outside quotes, a
+    command substitution, or a line break. shlex.split would take the operators for words, and writing them back
+    quoted would break the user's command."""
+    if "`" in command or "$(" in command or "\n" in command:
+        return True
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return any(token and all(c in "();<>|&" for c in token) for token in lexer)
+    except ValueError:
+        return True
 
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -226,7 +246,9 @@ def parse_our_command(command: Any) -> _OurCommand | None:
         if rest[at + 1 : at + 2] not in (["session-start"], ["ingest"]):
             return None
         env = [w for w in words[:start] if _ASSIGNMENT.match(w)]
-        return _OurCommand(env=env, options=rest[:at], event=rest[at + 1], extras=rest[at + 2 :])
+        return _OurCommand(
+            env=env, options=rest[:at], event=rest[at + 1], extras=rest[at + 2 :], compound=_is_compound(command)
+        )
     return None
 
 
@@ -352,11 +374,17 @@ def plan_install(
     created_hooks = "hooks" not in new
     hooks: dict[str, Any] = new.setdefault("hooks", {})
     for event in EVENTS:
-        ours = _our_hooks(hooks.get(event, []))
+        found = _our_hooks(hooks.get(event, []))
+        ours = [o for o in found if not o[2].compound]
+        written = [hook for _, hook, parsed in found if parsed.compound]
         if event not in events:
             if ours:
                 _remove(hooks, event, [hook for _, hook, _ in ours])
                 notes.append(f"{event}: removed")
+            notes.extend(_left_by_hand(event, written))
+            continue
+        if written and not ours:
+            notes.extend(f"{event}: kept as written `{hook['command']}` (a shell command around agentcache's)" for hook in written)
             continue
         if not ours:
             command = shlex.join(_command_for(event, launcher, db, None))
@@ -389,14 +417,24 @@ def plan_uninstall(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     hooks = new.get("hooks")
     if not isinstance(hooks, dict):
         return new, notes
+    removed = False
     for event in list(hooks):
-        ours = _our_hooks(hooks[event])
+        found = _our_hooks(hooks[event])
+        ours = [hook for _, hook, parsed in found if not parsed.compound]
         if ours:
-            _remove(hooks, event, [hook for _, hook, _ in ours])
+            _remove(hooks, event, ours)
             notes.append(f"{event}: removed {len(ours)} agentcache hook(s)")
-    if notes and not hooks:
+            removed = True
+        notes.extend(_left_by_hand(event, [hook for _, hook, parsed in found if parsed.compound]))
+    if removed and not hooks:
         del new["hooks"]
     return new, notes
+
+
+def _left_by_hand(event: str, hooks: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{event}: left `{hook['command']}`: it runs other commands too; take agentcache out of it by hand" for hook in hooks
+    ]
 
 
 # the write
@@ -556,6 +594,7 @@ def run(args: argparse.Namespace, out: Any = None) -> int:
 
 
 def _run(args: argparse.Namespace, out: Any) -> int:
+    from .secrets import redact
     if args.project_dir is not None and args.scope == "user":
         raise InstallError("--project-dir applies to --scope project or local, not user", EXIT_USAGE)
     project = Path(args.project_dir or os.getcwd()).expanduser().absolute()
@@ -582,7 +621,9 @@ def _run(args: argparse.Namespace, out: Any) -> int:
     else:
         new, notes = plan_uninstall(settings.data)
     if new == settings.data:
-        print(f"{path}: nothing to change" + ("" if installing else " (no agentcache hooks)"), file=out)
+        print(f"{path}: nothing to change" + ("" if installing or notes else " (no agentcache hooks)"), file=out)
+        for note in notes:
+            print(f"  {note}", file=out)
         return 0
     text = settings.render(new)
     if args.dry_run:
@@ -591,7 +632,8 @@ def _run(args: argparse.Namespace, out: Any) -> int:
             print(f"  {note}", file=out)
         old_lines = settings.text.splitlines(keepends=True)
         diff = difflib.unified_diff(old_lines, text.splitlines(keepends=True), str(path), f"{path} (after)")
-        out.writelines(line if line.endswith("\n") else line + "\n" for line in diff)
+        # the lines around the change may hold the file's secrets (an "env" block's API keys): shown redacted
+        out.writelines(redact(line if line.endswith("\n") else line + "\n").text for line in diff)
         return 0
     backup = write_settings(path, settings, text)
     print(f"{path}: {'installed' if installing else 'uninstalled'}", file=out)

@@ -2,7 +2,8 @@
 
 Read without running git (a hook must start fast): the repository is found by walking up from the session's
 folder to a `.git` directory (or a worktree's `.git` file naming one), and its `origin` remote read from the
-config file. The same repository cloned twice, or opened from a worktree, maps to the same namespace:
+config file (regular files of at most 1 MiB only: a FIFO or a link to /dev/zero in an unpacked archive is passed
+over, not waited on or read without end). The same repository cloned twice, or opened from a worktree, maps to the same namespace:
 
     git@github.com:acme/widgets.git, https://github.com/acme/widgets  ->  git:github.com:acme:widgets
 
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 ENV_VAR = "AGENTCACHE_PROJECT_NAMESPACE"
@@ -53,6 +55,29 @@ def project_namespace(cwd: str | os.PathLike[str], environ: dict[str, str] | Non
     return _from_folder(folder)
 
 
+MAX_GIT_FILE_BYTES = 1024 * 1024
+"""A `.git` file, `commondir` or `config` larger than this is not read (git's own are a few KB)."""
+
+
+def _read_small(path: Path) -> str | None:
+    """The text of a regular file of at most MAX_GIT_FILE_BYTES; None for anything else. An unpacked archive may
+    hold a FIFO (which would block the hook forever) or a link to /dev/zero (endless) where git keeps a file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = f.read(MAX_GIT_FILE_BYTES + 1)
+        except OSError:
+            return None
+    if len(data) > MAX_GIT_FILE_BYTES:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
 def _find_git_dir(folder: Path) -> tuple[Path | None, Path]:
     """The repository's git directory (the common one for a worktree) and its top folder; (None, folder)."""
     for candidate in (folder, *folder.parents):
@@ -60,16 +85,16 @@ def _find_git_dir(folder: Path) -> tuple[Path | None, Path]:
         if dot_git.is_dir():
             return dot_git, candidate
         if dot_git.is_file():
-            try:
-                line = dot_git.read_text(encoding="utf-8", errors="replace").strip()
-            except OSError:
+            text = _read_small(dot_git)
+            if text is None:
                 return None, folder
+            line = text.strip()
             if line.startswith("gitdir:"):
                 target = (candidate / line[len("gitdir:") :].strip()).resolve()
-                common = target / "commondir"  # a worktree's git dir points at the main one
-                if common.is_file():
+                common = _read_small(target / "commondir")  # a worktree's git dir points at the main one
+                if common is not None:
                     with contextlib.suppress(OSError):
-                        target = (target / common.read_text(encoding="utf-8").strip()).resolve()
+                        target = (target / common.strip()).resolve()
                 return target, candidate
     return None, folder
 
@@ -77,9 +102,12 @@ def _find_git_dir(folder: Path) -> tuple[Path | None, Path]:
 def _origin_url(git_dir: Path) -> str | None:
     """The URL of the `origin` remote, else of the first remote; None if the config has none or is unreadable."""
     parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    text = _read_small(git_dir / "config")
+    if text is None:
+        return None
     try:
-        parser.read(git_dir / "config", encoding="utf-8")
-    except (configparser.Error, OSError, UnicodeDecodeError):
+        parser.read_string(text)
+    except configparser.Error:
         return None
     remotes = [s for s in parser.sections() if s.startswith('remote "') and parser.has_option(s, "url")]
     remotes.sort(key=lambda s: s != 'remote "origin"')

@@ -1,8 +1,12 @@
 """What transcript capture must never store: text inside `<private>` tags, and secrets.
 
 `strip_private(text)` removes every `<private>...</private>` span (tags in any case, with or without attributes,
-across lines, several per text, nested: the span ends at the matching close). An unclosed `<private>` hides
-everything after it. A `</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
+across lines, several per text, nested: the span ends at the matching close; full-width `＜private＞` and
+HTML-escaped `&lt;private&gt;` count too). An unclosed `<private>` hides
+everything after it, and so does a `<private` missing its `>` (the tag ends at the next `<` or with the text). A
+`</private>` with no open tag is dropped and hides nothing; `<private/>` hides nothing.
+`strip_private_from(text, depth)` carries an unclosed span over a sequence of texts (a session's messages): a
+`<private>` left open in one message hides the next ones until a `</private>` closes it.
 
 `redact(text)` replaces each secret it finds by `[redacted <kind>]` and says which kinds it found;
 `contains_secret(text)` is `bool(redact(text).kinds)`; `scrub(text)` is `redact(strip_private(text))`.
@@ -26,6 +30,9 @@ Redacted (kind: what):
 - `huggingface-token`: `hf_` + 30 or more letters; `npm-token`: `npm_` + 36; `pypi-token`: `pypi-` + 50 or more.
 - `sendgrid-key`: `SG.<16-32>.<16-64>`; `twilio-key`: `SK` + 32 hex digits; `telegram-bot-token`: `<digits>:<35>`;
   `digitalocean-token`: `dop_v1_` / `doo_v1_` + 64 hex digits; `shopify-token`: `shpat_` `shpss_` `shpca_` `shppa_`.
+- `token-fragment`: what is left of one of the prefixes above (`ghp_`, `xoxb-`, `sk_live_`, `sk-ant-`, `AIza`, `AKIA`,
+  ...) when the token is cut short or split across lines: the prefix with 6 or more characters, or the prefix, what
+  follows it on its line and the first word of the next line (`ghp_NqVw` / `YS81VP7H...`).
 - `jwt`: three dot-separated base64url parts, the first two starting `eyJ` (a JSON object).
 - `connection-string`: the password of `scheme://user:password@host` for any scheme (postgres, mysql, mongodb+srv,
   redis, amqp, https, ...). The scheme, user, host, port, path and query stay: `postgres://app:[redacted
@@ -34,7 +41,9 @@ Redacted (kind: what):
   scheme word `Bearer`, `Basic`, `Token`, ... kept); `bearer-token`: `Bearer <16 or more token characters>` anywhere.
 - `env-secret` / `password`: a `.env` or shell line (optionally `export NAME=`) whose upper-case name ends in
   `_KEY`, `SECRET`, `TOKEN`, `PASSWORD`, `PASSWD`, `_PASS`, `_PWD`, `_CREDENTIALS`, `_APIKEY`, `PASSPHRASE` or
-  `_SALT` (names with `PUBLIC` or `PUBLISHABLE` are kept); the value to the end of the word or the quotes. `password`
+  `_SALT`, or has one of these followed by `_BASE`, `_PROD`, `_DEV`, `_TEST`, `_LIVE`, `_STAGING`, `_OLD`, `_NEW`,
+  `_PRIMARY`, `_SECONDARY`, `_VALUE`, `_RAW` or a number (`SECRET_KEY_BASE`, `API_KEY_2`; the same suffixes count
+  in the assignments below) (names with `PUBLIC` or `PUBLISHABLE` are kept); the value to the end of the word or the quotes. `password`
   when the name says pass/pwd (`PGPASSWORD=...`, `MYSQL_PWD=...`).
 - `password` / `secret-assignment`: in code, config, JSON, YAML or a URL query, a value assigned (`=`, `:`, `:=`,
   `=>`) to a name ending in `password`, `passwd`, `passphrase`, `_pwd`, `_pass`, `secret`, `token`, `api_key` /
@@ -45,6 +54,16 @@ Redacted (kind: what):
   (`token: str`, `password: Optional[str]`), expressions (`os.environ["X"]`, `getpass()`), dotted names
   (`settings.password`) and a name repeated as its own value (`token=token`). Names that only contain a keyword are
   not secrets: `max_tokens=1024`, `tokenizer: bert`, `password_min_length=12`, `--password-stdin`.
+  An assignment inside an escaped JSON string, as a log or a JSON-in-JSON field prints it (`{\\"password\\":
+  \\"x\\"}`), counts the same.
+- `password` / `secret-assignment` in prose: a password, passphrase, secret, token, credential or API / access /
+  private / signing / deploy key named and then given with `is`, `was`, `will be`, `has been`, `is now`, ... or `to`
+  (`the staging db password is X`, `the token for CI was X`, `I changed the root password to X`), up to five words
+  between (`for the admin account`). The value is redacted if it is quoted (`"correct horse battery staple"`,
+  `` `x` ``) or is one word of 6 or more characters with a letter and a digit or symbol (`hunter2`, `Adm1n#`):
+  `the password is wrong`, `the token is 1024 characters`, `the password is in 1Password` are kept.
+- `password`: what is glued to `-p` on a `mysql`, `mysqldump`, `mysqladmin`, `mariadb` ... command line
+  (`mysql -uroot -pS3cret`); a bare `-p`, which prompts, is kept.
 - `high-entropy`: a run of 32 or more characters of `A-Z a-z 0-9 + / = _ -` that looks random: at least 3.5 bits of
   Shannon entropy per character, and at least 30 % of neighbouring characters change class (lower, upper, digit,
   other). Measured on random base64 and alphanumeric strings of 32-64 characters, every one passes both; on the
@@ -58,9 +77,9 @@ Kept (judgement calls, each tested both ways):
 - File paths, identifiers, URLs without a password, version numbers, e-mail addresses, short numbers.
 - The word "password" or "token" in prose ("the password must have 12 characters", "rotate the token").
 
-Not covered (say so rather than pretend): secrets without a recognisable shape, context or entropy (a short
-password typed into prose, `mysql -psecret`), a password containing a space outside quotes (only its first word is
-redacted), values split across lines other than PEM blocks, and secrets longer than 400 characters in an
+Not covered (say so rather than pretend): secrets without a recognisable shape, context or entropy (a password
+that is an ordinary word, or stated without its name: `log in with hunter2`), a password containing a space outside
+quotes (only its first word is redacted), values split across lines other than PEM blocks and provider tokens, and secrets longer than 400 characters in an
 unquoted assignment. Callers that keep only part of a text must redact the whole text before cutting it.
 """
 
@@ -72,7 +91,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Redacted", "contains_secret", "redact", "scrub", "strip_private"]
+__all__ = ["Redacted", "contains_secret", "redact", "scrub", "strip_private", "strip_private_from"]
 
 
 @dataclass(frozen=True)
@@ -85,15 +104,26 @@ class Redacted:
 
 # ---- <private> ---------------------------------------------------------------------------------------------------
 
-_PRIVATE_TAG = re.compile(r"<\s*(/?)\s*private(?=[\s>/])[^>]*>", re.IGNORECASE)
+_LT, _GT = r"(?:<|＜|&lt;)", r"(?:>|＞|&gt;)"  # also full-width (an IME's) and HTML-escaped (pasted) brackets
+_PRIVATE_TAG = re.compile(
+    rf"{_LT}\s*([/／]?)\s*private(?=[\s/／]|{_GT}|\Z)(?:(?!{_LT}|{_GT}).)*(?:{_GT}|(?={_LT})|\Z)",
+    re.IGNORECASE | re.DOTALL,
+)
+"""A tag that lacks its `>` (`<private the key is ...`) ends where the next tag starts, or with the text: still a tag."""
 
 
 def strip_private(text: str) -> str:
     """`text` without its `<private>...</private>` spans (see the module docstring)."""
-    if "<" not in text:
-        return text
+    return strip_private_from(text)[0]
+
+
+def strip_private_from(text: str, depth: int = 0) -> tuple[str, int]:
+    """`strip_private` for one text of a sequence (a session's messages): `depth` is how many `<private>` spans
+    the texts before it left open (its start is hidden until they close); returns what is kept and how many this
+    text leaves open for the next."""
+    if "<" not in text and "＜" not in text and "&lt;" not in text.lower():
+        return ("" if depth else text), depth
     kept: list[str] = []
-    depth = 0
     pos = 0
     for tag in _PRIVATE_TAG.finditer(text):
         if depth == 0:
@@ -101,11 +131,11 @@ def strip_private(text: str) -> str:
         pos = tag.end()
         if tag.group(1):  # a close: ends one level, or is stray and dropped
             depth = max(depth - 1, 0)
-        elif not tag.group(0)[:-1].rstrip().endswith("/"):  # an open (a self-closing <private/> hides nothing)
+        elif not re.search(rf"[/／]\s*{_GT}\Z", tag.group(0), re.IGNORECASE):  # an open (<private/> hides nothing)
             depth += 1
     if depth == 0:
         kept.append(text[pos:])
-    return "".join(kept)
+    return "".join(kept), depth
 
 
 # ---- secrets ------------------------------------------------------------------------------------------------------
@@ -146,10 +176,13 @@ def _value_span(match: re.Match[str]) -> tuple[int, int, bool] | None:
     """The span of a rule's value group `v` (quotes excluded), and whether it was quoted; None if it is no secret."""
     start, end = match.span("v")
     value = match.group("v")
-    quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"
+    escaped = len(value) >= 4 and value[0] == value[-2] == "\\" and value[1] == value[-1] and value[1] in "\"'"
+    quoted = escaped or (len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'`")
+    code = quoted and value[0] == "`"  # `settings.api_key` in backticks is code, a reference like an unquoted one
     if quoted:
-        start, end, value = start + 1, end - 1, value[1:-1]
-    if _is_placeholder(value.strip(), quoted):
+        cut = 2 if escaped else 1
+        start, end, value = start + cut, end - cut, value[cut:-cut]
+    if _is_placeholder(value.strip(), quoted and not code):
         return None
     return start, end, quoted
 
@@ -207,7 +240,32 @@ def _high_entropy(match: re.Match[str]) -> bool:
 _B = r"(?<![A-Za-z0-9_])"  # no word character before
 _E = r"(?![A-Za-z0-9_])"  # no word character after
 # a value: quoted, or up to a space, quote, `,` `;` `)` `}` `]`, or an `&` that starts the next `name=` of a query
-_VALUE = r"""(?P<v>"[^"\n]{1,400}"|'[^'\n]{1,400}'|[^\s"'`=,;&)}\]](?:[^\s"'`,;&)}\]]|&(?![A-Za-z_][\w.-]*=)){0,399})"""
+# (a value inside an escaped JSON string, `{\\"password\\": \\"x\\"}` as a log prints it, keeps its backslashes)
+_VALUE = (
+    r"""(?P<v>\\"[^"\n]{1,400}?\\"|\\'[^'\n]{1,400}?\\'|"[^"\n]{1,400}"|'[^'\n]{1,400}'"""
+    r"""|[^\s"'`=,;&)}\]](?:[^\s"'`,;&)}\]]|&(?![A-Za-z_][\w.-]*=)){0,399})"""
+)
+# a secret stated in prose: `the staging password is X`, `the token for CI was X`, `changed the password to X`
+_PROSE_NAME = (
+    r"(?P<n>password|passwd|passphrase|passcode|pwd|secret|token|apikey|credentials?"
+    r"|(?:api|access|secret|private|auth|signing|deploy|license|encryption|master)[ _-]?key)"
+)
+_PROSE_LINK = (
+    r"(?:[ \t]+(?:for|of|on|to|in|at|from)(?:[ \t]+[^\s.,;:!?]+){1,5}?)?"  # for the admin account
+    r"(?:[ \t]+(?:is|was|are|were|will[ \t]+be|has[ \t]+been|became|remains)"
+    r"(?:[ \t]+(?:now|still|just|currently|actually|always))?(?:[ \t]+(?:set|changed)[ \t]+to)?[ \t]*:?"
+    r"|[ \t]+to)[ \t]+"
+)
+_TOKEN_CHARS = r"[^\s\"'`,;()<>\[\]{}]"
+# quoted, or one word with a letter and a digit or symbol (`hunter2`, not `wrong`, `1024` or `in`)
+_PROSE_VALUE = (
+    r"(?P<v>\"[^\"\n]{4,200}\"|'[^'\n]{4,200}'|`[^`\n]{4,200}`"
+    rf"|(?={_TOKEN_CHARS}*[A-Za-z])(?={_TOKEN_CHARS}*[0-9!@#$%^&*+=~|]){_TOKEN_CHARS}{{6,200}}?(?=[.:!?]*(?!{_TOKEN_CHARS})))"
+)
+
+_NAME_SUFFIX = r"(?i:[_.-](?:base|prod|production|dev|development|test|live|staging|old|new|primary|secondary|value|raw|v?\d{1,3}))*"
+"""What may follow a secret's keyword in its name (`SECRET_KEY_BASE`, `API_KEY_2`, `db_password_prod`); other
+suffixes say the value is about the secret, not the secret (`TOKEN_TTL`, `SECRET_KEY_FILE`, `PASSWORD_MIN_LENGTH`)."""
 
 _RULES: tuple[_Rule, ...] = (
     _Rule(
@@ -253,6 +311,14 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("telegram-bot-token", re.compile(_B + r"[0-9]{8,10}:AA[A-Za-z0-9_-]{33}" + r"(?![A-Za-z0-9_-])")),
     _Rule("digitalocean-token", re.compile(_B + r"do[opr]_v1_[a-f0-9]{64}" + _E)),
     _Rule("shopify-token", re.compile(_B + r"shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}" + _E)),
+    _Rule(
+        "token-fragment",
+        re.compile(
+            r"(?<![A-Za-z0-9_.-])(?:gh[pousr]_|github_pat_|gl(?:pat|dt|rt|ptt|ft|soat)-|xox[abprse]-|xapp-|[sr]k_(?:live|test)_"
+            r"|whsec_|sk-ant-|sk-(?:proj|svcacct|admin)-|AIza|ya29\.|do[opr]_v1_|shp(?:at|ss|ca|pa)_|AKIA|ASIA)"
+            r"(?:[A-Za-z0-9_.-]*[ \t]*\r?\n[ \t]*[A-Za-z0-9_+/=-]{6,}|[A-Za-z0-9_-]{6,})"
+        ),
+    ),
     _Rule("jwt", re.compile(_B + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
     _Rule(
         "connection-string",
@@ -271,7 +337,7 @@ _RULES: tuple[_Rule, ...] = (
         _password_or("env-secret"),
         re.compile(
             r"(?m)^[ \t]*(?:export[ \t]+)?(?P<n>[A-Z][A-Z0-9_]*(?:_KEY|SECRET|TOKEN|PASSWORD|PASSWD|_PASS|_PWD|_CREDENTIALS"
-            r"|_APIKEY|PASSPHRASE|_SALT))[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\"|'[^'\n]*'|[^\s#]+)"
+            r"|_APIKEY|PASSPHRASE|_SALT)" + _NAME_SUFFIX + r")[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\"|'[^'\n]*'|[^\s#]+)"
         ),
         whole=False,
         check=_not_public,
@@ -280,8 +346,8 @@ _RULES: tuple[_Rule, ...] = (
         _password_or("secret-assignment"),
         re.compile(
             r"(?i)(?<![A-Za-z0-9_.-])(?P<n>[A-Za-z0-9_.-]{0,60}?(?:password|passwd|passphrase|[_.-]pwd|[_.-]pass|secret"
-            r"|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key))(?![A-Za-z0-9_-])"
-            r"[\"']?[ \t]*(?:=>|:=|[:=])[ \t]*" + _VALUE
+            r"|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key)" + _NAME_SUFFIX + r")(?![A-Za-z0-9_-])"
+            r"(?:\\?[\"'])?[ \t]*(?:=>|:=|[:=])[ \t]*" + _VALUE
         ),
         whole=False,
     ),
@@ -290,6 +356,15 @@ _RULES: tuple[_Rule, ...] = (
         re.compile(
             r"(?i)(?<![A-Za-z0-9_-])(?P<n>--?[A-Za-z0-9-]{0,40}?(?:password|passwd|passphrase|secret|token|api-?key"
             r"|access-key|secret-key))(?![A-Za-z0-9_-])[ \t]+" + _VALUE
+        ),
+        whole=False,
+    ),
+    _Rule(_password_or("secret-assignment"), re.compile(r"(?i)(?<![A-Za-z0-9_-])" + _PROSE_NAME + _PROSE_LINK + _PROSE_VALUE), whole=False),
+    _Rule(
+        "password",
+        re.compile(
+            r"(?<![\w-])(?i:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mariadb(?:-dump|-admin)?)"
+            r"(?![\w-])[^\n|;&]{0,200}?[ \t]-p(?P<v>\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'`]{1,200})"
         ),
         whole=False,
     ),

@@ -26,12 +26,14 @@ read; tool calls and tool results become `tool` messages (text bounded), which c
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_LINE_BYTES = 8 * 1024 * 1024
 """A longer line (a huge tool result, a pasted image) is skipped without being parsed."""
@@ -89,6 +91,19 @@ class TranscriptPart:
     """The number of the last line consumed."""
 
 
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """`open(path, "rb")` for a regular file; OSError for anything else (a FIFO, a device, a directory), raised at
+    once: a FIFO put where a file was checked a moment before would otherwise block the hook until a writer came."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        return os.fdopen(fd, "rb")  # O_NONBLOCK changes nothing for a regular file
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_transcript(path: str | os.PathLike[str]) -> tuple[list[Message], list[str]]:
     """Every message of the transcript, in file order, and a note for each line skipped as unreadable."""
     part = read_transcript_part(path)
@@ -99,7 +114,7 @@ def read_transcript_part(path: str | os.PathLike[str], offset: int = 0, first_li
     """The messages from byte `offset` on (a line boundary a previous read returned as its end_offset; its line
     number is `first_line`). OSError if the file cannot be read."""
     part = TranscriptPart(end_offset=offset, end_line=first_line - 1)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         f.seek(offset)
         position = offset
         number = first_line - 1
@@ -115,11 +130,16 @@ def read_transcript_part(path: str | os.PathLike[str], offset: int = 0, first_li
                 continue
             try:
                 entry = json.loads(raw.decode("utf-8", errors="replace").lstrip("\ufeff"))
-            except (json.JSONDecodeError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:  # ValueError: also a number of more than 4,300 digits
                 if not complete:
                     part.notes.append(f"line {number}: not valid JSON and without a line end (still being written?), skipped")
                     break  # read again next time
-                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                if isinstance(exc, json.JSONDecodeError):
+                    why = exc.msg
+                elif isinstance(exc, RecursionError):
+                    why = "nested too deeply"
+                else:
+                    why = "a number too long to read"
                 part.notes.append(f"line {number}: not valid JSON ({why}), skipped")
                 part.end_offset, part.end_line = position, number
                 continue
