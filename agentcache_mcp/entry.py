@@ -12,8 +12,12 @@ import sys
 
 def main() -> None:
     if sys.argv[1:2] == ["hook"]:
-        from .hooks.runner import main as run_hook
-
+        try:
+            from .hooks.runner import main as run_hook
+        except Exception as exc:  # a broken installation must not break the session either (the runner logs
+            # every later error itself; this one can only be said on stderr, which the host shows or drops)
+            print(f"agentcache-mcp hook: cannot load the hook runner: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(0)
         sys.exit(run_hook(sys.argv[2:]))
     from .cli import main as cli_main
 

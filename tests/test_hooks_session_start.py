@@ -662,3 +662,19 @@ def test_the_hook_reads_a_postgresql_store_the_same_way(
     assert read_memories(StoreLocation(url=postgres_url), "nobody", time.time()) == []
     best = read_memories(StoreLocation(url=postgres_url), NS, time.time(), limit=1)
     assert best[0].score == pytest.approx(documented_score(1.0, 0, 0), abs=1e-3)  # the same sum as SQLite's
+
+
+def test_a_hook_whose_runner_cannot_be_imported_still_exits_0_with_one_line_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken installation (a module missing or failing to import) must not fail the host's session."""
+    import agentcache_mcp.entry
+
+    monkeypatch.setitem(sys.modules, "agentcache_mcp.hooks.runner", None)  # the import raises ImportError
+    monkeypatch.setattr(sys, "argv", ["agentcache-mcp", "hook", "session-start"])
+    with pytest.raises(SystemExit) as exited:
+        agentcache_mcp.entry.main()
+    assert exited.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("agentcache-mcp hook: cannot load the hook runner: ModuleNotFoundError") and captured.err.count("\n") == 1
