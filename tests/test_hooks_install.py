@@ -574,3 +574,14 @@ def test_the_running_installation_gets_a_launcher_that_exists() -> None:
     chosen = install.this_installation()
     assert Path(chosen.argv[0]).is_absolute() and Path(chosen.argv[0]).exists()
     assert chosen.reason
+
+
+@pytest.mark.parametrize("prefix", ["timeout 5", "nice -n 10", "env -u PYTHONPATH", "FOO=1 timeout 5"])
+def test_a_prefix_the_user_put_before_an_older_command_is_kept_on_update(user_settings: Path, prefix: str) -> None:
+    old = f"{prefix} /home/me/old-venv/bin/agentcache-mcp hook session-start"
+    write(user_settings, {"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": old, "timeout": 5}]}]}})
+    assert run("install", "claude-code") == 0
+    data = json.loads(user_settings.read_text())
+    assert data["hooks"]["SessionStart"] == [
+        {"hooks": [{"type": "command", "command": f"{prefix} {QUOTED} hook session-start", "timeout": 5}]}
+    ]

@@ -200,7 +200,7 @@ def _installed_for(scripts_dir: Path, python: str) -> bool:
 
 @dataclass(frozen=True)
 class _OurCommand:
-    env: list[str]  # NAME=value words before the launcher: kept
+    env: list[str]  # the words before the launcher (`NAME=value`, `timeout 5`, `nice -n 10`): kept
     options: list[str]  # between the launcher and `hook` (`--db PATH`): kept
     event: str
     extras: list[str]  # after the event (`--max-chars 1000`): kept
@@ -221,7 +221,6 @@ def _is_compound(command: str) -> bool:
         return True
 
 
-_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def parse_our_command(command: Any) -> _OurCommand | None:
@@ -245,7 +244,7 @@ def parse_our_command(command: Any) -> _OurCommand | None:
         at = rest.index("hook")
         if rest[at + 1 : at + 2] not in (["session-start"], ["ingest"]):
             return None
-        env = [w for w in words[:start] if _ASSIGNMENT.match(w)]
+        env = words[:start]  # the user's prefix, kept whole: `VAR=value`, `timeout 5`, `nice -n 10`, `env -u X`
         return _OurCommand(
             env=env, options=rest[:at], event=rest[at + 1], extras=rest[at + 2 :], compound=_is_compound(command)
         )
