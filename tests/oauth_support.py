@@ -54,11 +54,13 @@ def auth_state(path: Path) -> Iterator[AuthStateStore]:
         memory.close()
 
 
-def protected_app(server: AuthorizationServer, mcp_app: ASGIApp | None = None) -> Starlette:
+def protected_app(
+    server: AuthorizationServer, mcp_app: ASGIApp | None = None, *, issuer: str = ISSUER, resource: str = RESOURCE
+) -> Starlette:
     """The authorization server's routes, RFC 9728 metadata, and `mcp_app` (or a plain echo at /mcp) behind the
-    SDK's bearer check with `server.verifier`, audience-checked against RESOURCE."""
+    SDK's bearer check with `server.verifier`, audience-checked against `resource`; a page at /callback."""
     prm = ProtectedResourceMetadata.model_validate(
-        {"resource": RESOURCE, "authorization_servers": [ISSUER], "scopes_supported": ["memory"]}
+        {"resource": resource, "authorization_servers": [issuer], "scopes_supported": ["memory"]}
     )
 
     async def whoami(request: Request) -> Response:
@@ -72,14 +74,14 @@ def protected_app(server: AuthorizationServer, mcp_app: ASGIApp | None = None) -
         *server.routes,
         Route(PRM_PATH, ProtectedResourceMetadataHandler(prm).handle, methods=["GET"]),
         Route("/callback", callback, methods=["GET"]),
-        Mount("", app=RequireAuthMiddleware(inner, ["memory"], AnyHttpUrl(ISSUER + PRM_PATH))),
+        Mount("", app=RequireAuthMiddleware(inner, ["memory"], AnyHttpUrl(issuer + PRM_PATH))),
     ]
     return Starlette(
         routes=routes,
         middleware=[
             Middleware(
                 AuthenticationMiddleware,
-                backend=BearerAuthBackend(server.verifier, resource_server_url=AnyHttpUrl(RESOURCE)),
+                backend=BearerAuthBackend(server.verifier, resource_server_url=AnyHttpUrl(resource)),
             ),
             Middleware(AuthContextMiddleware),
         ],
