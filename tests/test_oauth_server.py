@@ -109,14 +109,8 @@ class MemoryStorage:
         self.client = client_info
 
 
-async def test_the_sdk_client_discovers_registers_authorizes_and_calls_a_tool(state: AuthStateStore, tmp_path: Path) -> None:
-    mcp = build_server(Settings(db_path=tmp_path / "memory.db", auto_forget_enabled=False), embedder=HashEmbedder())
-    mcp_app = mcp.streamable_http_app(
-        stateless_http=True, transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    )
-    app = protected_app(build(state), mcp_app)
-    landed: list[httpx2.Response] = []
-    browser = http_client(app)  # the owner's browser: its own cookies, no bearer token
+def sdk_client(app: Any, storage: MemoryStorage, landed: list[httpx2.Response], browser: httpx2.AsyncClient) -> OAuthClientProvider:
+    """The SDK's OAuth client; its browser step posts the consent form with the passphrase, as the owner would."""
 
     async def redirect_handler(url: str) -> None:
         landed.append(await consent(browser, url))
@@ -125,8 +119,7 @@ async def test_the_sdk_client_discovers_registers_authorizes_and_calls_a_tool(st
         params = redirect_params(landed[-1])
         return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
 
-    storage = MemoryStorage()
-    provider = OAuthClientProvider(
+    return OAuthClientProvider(
         server_url=RESOURCE,
         client_metadata=OAuthClientMetadata(
             client_name="SDK client", redirect_uris=[AnyUrl(CALLBACK)], grant_types=["authorization_code", "refresh_token"]
@@ -135,10 +128,27 @@ async def test_the_sdk_client_discovers_registers_authorizes_and_calls_a_tool(st
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
     )
+
+
+def memory_mcp_app(tmp_path: Path) -> Any:
+    mcp = build_server(Settings(db_path=tmp_path / "memory.db", auto_forget_enabled=False), embedder=HashEmbedder())
+    return mcp.streamable_http_app(
+        stateless_http=True, transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    )
+
+
+async def test_the_sdk_client_discovers_registers_authorizes_and_calls_a_tool(state: AuthStateStore, tmp_path: Path) -> None:
+    mcp_app = memory_mcp_app(tmp_path)
+    app = protected_app(build(state), mcp_app)
+    landed: list[httpx2.Response] = []
+    storage = MemoryStorage()
+    browser = http_client(app)  # the owner's browser: its own cookies, no bearer token
     async with (
         browser,
         mcp_app.router.lifespan_context(mcp_app),
-        httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), auth=provider, timeout=30) as http,
+        httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), auth=sdk_client(app, storage, landed, browser), timeout=30
+        ) as http,
         Client(streamable_http_client(RESOURCE, http_client=http)) as client,
     ):
         remembered = await client.call_tool("remember", {"text": "The owner's bike is green.", "namespace": "home"})
@@ -153,6 +163,33 @@ async def test_the_sdk_client_discovers_registers_authorizes_and_calls_a_tool(st
     assert storage.client is not None and storage.client.token_endpoint_auth_method == "none"
     [grant] = state.list_grants()
     assert grant.client_id == storage.client.client_id and grant.resource == RESOURCE and grant.scopes == ("memory",)
+
+
+async def test_the_sdk_client_refreshes_with_a_rotated_token_once_its_access_token_expired(
+    state: AuthStateStore, tmp_path: Path
+) -> None:
+    mcp_app = memory_mcp_app(tmp_path)
+    app = protected_app(build(state, access_ttl_s=1), mcp_app)
+    landed: list[httpx2.Response] = []
+    storage = MemoryStorage()
+    browser = http_client(app)
+    async with (
+        browser,
+        mcp_app.router.lifespan_context(mcp_app),
+        httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), auth=sdk_client(app, storage, landed, browser), timeout=30
+        ) as http,
+        Client(streamable_http_client(RESOURCE, http_client=http)) as client,
+    ):
+        assert not (await client.call_tool("remember", {"text": "Tea, no sugar.", "namespace": "home"})).is_error
+        first = storage.tokens
+        await anyio.sleep(2.1)
+        assert not (await client.call_tool("recall", {"query": "tea", "namespace": "home"})).is_error
+        second = storage.tokens
+    assert first is not None and second is not None
+    assert second.access_token != first.access_token and second.refresh_token != first.refresh_token
+    assert len(landed) == 1, "refreshed, not authorized again"
+    assert len(state.list_grants()) == 1
 
 
 async def test_the_verifier_returns_the_token_with_its_resource_client_and_scope(state: AuthStateStore) -> None:
@@ -549,6 +586,21 @@ async def test_an_approval_redirects_with_303_code_state_and_iss(http: httpx2.As
     assert response.headers["location"].startswith(CALLBACK + "?")
     params = redirect_params(response)
     assert params["state"] == "s1" and params["iss"] == ISSUER and len(params["code"]) >= 43
+
+
+async def test_registration_at_the_cap_replaces_the_oldest_unapproved_client_but_never_an_approved_one(
+    state: AuthStateStore,
+) -> None:
+    async with http_client(protected_app(build(state, max_clients=2))) as http:
+        approved = await register(http, name="approved")
+        await tokens(http, approved.client_id)
+        idle = await register(http, name="idle")
+        newcomer = await register(http, name="newcomer")
+        assert {c.client_id for c in state.list_clients()} == {approved.client_id, newcomer.client_id}
+        assert idle.client_id != newcomer.client_id
+        await tokens(http, newcomer.client_id)
+        refused = await http.post("/register", json={"redirect_uris": [CALLBACK]})
+        assert refused.status_code == 400 and "remove-client" in refused.json()["error_description"]
 
 
 async def test_a_tampered_or_expired_consent_request_is_refused(http: httpx2.AsyncClient) -> None:
