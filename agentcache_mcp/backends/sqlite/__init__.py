@@ -24,7 +24,9 @@ class SqliteAuthState(SqlAuthState):
     (BEGIN IMMEDIATE) holds the file's one write lock, across processes."""
 
     def conflict(self, exc: Exception) -> Conflict:
-        return "unique" if isinstance(exc, sqlite3.IntegrityError) else None
+        # Foreign keys are not enforced (the revoke deletes a grant's rows itself), so only a key can clash.
+        unique = isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc)
+        return "unique" if unique else None
 
 
 class SqliteBackend:
@@ -70,6 +72,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
+        self.auth_state.housekeeping()
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
