@@ -585,6 +585,7 @@ async def test_the_consent_page_shows_the_client_the_redirect_host_and_the_scope
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "same-origin", "no-referrer makes Chromium post with Origin: null"
     cookie = page.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/consent" in cookie
     framed = await http.get(page.url, headers={"Sec-Fetch-Dest": "iframe"})

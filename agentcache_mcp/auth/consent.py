@@ -39,7 +39,7 @@ would not), so a page showing a request adds the origin of that request's redire
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer makes chromium post the form with `Origin: null`
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -150,12 +150,12 @@ class Signer:
 
     def ticket(self, pending: PendingAuthorization) -> str:
         body = _b64(json.dumps(pending.__dict__, separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{self._mac('ticket', body)}"
+        return body + "." + self._mac("oauth-ticket", body)
 
     def open_ticket(self, ticket: str, now: float) -> PendingAuthorization | None:
         """The pending authorization in a ticket this server signed and that has not expired; else None."""
         body, _, mac = ticket.partition(".")
-        if not body or not hmac.compare_digest(mac.encode(), self._mac("ticket", body).encode()):
+        if not body or not hmac.compare_digest(mac.encode(), self._mac("oauth-ticket", body).encode()):
             return None
         try:
             fields = json.loads(_unb64(body))
@@ -165,7 +165,7 @@ class Signer:
         return pending if pending.expires_at > now else None
 
     def csrf(self, ticket: str, nonce: str) -> str:
-        return self._mac("csrf", ticket, nonce)
+        return self._mac("oauth-csrf", ticket, nonce)
 
     def csrf_ok(self, given: object, ticket: str, nonce: str | None) -> bool:
         if not isinstance(given, str) or not nonce:

@@ -134,9 +134,10 @@ class AuthServerConfig:
     https://github.com/exceptionless/Exceptionless/pull/2404, https://github.com/FlowFuse/flowfuse/issues/8270).
     After the window a reuse revokes the grant. 0: strict."""
     signing_secret: str | None = None
-    """Signs the consent page's pending requests and CSRF tokens. Replicas behind one URL must share it (e.g. the
-    store's UI secret), or an approval posted to another replica than the one that showed the page is refused
-    as out of date; None: a random secret of this process."""
+    """Signs the consent page's pending requests and CSRF tokens (labelled `oauth-...`, so the UI's secret may be
+    reused). Replicas behind one URL must share it (the store's `MemoryService.ui_secret` is shared already), or
+    an approval posted to another replica than the one that showed the page is refused as out of date; None: a
+    random secret of this process."""
     failed_passphrase_pause_s: float = consent.FAILED_PASSPHRASE_PAUSE_S
     max_clients: int = 1000
     """Registration is open to anyone, so the number of clients is capped: at the cap a new one replaces the
