@@ -700,6 +700,10 @@ async def test_a_client_id_metadata_document_whose_client_id_differs_is_refused(
         ("https://internal.example/client.json", "192.168.1.1"),
         ("https://internal.example/client.json", "::ffff:127.0.0.1"),
         ("https://internal.example/client.json", "100.64.0.1"),
+        ("https://internal.example/client.json", "64:ff9b::7f00:1"),  # NAT64 to 127.0.0.1
+        ("https://internal.example/client.json", "2002:a00:1::1"),  # 6to4 of 10.0.0.1
+        ("https://internal.example/client.json", "::127.0.0.1"),  # IPv4-compatible
+        ("https://internal.example/client.json", "fe80::1%eth0"),
     ],
 )
 async def test_a_client_id_metadata_document_url_on_a_private_address_is_refused(

@@ -9,7 +9,8 @@ attacker's behalf to addresses the attacker cannot reach (the loopback interface
 service). So:
 - the URL must be https, with a host and a path, without user information, a fragment or dot segments;
 - the host is resolved first and every address it resolves to must be globally routable (no loopback, private,
-  link-local, shared, reserved, multicast or unspecified address, IPv4-mapped ones included); the request then
+  link-local, shared, reserved, multicast or unspecified address, nor an IPv6 address carrying one: mapped,
+  IPv4-compatible, 6to4, NAT64); the request then
   goes to the checked address itself (the Host header and TLS SNI/certificate name are the URL's host), so a
   second DNS answer cannot point the connection elsewhere (DNS rebinding);
 - no proxy from the environment, no redirects, a total timeout, and a size cap read as a stream;
@@ -72,14 +73,31 @@ def check_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and may reach (mapped, IPv4-compatible, 6to4, NAT64), if any:
+    Python calls `64:ff9b::7f00:1` (NAT64 to 127.0.0.1) and `2002:7f00:1::1` (6to4) global."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in IPV4_COMPATIBLE or any(ip in prefix for prefix in NAT64_PREFIXES):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def public_address(address: str) -> bool:
     """Is this IP address one the server may connect to on a stranger's behalf (globally routable unicast)?"""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    if embedded is not None and not public_address(str(embedded)):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
