@@ -109,7 +109,13 @@ class MemoryStorage:
         self.client = client_info
 
 
-def sdk_client(app: Any, storage: MemoryStorage, landed: list[httpx2.Response], browser: httpx2.AsyncClient) -> OAuthClientProvider:
+def sdk_client(
+    app: Any,
+    storage: MemoryStorage,
+    landed: list[httpx2.Response],
+    browser: httpx2.AsyncClient,
+    client_metadata_url: str | None = None,
+) -> OAuthClientProvider:
     """The SDK's OAuth client; its browser step posts the consent form with the passphrase, as the owner would."""
 
     async def redirect_handler(url: str) -> None:
@@ -127,6 +133,7 @@ def sdk_client(app: Any, storage: MemoryStorage, landed: list[httpx2.Response], 
         storage=storage,
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
+        client_metadata_url=client_metadata_url,
     )
 
 
@@ -678,6 +685,31 @@ async def test_a_client_id_metadata_document_client_completes_the_flow(state: Au
     assert request.extensions["sni_hostname"] == "app.example.com"
     stored = state.get_client(CIMD_URL)
     assert stored is not None and stored.metadata["client_name"] == "Example app"
+
+
+async def test_the_sdk_client_with_a_client_id_metadata_document_registers_nothing_and_calls_a_tool(
+    state: AuthStateStore, tmp_path: Path
+) -> None:
+    fetcher = cimd_fetcher({"client_id": CIMD_URL, "client_name": "Example app", "redirect_uris": [CALLBACK]})
+    mcp_app = memory_mcp_app(tmp_path)
+    app = protected_app(build(state, fetcher), mcp_app)
+    landed: list[httpx2.Response] = []
+    storage = MemoryStorage()
+    browser = http_client(app)
+    async with (
+        browser,
+        mcp_app.router.lifespan_context(mcp_app),
+        httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app),
+            auth=sdk_client(app, storage, landed, browser, client_metadata_url=CIMD_URL),
+            timeout=30,
+        ) as http,
+        Client(streamable_http_client(RESOURCE, http_client=http)) as client,
+    ):
+        assert not (await client.call_tool("remember", {"text": "Plants need water on Sundays.", "namespace": "home"})).is_error
+    assert [c.client_id for c in state.list_clients()] == [CIMD_URL], "no dynamic registration"
+    assert [g.client_id for g in state.list_grants()] == [CIMD_URL]
+    assert redirect_params(landed[0])["iss"] == ISSUER
 
 
 async def test_a_client_id_metadata_document_whose_client_id_differs_is_refused(state: AuthStateStore) -> None:
