@@ -599,6 +599,17 @@ async def test_the_consent_page_shows_the_client_the_redirect_host_and_the_scope
     assert framed.status_code == 403
 
 
+async def test_an_unknown_scope_is_refused_but_offline_access_is_taken_as_granted(http: httpx2.AsyncClient) -> None:
+    client = await register(http)
+    _, challenge = pkce()
+    refused = redirect_params(await http.get(authorize_url(client.client_id, challenge, scope="memory admin")))
+    assert refused["error"] == "invalid_scope" and refused["iss"] == ISSUER
+    verifier, challenge = pkce()
+    code = await code_for(http, client.client_id, challenge, scope="memory offline_access")
+    issued = OAuthToken.model_validate_json((await exchange(http, client.client_id, code, verifier)).content)
+    assert issued.scope == "memory" and issued.refresh_token
+
+
 async def test_every_authorization_shows_the_consent_page_even_for_an_approved_client(http: httpx2.AsyncClient) -> None:
     client = await register(http)
     await tokens(http, client.client_id)

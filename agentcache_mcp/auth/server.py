@@ -158,6 +158,14 @@ class RegisteredClient(OAuthClientInformationFull):
 
     _extra_redirects: tuple[str, ...] = PrivateAttr(default=())
 
+    def validate_scope(self, requested_scope: str | None) -> list[str] | None:
+        # `offline_access` (OpenID Connect's way to ask for a refresh token) is granted implicitly: every grant
+        # here has one. Dropped rather than refused, so clients that always add it are not turned away.
+        if requested_scope is not None:
+            kept = [scope for scope in requested_scope.split() if scope != "offline_access"]
+            requested_scope = " ".join(kept) if kept else None
+        return super().validate_scope(requested_scope)
+
     def validate_redirect_uri(self, redirect_uri: AnyUrl | None) -> AnyUrl:
         registered = [str(uri) for uri in self.redirect_uris or []]
         if redirect_uri is None:
