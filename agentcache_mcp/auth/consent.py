@@ -69,7 +69,8 @@ button{padding:.5rem 1.2rem;font-size:1rem;margin-right:.6rem}.warn{color:#8a530
 <h1>Allow access to your memory?</h1>
 {% if error %}<p class="error" role="alert" id="error">{{ error }}</p>{% endif %}
 {% if ticket %}
-<p><strong id="client-name">{{ client_name }}</strong> asks to use this agentcache memory server.</p>
+<p>An app calling itself <strong id="client-name">{{ client_name }}</strong> asks to use this agentcache memory
+server. Approve only if you are connecting it yourself, now.</p>
 <dl>
 <dt>Client</dt><dd id="client-id">{{ client_id }}</dd>
 <dt>Sends you back to</dt><dd id="redirect-host">{{ redirect_host }}</dd>
