@@ -581,6 +581,33 @@ async def test_a_wrong_passphrase_is_refused_and_each_failure_waits_longer(
         assert "code" in redirect_params(await http.post("/consent", data=retry))
 
 
+async def test_parallel_passphrase_guesses_are_refused_unchecked_while_a_wrong_one_is_paused_for(
+    state: AuthStateStore,
+) -> None:
+    server = build(state, failed_passphrase_pause_s=1.0)
+    async with http_client(protected_app(server)) as http:
+        client = await register(http)
+        _, challenge = pkce()
+        page = await open_consent(http, authorize_url(client.client_id, challenge))
+        data = {**form_fields(page.text), "decision": "approve"}
+        answers: list[httpx2.Response] = []
+
+        async def guess() -> None:
+            answers.append(await http.post("/consent", data={**data, "passphrase": "guess"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(guess)
+            with anyio.fail_after(30):
+                while not server.passphrase_gate.busy:
+                    await anyio.sleep(0.01)
+            during = await http.post("/consent", data={**data, "passphrase": PASSPHRASE})
+        assert during.status_code == 429 and "wait a few seconds" in during.text
+        assert state.list_grants() == [], "the right passphrase posted during the pause was not even compared"
+        assert [a.status_code for a in answers] == [403]
+        retry = await http.post("/consent", data={**data, "passphrase": PASSPHRASE})
+        assert "code" in redirect_params(retry), "after the pause it works"
+
+
 async def test_the_consent_page_shows_the_client_the_redirect_host_and_the_scope_and_cannot_be_framed(
     http: httpx2.AsyncClient,
 ) -> None:

@@ -9,9 +9,10 @@
   is refused (403). Another site cannot read the page (no CORS) and cannot set the cookie.
 - Clickjacking: `frame-ancestors 'none'` and `X-Frame-Options: DENY`, and a request to load the page into a frame
   (`Sec-Fetch-Dest: iframe`) is refused outright; the page runs no script at all (CSP `script-src 'none'`).
-- The passphrase is compared in constant time (by digest); a wrong one is answered after a pause taken one
-  failure at a time across all connections of this process, growing with the recent failures, so guessing runs
-  at under one try per second (per process) and slows down further.
+- The passphrase is compared in constant time (by digest); a wrong one is answered after a pause, growing with
+  the recent failures, and while that pause runs every other post is refused (429) without being compared: so
+  guessing runs at under one try per second per process, slowing down further, whatever the parallelism, and a
+  flood of guesses holds no connections open. (The owner's own post in that moment is refused too: retry.)
 - After the POST the browser is sent on with 303 See Other, so it follows with a GET and the form (with the
   passphrase) is never re-posted to the client (RFC 9700 §4.11).
 """
@@ -184,6 +185,11 @@ class PassphraseGate:
         self.pause_s = pause_s
         self._failures: list[float] = []
         self._lock: anyio.Lock | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Is a wrong passphrase's pause being taken right now (by any connection of this process)?"""
+        return self._lock is not None and self._lock.locked()
 
     def matches(self, given: object) -> bool:
         if not isinstance(given, str):

@@ -536,6 +536,7 @@ class AuthorizationServer:
     provider: StoreAuthorizationProvider
     metadata: OAuthMetadata
     fetcher: ClientMetadataFetcher = field(repr=False)
+    passphrase_gate: consent.PassphraseGate = field(repr=False)
 
 
 def _cors(app: ASGIApp, methods: list[str]) -> ASGIApp:
@@ -774,6 +775,18 @@ def build_authorization_server(
             return RedirectResponse(back(error="access_denied"), status_code=303, headers={"Cache-Control": "no-store"})
         if decision != "approve":
             return page(400, error="Choose Approve or Deny.")
+        if gate.busy:
+            # A wrong passphrase is being paused for: no other is even compared meanwhile (so parallel guesses
+            # gain nothing), and none waits in line holding a connection (so a flood cannot fill the server).
+            log.warning("oauth: a consent post during the pause after a wrong passphrase; refused unchecked")
+            return page(
+                429,
+                pending.redirect_uri,
+                error="Too many wrong passphrases just now: wait a few seconds, then try again.",
+                ticket=ticket,
+                csrf=form["csrf"],
+                **shown,
+            )
         if not gate.matches(form.get("passphrase")):
             log.warning("oauth: a wrong passphrase on the consent page for client %r", pending.client_id)
             await gate.failed()
@@ -812,7 +825,7 @@ def build_authorization_server(
                 methods=["GET", "OPTIONS"],
             )
         )
-    return AuthorizationServer(routes, StoreTokenVerifier(provider), provider, metadata, fetcher)
+    return AuthorizationServer(routes, StoreTokenVerifier(provider), provider, metadata, fetcher, gate)
 
 
 def _origin(uri: str | None) -> str | None:
