@@ -43,7 +43,8 @@ from oauth_support import (
 )
 from pydantic import AnyUrl
 
-from agentcache_mcp.auth import client_metadata, consent
+from agentcache_mcp.auth import client_metadata
+from agentcache_mcp.auth.consent import PendingAuthorization, Signer
 from agentcache_mcp.auth.client_metadata import ClientMetadataFetcher
 from agentcache_mcp.auth.redirects import redirect_allowed, redirect_uri_matches
 from agentcache_mcp.auth.server import AuthorizationServer, AuthServerConfig, build_authorization_server
@@ -688,11 +689,11 @@ async def test_a_tampered_or_expired_consent_request_is_refused(http: httpx2.Asy
     forged = await http.get("/consent", params={"request": body[:-2] + "AA." + mac})
     assert forged.status_code == 400
 
-    signer = consent.Signer(b"k" * 32)
-    stale = consent.PendingAuthorization(client.client_id, CALLBACK, True, "s", challenge, ("memory",), RESOURCE, 100.0)
+    signer = Signer(b"k" * 32)
+    stale = PendingAuthorization(client.client_id, CALLBACK, True, "s", challenge, ("memory",), RESOURCE, 100.0)
     assert signer.open_ticket(signer.ticket(stale), now=99.0) is not None
     assert signer.open_ticket(signer.ticket(stale), now=101.0) is None, "an expired request is refused"
-    assert consent.Signer(b"x" * 32).open_ticket(signer.ticket(stale), now=99.0) is None, "another key's ticket"
+    assert Signer(b"x" * 32).open_ticket(signer.ticket(stale), now=99.0) is None, "another key's ticket"
 
 
 # -- Client ID Metadata Documents
