@@ -44,8 +44,8 @@ from oauth_support import (
 from pydantic import AnyUrl
 
 from agentcache_mcp.auth import client_metadata
-from agentcache_mcp.auth.consent import PendingAuthorization, Signer
 from agentcache_mcp.auth.client_metadata import ClientMetadataFetcher
+from agentcache_mcp.auth.consent import PendingAuthorization, Signer
 from agentcache_mcp.auth.redirects import redirect_allowed, redirect_uri_matches
 from agentcache_mcp.auth.server import AuthorizationServer, AuthServerConfig, build_authorization_server
 from agentcache_mcp.auth.state import AuthStateStore
