@@ -256,8 +256,10 @@ def _url_parts(value: str) -> tuple[str, str, int | None, str] | None:
 
 
 def _origin(scheme: str, host: str, port: int | None) -> str:
+    """As browsers send an Origin: IPv6 bracketed, no default port (https://x:443 is https://x)."""
     name = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{name}" + (f":{port}" if port is not None else "")
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{name}" + (f":{port}" if port is not None and port != default else "")
 
 
 def _is_loopback_host(host: str) -> bool:
