@@ -518,6 +518,18 @@ class Settings(BaseModel):
             raise _Invalid("must be https (plain http only on loopback: a forged key set would forge every token)")
         return value.strip()
 
+    @field_validator("jwt_issuer")
+    @classmethod
+    def _check_jwt_issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = _url_parts(value)
+        if parts is None or parts[3].startswith("@") or "?" in parts[3] or "#" in parts[3] or value != value.strip():
+            raise _Invalid("expected the issuer's URL exactly as its tokens' iss claim has it, e.g. https://login.example.com/realms/acme")
+        if parts[0] == "http" and not _is_loopback_host(parts[1]):
+            raise _Invalid("must be https (plain http only on loopback)")
+        return value
+
     @field_validator("jwt_scope")
     @classmethod
     def _check_jwt_scope(cls, value: str) -> str:

@@ -514,6 +514,7 @@ def _with_store(settings: Settings) -> Iterator[tuple[Any, Any]]:
     from agentcache_mcp.app import open_memory
     from agentcache_mcp.server import build_server
     from agentcache_mcp.workers import App
+
     from conftest import HashEmbedder
 
     memory = open_memory(settings, embedder=HashEmbedder())

@@ -135,3 +135,10 @@ def test_allowed_origins_are_bare_web_origins():
     assert s.allowed_origins == ("https://claude.ai", "https://inspector.example:8443")
     for bad in ("*", "https://claude.ai/", "claude.ai", "null", "https://claude.ai/path", "file://x"):
         assert "AGENTCACHE_ALLOWED_ORIGINS" in refusal(AGENTCACHE_ALLOWED_ORIGINS=bad), bad
+
+
+def test_a_jwt_issuer_that_is_not_an_https_url_is_refused():
+    for bad in ("acme", "http://idp.example/", "https://idp.example/?x=1"):
+        message = refusal(AGENTCACHE_JWT_ISSUER=bad)
+        assert f"AGENTCACHE_JWT_ISSUER {bad!r} is invalid" in message, bad
+    assert settings(AGENTCACHE_JWT_ISSUER="https://idp.example/").jwt_issuer == "https://idp.example/"  # kept exactly
