@@ -308,8 +308,23 @@ def test_an_unreachable_jwks_refuses_the_token_within_the_timeout(keys: Keys):
         started = time.monotonic()
         assert anyio.run(verifier.verify_token, keys.token()) is None
         assert time.monotonic() - started < 10
+
+        async def many() -> list[AccessToken | None]:
+            found: list[AccessToken | None] = []
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(lambda: _append(found, verifier.verify_token(keys.token())))
+            return found
+
+        started = time.monotonic()
+        assert anyio.run(many) == [None] * 20
+        assert time.monotonic() - started < 0.5 * 3  # refused at once, not twenty fetches of 0.5 s one after another
     finally:
         silent.close()
+
+
+async def _append(found: list[Any], pending: Any) -> None:
+    found.append(await pending)
 
 
 def test_a_custom_audience_is_checked_and_the_token_bound_to_this_resource(keys: Keys):

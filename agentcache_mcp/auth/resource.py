@@ -73,6 +73,9 @@ _KEY_TYPE_ALGORITHMS = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
 JWT_LEEWAY_S = 30
 """Clock skew allowed on `exp`, `nbf` and `iat` between the issuer and this server."""
 JWKS_TIMEOUT_S = 5.0
+JWKS_RETRY_S = 10.0
+"""After a failed key-set fetch, JWTs are refused at once for this long instead of each waiting for a fetch of
+its own (one at a time, JWKS_TIMEOUT_S each, while the issuer is down)."""
 JWKS_CACHE_S = 300.0
 """The key set is fetched at most this often; an unknown `kid` fetches it again, at most every 30 s (PyJWT's
 cooldown), so tokens with made-up key ids cannot make this server hammer the issuer."""
@@ -338,17 +341,15 @@ class Cors:
         cors_headers = [
             (b"access-control-allow-origin", origin.encode("latin-1")),
             (b"access-control-expose-headers", ", ".join(CORS_EXPOSED_HEADERS).encode()),
-            (b"vary", b"Origin"),
         ]
 
         async def send_with_cors(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                kept = [
-                    (k, v)
-                    for k, v in message.get("headers", [])
-                    if not k.lower().startswith(b"access-control-") and k.lower() != b"vary"
-                ]
-                message = {**message, "headers": kept + cors_headers}
+                headers = list(message.get("headers", []))
+                vary = [v for k, v in headers if k.lower() == b"vary"]
+                kept = [(k, v) for k, v in headers if not k.lower().startswith(b"access-control-") and k.lower() != b"vary"]
+                vary_value = b", ".join([*vary, b"Origin"]) if b"origin" not in b",".join(vary).lower() else b", ".join(vary)
+                message = {**message, "headers": [*kept, *cors_headers, (b"vary", vary_value)]}
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
@@ -408,6 +409,10 @@ class JwtVerifier(TokenVerifier):
         self.resource_url = resource_url
         self.jwks = PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=cache_s, timeout=timeout_s)
         self._last_fetch_warning = 0.0
+        self._fetch_failed_at: float | None = None
+        # One worker thread for key lookups: PyJWKClient serialises them under its lock anyway, and requests
+        # waiting for a slow issuer then wait here, not in threads the store's calls need.
+        self._lookups = anyio.CapacityLimiter(1)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         import jwt
@@ -420,8 +425,9 @@ class JwtVerifier(TokenVerifier):
         if algorithm not in JWT_ALGORITHMS or not isinstance(kid, str) or not kid:
             return None
         try:
-            key = await anyio.to_thread.run_sync(self.jwks.get_signing_key, kid)
+            key = await self._signing_key(kid)
         except jwt.PyJWKClientConnectionError as exc:
+            self._fetch_failed_at = time.monotonic()
             self._warn_fetch(exc)
             return None
         except jwt.PyJWTError:  # no such key (after one refresh), or a key set without signing keys
@@ -454,6 +460,18 @@ class JwtVerifier(TokenVerifier):
             subject=str(claims["sub"]) if claims.get("sub") is not None else None,
             claims=claims,
         )
+
+    async def _signing_key(self, kid: str) -> Any:
+        import jwt
+
+        async with self._lookups:
+            cached = self.jwks.jwk_set_cache is not None and self.jwks.jwk_set_cache.get() is not None
+            failed = self._fetch_failed_at
+            if not cached and failed is not None and time.monotonic() - failed < JWKS_RETRY_S:
+                raise jwt.PyJWKClientConnectionError("the last fetch of the key set failed moments ago")
+            key = await anyio.to_thread.run_sync(self.jwks.get_signing_key, kid)
+            self._fetch_failed_at = None
+            return key
 
     def _warn_fetch(self, exc: Exception) -> None:
         now = time.monotonic()
