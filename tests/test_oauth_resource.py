@@ -570,3 +570,12 @@ def test_off_loopback_without_a_token_oauth_serves_no_ui(keys: Keys, tmp_path: P
             assert test_client.get("/ui/").status_code == 401  # not left open: the bearer check covers it
             assert test_client.get("/ui/", headers=bearer(token)).status_code == 404  # and it is not there
             assert test_client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 200
+
+
+def test_the_default_public_url_is_the_loopback_bind_as_clients_write_it():
+    from agentcache_mcp.auth.resource import default_public_url
+
+    assert default_public_url(Settings(host="127.0.0.1"), 8765) == "http://127.0.0.1:8765"
+    assert default_public_url(Settings(host="0:0:0:0:0:0:0:1"), 8765) == "http://[::1]:8765"
+    assert default_public_url(Settings(host="localhost"), 9000) == "http://localhost:9000"
+    assert default_public_url(Settings(public_url="https://mem.example.com"), 9000) == "https://mem.example.com"
