@@ -31,6 +31,7 @@ SDK's `BearerAuthBackend` audience check is the model for ours (compare as URLs,
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -90,10 +91,8 @@ def default_public_url(settings: Settings, port: int) -> str:
     if settings.public_url:
         return settings.public_url
     host = settings.host.lower()
-    try:
+    with contextlib.suppress(ValueError):  # localhost stays as it is
         host = ipaddress.ip_address(host).compressed  # 0:0:0:0:0:0:0:1 is [::1], as clients write it
-    except ValueError:
-        pass  # localhost
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
