@@ -2,7 +2,7 @@
 
 - `agentcache-mcp` serves stdio; `serve` picks a transport; `ui` serves the memory browser: `serving.py`.
 - The other subcommands are for people at a terminal (and scripts): recall, list, show, forget, stats,
-  erase, reembed, backup, export, import: `commands.py`.
+  erase, reembed, backup, export, import, auth: `commands.py`.
 
 A bad flag or setting is one line on stderr and exit 2, before anything is opened or any client served.
 """
@@ -65,7 +65,8 @@ def _common_options(parser: argparse.ArgumentParser, *, subcommand: bool) -> Non
 
 
 COMMANDS = (
-    "recall", "list", "show", "forget", "stats", "erase", "reembed", "backup", "export", "import", "ingest-transcript"
+    "recall", "list", "show", "forget", "stats", "erase", "reembed", "backup", "export", "import", "ingest-transcript",
+    "auth",
 )
 """The subcommands for people and scripts (everything but serve)."""
 
@@ -245,6 +246,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--limit", type=int, default=10, metavar="N", help="at most N per session (default 10)")
     ingest.add_argument("--dry-run", action="store_true", help="show what would be stored; write nothing")
+
+    auth = sub.add_parser(
+        "auth",
+        help="OAuth clients and grants of the built-in authorization server: list, revoke",
+        description="the apps that connected by OAuth (clients) and the access the owner approved for them on the "
+        "consent page (grants); revoking a grant or removing a client ends its tokens at once",
+    )
+    _common_options(auth, subcommand=True)
+    auth_sub = auth.add_subparsers(dest="auth_command", metavar="ACTION", required=True)
+    _command(auth_sub, "clients", "list the registered OAuth clients")
+    grants = _command(auth_sub, "grants", "list the grants: one per approval on the consent page")
+    grants.add_argument("--client", default=None, metavar="CLIENT_ID", help="only this client's grants")
+    revoke = _command(auth_sub, "revoke", "revoke a grant: its access and refresh tokens stop working now")
+    revoke.add_argument("grant_id", metavar="GRANT_ID", help="the grant's id (`auth grants` lists them)")
+    remove = _command(
+        auth_sub, "remove-client", "remove a client with every grant and token of it (it may register again)"
+    )
+    remove.add_argument("client_id", metavar="CLIENT_ID", help="the client's id (`auth clients` lists them)")
     return parser
 
 

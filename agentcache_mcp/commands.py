@@ -1,5 +1,5 @@
 """The subcommands for people at a terminal (and scripts): recall, list, show, forget, stats, erase, reembed,
-backup, export, import, ingest-transcript (hooks/ingest.py).
+backup, export, import, ingest-transcript (hooks/ingest.py), auth (the OAuth clients and grants).
 
 Each opens the store, does its work and closes it (no background workers, nothing held open that could stall
 a running server), prints its result on stdout (a table, or one JSON document with --json) and progress on
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import Settings
 
 if TYPE_CHECKING:
+    from .auth.state import Grant, StoredClient
     from .memory.model import Memory
     from .memory.service import MemoryService
     from .output_files import Target, TargetRefused
@@ -839,6 +840,167 @@ def _ingest_transcript(args: argparse.Namespace, settings: Settings) -> int:
     return ingest_command(args, settings)
 
 
+# auth
+
+
+def _client_name(client: StoredClient | None) -> str:
+    """What the client calls itself (RFC 7591 client_name, as it registered: shown, never trusted), or '-'."""
+    name = client.metadata.get("client_name") if client is not None else None
+    return name if isinstance(name, str) and name.strip() else "-"
+
+
+def _client_strings(client: StoredClient, field: str) -> list[str]:
+    value = client.metadata.get(field)
+    if isinstance(value, str):
+        return value.split()
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _last_used(grants: list[Grant]) -> float | None:
+    return max((g.last_used_at for g in grants if g.last_used_at is not None), default=None)
+
+
+def _optional_iso(ts: float | None) -> str | None:
+    from .memory.model import iso
+
+    return None if ts is None else iso(ts)
+
+
+def _auth(args: argparse.Namespace, settings: Settings) -> int:
+    from . import console
+    from .memory.model import iso
+
+    action = args.auth_command
+    with _store(settings, write=action in ("revoke", "remove-client")) as memory:
+        state = memory.backend.auth_state
+        clients = {c.client_id: c for c in state.list_clients()}
+        if action in ("clients", "grants"):
+            grants = state.list_grants(args.client if action == "grants" else None)
+        elif action == "revoke":
+            grant = next((g for g in state.list_grants() if g.grant_id == args.grant_id), None)
+            if grant is None or not state.revoke_grant(args.grant_id):
+                raise CommandFailed(f"no grant has the id {args.grant_id[:80]!r} (`auth grants` lists them)")
+        else:
+            removed_grants = state.list_grants(args.client_id)
+            if not state.delete_client(args.client_id):
+                raise CommandFailed(f"no client has the id {args.client_id[:200]!r} (`auth clients` lists them)")
+
+    if action == "clients":
+        by_client: dict[str, list[Grant]] = {}
+        for g in grants:
+            by_client.setdefault(g.client_id, []).append(g)
+        if args.json:
+            console.emit_json(
+                {
+                    "clients": [
+                        {
+                            "client_id": c.client_id,
+                            "client_name": c.metadata.get("client_name"),
+                            "redirect_uris": _client_strings(c, "redirect_uris"),
+                            "scope": c.metadata.get("scope"),
+                            "created_at": iso(c.created_at),
+                            "last_used_at": _optional_iso(_last_used(by_client.get(c.client_id, []))),
+                            "grants": len(by_client.get(c.client_id, [])),
+                            "metadata": c.metadata,
+                        }
+                        for c in clients.values()
+                    ]
+                }
+            )
+            return 0
+        if not clients:
+            console.say("no OAuth client has registered with this store")
+            return 0
+        console.table(
+            [
+                "name",
+                ("client id", console.WHOLE),
+                ("grants", {"justify": "right"}),
+                "created (UTC)",
+                "last used (UTC)",
+                "scopes",
+                "redirect URIs",
+            ],
+            [
+                (
+                    console.shorten(_client_name(c), 40),
+                    c.client_id,
+                    str(len(by_client.get(c.client_id, []))),
+                    console.when(c.created_at),
+                    console.when(_last_used(by_client.get(c.client_id, []))),
+                    " ".join(_client_strings(c, "scope")) or "-",
+                    ", ".join(_client_strings(c, "redirect_uris")) or "-",
+                )
+                for c in clients.values()
+            ],
+        )
+        return 0
+    if action == "grants":
+        if args.json:
+            console.emit_json(
+                {
+                    "grants": [
+                        {
+                            "grant_id": g.grant_id,
+                            "client_id": g.client_id,
+                            "client_name": clients[g.client_id].metadata.get("client_name") if g.client_id in clients else None,
+                            "scopes": list(g.scopes),
+                            "resource": g.resource,
+                            "created_at": iso(g.created_at),
+                            "last_used_at": _optional_iso(g.last_used_at),
+                        }
+                        for g in grants
+                    ]
+                }
+            )
+            return 0
+        if not grants:
+            console.say("no grants" + (f" of client {args.client!r}" if args.client is not None else ""))
+            return 0
+        console.table(
+            [
+                ("grant id", console.WHOLE),
+                "client name",
+                "scopes",
+                "created (UTC)",
+                "last used (UTC)",
+                ("client id", console.WHOLE),
+            ],
+            [
+                (
+                    g.grant_id,
+                    console.shorten(_client_name(clients.get(g.client_id)), 40),
+                    " ".join(g.scopes) or "-",
+                    console.when(g.created_at),
+                    console.when(g.last_used_at),
+                    g.client_id,
+                )
+                for g in grants
+            ],
+        )
+        return 0
+    if action == "revoke":
+        assert grant is not None
+        if args.json:
+            console.emit_json({"revoked": grant.grant_id, "client_id": grant.client_id})
+        else:
+            console.say(
+                f"revoked grant {grant.grant_id} of {_client_name(clients.get(grant.client_id))} "
+                f"({grant.client_id}): its access and refresh tokens stop working now"
+            )
+        return 0
+    client = clients.get(args.client_id)
+    if args.json:
+        console.emit_json({"removed": args.client_id, "grants_revoked": [g.grant_id for g in removed_grants]})
+    else:
+        console.say(
+            f"removed client {_client_name(client)} ({args.client_id}) and "
+            f"{_plural(len(removed_grants), 'grant')}: its tokens stop working now. It may register again, but "
+            "gets no token without the owner's approval on the consent page"
+        )
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "recall": _recall,
     "list": _list,
@@ -851,6 +1013,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "export": _export,
     "import": _import,
     "ingest-transcript": _ingest_transcript,
+    "auth": _auth,
 }
 
 

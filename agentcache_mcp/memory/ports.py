@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from .model import Memory, MemoryEdit, MemoryFilter, MemoryUpdate, NewMemory
+
+if TYPE_CHECKING:
+    from ..auth.state import AuthStateStore
 
 Vector = npt.NDArray[np.float32]
 Merge = Callable[[Memory, NewMemory], MemoryUpdate]
@@ -283,6 +286,11 @@ class StorageBackend(Protocol):
 
     @property
     def embeddings(self) -> EmbeddingStore: ...
+
+    @property
+    def auth_state(self) -> AuthStateStore:
+        """The OAuth state (clients, grants, codes, tokens) kept in this store, shared by every process on it."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """What stats show about the store: kind, location, schema version."""

@@ -43,18 +43,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from ...config import mask_url
 from ...memory.model import DAY, iso
 from ...memory.ports import EraseReport, StoreError
+from ..auth_state import Conflict, SqlAuthState
 from .connection import Connection, Database, behind_a_pooler, connect, first_line, lock_key
 from .keywords import TsvectorKeywords
 from .repository import PgEmbeddings, PgMemories
 from .schema import TERMS_INDEX, build_missing_indexes, migrate, vector_table_name
 from .vectors import PgVectors
 
-__all__ = ["PostgresBackend"]
+__all__ = ["PgAuthState", "PostgresBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,21 @@ class EraseStatus:
         )
 
 
+class PgAuthState(SqlAuthState):
+    """The OAuth tables (schema migration 4), shared by every replica. A code or token is inserted while its
+    grant row is held (FOR KEY SHARE, and the foreign key): a concurrent revoke waits for it, then deletes it."""
+
+    mark = "%s"
+    lock_row = " FOR KEY SHARE"
+
+    def conflict(self, exc: Exception) -> Conflict:
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return "unique"
+        if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+            return "foreign"
+        return None
+
+
 @contextmanager
 def advisory_lock(conn: Connection, name: str) -> Iterator[bool]:
     """A session-level advisory lock called `name` on `conn` (autocommit), held for the block if no other
@@ -182,6 +199,7 @@ class PostgresBackend:
         self.embeddings = PgEmbeddings(self.db)
         self.keywords = TsvectorKeywords(self.db)
         self.vectors = PgVectors(self.db, self.embeddings, model_id)
+        self.auth_state = PgAuthState(self.db)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -429,6 +447,7 @@ class PostgresBackend:
         )
 
     def maintenance(self) -> None:
+        self.auth_state.purge_expired(time.time())
         if self.erase_mode == "after-forget":
             self.erase()
 

@@ -185,7 +185,62 @@ _REMEMBER_IN_ONE_STATEMENT = [
     """,
 ]
 
-MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT]
+_OAUTH = [
+    # The OAuth state (agentcache_mcp/auth/state.py). Codes and tokens by their SHA-256 hex digest only (the
+    # CHECKs refuse anything of another length); used codes and consumed refresh tokens stay as tombstones
+    # (used_at, consumed_at) until they expire, so a replay is recognised. The foreign keys make a code or token
+    # of a grant being revoked fail (or go with it), however the transactions interleave. No memory text here.
+    """
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        metadata TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE oauth_grants (
+        grant_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES oauth_clients(client_id) ON DELETE CASCADE,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION
+    )
+    """,
+    "CREATE INDEX oauth_grants_client ON oauth_grants(client_id)",
+    """
+    CREATE TABLE oauth_codes (
+        code_hash TEXT PRIMARY KEY CHECK (length(code_hash) = 64),
+        grant_id TEXT NOT NULL REFERENCES oauth_grants(grant_id) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        redirect_uri_provided_explicitly BOOLEAN NOT NULL,
+        code_challenge TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        expires_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION
+    )
+    """,
+    "CREATE INDEX oauth_codes_grant ON oauth_codes(grant_id)",
+    "CREATE INDEX oauth_codes_expires ON oauth_codes(expires_at)",
+    """
+    CREATE TABLE oauth_tokens (
+        token_hash TEXT PRIMARY KEY CHECK (length(token_hash) = 64),
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        grant_id TEXT NOT NULL REFERENCES oauth_grants(grant_id) ON DELETE CASCADE,
+        client_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        expires_at DOUBLE PRECISION,
+        consumed_at DOUBLE PRECISION
+    )
+    """,
+    "CREATE INDEX oauth_tokens_grant ON oauth_tokens(grant_id)",
+    "CREATE INDEX oauth_tokens_expires ON oauth_tokens(expires_at) WHERE expires_at IS NOT NULL",
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 

@@ -3,19 +3,29 @@ log. The embedded default for one person's hosts; several processes may share th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ...memory.ports import EraseReport, StoreError
-from .connection import Database, DatabaseError
+from ..auth_state import Conflict, SqlAuthState
+from .connection import Database, DatabaseError, sqlite3
 from .keywords import Fts5Keywords
 from .repository import SqliteEmbeddings, SqliteMemories
 from .schema import migrate, refuse_newer_schema
 from .vectors import ChangeLog, MatrixVectors
 
-__all__ = ["SqliteBackend"]
+__all__ = ["SqliteAuthState", "SqliteBackend"]
+
+
+class SqliteAuthState(SqlAuthState):
+    """The OAuth tables of the file (schema migration 3). No row lock is needed: every write transaction
+    (BEGIN IMMEDIATE) holds the file's one write lock, across processes."""
+
+    def conflict(self, exc: Exception) -> Conflict:
+        return "unique" if isinstance(exc, sqlite3.IntegrityError) else None
 
 
 class SqliteBackend:
@@ -36,6 +46,7 @@ class SqliteBackend:
         self.keywords = Fts5Keywords(self.db, self.memories)
         self.changes = ChangeLog(self.db)
         self.vectors = MatrixVectors(self.db, self.memories, self.embeddings, self.changes, model_id)
+        self.auth_state = SqliteAuthState(self.db)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,6 +71,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
+        self.auth_state.purge_expired(time.time())
 
     def checkpoint(self) -> None:
         self.db.checkpoint()

@@ -232,6 +232,61 @@ _SCHEMA_2 = [
 ]
 
 
+# Migration 3: the OAuth state (agentcache_mcp/auth/state.py). Codes and tokens by their SHA-256 hex digest only
+# (the CHECKs refuse anything of another length); used codes and consumed refresh tokens stay as tombstones
+# (used_at, consumed_at) until they expire, so a replay is recognised. No memory text lives here.
+_OAUTH = [
+    """
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        metadata TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE oauth_grants (
+        grant_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    )
+    """,
+    "CREATE INDEX oauth_grants_client ON oauth_grants(client_id)",
+    """
+    CREATE TABLE oauth_codes (
+        code_hash TEXT PRIMARY KEY CHECK (length(code_hash) = 64),
+        grant_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        redirect_uri_provided_explicitly INTEGER NOT NULL,
+        code_challenge TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    )
+    """,
+    "CREATE INDEX oauth_codes_grant ON oauth_codes(grant_id)",
+    "CREATE INDEX oauth_codes_expires ON oauth_codes(expires_at)",
+    """
+    CREATE TABLE oauth_tokens (
+        token_hash TEXT PRIMARY KEY CHECK (length(token_hash) = 64),
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        grant_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        expires_at REAL,
+        consumed_at REAL
+    )
+    """,
+    "CREATE INDEX oauth_tokens_grant ON oauth_tokens(grant_id)",
+    "CREATE INDEX oauth_tokens_expires ON oauth_tokens(expires_at) WHERE expires_at IS NOT NULL",
+]
+
+
 def purge_deleted_terms(db: Connection) -> None:
     """After deletes, inside their transaction: rewrite the keyword index so no deleted token survives.
 
@@ -255,7 +310,7 @@ def _statements(statements: list[str]) -> Callable[[Connection], None]:
     return apply
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_statements(_SCHEMA_1), _statements(_SCHEMA_2)]
+MIGRATIONS: list[Callable[[Connection], None]] = [_statements(_SCHEMA_1), _statements(_SCHEMA_2), _statements(_OAUTH)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
