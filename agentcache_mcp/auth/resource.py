@@ -530,7 +530,7 @@ def build_resource_side(
             settings.jwt_issuer, settings.jwt_jwks_url, settings.jwt_audience or config.resource_url, config.resource_url
         )
     else:
-        from .server import AuthServerConfig, build_authorization_server  # type: ignore[import-not-found, unused-ignore]
+        from .server import AuthServerConfig, build_authorization_server
 
         if state is None:
             raise ValueError("AGENTCACHE_OAUTH=builtin needs the store (its grants and tokens live there)")
