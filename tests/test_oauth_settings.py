@@ -3,6 +3,8 @@ combinations that cannot work or would be unsafe, each one line naming the varia
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentcache_mcp.config import ConfigError, Settings
@@ -142,3 +144,20 @@ def test_a_jwt_issuer_that_is_not_an_https_url_is_refused():
         message = refusal(AGENTCACHE_JWT_ISSUER=bad)
         assert f"AGENTCACHE_JWT_ISSUER {bad!r} is invalid" in message, bad
     assert settings(AGENTCACHE_JWT_ISSUER="https://idp.example/").jwt_issuer == "https://idp.example/"  # kept exactly
+
+
+def test_serve_refuses_inconsistent_oauth_settings_with_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from test_cli import refused as cli_refused
+
+    serve = ["serve", "--db", str(tmp_path / "m.db"), "--transport", "streamable-http"]
+    monkeypatch.setenv("AGENTCACHE_OAUTH", "builtin")
+    line = cli_refused(monkeypatch, capsys, serve)
+    assert line.startswith("agentcache-mcp: invalid configuration: AGENTCACHE_OAUTH=builtin needs AGENTCACHE_OAUTH_PASSPHRASE")
+    monkeypatch.setenv("AGENTCACHE_OAUTH_PASSPHRASE", "correct horse battery")
+    line = cli_refused(monkeypatch, capsys, [*serve, "--host", "0.0.0.0"])
+    assert "needs AGENTCACHE_PUBLIC_URL" in line and "correct horse" not in line
+    monkeypatch.setenv("AGENTCACHE_PUBLIC_URL", "http://mem.example.com")
+    line = cli_refused(monkeypatch, capsys, [*serve, "--host", "0.0.0.0"])
+    assert "AGENTCACHE_PUBLIC_URL 'http://mem.example.com' is invalid: must be https" in line
