@@ -579,3 +579,20 @@ def test_the_default_public_url_is_the_loopback_bind_as_clients_write_it():
     assert default_public_url(Settings(host="0:0:0:0:0:0:0:1"), 8765) == "http://[::1]:8765"
     assert default_public_url(Settings(host="localhost"), 9000) == "http://localhost:9000"
     assert default_public_url(Settings(public_url="https://mem.example.com"), 9000) == "https://mem.example.com"
+
+
+def test_an_inner_wildcard_cors_header_never_reaches_an_origin_not_admitted():
+    from agentcache_mcp.auth.resource import Cors
+
+    async def generous(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"access-control-allow-origin", b"*"), (b"vary", b"Accept-Encoding")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app = Cors(generous, lambda origin: origin == "http://localhost:6274")
+    with TestClient(app, base_url=BASE) as test_client:
+        foreign = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in foreign.headers
+        admitted = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "http://localhost:6274"})
+        assert admitted.headers["access-control-allow-origin"] == "http://localhost:6274"
+        assert admitted.headers["vary"] == "Accept-Encoding, Origin"

@@ -320,7 +320,7 @@ class Cors:
     refused any other. A preflight (OPTIONS with Access-Control-Request-Method) is answered here, before any
     auth, allowing `CORS_METHODS` and `CORS_ALLOWED_HEADERS`; one asking for anything else gets 403 without
     CORS headers, so the browser does not send the request. Inner answers lose any `access-control-*` headers
-    they set (the SDK's authorization routes allow `*`), so one policy holds. Paths for which `skip(path)` is
+    they set (the SDK's authorization routes allow `*`), for every Origin, so one policy holds. Paths for which `skip(path)` is
     true (the web UI: same-origin only) get nothing.
     """
 
@@ -336,7 +336,7 @@ class Cors:
             return
         origin = origins[0].decode("latin-1")
         if not self.admits_origin(origin):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _without_cors(send))  # an inner `*` must not let it read the answer
             return
         requested = _header_values(scope, b"access-control-request-method")
         if scope.get("method") == "OPTIONS" and requested:
@@ -378,6 +378,16 @@ class Cors:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+
+
+def _without_cors(send: Any) -> Any:
+    async def stripped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return stripped
 
 
 class JwtVerifier(TokenVerifier):
