@@ -590,9 +590,9 @@ def test_an_inner_wildcard_cors_header_never_reaches_an_origin_not_admitted():
         await send({"type": "http.response.body", "body": b"{}"})
 
     app = Cors(generous, lambda origin: origin == "http://localhost:6274")
-    with TestClient(app, base_url=BASE) as test_client:
-        foreign = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "https://evil.example"})
-        assert "access-control-allow-origin" not in foreign.headers
-        admitted = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "http://localhost:6274"})
-        assert admitted.headers["access-control-allow-origin"] == "http://localhost:6274"
-        assert admitted.headers["vary"] == "Accept-Encoding, Origin"
+    test_client = TestClient(app, base_url=BASE)  # not entered: this app has no lifespan
+    foreign = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in foreign.headers
+    admitted = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "http://localhost:6274"})
+    assert admitted.headers["access-control-allow-origin"] == "http://localhost:6274"
+    assert admitted.headers["vary"] == "Accept-Encoding, Origin"
