@@ -8,6 +8,7 @@ calls the tools. Then what the resource side must refuse, with tokens that flow 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -20,6 +21,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.auth.oauth2 import OAuthClientProvider
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
@@ -134,7 +136,9 @@ class Server:
     """`serve --transport streamable-http` in a thread: a socket bound first (its port is the public URL's),
     the store opened, the composed app served by uvicorn."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, transport: str = "streamable-http"):
+        self.transport = transport
+        self.endpoint = "/sse" if transport == "sse" else "/mcp"
         self.sock = serving.listen("127.0.0.1", 0)[0]
         self.port = self.sock.getsockname()[1]
         self.settings = settings.model_copy(update={"port": self.port})
@@ -154,7 +158,7 @@ class Server:
     async def _main(self) -> None:
         async with open_app(self.settings, embedder=HashEmbedder()) as app:
             self.app = app
-            uv = serving.http_server(build_server(self.settings, app=app), self.settings, "streamable-http", app=app,
+            uv = serving.http_server(build_server(self.settings, app=app), self.settings, self.transport, app=app,
                                      port=self.port)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: uv.serve(sockets=[self.sock]))
@@ -177,19 +181,22 @@ class Server:
         self.sock.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    settings = Settings(
+def builtin(tmp_path: Path) -> Settings:
+    return Settings(
         db_path=tmp_path / "memory.db", oauth="builtin", oauth_passphrase=PASSPHRASE, auth_token=STATIC,
         auto_forget_enabled=False,
     )
-    with Server(settings) as running:
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with Server(builtin(tmp_path)) as running:
         yield running
 
 
 def provider(server: Server, owner: Owner, storage: Storage) -> OAuthClientProvider:
     return OAuthClientProvider(
-        server_url=server.base + "/mcp",
+        server_url=server.base + server.endpoint,
         client_metadata=OAuthClientMetadata(
             client_name="Test connector",
             redirect_uris=[REDIRECT],  # type: ignore[list-item]
@@ -205,10 +212,12 @@ def provider(server: Server, owner: Owner, storage: Storage) -> OAuthClientProvi
 
 
 async def _use_tools(server: Server, auth: OAuthClientProvider) -> list[str]:
-    async with (
-        httpx2.AsyncClient(auth=auth, timeout=30) as http,
-        Client(streamable_http_client(server.base + "/mcp", http_client=http)) as client,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if server.transport == "sse":
+            client = await stack.enter_async_context(Client(sse_client(server.base + "/sse", auth=auth, timeout=30)))
+        else:
+            http = await stack.enter_async_context(httpx2.AsyncClient(auth=auth, timeout=30))
+            client = await stack.enter_async_context(Client(streamable_http_client(server.base + "/mcp", http_client=http)))
         tools = sorted(tool.name for tool in (await client.list_tools()).tools)
         await client.call_tool("remember", {"text": "The deploy window is Tuesday 14:00 UTC"})
         found = await client.call_tool("recall", {"query": "deploy window"})
@@ -226,10 +235,19 @@ def test_the_sdks_oauth_client_discovers_registers_is_approved_and_calls_the_too
     assert access is not None and access.resource == server.base + "/mcp" and "memory" in access.scopes
 
 
+def test_over_sse_the_token_is_bound_to_the_sse_endpoint(tmp_path: Path):
+    with Server(builtin(tmp_path), "sse") as server:
+        owner, storage = Owner(server.base), Storage()
+        anyio.run(_use_tools, server, provider(server, owner, storage))
+        assert storage.tokens is not None
+        access = anyio.run(_verify, server, storage.tokens.access_token)
+        assert access is not None and access.resource == server.base + "/sse"
+
+
 async def _verify(server: Server, token: str) -> Any:
     from agentcache_mcp.auth.resource import build_resource_side
 
-    side = build_resource_side(server.settings, "streamable-http", server.port, lambda: server.app.memory.backend.auth_state)
+    side = build_resource_side(server.settings, server.transport, server.port, lambda: server.app.memory.backend.auth_state)
     assert side is not None
     return await side.verifier.verify_token(token)
 
