@@ -596,3 +596,16 @@ def test_an_inner_wildcard_cors_header_never_reaches_an_origin_not_admitted():
     admitted = test_client.get("/.well-known/oauth-authorization-server", headers={"Origin": "http://localhost:6274"})
     assert admitted.headers["access-control-allow-origin"] == "http://localhost:6274"
     assert admitted.headers["vary"] == "Accept-Encoding, Origin"
+
+
+def test_a_stateful_session_answers_only_the_principal_that_opened_it(keys: Keys, tmp_path: Path):
+    settings = jwt_settings(keys, tmp_path, stateful_http=True)
+    asgi = serving.http_server(mcp_server(), settings, "streamable-http").config.app
+    with TestClient(asgi, base_url=BASE) as test_client:
+        opened = test_client.post("/mcp", json=INIT, headers=bearer(keys.token({"sub": "alice"})))
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-06-18"}
+        listed = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+        alice = test_client.post("/mcp", json=listed, headers={**bearer(keys.token({"sub": "alice"})), **session})
+        assert alice.status_code == 200
+        bob = test_client.post("/mcp", json=listed, headers={**bearer(keys.token({"sub": "bob"})), **session})
+        assert bob.status_code == 404  # as if the session did not exist
