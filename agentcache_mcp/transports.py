@@ -9,7 +9,9 @@
 - `guard(asgi, settings)`: wraps an app in the guards the settings call for. Both transports go through
   it, and the guards see every HTTP and WebSocket request, so a route added later is covered too. The web
   UI's paths (`/ui/...`) pass the bearer check to the UI's own token login (a browser cannot send the
-  header), never the Host/Origin check.
+  header), never the Host/Origin check. With AGENTCACHE_OAUTH on, the bearer check is OAuth's
+  (auth.resource.ResourceGuard, which takes the static token too), and with a token or OAuth, CORS
+  (auth.resource.Cors) answers browser clients of the admitted origins.
 - `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
 - `limited_h11_protocol`: uvicorn's HTTP/1.1 protocol with a request timeout and a connection limit, so
   half-sent requests and stalled clients cannot hold connections (and file descriptors) for long.
