@@ -609,3 +609,26 @@ def test_a_stateful_session_answers_only_the_principal_that_opened_it(keys: Keys
         assert alice.status_code == 200
         bob = test_client.post("/mcp", json=listed, headers={**bearer(keys.token({"sub": "bob"})), **session})
         assert bob.status_code == 404  # as if the session did not exist
+
+
+def test_a_jwt_without_kid_is_refused(client: TestClient, keys: Keys):
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": RESOURCE, "sub": "a", "scope": "memory", "exp": now + 600}
+    token = jwt.encode(claims, keys.rsa, algorithm="RS256")  # no kid in the header
+    assert client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 401
+
+
+def test_a_symmetric_key_in_the_key_set_signs_nothing(keys: Keys, tmp_path: Path):
+    secret = b"k" * 32
+    oct_jwk = {"kty": "oct", "kid": "oct-1", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(), "use": "sig"}
+    saved = keys.served
+    keys.served = {"keys": [*saved["keys"], oct_jwk]}
+    try:
+        verifier = JwtVerifier(ISSUER, keys.url, RESOURCE, RESOURCE)
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": RESOURCE, "sub": "a", "scope": "memory", "exp": now + 600}
+        token = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "oct-1"})
+        assert anyio.run(verifier.verify_token, token) is None
+        assert anyio.run(verifier.verify_token, keys.token()) is not None  # the same key set's RSA key still signs
+    finally:
+        keys.served = saved
