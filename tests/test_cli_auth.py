@@ -142,3 +142,21 @@ def test_auth_needs_an_existing_store_and_an_action(capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "auth")
     assert code == 2 and out == ""
     assert "ACTION" in one_error_line(err)
+
+
+def test_auth_works_on_a_postgres_store_and_a_revoke_reaches_every_replica(
+    capsys: pytest.CaptureFixture[str], postgres_url: str
+) -> None:
+    replica = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder())
+    try:
+        state = replica.backend.auth_state
+        state.put_client(StoredClient("claude-id", {"client_name": "Claude", "redirect_uris": [CLAUDE]}, CREATED))
+        state.create_grant(Grant("grant-one", "claude-id", ("memory",), None, CREATED, None))
+        state.put_token(StoredToken(token_hash("t"), "access", "grant-one", "claude-id", ("memory",), None, None))
+        code, out, err = run(capsys, "--db", postgres_url, "auth", "grants", "--json")
+        assert code == 0 and err == "" and [g["grant_id"] for g in json.loads(out)["grants"]] == ["grant-one"]
+        code, out, err = run(capsys, "--db", postgres_url, "auth", "revoke", "grant-one")
+        assert code == 0 and err == "" and "revoked grant grant-one of Claude" in out
+        assert state.get_token(token_hash("t"), "access", CREATED) is None  # the running replica sees it at once
+    finally:
+        replica.close()

@@ -33,8 +33,9 @@ CSP = (
     "default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
-"""The consent page's Content-Security-Policy. Browsers apply `form-action` to the redirects that follow a form
-post too, so a page showing a request adds the origin of that request's redirect URI (see `csp`)."""
+"""The consent page's Content-Security-Policy. CSP 3 applies `form-action` to the redirects that follow a form
+post too (the headless Chromium of the browser test lets the redirect through either way; a stricter browser
+would not), so a page showing a request adds the origin of that request's redirect URI (see `csp`)."""
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",

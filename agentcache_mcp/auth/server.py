@@ -105,6 +105,8 @@ FETCHED_AT = "agentcache_fetched_at"
 """The key, in a cached Client ID Metadata Document's stored metadata, of when it was fetched."""
 PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 """An S256 code_challenge: the unpadded base64url of a SHA-256 (RFC 7636 §4.2)."""
+PURGE_EVERY_S = 3600.0
+"""Expired codes and tokens are purged from the store at most this often per process."""
 SECRET_BYTES = 32
 """Codes and tokens carry 256 random bits (the SDK asks for at least 128, RFC 6749 §10.10)."""
 
@@ -130,8 +132,8 @@ class AuthServerConfig:
     as out of date; None: a random secret of this process."""
     failed_passphrase_pause_s: float = consent.FAILED_PASSPHRASE_PAUSE_S
     max_clients: int = 1000
-    """Registration is open to anyone, so the number of clients is capped (`agentcache-mcp auth remove-client`
-    frees room)."""
+    """Registration is open to anyone, so the number of clients is capped: at the cap a new one replaces the
+    oldest client holding no grant (`agentcache-mcp auth remove-client` frees room otherwise)."""
 
 
 class StoreCode(AuthorizationCode):
@@ -199,6 +201,7 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
         self.fetcher = fetcher
         self.issuer = issuer
         self.consent_url = issuer.rstrip("/") + CONSENT_PATH
+        self._purge_after = 0.0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args))
@@ -229,18 +232,45 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
             return None
 
     async def _room_for(self, client_id: str) -> None:
-        clients = await self._run(self.state().list_clients)
-        if len(clients) >= self.config.max_clients and all(c.client_id != client_id for c in clients):
+        """Make room for one more client if the store holds max_clients already: the oldest client that holds no
+        grant goes (a registration nobody approved, e.g. one of a flood); if every client holds a grant, the
+        registration is refused (RegistrationError)."""
+
+        def make_room(db: AuthStateStore) -> bool:
+            clients = db.list_clients()
+            if len(clients) < self.config.max_clients or any(c.client_id == client_id for c in clients):
+                return True
+            granted = {grant.client_id for grant in db.list_grants()}
+            idle = [c for c in clients if c.client_id not in granted]  # list_clients is oldest first
+            if not idle:
+                return False
+            db.delete_client(idle[0].client_id)
+            log.info("oauth: %d clients registered; removed the oldest unapproved one, %r", len(clients), idle[0].client_id)
+            return True
+
+        if not await self._run(make_room, self.state()):
             raise RegistrationError(
                 "invalid_client_metadata",
-                f"this server holds {self.config.max_clients} clients already; the owner can remove some with "
-                "`agentcache-mcp auth remove-client`",
+                f"this server holds {self.config.max_clients} approved clients already; the owner can remove some "
+                "with `agentcache-mcp auth remove-client`",
             )
+
+    async def purge_now_and_then(self) -> None:
+        """Delete expired codes, tokens and their tombstones, at most once per PURGE_EVERY_S in this process (an
+        approval or a registration triggers it: nothing else has to run for the tables to stay small)."""
+        now = time.time()
+        if now < self._purge_after:
+            return
+        self._purge_after = now + PURGE_EVERY_S
+        removed = await self._run(self.state().purge_expired, now)
+        if removed:
+            log.info("oauth: purged %d expired codes, tokens and idle grants", removed)
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         refused = [str(u) for u in client_info.redirect_uris or [] if not redirect_allowed(str(u), self.config.extra_redirect_uris)]
         if refused or not client_info.redirect_uris:
             raise RegistrationError("invalid_redirect_uri", f"redirect URIs not allowed here: {', '.join(refused)}")
+        await self.purge_now_and_then()
         await self._room_for(client_info.client_id)
         metadata = client_info.model_dump(mode="json", exclude_none=True)
         await self._run(self.state().put_client, StoredClient(client_info.client_id, metadata, time.time()))
@@ -322,6 +352,7 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
             db.put_code(stored)
 
         await self._run(store, self.state())
+        await self.purge_now_and_then()
         log.info("oauth: the owner approved client %r (grant %s)", pending.client_id, grant.grant_id)
         return code
 
@@ -680,7 +711,7 @@ def build_authorization_server(
                 path=consent_path,
                 httponly=True,
                 samesite="strict",
-                secure=request.url.scheme == "https",
+                secure=issuer.startswith("https:"),  # the public scheme: behind a TLS proxy the request is http
             )
         return response
 

@@ -10,7 +10,8 @@ Single use is the store's job, decided in one transaction whatever the number of
   a second take of it revokes the grant (OAuth 2.1 §4.1.3: tokens issued from a replayed code are revoked).
 - `rotate_refresh` consumes a refresh token and stores its successors in one transaction. The consumed
   token's digest stays as a tombstone until its expiry, and presenting it again revokes the grant
-  (refresh-token reuse detection, OAuth 2.1 §4.3.1).
+  (refresh-token reuse detection, OAuth 2.1 §4.3.1; RFC 9700 §4.14.2), unless the caller allows a short
+  grace for a retried or concurrent refresh (`reuse_grace_s`).
 - A code or token is only stored for a grant that exists; once the grant is revoked (by a replay, a reuse,
   RFC 7009 revocation or the `auth` command), `put_code` / `put_token` raise UnknownGrant, so no token
   outlives the revocation of its grant, however the calls interleave.
@@ -110,7 +111,8 @@ class AuthStateStore(Protocol):
     """The OAuth state of one store (StorageBackend.auth_state). Every method is one transaction."""
 
     def put_client(self, client: StoredClient) -> None:
-        """Insert or replace the client (its metadata; created_at is kept from the first registration)."""
+        """Insert or replace the client (its metadata; created_at is kept from the first registration).
+        ValueError if the metadata holds a client_secret: the store keeps no secret in the clear."""
         ...
 
     def get_client(self, client_id: str) -> StoredClient | None: ...
@@ -156,10 +158,23 @@ class AuthStateStore(Protocol):
         the grant's last_used_at to `now` if it is older than LAST_USED_RESOLUTION_S."""
         ...
 
-    def rotate_refresh(self, old_hash: str, new_refresh: StoredToken, new_access: StoredToken, now: float) -> bool:
+    def rotate_refresh(
+        self,
+        old_hash: str,
+        new_refresh: StoredToken,
+        new_access: StoredToken,
+        now: float,
+        *,
+        reuse_grace_s: float = 0.0,
+    ) -> bool:
         """Consume the live refresh token `old_hash` and store both new tokens (of its grant and client, else
         ValueError), in one transaction; True. False if it is unknown or expired; False AND the whole grant
-        revoked if it was consumed already (a reused refresh token)."""
+        revoked if it was consumed already (a reused refresh token).
+
+        reuse_grace_s (default 0: strict): a token consumed less than this long before `now` (and not expired)
+        is rotated once more instead, True, the grant kept: the successors of a refresh whose answer the client
+        lost, or of two refreshes at once by processes sharing one credential store (hosts do both; a strict
+        server makes them log in again). The window is fixed from the first use; a use after it revokes."""
         ...
 
     def revoke_token(self, token_hash: str) -> bool:

@@ -16,6 +16,8 @@ a token being issued while its grant is revoked is either refused (UnknownGrant)
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -33,9 +35,11 @@ from ..auth.state import (
     is_digest,
     require_digest,
 )
+from ..memory.ports import StoreError
 from .sql import Connection
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Conflict = Literal["unique", "foreign"] | None
 
@@ -134,6 +138,8 @@ class SqlAuthState:
     # -- clients
 
     def put_client(self, client: StoredClient) -> None:
+        if client.metadata.get("client_secret"):
+            raise ValueError("the store keeps no client secret in the clear (clients here are public; keep a digest)")
         metadata = json.dumps(client.metadata)
         self.db.write(
             lambda db: db.execute(
@@ -341,7 +347,15 @@ class SqlAuthState:
             )
         return token
 
-    def rotate_refresh(self, old_hash: str, new_refresh: StoredToken, new_access: StoredToken, now: float) -> bool:
+    def rotate_refresh(
+        self,
+        old_hash: str,
+        new_refresh: StoredToken,
+        new_access: StoredToken,
+        now: float,
+        *,
+        reuse_grace_s: float = 0.0,
+    ) -> bool:
         self._check_token(new_refresh, "refresh")
         self._check_token(new_access, "access")
         if not is_digest(old_hash):
@@ -358,14 +372,19 @@ class SqlAuthState:
             if row is None:
                 consumed = db.execute(
                     self._q(
-                        "SELECT grant_id FROM oauth_tokens WHERE token_hash = ? AND kind = 'refresh' "
-                        "AND consumed_at IS NOT NULL"
+                        "SELECT grant_id, client_id, consumed_at, expires_at FROM oauth_tokens "
+                        "WHERE token_hash = ? AND kind = 'refresh' AND consumed_at IS NOT NULL"
                     ),
                     (old_hash,),
                 ).fetchone()
-                if consumed is not None:
-                    self._revoke(db, consumed[0])  # a reused refresh token: the whole grant ends
-                return False
+                if consumed is None:
+                    return False
+                grant_id, client_id, consumed_at, expires_at = consumed
+                in_grace = now - consumed_at < reuse_grace_s and (expires_at is None or expires_at > now)
+                if not in_grace:
+                    self._revoke(db, grant_id)  # a reused refresh token: the whole grant ends
+                    return False
+                row = (grant_id, client_id)  # a concurrent or retried refresh: one more successor
             grant_id, client_id = row
             for token in (new_refresh, new_access):
                 if (token.grant_id, token.client_id) != (grant_id, client_id):
@@ -407,3 +426,14 @@ class SqlAuthState:
             return deleted + len(idle)
 
         return self.db.write(run)
+
+    def housekeeping(self) -> None:
+        """purge_expired now, for a backend's maintenance (after each auto-forget sweep): a store that is busy
+        or failing is logged and left to the next sweep, so the sweep's other work is not lost."""
+        try:
+            purged = self.purge_expired(time.time())
+        except StoreError as exc:
+            log.warning("purging expired OAuth codes and tokens failed (the next sweep tries again): %s", exc)
+            return
+        if purged:
+            log.info("purged %d expired OAuth codes, tokens and idle grants", purged)

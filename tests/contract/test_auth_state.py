@@ -29,6 +29,7 @@ from agentcache_mcp.auth.state import (
     UnknownGrant,
     token_hash,
 )
+from agentcache_mcp.memory.ports import StoreBusy
 from agentcache_mcp.memory.service import MemoryService
 
 from .harness import Harness
@@ -163,6 +164,13 @@ def test_the_store_refuses_a_secret_where_a_digest_belongs(state: AuthStateStore
     state.put_token(stored)
     assert state.get_token(secret, "access", NOW) is None  # looked up by the secret itself: nothing
     assert state.get_token(token_hash(secret), "access", NOW) == stored
+
+
+def test_the_store_refuses_a_client_secret_in_the_clear(state: AuthStateStore) -> None:
+    with pytest.raises(ValueError, match="no client secret"):
+        state.put_client(StoredClient("c", {"client_name": "x", "client_secret": "s3cret"}, NOW))
+    assert state.get_client("c") is None
+    state.put_client(StoredClient("c", {"client_name": "x", "client_secret": None}, NOW))  # a public client's dump
 
 
 def test_no_file_of_the_store_holds_a_code_or_token_in_the_clear(harness: Harness) -> None:
@@ -355,7 +363,68 @@ def test_of_two_concurrent_rotations_of_a_refresh_token_one_wins_and_the_reuse_r
             assert first.get_token(access.token_hash, "access", NOW) is None
 
 
+def test_within_the_reuse_grace_a_consumed_refresh_token_rotates_once_more_and_after_it_revokes(
+    state: AuthStateStore,
+) -> None:
+    """A host that lost the answer to its refresh, or two of its processes refreshing at once, send the same
+    refresh token twice within seconds: with a grace, both get working tokens; later, a reuse still revokes."""
+    client(state)
+    g = grant(state)
+    old = issue(state, g, "refresh")
+    successors = []
+    for at in (NOW, NOW + 29):
+        _, refresh = token_of(g, "refresh")
+        _, access = token_of(g, "access")
+        assert state.rotate_refresh(token_hash(old), refresh, access, at, reuse_grace_s=30) is True
+        successors += [refresh, access]
+    assert all(state.get_token(t.token_hash, t.kind, NOW + 29) == t for t in successors)
+    _, refresh = token_of(g, "refresh")
+    _, access = token_of(g, "access")
+    assert state.rotate_refresh(token_hash(old), refresh, access, NOW + 30, reuse_grace_s=30) is False
+    assert state.list_grants() == []
+    assert all(state.get_token(t.token_hash, t.kind, NOW + 30) is None for t in successors)
+
+
+def test_with_a_reuse_grace_two_concurrent_refreshes_both_succeed(opened: Callable[[], MemoryService]) -> None:
+    first, second = opened().backend.auth_state, opened().backend.auth_state
+    client(first)
+    for _ in range(5):
+        g = grant(first)
+        old = issue(first, g, "refresh")
+        new = [(token_of(g, "refresh")[1], token_of(g, "access")[1]) for _ in range(2)]
+        results = at_once(
+            [
+                partial(s.rotate_refresh, token_hash(old), r, a, NOW, reuse_grace_s=30)
+                for s, (r, a) in zip((first, second), new, strict=True)
+            ]
+        )
+        assert results == [True, True]
+        assert all(first.get_token(r.token_hash, "refresh", NOW) == r for r, _ in new)
+
+
 # --- revocation -----------------------------------------------------------------------------------------
+
+
+def test_a_token_issued_while_its_grant_is_revoked_is_refused_or_revoked_with_it(
+    opened: Callable[[], MemoryService],
+) -> None:
+    """The race of a token endpoint issuing tokens and a replay, a reuse or the owner revoking the grant."""
+    first, second = opened().backend.auth_state, opened().backend.auth_state
+    client(first)
+
+    def put(token: StoredToken) -> bool:
+        try:
+            first.put_token(token)
+        except UnknownGrant:
+            return False
+        return True
+
+    for _ in range(20):
+        g = grant(first)
+        secret, stored = token_of(g, "access")
+        at_once([partial(put, stored), partial(second.revoke_grant, g.grant_id)])
+        first.create_grant(g)  # the same id again: a token that outlived the revoke would be live now
+        assert not live(first, secret, "access")
 
 
 def test_revoking_either_token_of_a_grant_revokes_the_grant(state: AuthStateStore) -> None:
@@ -470,3 +539,17 @@ def test_the_stores_maintenance_purges_what_expired(opened: Callable[[], MemoryS
     backend.maintenance()
     assert state.purge_expired(now) == 0  # nothing left to purge
     assert live(state, kept, "refresh", now)
+
+
+def test_a_failing_purge_is_logged_and_the_maintenance_goes_on(
+    opened: Callable[[], MemoryService], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = opened().backend
+    state = backend.auth_state
+
+    def busy(now: float) -> int:
+        raise StoreBusy("the store is busy; nothing was written")
+
+    monkeypatch.setattr(state, "purge_expired", busy)
+    backend.maintenance()
+    assert "purging expired OAuth codes and tokens failed" in caplog.text

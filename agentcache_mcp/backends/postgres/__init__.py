@@ -447,9 +447,9 @@ class PostgresBackend:
         )
 
     def maintenance(self) -> None:
-        self.auth_state.purge_expired(time.time())
         if self.erase_mode == "after-forget":
             self.erase()
+        self.auth_state.housekeeping()
 
     def checkpoint(self) -> None:
         """Everything committed is durable already (the server's WAL); with AGENTCACHE_PG_ERASE=after-forget,

@@ -3,7 +3,6 @@ log. The embedded default for one person's hosts; several processes may share th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,9 @@ class SqliteAuthState(SqlAuthState):
     (BEGIN IMMEDIATE) holds the file's one write lock, across processes."""
 
     def conflict(self, exc: Exception) -> Conflict:
-        return "unique" if isinstance(exc, sqlite3.IntegrityError) else None
+        # Foreign keys are not enforced (the revoke deletes a grant's rows itself), so only a key can clash.
+        unique = isinstance(exc, sqlite3.IntegrityError) and "UNIQUE constraint failed" in str(exc)
+        return "unique" if unique else None
 
 
 class SqliteBackend:
@@ -71,7 +72,7 @@ class SqliteBackend:
 
     def maintenance(self) -> None:
         self.changes.prune()
-        self.auth_state.purge_expired(time.time())
+        self.auth_state.housekeeping()
 
     def checkpoint(self) -> None:
         self.db.checkpoint()
