@@ -423,17 +423,47 @@ async def test_a_refresh_rotates_both_tokens(http: httpx2.AsyncClient) -> None:
     assert (await call_mcp(http, renewed.access_token)).status_code == 200
 
 
-async def test_a_reused_refresh_token_revokes_the_grant(http: httpx2.AsyncClient, state: AuthStateStore) -> None:
+async def test_a_reused_refresh_token_revokes_the_grant(state: AuthStateStore) -> None:
+    async with http_client(protected_app(build(state, refresh_reuse_grace_s=0))) as http:
+        client = await register(http)
+        issued = await tokens(http, client.client_id)
+        rotated = await refresh(http, client.client_id, issued.refresh_token or "")
+        renewed = OAuthToken.model_validate_json(rotated.content)
+        assert (await call_mcp(http, renewed.access_token)).status_code == 200
+
+        stolen = await refresh(http, client.client_id, issued.refresh_token or "")  # the old one, presented again
+        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+        assert (await call_mcp(http, renewed.access_token)).status_code == 401, "every token of the grant is revoked"
+        assert (await refresh(http, client.client_id, renewed.refresh_token or "")).status_code == 400
+        assert state.list_grants() == []
+
+
+async def test_a_refresh_retried_within_the_grace_window_rotates_again_and_a_reuse_after_it_revokes_the_grant(
+    state: AuthStateStore,
+) -> None:
+    async with http_client(protected_app(build(state, refresh_reuse_grace_s=1.0))) as http:
+        client = await register(http)
+        issued = await tokens(http, client.client_id)
+        first = await refresh(http, client.client_id, issued.refresh_token or "")
+        retried = await refresh(http, client.client_id, issued.refresh_token or "")  # the answer was lost: again
+        assert first.status_code == retried.status_code == 200, retried.text
+        kept = OAuthToken.model_validate_json(retried.content)
+        assert (await call_mcp(http, kept.access_token)).status_code == 200
+        await anyio.sleep(1.5)
+        late = await refresh(http, client.client_id, issued.refresh_token or "")
+        assert late.status_code == 400
+        assert (await call_mcp(http, kept.access_token)).status_code == 401
+        assert state.list_grants() == []
+
+
+async def test_a_forged_refresh_token_naming_a_real_grant_is_refused_and_revokes_nothing(http: httpx2.AsyncClient) -> None:
     client = await register(http)
     issued = await tokens(http, client.client_id)
-    renewed = OAuthToken.model_validate_json((await refresh(http, client.client_id, issued.refresh_token or "")).content)
-    assert (await call_mcp(http, renewed.access_token)).status_code == 200
-
-    stolen = await refresh(http, client.client_id, issued.refresh_token or "")  # the old one, presented again
-    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
-    assert (await call_mcp(http, renewed.access_token)).status_code == 401, "every token of the grant is revoked"
-    assert (await refresh(http, client.client_id, renewed.refresh_token or "")).status_code == 400
-    assert state.list_grants() == []
+    grant_id = (issued.refresh_token or "").partition(".")[0]
+    forged = await refresh(http, client.client_id, f"{grant_id}.{'A' * 43}")
+    assert forged.status_code == 400 and forged.json()["error"] == "invalid_grant"
+    assert (await call_mcp(http, issued.access_token)).status_code == 200
+    assert (await refresh(http, client.client_id, issued.refresh_token or "")).status_code == 200
 
 
 async def test_a_refresh_token_of_another_client_is_refused_and_left_alone(http: httpx2.AsyncClient) -> None:

@@ -23,8 +23,9 @@ authorization and token handlers, with these additions where the SDK falls short
   (and revokes the grant of the code it consumed).
 - Single use: a code is taken from the store atomically when the token handler loads it; a second use of it
   revokes the grant and every token issued from it (OAuth 2.1 §4.1.3). A refresh token rotates on every use; a
-  used one presented again revokes the whole grant (reuse detection, OAuth 2.1 §4.3.1). Two refreshes racing
-  with the same token count as a reuse: the client authorizes again.
+  used one presented again revokes the whole grant (reuse detection, OAuth 2.1 §4.3.1, RFC 9700 §4.14.2),
+  except within `refresh_reuse_grace_s` of its first use (a retried or concurrent refresh), when it rotates
+  once more.
 - Revocation (RFC 7009) by the client's own token: the SDK's handler requires a `client_secret` form field that
   public clients do not send, so the endpoint here is its own; revoking either token of a grant revokes both.
 - PKCE S256 only and always (the SDK handler refuses `plain` and a missing challenge); the challenge must be a
@@ -126,6 +127,12 @@ class AuthServerConfig:
     """A refresh token lasts this long from its issue; each refresh issues a new one (so an unused grant ends)."""
     code_ttl_s: int = 60
     scopes: tuple[str, ...] = ("memory",)
+    refresh_reuse_grace_s: float = 30.0
+    """A used refresh token presented again within this long of its first use rotates once more instead of
+    revoking the grant: a host that lost the answer to a refresh and retries, or two processes of one host
+    refreshing at once, keep their connection (strict servers made Claude Code, Codex and Copilot log in again:
+    https://github.com/exceptionless/Exceptionless/pull/2404, https://github.com/FlowFuse/flowfuse/issues/8270).
+    After the window a reuse revokes the grant. 0: strict."""
     signing_secret: str | None = None
     """Signs the consent page's pending requests and CSRF tokens. Replicas behind one URL must share it (e.g. the
     store's UI secret), or an approval posted to another replica than the one that showed the page is refused
@@ -181,6 +188,15 @@ def same_resource(a: str, b: str) -> bool:
 
 def _secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def _grant_of(refresh_token: str) -> str | None:
+    """The grant id a refresh token of this server names, or None."""
+    prefix, dot, _ = refresh_token.partition(".")
+    try:
+        return str(uuid.UUID(prefix)) if dot else None
+    except ValueError:
+        return None
 
 
 class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, StoreRefreshToken, AccessToken]):
@@ -386,7 +402,9 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
         self, grant_id: str, client_id: str, scopes: tuple[str, ...], resource: str | None
     ) -> tuple[str, StoredToken, str, StoredToken]:
         now = time.time()
-        access, refresh = _secret(), _secret()
+        # A refresh token names its grant (not a secret: the grant's id), so a used one can still be offered to
+        # rotate_refresh, which needs the successors' grant up front; only the digest of the whole is stored.
+        access, refresh = _secret(), f"{grant_id}.{_secret()}"
         return (
             access,
             StoredToken(token_hash(access), "access", grant_id, client_id, scopes, resource, now + self.config.access_ttl_s),
@@ -413,31 +431,33 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
         )
 
     async def load_refresh_token(self, client: OAuthClientInformationFull, refresh_token: str) -> StoreRefreshToken | None:
-        digest = token_hash(refresh_token)
+        """The refresh token if it is live; or, if it is not (used, revoked, expired) but names a grant of this
+        client, that grant, so that exchange_refresh_token offers it to rotate_refresh, which decides in one
+        transaction: a reuse revokes the grant, a retry within refresh_reuse_grace_s rotates once more."""
         now = time.time()
-        stored = await self._run(self.state().get_token, digest, "refresh", now)
-        if stored is None:
-            await self._revoke_if_reused(digest, client.client_id, now)
+        stored = await self._run(self.state().get_token, token_hash(refresh_token), "refresh", now)
+        if stored is not None:
+            return StoreRefreshToken(
+                token=refresh_token,
+                client_id=stored.client_id,
+                scopes=list(stored.scopes),
+                expires_at=None if stored.expires_at is None else int(stored.expires_at),
+                resource=stored.resource,
+                grant_id=stored.grant_id,
+            )
+        grant_id = _grant_of(refresh_token)
+        if grant_id is None:
+            return None
+        grant = next((g for g in await self._run(self.state().list_grants, client.client_id) if g.grant_id == grant_id), None)
+        if grant is None:
             return None
         return StoreRefreshToken(
             token=refresh_token,
-            client_id=stored.client_id,
-            scopes=list(stored.scopes),
-            expires_at=None if stored.expires_at is None else int(stored.expires_at),
-            resource=stored.resource,
-            grant_id=stored.grant_id,
+            client_id=grant.client_id,
+            scopes=list(grant.scopes),
+            resource=grant.resource,
+            grant_id=grant.grant_id,
         )
-
-    async def _revoke_if_reused(self, digest: str, client_id: str, now: float) -> None:
-        """A refresh token that is not live may be a used one presented again: offer it to rotate_refresh, which
-        revokes its grant if so (and stores nothing: the offered successors belong to no grant)."""
-        _, stored_access, _, stored_refresh = self._new_tokens("", client_id, (), None)
-        try:
-            if not await self._run(self.state().rotate_refresh, digest, stored_refresh, stored_access, now):
-                return
-        except (ValueError, UnknownGrant):
-            return
-        log.error("oauth: rotate_refresh accepted a token get_token called dead (%s)", digest[:12])  # pragma: no cover
 
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: StoreRefreshToken, scopes: list[str]
@@ -455,7 +475,14 @@ class StoreAuthorizationProvider(OAuthAuthorizationServerProvider[StoreCode, Sto
         )
         try:
             rotated = await self._run(
-                self.state().rotate_refresh, token_hash(refresh_token.token), stored_refresh, stored_access, time.time()
+                partial(
+                    self.state().rotate_refresh,
+                    token_hash(refresh_token.token),
+                    stored_refresh,
+                    stored_access,
+                    time.time(),
+                    reuse_grace_s=self.config.refresh_reuse_grace_s,
+                )
             )
         except (UnknownGrant, UnknownClient) as exc:
             raise TokenError("invalid_grant", "the grant was revoked") from exc
