@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .memory.validation import InvalidInput, validate_namespace
 
@@ -230,6 +230,67 @@ def _names(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+OAUTH_MODES = ("off", "builtin", "jwt")
+"""AGENTCACHE_OAUTH's values: no OAuth (the static bearer token only), the built-in authorization server
+(agentcache_mcp.auth.server) for the one-owner case, or JWT access tokens from an external issuer (a team's
+identity provider), checked by agentcache_mcp.auth.resource.JwtVerifier."""
+
+MIN_PASSPHRASE_CHARS = 12
+"""The shortest AGENTCACHE_OAUTH_PASSPHRASE: the consent page is reachable by anyone who can reach the server."""
+
+_UNSAFE_REDIRECT_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "about", "blob", "filesystem"})
+
+
+def _url_parts(value: str) -> tuple[str, str, int | None, str] | None:
+    """(scheme, host, port, rest) of an http(s) URL (host lower-cased, IPv6 unbracketed), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    rest = parts.path + ("?" + parts.query if parts.query else "") + ("#" + parts.fragment if parts.fragment else "")
+    if parts.username is not None or parts.password is not None:
+        rest = "@" + rest  # user info: never part of an origin
+    return parts.scheme.lower(), parts.hostname.lower(), port, rest
+
+
+def _origin(scheme: str, host: str, port: int | None) -> str:
+    """As browsers send an Origin: IPv6 bracketed, no default port (https://x:443 is https://x)."""
+    name = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{name}" + (f":{port}" if port is not None and port != default else "")
+
+
+def _is_loopback_host(host: str) -> bool:
+    from .transports import is_loopback
+
+    return is_loopback(host)
+
+
+def _web_origin(value: str, what: str) -> str:
+    """`value` as a bare origin `scheme://host[:port]` (lower-cased), else _Invalid naming `what` is allowed."""
+    parts = _url_parts(value)
+    if parts is None or parts[3] not in ("", "/" if what == "public" else ""):
+        raise _Invalid(
+            "expected the origin clients use, https://HOST[:PORT] (no path, query or user info), e.g. "
+            "https://mem.example.com"
+            if what == "public"
+            else "expected web origins, https://HOST[:PORT] (no path, no trailing slash, not *), e.g. https://claude.ai",
+            shown=value,
+        )
+    scheme, host, port, _ = parts
+    if scheme == "http" and not _is_loopback_host(host):
+        raise _Invalid(
+            "must be https (plain http only for a loopback address: tokens would cross the network in clear)",
+            shown=value,
+        )
+    return _origin(scheme, host, port)
+
+
 _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_DB", "db_path", _path),
     ("AGENTCACHE_NAMESPACE", "namespace", _text),
@@ -249,6 +310,17 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("AGENTCACHE_EMBEDDING_LEASE_S", "embedding_lease_s", _number),
     ("AGENTCACHE_PG_ERASE", "pg_erase", _text),
     ("AGENTCACHE_PG_ERASE_AT", "pg_erase_at", _text),
+    ("AGENTCACHE_OAUTH", "oauth", _text),
+    ("AGENTCACHE_PUBLIC_URL", "public_url", _text),
+    ("AGENTCACHE_OAUTH_PASSPHRASE", "oauth_passphrase", _text),
+    ("AGENTCACHE_OAUTH_REDIRECT_URIS", "oauth_redirect_uris", _names),
+    ("AGENTCACHE_OAUTH_ACCESS_TTL_S", "oauth_access_ttl_s", _integer),
+    ("AGENTCACHE_OAUTH_REFRESH_TTL_S", "oauth_refresh_ttl_s", _integer),
+    ("AGENTCACHE_JWT_ISSUER", "jwt_issuer", _text),
+    ("AGENTCACHE_JWT_JWKS_URL", "jwt_jwks_url", _text),
+    ("AGENTCACHE_JWT_AUDIENCE", "jwt_audience", _text),
+    ("AGENTCACHE_JWT_SCOPE", "jwt_scope", _text),
+    ("AGENTCACHE_ALLOWED_ORIGINS", "allowed_origins", _names),
 )
 """(variable, setting, parser): every environment variable read. An empty variable counts as unset."""
 
@@ -278,6 +350,10 @@ class _Invalid(ValueError):
     def __init__(self, reason: str, shown: Any = None):
         super().__init__(reason)
         self.shown = shown
+
+
+class _Conflict(ValueError):
+    """Raised by a Settings validator for settings that contradict each other: the message is the whole line."""
 
 
 class Settings(BaseModel):
@@ -341,6 +417,29 @@ class Settings(BaseModel):
     """How long a recall waits for the embedding model to load before answering by keyword only."""
     access_flush_interval_s: float = Field(default=10.0, gt=0)
     """How often recall access stats (count, last access) are written; a crash loses at most this much."""
+    # OAuth 2.1 for the HTTP transports (agentcache_mcp.auth): see OAUTH_MODES
+    oauth: str = "off"
+    public_url: str | None = None
+    """The origin clients reach the server at (`https://mem.example.com`): the issuer of the built-in
+    authorization server, and with `/mcp` (or `/sse`) the resource tokens are bound to. Required for OAuth on a
+    non-loopback bind; on a loopback bind it defaults to `http://HOST:PORT` of the bind."""
+    oauth_passphrase: str | None = Field(default=None, repr=False)
+    """What the owner types on the built-in server's consent page; AGENTCACHE_AUTH_TOKEN if unset."""
+    oauth_redirect_uris: tuple[str, ...] = ()
+    """Redirect URIs allowed beyond the built-in list (hosted connectors, loopback, IDE schemes)."""
+    oauth_access_ttl_s: int = Field(default=3600, ge=60, le=86400)
+    oauth_refresh_ttl_s: int = Field(default=30 * 86400, ge=3600, le=365 * 86400)
+    jwt_issuer: str | None = None
+    """oauth=jwt: the `iss` every token must carry, exactly (and the authorization server the metadata names)."""
+    jwt_jwks_url: str | None = None
+    """oauth=jwt: where the issuer's signing keys are (https, or http on loopback)."""
+    jwt_audience: str | None = None
+    """oauth=jwt: the `aud` tokens must carry; the resource URL (public_url + /mcp) if unset."""
+    jwt_scope: str = "memory"
+    """oauth=jwt: the scope a token needs (in its `scope` or `scp` claim) to use the tools."""
+    allowed_origins: tuple[str, ...] = ()
+    """Extra web origins (`https://app.example`) browsers may call the HTTP transports from (Origin check and
+    CORS); loopback origins and the public URL's are allowed already."""
 
     @property
     def store_location(self) -> str:
@@ -369,6 +468,112 @@ class Settings(BaseModel):
         if found is None:
             raise _Invalid("expected a time of day HH:MM (UTC, 00:00 to 23:59), e.g. 03:00")
         return f"{int(found.group(1)):02d}:{found.group(2)}"
+
+    @field_validator("oauth")
+    @classmethod
+    def _check_oauth(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in OAUTH_MODES:
+            raise _Invalid("expected " + ", ".join(OAUTH_MODES[:-1]) + f" or {OAUTH_MODES[-1]}")
+        return mode
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _web_origin(value, "public")
+
+    @field_validator("oauth_passphrase")
+    @classmethod
+    def _check_passphrase(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_PASSPHRASE_CHARS:
+            raise _Invalid(f"must be at least {MIN_PASSPHRASE_CHARS} characters", shown=MASK)
+        return value
+
+    @field_validator("oauth_redirect_uris")
+    @classmethod
+    def _check_redirect_uris(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            scheme, colon, rest = uri.partition(":")
+            parts = _url_parts(uri) if scheme.lower() in ("http", "https") else None
+            problem = (
+                not colon
+                or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme)
+                or scheme.lower() in _UNSAFE_REDIRECT_SCHEMES
+                or "#" in uri
+                or "*" in uri
+                or not rest.strip("/")
+                or (scheme.lower() in ("http", "https") and parts is None)
+                or (parts is not None and parts[0] == "http" and not _is_loopback_host(parts[1]))
+            )
+            if problem:
+                raise _Invalid(
+                    "expected absolute redirect URIs without a fragment or wildcard: https://..., http:// only on "
+                    "loopback, or an app's own scheme (com.example.app:/callback)",
+                    shown=uri,
+                )
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = _url_parts(value)
+        if parts is None or "#" in parts[3] or parts[3].startswith("@"):
+            raise _Invalid("expected an https:// URL of the issuer's JWKS, e.g. https://idp.example/.well-known/jwks.json")
+        if parts[0] == "http" and not _is_loopback_host(parts[1]):
+            raise _Invalid("must be https (plain http only on loopback: a forged key set would forge every token)")
+        return value.strip()
+
+    @field_validator("jwt_issuer")
+    @classmethod
+    def _check_jwt_issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = _url_parts(value)
+        if parts is None or parts[3].startswith("@") or "?" in parts[3] or "#" in parts[3] or value != value.strip():
+            raise _Invalid("expected the issuer's URL exactly as its tokens' iss claim has it, e.g. https://login.example.com/realms/acme")
+        if parts[0] == "http" and not _is_loopback_host(parts[1]):
+            raise _Invalid("must be https (plain http only on loopback)")
+        return value
+
+    @field_validator("jwt_scope")
+    @classmethod
+    def _check_jwt_scope(cls, value: str) -> str:
+        if not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", value):  # RFC 6749 §3.3 scope-token
+            raise _Invalid("expected one scope name, without spaces or quotes, e.g. memory")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_allowed_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_web_origin(origin, "origin") for origin in value)
+
+    @model_validator(mode="after")
+    def _check_oauth_consistent(self) -> Settings:
+        if self.oauth_refresh_ttl_s < self.oauth_access_ttl_s:
+            raise _Conflict(
+                f"AGENTCACHE_OAUTH_REFRESH_TTL_S ({self.oauth_refresh_ttl_s}) must be at least "
+                f"AGENTCACHE_OAUTH_ACCESS_TTL_S ({self.oauth_access_ttl_s})"
+            )
+        if self.oauth == "builtin" and not (self.oauth_passphrase or self.auth_token):
+            raise _Conflict(
+                "AGENTCACHE_OAUTH=builtin needs AGENTCACHE_OAUTH_PASSPHRASE (or AGENTCACHE_AUTH_TOKEN): the owner "
+                "types it on the consent page to approve a connector"
+            )
+        if self.oauth == "jwt":
+            for variable, value in (("AGENTCACHE_JWT_ISSUER", self.jwt_issuer), ("AGENTCACHE_JWT_JWKS_URL", self.jwt_jwks_url)):
+                if not value:
+                    raise _Conflict(
+                        f"AGENTCACHE_OAUTH=jwt needs {variable}: the issuer whose tokens are accepted and where its "
+                        "signing keys are"
+                    )
+        if self.oauth != "off" and self.public_url is None and not _is_loopback_host(self.host):
+            raise _Conflict(
+                f"AGENTCACHE_OAUTH={self.oauth} on the non-loopback address {self.host} needs AGENTCACHE_PUBLIC_URL, "
+                "the https:// origin clients reach the server at (tokens are bound to it)"
+            )
+        return self
 
     @field_validator("db_path")
     @classmethod
@@ -483,6 +688,8 @@ def _describe(error: Any, given: Mapping[str, tuple[str, Any]]) -> str:
     field = str(error["loc"][0]) if error.get("loc") else ""
     source, value = given.get(field, (field, error.get("input")))
     cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _Conflict):
+        return str(cause)
     if isinstance(cause, _Invalid):
         shown = value if cause.shown is None else cause.shown
         return f"{source} {_show(shown)} is invalid: {cause}"

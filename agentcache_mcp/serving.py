@@ -67,7 +67,7 @@ async def serve(settings: Settings, transport: str) -> None:
             tg.start_soon(_cancel_on_signal, tg.cancel_scope, None, app, stdin)
             await _run_stdio(server, app, stdin)  # returns at stdin EOF or a signal, the calls in flight answered
         else:
-            uv = http_server(server, settings, transport, app=app)
+            uv = http_server(server, settings, transport, app=app, port=sockets[0].getsockname()[1])
             tg.start_soon(_cancel_on_signal, tg.cancel_scope, uv, app)
             tg.start_soon(_announce, uv, f"serving {transport} on", "")
             await uv.serve(sockets=sockets)
@@ -177,7 +177,7 @@ def _why(exc: OSError) -> str:
 async def _listening(settings: Settings, transport: str) -> AsyncIterator[list[socket.socket]]:
     """The HTTP transports' (and the UI's) sockets, bound before the store is opened and closed at the end;
     none for stdio."""
-    if transport != "stdio" and (refusal := bind_refusal(settings)) is not None:
+    if transport != "stdio" and (refusal := bind_refusal(settings, ui_only=transport == "ui")) is not None:
         raise ValueError(refusal)  # main checks first; this keeps any other caller from listening at all
     sockets = [] if transport == "stdio" else listen(settings.host, settings.port)
     try:
@@ -410,13 +410,18 @@ async def _cancel_on_signal(
     scope.cancel()
 
 
-def http_server(server: Any, settings: Settings, transport: str, *, app: Any = None) -> Any:
+def http_server(server: Any, settings: Settings, transport: str, *, app: Any = None, port: int | None = None) -> Any:
     """A uvicorn server for the MCP transport, behind transports.guard; with `app` (the running App) the
-    memory browser is served at /ui/ beside it."""
+    memory browser is served at /ui/ beside it (off loopback only with AGENTCACHE_AUTH_TOKEN, its login).
+
+    With AGENTCACHE_OAUTH on, the protected-resource metadata (and for `builtin` the authorization server's
+    routes, its state in `app`'s store) are added, and auth.resource.ResourceGuard checks tokens; `port` is the
+    port bound (the default public URL's on loopback; settings.port if not given)."""
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.routing import Mount
 
-    from .transports import UI_PATH, is_ui_path
+    from .auth.resource import build_resource_side
+    from .transports import UI_PATH, is_ui_path, serves_ui_over_http
 
     if (refusal := bind_refusal(settings)) is not None:
         raise ValueError(refusal)  # main checks first; this keeps any other caller from skipping it
@@ -438,11 +443,23 @@ def http_server(server: Any, settings: Settings, transport: str, *, app: Any = N
             stateless_http=not settings.stateful_http,
             session_idle_timeout=settings.session_idle_timeout_s,
         )
-    if app is not None:
+    state = (lambda: app.memory.backend.auth_state) if app is not None else None
+    # The consent page's signing key is the store's shared secret (as the UI's sessions are): a page shown by
+    # one replica may be approved through another.
+    signing_secret = app.memory.ui_secret() if app is not None and settings.oauth == "builtin" else None
+    resource = build_resource_side(settings, transport, settings.port if port is None else port, state, signing_secret)
+    if resource is not None:
+        asgi.router.routes[:0] = resource.routes  # before the SDK's, so none of them can shadow the metadata
+    with_ui = app is not None and serves_ui_over_http(settings)
+    if with_ui:
         from .ui import build_ui
 
         asgi.router.routes.append(Mount(UI_PATH, build_ui(app)))
-    return _uvicorn(guard(asgi, settings, logs_in_itself=is_ui_path if app is not None else None), settings)
+    elif app is not None:
+        log.info("the memory browser (/ui/) is not served: off loopback it needs AGENTCACHE_AUTH_TOKEN for its login")
+    return _uvicorn(
+        guard(asgi, settings, logs_in_itself=is_ui_path if with_ui else None, resource=resource), settings
+    )
 
 
 def _uvicorn(asgi: Any, settings: Settings) -> Any:

@@ -9,7 +9,9 @@
 - `guard(asgi, settings)`: wraps an app in the guards the settings call for. Both transports go through
   it, and the guards see every HTTP and WebSocket request, so a route added later is covered too. The web
   UI's paths (`/ui/...`) pass the bearer check to the UI's own token login (a browser cannot send the
-  header), never the Host/Origin check.
+  header), never the Host/Origin check. With AGENTCACHE_OAUTH on, the bearer check is OAuth's
+  (auth.resource.ResourceGuard, which takes the static token too), and with a token or OAuth, CORS
+  (auth.resource.Cors) answers browser clients of the admitted origins.
 - `RequestLog`: one DEBUG line per HTTP request (method, path, status, duration), outermost in `guard`.
 - `limited_h11_protocol`: uvicorn's HTTP/1.1 protocol with a request timeout and a connection limit, so
   half-sent requests and stalled clients cannot hold connections (and file descriptors) for long.
@@ -29,9 +31,12 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .auth.resource import ResourceSide
 
 log = logging.getLogger("agentcache_mcp")
 
@@ -110,6 +115,12 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
     return _canonical(name), port
 
 
+def canonical_origin(scheme: str, name: str, port: int | None) -> str:
+    """`scheme://name[:port]` as browsers send an Origin: lower case, IPv6 bracketed, no default port."""
+    host = f"[{name}]" if ":" in name else name
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else "")
+
+
 def bind_host_problem(host: str) -> str | None:
     """Why `host` cannot be a bind address, or None: an IP address (IPv6 without brackets) or a host name."""
     if _ip(host) is not None or _HOSTNAME.fullmatch(host):
@@ -158,12 +169,15 @@ class HostOriginGuard:
     its other spellings, `[::ffff:127.x.y.z]`), plus `allowed_hosts` entries `NAME[:PORT]`. An entry
     without a port matches any port; one with a port matches that port, or a Host without a port when it is
     80 or 443 (a proxy's default port), or an Origin whose scheme's default port it is. A missing or
-    repeated Host header, a repeated Origin header and `Origin: null` are refused.
+    repeated Host header, a repeated Origin header and `Origin: null` are refused. `allowed_origins` are web
+    origins (`https://app.example`, AGENTCACHE_ALLOWED_ORIGINS) admitted as an Origin only, never as a Host:
+    a browser client served from there may call the server, which that name cannot be.
     """
 
-    def __init__(self, app: Any, allowed_hosts: Iterable[str] = ()):
+    def __init__(self, app: Any, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()):
         self.app = app
         self.allowed = tuple(parse_allowed_host(entry) for entry in allowed_hosts)
+        self.allowed_origins = frozenset(allowed_origins)  # exact origins (config canonicalises them), Origin only
 
     def _admits(self, name: str, port: int | None, default_port: int | None) -> bool:
         if _is_loopback_name(name):
@@ -193,6 +207,8 @@ class HostOriginGuard:
             name, port = split_host_port(authority)
         except ValueError:
             return False  # a path, userinfo or junk: not an origin a browser sends
+        if self.allowed_origins and canonical_origin(scheme, name, port) in self.allowed_origins:
+            return True
         return self._admits(name, port, _DEFAULT_PORTS[scheme])
 
     def problem(self, scope: dict[str, Any]) -> str | None:
@@ -282,22 +298,48 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def bind_refusal(settings: Settings) -> str | None:
-    """Why the HTTP transports must not start with these settings, or None: without a token, only a
-    loopback bind is allowed (Host/Origin checks then keep browsers' rebinding tricks out)."""
-    if not settings.auth_token and not is_loopback(settings.host):
+def bind_refusal(settings: Settings, *, ui_only: bool = False) -> str | None:
+    """Why the HTTP transports (or, `ui_only`, the `ui` command) must not start with these settings, or None:
+    without a token, only a loopback bind is allowed (Host/Origin checks then keep browsers' rebinding tricks
+    out), unless OAuth guards the MCP endpoint (config has then required AGENTCACHE_PUBLIC_URL). OAuth does not
+    guard the web UI, which logs in with the token: `ui` alone still needs it off loopback."""
+    if not settings.auth_token and not is_loopback(settings.host) and (ui_only or settings.oauth == "off"):
         return (
-            f"refusing to serve on non-loopback address {settings.host} without AGENTCACHE_AUTH_TOKEN set: "
-            "anyone who can reach it could read and delete memories"
+            f"refusing to serve on non-loopback address {settings.host} without AGENTCACHE_AUTH_TOKEN set"
+            + ("" if ui_only else " (or AGENTCACHE_OAUTH)")
+            + ": anyone who can reach it could read and delete memories"
         )
     return None
 
 
+def serves_ui_over_http(settings: Settings) -> bool:
+    """Whether `serve` over HTTP mounts the web UI: it logs in with AGENTCACHE_AUTH_TOKEN, so off loopback
+    (which OAuth alone allows) only with the token set; else its pages would be open to the network."""
+    return bool(settings.auth_token) or is_loopback(settings.host)
+
+
 def needs_host_check(settings: Settings) -> bool:
     """Host/Origin checks apply on a loopback bind (always, token or not), without a token (which the CLI
-    allows only on loopback), and with a token on any other bind when allowed hosts are configured; a token
-    on a non-loopback bind with no allowed hosts is guarded by the token alone."""
-    return is_loopback(settings.host) or not settings.auth_token or bool(settings.allowed_hosts)
+    allows only on loopback, or with OAuth), and with a token on any other bind when allowed hosts, a public
+    URL or allowed origins are configured; a token on a non-loopback bind with none of them is guarded by the
+    token alone."""
+    return (
+        is_loopback(settings.host)
+        or not settings.auth_token
+        or bool(settings.allowed_hosts or settings.allowed_origins or settings.public_url)
+    )
+
+
+def public_url_entry(settings: Settings) -> list[str]:
+    """AGENTCACHE_PUBLIC_URL's host (with its port if it names one) as an allowed-host entry: the name clients,
+    and the consent page's own form posts, arrive with."""
+    if not settings.public_url:
+        return []
+    name, port = split_host_port(settings.public_url.partition("://")[2])
+    if _is_loopback_name(name):
+        return []
+    host = f"[{name}]" if ":" in name else name
+    return [host if port is None else f"{host}:{port}"]
 
 
 def _bind_entries(host: str) -> list[str]:
@@ -349,14 +391,34 @@ class RequestLog:
             )
 
 
-def guard(asgi: Any, settings: Settings, *, logs_in_itself: Callable[[str], bool] | None = None) -> Any:
-    """`asgi` behind the guards `settings` call for: Host/Origin first, then the bearer token; the
-    request log outermost. Paths for which `logs_in_itself` is true (the web UI's: a browser cannot send a
-    bearer header) are left to the app's own token login; Host/Origin checks still apply to them."""
-    if settings.auth_token:
+def guard(
+    asgi: Any,
+    settings: Settings,
+    *,
+    logs_in_itself: Callable[[str], bool] | None = None,
+    resource: ResourceSide | None = None,
+) -> Any:
+    """`asgi` behind the guards `settings` call for: Host/Origin first, then CORS (with a token or OAuth), then
+    the bearer check (OAuth's, `resource`, when given: auth.resource.ResourceGuard, which takes the static token
+    too; else the static token's); the request log outermost. Paths for which `logs_in_itself` is true (the
+    web UI's: a browser cannot send a bearer header) are left to the app's own token login and get no CORS;
+    Host/Origin checks still apply to them.
+
+    Without a token or OAuth there is no CORS: a server anyone on the machine may call must not let every web
+    page served from localhost (a dev server) read its answers, as browsers then would."""
+    if resource is not None:
+        asgi = resource.guard(asgi, logs_in_itself=logs_in_itself)
+    elif settings.auth_token:
         asgi = BearerAuth(asgi, settings.auth_token, logs_in_itself=logs_in_itself)
+    origins = HostOriginGuard(
+        asgi, [*_bind_entries(settings.host), *public_url_entry(settings), *settings.allowed_hosts], settings.allowed_origins
+    )
+    if resource is not None or settings.auth_token:
+        from .auth.resource import Cors
+
+        asgi = origins.app = Cors(asgi, origins.admits_origin, skip=logs_in_itself)
     if needs_host_check(settings):
-        asgi = HostOriginGuard(asgi, [*_bind_entries(settings.host), *settings.allowed_hosts])
+        asgi = origins
     return RequestLog(asgi)
 
 
