@@ -360,3 +360,15 @@ def test_a_consent_page_shown_by_one_replica_is_approved_through_another(tmp_pat
                     assert token.status_code == 200, token.text
 
             anyio.run(flow)
+
+
+def test_the_sdks_oauth_client_completes_the_flow_on_a_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
+    """The built-in server's clients, grants, codes and tokens live in the store: the same flow on PostgreSQL."""
+    settings = builtin(tmp_path).model_copy(update={"database_url": postgres_url})
+    with Server(settings) as server:
+        owner, storage = Owner(server.base), Storage()
+        tools = anyio.run(_use_tools, server, provider(server, owner, storage))
+        assert {"recall", "remember"} <= set(tools) and owner.consent_pages == 1
+        assert storage.tokens is not None and type(server.app.memory.backend).__name__ == "PostgresBackend"
+        grants = server.app.memory.backend.auth_state.list_grants()
+        assert len(grants) == 1 and grants[0].resource == server.base + "/mcp"
