@@ -450,6 +450,13 @@ def http_server(server: Any, settings: Settings, transport: str, *, app: Any = N
     resource = build_resource_side(settings, transport, settings.port if port is None else port, state, signing_secret)
     if resource is not None:
         asgi.router.routes[:0] = resource.routes  # before the SDK's, so none of them can shadow the metadata
+        log.info(
+            "OAuth (%s): tokens for %s from %s%s",
+            settings.oauth,
+            resource.config.resource_url,
+            resource.config.authorization_server,
+            "; the static token is accepted too" if settings.auth_token else "",
+        )
     with_ui = app is not None and serves_ui_over_http(settings)
     if with_ui:
         from .ui import build_ui
