@@ -29,6 +29,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
@@ -263,6 +264,27 @@ def _install(route: str, built: Built, root: Path) -> Installed:
     return Installed([python, "-m", "agentcache_mcp"], {}, True, [python])
 
 
+def _timed_install(route: str, built: Built) -> tuple[Installed, float]:
+    root = built.scratch / route
+    root.mkdir()
+    started = time.monotonic()
+    installed = _install(route, built, root)
+    return installed, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def installs(built: Built) -> Iterator[dict[str, Future[tuple[Installed, float]]]]:
+    """The four installs, two at a time (pip's and pipx's, the slow ones, first), while the servers are tried one
+    by one: installing is single-threaded unpacking, so two at once take about the time of one on two cores."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {route: pool.submit(_timed_install, route, built) for route in ("pipx", "venv", "uv-tool", "uvx")}
+        try:
+            yield futures
+        finally:
+            for future in futures.values():
+                future.cancel()
+
+
 ENVIRONMENT_REPORT = """
 import importlib.metadata as md, json, agentcache_mcp, torch
 print(json.dumps({
@@ -305,12 +327,11 @@ async def _session(params: StdioServerParameters) -> dict[str, Any]:
 
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + SERVER_TIMEOUT_S)
 @pytest.mark.parametrize("route", ROUTES)
-def test_the_wheel_installed_by_each_route_serves_a_hybrid_recall_over_stdio(built: Built, route: str) -> None:
+def test_the_wheel_installed_by_each_route_serves_a_hybrid_recall_over_stdio(
+    built: Built, installs: dict[str, Future[tuple[Installed, float]]], route: str
+) -> None:
     root = built.scratch / route
-    root.mkdir()
-    started = time.monotonic()
-    installed = _install(route, built, root)
-    install_s = time.monotonic() - started
+    installed, install_s = installs[route].result(timeout=INSTALL_TIMEOUT_S)
 
     environment = _environment(installed, _clean_env(**installed.server_env), root)
     assert environment["torch"] == "2.13.0+cpu" and environment["cuda"] is None, environment
