@@ -293,7 +293,8 @@ def test_full_database_refuses_the_write_and_keeps_what_was_stored(db_path: Path
 
 
 def test_full_disk_is_a_clear_tool_error_and_nothing_is_lost(tmp_path: Path) -> None:
-    with tmpfs(tmp_path / "small", "size=256k") as directory:
+    # 512 KiB: the empty store (schema 3 with the OAuth tables) and its WAL take most of 256 KiB already
+    with tmpfs(tmp_path / "small", "size=512k") as directory:
         db_path = directory / "memory.db"
 
         async def run() -> tuple[list[str], str]:
