@@ -632,3 +632,17 @@ def test_a_symmetric_key_in_the_key_set_signs_nothing(keys: Keys, tmp_path: Path
         assert anyio.run(verifier.verify_token, keys.token()) is not None  # the same key set's RSA key still signs
     finally:
         keys.served = saved
+
+
+def test_a_jwt_typed_as_something_other_than_an_access_token_is_refused(client: TestClient, keys: Keys):
+    # RFC 9068 §4 / RFC 8725 §3.11: the `typ` header tells JWT kinds apart. A DPoP proof, a logout token or a
+    # security event signed by the same issuer, with our audience, is not an access token. `JWT` (what most
+    # identity providers put on access tokens) and `at+jwt` are accepted; no `typ` at all too.
+    for typ in ("dpop+jwt", "logout+jwt", "secevent+jwt", "application/secevent+jwt", "id_token+jwt", 7):
+        token = jwt.encode(jwt.decode(keys.token(), options={"verify_signature": False}), keys.rsa, algorithm="RS256",
+                           headers={"kid": "rsa-1", "typ": typ})
+        assert client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 401, typ
+    for typ in ("at+jwt", "application/at+jwt", "JWT", "jwt"):
+        token = jwt.encode(jwt.decode(keys.token(), options={"verify_signature": False}), keys.rsa, algorithm="RS256",
+                           headers={"kid": "rsa-1", "typ": typ})
+        assert client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 200, typ
