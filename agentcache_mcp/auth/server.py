@@ -132,11 +132,11 @@ class AuthServerConfig:
     code_ttl_s: int = 60
     scopes: tuple[str, ...] = ("memory",)
     refresh_reuse_grace_s: float = 30.0
-    """A used refresh token presented again within this long of its first use rotates once more instead of
-    revoking the grant: a host that lost the answer to a refresh and retries, or two processes of one host
+    """A used refresh token presented again within this long of its first use rotates once more (once only)
+    instead of revoking the grant: a host that lost the answer to a refresh and retries, or two processes of one host
     refreshing at once, keep their connection (strict servers made Claude Code, Codex and Copilot log in again:
     https://github.com/exceptionless/Exceptionless/pull/2404, https://github.com/FlowFuse/flowfuse/issues/8270).
-    After the window a reuse revokes the grant. 0: strict."""
+    A further reuse, or one after the window, revokes the grant. 0: strict."""
     signing_secret: str | None = None
     """Signs the consent page's pending requests and CSRF tokens (labelled `oauth-...`, so the UI's secret may be
     reused). Replicas behind one URL must share it (the store's `MemoryService.ui_secret` is shared already), or
