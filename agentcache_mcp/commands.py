@@ -844,9 +844,10 @@ def _ingest_transcript(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _client_name(client: StoredClient | None) -> str:
-    """What the client calls itself (RFC 7591 client_name, as it registered: shown, never trusted), or '-'."""
+    """What the client calls itself (RFC 7591 client_name, as it registered: shown, never trusted), on one line
+    (its whitespace folded: a newline in it would forge a line of the confirmation), or '-'."""
     name = client.metadata.get("client_name") if client is not None else None
-    return name if isinstance(name, str) and name.strip() else "-"
+    return " ".join(name.split()) if isinstance(name, str) and name.strip() else "-"
 
 
 def _client_strings(client: StoredClient, field: str) -> list[str]:

@@ -463,7 +463,10 @@ def http_server(server: Any, settings: Settings, transport: str, *, app: Any = N
 
         asgi.router.routes.append(Mount(UI_PATH, build_ui(app)))
     elif app is not None:
-        log.info("the memory browser (/ui/) is not served: off loopback it needs AGENTCACHE_AUTH_TOKEN for its login")
+        log.info(
+            "the memory browser (/ui/) is not served: reachable from beyond loopback (a non-loopback bind, or a "
+            "public URL or allowed host with OAuth), it needs AGENTCACHE_AUTH_TOKEN for its login"
+        )
     return _uvicorn(
         guard(asgi, settings, logs_in_itself=is_ui_path if with_ui else None, resource=resource), settings
     )

@@ -313,9 +313,19 @@ def bind_refusal(settings: Settings, *, ui_only: bool = False) -> str | None:
 
 
 def serves_ui_over_http(settings: Settings) -> bool:
-    """Whether `serve` over HTTP mounts the web UI: it logs in with AGENTCACHE_AUTH_TOKEN, so off loopback
-    (which OAuth alone allows) only with the token set; else its pages would be open to the network."""
-    return bool(settings.auth_token) or is_loopback(settings.host)
+    """Whether `serve` over HTTP mounts the web UI: it logs in with AGENTCACHE_AUTH_TOKEN, so without the token
+    only where nothing but loopback reaches it. Off loopback (which OAuth alone allows) it is not served; nor,
+    with OAuth on, on a loopback bind that admits another name (AGENTCACHE_PUBLIC_URL, --allowed-host): that
+    is a tunnel or a proxy bringing the network in (how claude.ai reaches a laptop), which OAuth guards /mcp
+    for, and the UI's pages, open without a login, would hand every memory to whoever has the URL."""
+    if settings.auth_token:
+        return True
+    if not is_loopback(settings.host):
+        return False
+    if settings.oauth == "off":
+        return True  # as before OAuth: without a token /mcp is as open as the UI to whatever is admitted
+    admitted = [parse_allowed_host(entry)[0] for entry in (*public_url_entry(settings), *settings.allowed_hosts)]
+    return all(_is_loopback_name(name) for name in admitted)
 
 
 def needs_host_check(settings: Settings) -> bool:

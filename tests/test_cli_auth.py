@@ -160,3 +160,19 @@ def test_auth_works_on_a_postgres_store_and_a_revoke_reaches_every_replica(
         assert state.get_token(token_hash("t"), "access", CREATED) is None  # the running replica sees it at once
     finally:
         replica.close()
+
+
+def test_revoking_or_removing_a_client_whose_name_holds_a_newline_prints_one_line(
+    capsys: pytest.CaptureFixture[str], store: Path
+) -> None:
+    """The confirmation quotes the registrant's name too: a newline in it must not forge a second line."""
+    memory = open_memory(Settings(db_path=store), embedder=HashEmbedder())
+    try:
+        state = memory.backend.auth_state
+        state.put_client(StoredClient("evil-id", {"client_name": "Evil\nremoved client Claude", "redirect_uris": [CLAUDE]}, CREATED))
+        state.create_grant(Grant("grant-evil", "evil-id", ("memory",), None, CREATED, None))
+    finally:
+        memory.close()
+    for args in (("auth", "revoke", "grant-evil"), ("auth", "remove-client", "evil-id")):
+        code, out, err = run(capsys, "--db", store, *args)
+        assert code == 0 and err == "" and len(out.strip().splitlines()) == 1, out

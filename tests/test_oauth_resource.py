@@ -632,3 +632,38 @@ def test_a_symmetric_key_in_the_key_set_signs_nothing(keys: Keys, tmp_path: Path
         assert anyio.run(verifier.verify_token, keys.token()) is not None  # the same key set's RSA key still signs
     finally:
         keys.served = saved
+
+
+def test_a_jwt_typed_as_something_other_than_an_access_token_is_refused(client: TestClient, keys: Keys):
+    # RFC 9068 §4 / RFC 8725 §3.11: the `typ` header tells JWT kinds apart. A DPoP proof, a logout token or a
+    # security event signed by the same issuer, with our audience, is not an access token. `JWT` (what most
+    # identity providers put on access tokens) and `at+jwt` are accepted; no `typ` at all too.
+    for typ in ("dpop+jwt", "logout+jwt", "secevent+jwt", "application/secevent+jwt", "id_token+jwt", 7):
+        token = jwt.encode(jwt.decode(keys.token(), options={"verify_signature": False}), keys.rsa, algorithm="RS256",
+                           headers={"kid": "rsa-1", "typ": typ})
+        assert client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 401, typ
+    for typ in ("at+jwt", "application/at+jwt", "JWT", "jwt"):
+        token = jwt.encode(jwt.decode(keys.token(), options={"verify_signature": False}), keys.rsa, algorithm="RS256",
+                           headers={"kid": "rsa-1", "typ": typ})
+        assert client.post("/mcp", json=INIT, headers=bearer(token)).status_code == 200, typ
+
+
+def test_on_loopback_behind_a_tunnel_without_a_token_oauth_serves_no_ui(keys: Keys, tmp_path: Path):
+    # The usual way to reach a server on a laptop from claude.ai: bind 127.0.0.1 and tunnel a public name to it
+    # (AGENTCACHE_PUBLIC_URL). OAuth guards /mcp then, but the web UI has no login without AGENTCACHE_AUTH_TOKEN:
+    # it must not be served to whoever has the public URL (it reads and deletes every memory).
+    for extra in ({"public_url": "https://mem.example.com"}, {"allowed_hosts": ["mem.example.com"]}):
+        settings = Settings(
+            db_path=tmp_path / "m.db", oauth="jwt", jwt_issuer=ISSUER, jwt_jwks_url=keys.url, host="127.0.0.1",
+            jwt_audience="https://mem.example.com/mcp", **extra,
+        )
+        token = keys.token({"aud": "https://mem.example.com/mcp"})
+        for asgi, _ in _with_store(settings):
+            with TestClient(asgi, base_url="https://mem.example.com") as test_client:
+                assert test_client.get("/ui/").status_code == 401, extra  # the bearer check covers it
+                assert test_client.get("/ui/", headers=bearer(token)).status_code == 404, extra  # not served
+    # on loopback with nothing but loopback admitted, the UI stays as it was (no token, no login)
+    local = Settings(db_path=tmp_path / "l.db", oauth="jwt", jwt_issuer=ISSUER, jwt_jwks_url=keys.url, host="127.0.0.1")
+    for asgi, _ in _with_store(local):
+        with TestClient(asgi, base_url="http://127.0.0.1:8000") as test_client:
+            assert test_client.get("/ui/").status_code == 200

@@ -394,8 +394,8 @@ class JwtVerifier(TokenVerifier):
     """AGENTCACHE_OAUTH=jwt: access tokens that are JWTs signed by an external issuer, checked by its JWKS.
 
     A token is accepted when its header names an asymmetric algorithm (JWT_ALGORITHMS) that fits the key its
-    `kid` names in the issuer's key set, the signature verifies, `iss` is the issuer exactly, `aud` is (or
-    lists) the audience, and `exp` (required), `nbf` and `iat` hold with JWT_LEEWAY_S of skew. Its scopes come
+    `kid` names in the issuer's key set, its `typ` (if any) is an access token's (JWT_ACCESS_TOKEN_TYPES), the
+    signature verifies, `iss` is the issuer exactly, `aud` is (or lists) the audience, and `exp` (required), `nbf` and `iat` hold with JWT_LEEWAY_S of skew. Its scopes come
     from `scope` (space-separated, RFC 9068 / RFC 8693) or `scp` (a list or a string, as Entra and Okta send);
     ResourceGuard then requires the configured one (403 without it). The AccessToken's `resource` is the
     resource URL (the audience stood for it), `client_id` is `client_id` or `azp` (or `sub`), `subject` `sub`,
@@ -437,6 +437,8 @@ class JwtVerifier(TokenVerifier):
             return None
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in JWT_ALGORITHMS or not isinstance(kid, str) or not kid:
+            return None
+        if not _access_token_type(header.get("typ", "JWT")):
             return None
         try:
             key = await self._signing_key(kid)
@@ -492,6 +494,18 @@ class JwtVerifier(TokenVerifier):
         if now - self._last_fetch_warning >= 60:
             self._last_fetch_warning = now
             log.warning("cannot fetch the JWT issuer's keys (%s); JWT tokens are refused meanwhile", exc)
+
+
+JWT_ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
+"""The `typ` headers a JWT access token may carry: RFC 9068's `at+jwt`, and the generic `JWT` most identity
+providers (Entra, Auth0's default profile, Okta) put on theirs, so RFC 9068 §4's strict `at+jwt` would refuse
+them. Any other type the same issuer signs (a DPoP proof, a logout token, a security event: RFC 8725 §3.11) is
+not an access token. An OpenID Connect ID token is typed `JWT` too; it is kept out by the scope, which ID
+tokens do not carry, and by the audience (its `aud` is a client id)."""
+
+
+def _access_token_type(typ: object) -> bool:
+    return isinstance(typ, str) and typ.lower().removeprefix("application/") in JWT_ACCESS_TOKEN_TYPES
 
 
 def _scopes(claims: dict[str, Any]) -> list[str]:

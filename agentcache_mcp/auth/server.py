@@ -40,6 +40,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -106,6 +107,9 @@ FETCHED_AT = "agentcache_fetched_at"
 """The key, in a cached Client ID Metadata Document's stored metadata, of when it was fetched."""
 PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 """An S256 code_challenge: the unpadded base64url of a SHA-256 (RFC 7636 §4.2)."""
+CODE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+"""A PKCE code_verifier (RFC 7636 §4.1). The SDK's token handler takes any string: a short verifier's S256
+challenge, sent in the front channel, can be reversed by trying them all, and PKCE would protect nothing."""
 PURGE_EVERY_S = 3600.0
 """Expired codes and tokens are purged from the store at most this often per process."""
 SECRET_BYTES = 32
@@ -128,11 +132,11 @@ class AuthServerConfig:
     code_ttl_s: int = 60
     scopes: tuple[str, ...] = ("memory",)
     refresh_reuse_grace_s: float = 30.0
-    """A used refresh token presented again within this long of its first use rotates once more instead of
-    revoking the grant: a host that lost the answer to a refresh and retries, or two processes of one host
+    """A used refresh token presented again within this long of its first use rotates once more (once only)
+    instead of revoking the grant: a host that lost the answer to a refresh and retries, or two processes of one host
     refreshing at once, keep their connection (strict servers made Claude Code, Codex and Copilot log in again:
     https://github.com/exceptionless/Exceptionless/pull/2404, https://github.com/FlowFuse/flowfuse/issues/8270).
-    After the window a reuse revokes the grant. 0: strict."""
+    A further reuse, or one after the window, revokes the grant. 0: strict."""
     signing_secret: str | None = None
     """Signs the consent page's pending requests and CSRF tokens (labelled `oauth-...`, so the UI's secret may be
     reused). Replicas behind one URL must share it (the store's `MemoryService.ui_secret` is shared already), or
@@ -193,6 +197,19 @@ def same_resource(a: str, b: str) -> bool:
         return str(AnyHttpUrl(a)).removesuffix("/") == str(AnyHttpUrl(b)).removesuffix("/")
     except ValidationError:
         return False
+
+
+def clean_name(name: str | None) -> str | None:
+    """A client's self-chosen name fit to show and log: control, format (bidi overrides, zero-width) and other
+    non-printing characters dropped, whitespace folded, cut to MAX_CLIENT_NAME; None if nothing is left. A
+    right-to-left override would make the consent page show another name than the one registered."""
+    if name is None:
+        return None
+    kept = "".join(
+        " " if ch.isspace() else ch for ch in name if ch.isspace() or not unicodedata.category(ch).startswith("C")
+    )
+    folded = " ".join(kept.split())[:MAX_CLIENT_NAME]
+    return folded or None
 
 
 def _secret() -> str:
@@ -617,13 +634,18 @@ def build_authorization_server(
             try:
                 await provider.load_metadata_document(client_id)
             except ClientMetadataError as exc:
-                log.warning("oauth: refused client metadata document %s: %s", client_id, exc)
+                log.warning("oauth: refused client metadata document %r: %s", client_id, exc)
                 return _json_error(400, "invalid_client", str(exc))
         return with_issuer(await authorization_handler.handle(request))
 
     async def token(request: Request) -> Response:
         form = await request.form()  # cached on the request: the SDK handler reads the same form
         resource = form.get("resource")
+        verifier = form.get("code_verifier")
+        if form.get("grant_type") == "authorization_code" and not (
+            isinstance(verifier, str) and CODE_VERIFIER.fullmatch(verifier)
+        ):
+            return _json_error(400, "invalid_request", "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~")
         reset = _requested_resource.set(resource if isinstance(resource, str) else None)
         try:
             return await token_handler.handle(request)
@@ -663,13 +685,12 @@ def build_authorization_server(
                 "client_id_issued_at": int(time.time()),
             }
         )
-        if info.client_name is not None:
-            info.client_name = info.client_name[:MAX_CLIENT_NAME]
+        info.client_name = clean_name(info.client_name)
         try:
             await provider.register_client(info)
         except RegistrationError as exc:
             return _json_error(400, exc.error, exc.error_description or exc.error)
-        log.info("oauth: registered client %r (%s)", info.client_id, info.client_name)
+        log.info("oauth: registered client %r (%r)", info.client_id, info.client_name)
         return PydanticJSONResponse(content=info, status_code=201, headers={"Cache-Control": "no-store"})
 
     async def revoke(request: Request) -> Response:
@@ -717,7 +738,7 @@ def build_authorization_server(
         client = await provider.get_client(pending.client_id)
         if client is None:
             return None
-        name = (client.client_name or "An unnamed client")[:MAX_CLIENT_NAME]
+        name = clean_name(client.client_name) or "An unnamed client"
         return {
             "client_name": name,
             "client_id": client.client_id,

@@ -174,7 +174,8 @@ class AuthStateStore(Protocol):
         reuse_grace_s (default 0: strict): a token consumed less than this long before `now` (and not expired)
         is rotated once more instead, True, the grant kept: the successors of a refresh whose answer the client
         lost, or of two refreshes at once by processes sharing one credential store (hosts do both; a strict
-        server makes them log in again). The window is fixed from the first use; a use after it revokes."""
+        server makes them log in again). The window is fixed from the first use and spent by one such rotation: a
+        further use, within the window or after it, revokes."""
         ...
 
     def revoke_token(self, token_hash: str) -> bool:

@@ -381,6 +381,19 @@ class SqlAuthState:
                     return False
                 grant_id, client_id, consumed_at, expires_at = consumed
                 in_grace = now - consumed_at < reuse_grace_s and (expires_at is None or expires_at > now)
+                # The grace is spent once: consumed_at moves back out of the window (compare-and-set, so of two
+                # presentations at once only one gets it), and any further presentation is a reuse.
+                if in_grace:
+                    in_grace = (
+                        db.execute(
+                            self._q(
+                                "UPDATE oauth_tokens SET consumed_at = ? WHERE token_hash = ? AND kind = 'refresh' "
+                                "AND consumed_at = ? RETURNING 1"
+                            ),
+                            (consumed_at - reuse_grace_s, old_hash, consumed_at),
+                        ).fetchone()
+                        is not None
+                    )
                 if not in_grace:
                     self._revoke(db, grant_id)  # a reused refresh token: the whole grant ends
                     return False

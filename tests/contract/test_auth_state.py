@@ -385,6 +385,28 @@ def test_within_the_reuse_grace_a_consumed_refresh_token_rotates_once_more_and_a
     assert all(state.get_token(t.token_hash, t.kind, NOW + 30) is None for t in successors)
 
 
+def test_within_the_reuse_grace_a_consumed_refresh_token_rotates_only_once_more_then_a_reuse_revokes(
+    state: AuthStateStore,
+) -> None:
+    """The grace is for one retry or one concurrent refresh, not a window in which whoever holds a copy of the
+    token (a thief who read it as it was used) mints as many token pairs as it likes: a third presentation, even
+    within the window, is a reuse and ends the grant."""
+    client(state)
+    g = grant(state)
+    old = issue(state, g, "refresh")
+    successors = []
+    for at in (NOW, NOW + 1):
+        _, refresh = token_of(g, "refresh")
+        _, access = token_of(g, "access")
+        assert state.rotate_refresh(token_hash(old), refresh, access, at, reuse_grace_s=30) is True
+        successors += [refresh, access]
+    _, refresh = token_of(g, "refresh")
+    _, access = token_of(g, "access")
+    assert state.rotate_refresh(token_hash(old), refresh, access, NOW + 2, reuse_grace_s=30) is False
+    assert state.list_grants() == []
+    assert all(state.get_token(t.token_hash, t.kind, NOW + 2) is None for t in successors)
+
+
 def test_with_a_reuse_grace_two_concurrent_refreshes_both_succeed(opened: Callable[[], MemoryService]) -> None:
     first, second = opened().backend.auth_state, opened().backend.auth_state
     client(first)
