@@ -186,3 +186,62 @@ def test_the_consent_page_does_not_show_inside_another_sites_frame(served: Serve
         assert browser.find_elements("css selector", "#approve") == [], "the consent form must not render in a frame"
     finally:
         browser.switch_to.default_content()
+
+
+def test_a_connector_that_speaks_only_oauth_adds_the_real_server_by_url_in_chromium_and_calls_its_tools(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The whole connector story against `serve`'s own app (serving.http_server over a real store): discovery
+    from the 401, registration, the owner's approval in Chromium, the token, then the MCP SDK's client calls
+    remember and recall with it."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from test_oauth_flow import PASSPHRASE as SERVER_PASSPHRASE
+    from test_oauth_flow import Server, builtin
+
+    browser.delete_all_cookies()
+    with Server(builtin(tmp_path)) as server:
+        challenge_header = httpx2.post(server.base + "/mcp", json={}).headers["www-authenticate"]
+        metadata_url = challenge_header.split('resource_metadata="', 1)[1].split('"', 1)[0]
+        resource_doc = httpx2.get(metadata_url).json()
+        issuer = resource_doc["authorization_servers"][0]
+        as_doc = httpx2.get(issuer + "/.well-known/oauth-authorization-server").json()
+        registered = httpx2.post(
+            as_doc["registration_endpoint"],
+            json={"client_name": "Browser connector", "redirect_uris": ["http://127.0.0.1/callback"]},
+        )
+        assert registered.status_code == 201, registered.text
+        client_id = registered.json()["client_id"]
+        callback = f"http://127.0.0.1:{server.port}/callback"  # any loopback port: the browser only has to land
+        verifier, challenge = pkce()
+        query = {
+            "response_type": "code", "client_id": client_id, "redirect_uri": callback, "code_challenge": challenge,
+            "code_challenge_method": "S256", "state": "connector-1", "resource": resource_doc["resource"],
+            "scope": "memory",
+        }
+        browser.get(f"{as_doc['authorization_endpoint']}?{urlencode(query)}")
+        wait_for_url(browser, issuer + "/consent?")
+        assert find(browser, "#client-name").text == "Browser connector"
+        find(browser, "#passphrase").send_keys(SERVER_PASSPHRASE)
+        find(browser, "#approve").click()
+        landed = wait_for_url(browser, callback + "?")
+        params = {k: v[0] for k, v in parse_qs(urlsplit(landed).query).items()}
+        assert params["state"] == "connector-1" and params["iss"] == issuer
+        token = httpx2.post(as_doc["token_endpoint"], data={
+            "grant_type": "authorization_code", "code": params["code"], "redirect_uri": callback,
+            "client_id": client_id, "code_verifier": verifier, "resource": resource_doc["resource"],
+        })
+        assert token.status_code == 200, token.text
+        access = token.json()["access_token"]
+
+        async def use_tools() -> str:
+            headers = {"Authorization": f"Bearer {access}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=30) as http,
+                Client(streamable_http_client(resource_doc["resource"], http_client=http)) as client,
+            ):
+                await client.call_tool("remember", {"text": "The on-call rotation changes every Monday"})
+                found = await client.call_tool("recall", {"query": "on-call rotation"})
+                return str(found.content)
+
+        assert "every Monday" in anyio.run(use_tools)
