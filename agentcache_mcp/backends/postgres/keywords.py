@@ -10,7 +10,8 @@ Ranking, normalised to feed the same fusion (which divides each retriever's scor
 summed over the query's terms, score = sum(idf(term) * ts_rank({0, 0, context_weight, 1}, terms, term, 1)),
 idf(term) = ln(1 + (N - df + 0.5) / (df + 0.5)) with N and df counted in the namespace (df exactly up to the
 row budget, past it estimated from the namespace's newest memories; both kept until the store changed by a
-hundredth of the namespace, see _namespace_counts). Deviations from the SQLite path, measured by nothing finer than the contract suite:
+hundredth of the namespace, see _namespace_counts). Deviations from the SQLite path, measured by nothing finer
+than the contract suite:
 - ts_rank is not BM25's saturation: term frequency enters as ts_rank's log-scaled proximity-free weight,
   and length normalisation is ts_rank's option 1 (1 + log(document length)), not BM25's b / avgdl;
 - IDF is counted per namespace (FTS5's is table-wide), so here another namespace's size never shifts weights;
