@@ -24,7 +24,8 @@ measured is the store), while the phases follow one another:
 
 At the end, F more forgets and the erase alone, no recall running: its lock time without contention.
 
-A recall counts in the phase in which it started. Each line gives the recalls' count and p50/p95/p99/max in
+A recall counts in the phase in which it started, or in the rewrite's (erase, or sweep in after-forget) if it was
+running while the rewrite held the table. Each line gives the recalls' count and p50/p95/p99/max in
 ms, and each erase the time it held the table's lock. The load average is printed before and after: on a
 shared machine, compare runs taken together.
 """
@@ -171,6 +172,114 @@ def load(url: str, texts: list[str], vectors: np.ndarray) -> None:
     print(f"  loaded {len(texts)} memories in {time.monotonic() - started:.0f} s", flush=True)
 
 
+# -- where a slow recall's time goes (--trace)
+
+
+class Tracer:
+    """Times each stage of every recall (the backend's retriever and repository calls, the keyword counts, the
+    pool's connection wait, an exact vector search), per thread; and samples pg_stat_activity's wait events and
+    the vacuum progress of the bench's database every 50 ms, to set beside the slowest recalls."""
+
+    def __init__(self, backend: PostgresBackend, url: str):
+        from agentcache_mcp.backends.postgres import vectors as pg_vectors
+
+        self.local = threading.local()
+        self.samples: list[tuple[float, list[tuple[Any, ...]]]] = []
+        self.stop = False
+        self.url = url
+        self.pg_vectors = pg_vectors
+        self.undo: list[tuple[Any, str, Any]] = []
+        for owner, names in (
+            (backend.keywords, ("informative_terms", "search", "_namespace_counts", "_total", "_rows", "_sampled")),
+            (backend.vectors, ("search", "scores_for")),
+            (backend.memories, ("neighbours", "live_keys", "get_by_keys", "texts")),
+            (backend.db.pool, ("getconn",)),
+        ):
+            for name in names:
+                self._wrap(owner, name, f"{type(owner).__name__}.{name}")
+        original = pg_vectors.search_sql
+
+        def search_sql(table: str, clause: str, *, exact: bool = False) -> Any:
+            if exact:
+                self.note("exact vector search", 0.0)
+            return original(table, clause, exact=exact)
+
+        pg_vectors.search_sql = search_sql
+        self.undo.append((pg_vectors, "search_sql", original))
+        self.watcher = threading.Thread(target=self.watch, daemon=True)
+        self.watcher.start()
+
+    def _wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.note(label, time.perf_counter() - started)
+
+        setattr(owner, name, timed)
+        self.undo.append((owner, name, None))
+
+    def note(self, label: str, seconds: float) -> None:
+        stages = getattr(self.local, "stages", None)
+        if stages is not None:
+            stages[label] = stages.get(label, 0.0) + seconds
+
+    def begin(self) -> None:
+        self.local.stages = {}
+
+    def end(self) -> dict[str, float]:
+        stages, self.local.stages = self.local.stages, None
+        return stages
+
+    def watch(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop:
+                rows = conn.execute(
+                    "SELECT pid, backend_type, state, wait_event_type, wait_event, left(query, 60) "
+                    "FROM pg_stat_activity WHERE (datname = current_database() OR backend_type LIKE 'autovacuum%%') "
+                    "AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'"
+                ).fetchall()
+                rows += [("vacuum", *r) for r in conn.execute(
+                    "SELECT relid::regclass::text, phase, heap_blks_scanned, heap_blks_total, index_vacuum_count "
+                    "FROM pg_stat_progress_vacuum WHERE datname = current_database()"
+                ).fetchall()]
+                self.samples.append((time.monotonic(), rows))
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.stop = True
+        self.watcher.join()
+        for owner, name, original in self.undo:
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    def during(self, start: float, end: float) -> list[str]:
+        """What the database's sessions were waiting on while [start, end] ran, counted over the samples."""
+        seen: dict[str, int] = {}
+        for at, rows in self.samples:
+            if start <= at <= end:
+                for row in rows:
+                    if row[0] == "vacuum":
+                        key = f"vacuum {row[1]} {row[2]} {row[3]}/{row[4]}"
+                    else:
+                        key = f"{row[1]}:{row[2]}:{row[3]}:{row[4]}:{(row[5] or '')[:40]}"
+                    seen[key] = seen.get(key, 0) + 1
+        return [f"{n}x {k}" for k, n in sorted(seen.items(), key=lambda kv: -kv[1])[:8]]
+
+
+def autovacuum_times(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT relname, n_dead_tup, last_autovacuum, last_autoanalyze, autovacuum_count, autoanalyze_count "
+            "FROM pg_stat_user_tables WHERE relname = 'memories' OR relname LIKE 'vectors%%' OR relname = 'meta'"
+        ).fetchall()
+
+
 # -- the measurement
 
 
@@ -178,14 +287,23 @@ def load(url: str, texts: list[str], vectors: np.ndarray) -> None:
 class Recorder:
     phase: str = "before"
     stop: bool = False
-    latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tracer: Tracer | None = None
+    traced: list[tuple[str, float, float, float, dict[str, float]]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def enter(self, phase: str) -> None:
+        self.marks[phase] = time.monotonic()
+        self.phase = phase
 
     def client(self, memory: MemoryService, queries: list[str], seed: int) -> None:
         rng = random.Random(seed)
         while not self.stop:
             phase = self.phase
+            if self.tracer is not None:
+                self.tracer.begin()
+            began = time.monotonic()
             started = time.perf_counter()
             try:
                 memory.recall(rng.choice(queries), namespace=NAMESPACE, touch=False)
@@ -194,8 +312,27 @@ class Recorder:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             took = time.perf_counter() - started
+            stages = self.tracer.end() if self.tracer is not None else {}
             with self.lock:
-                self.latencies.setdefault(phase, []).append(took)
+                self.traced.append((phase, began, began + took, took, stages))
+
+    def settle(self, rewrites: list[tuple[str, str]]) -> dict[str, list[float]]:
+        """Each phase's latencies. A recall counts in the phase in which it started, except one that was running
+        while a rewrite held the table (the erase; the sweep's in after-forget, each phase named with the phase
+        that follows it): it counts in the rewrite's phase, having waited for it. (Counted by its start alone,
+        the recalls in flight when the erase began were charged to "after": at 100k they were its p99.)"""
+        windows = [(name, self.marks[name], self.marks[then]) for name, then in rewrites if name in self.marks]
+        settled = []
+        for phase, began, ended, took, stages in self.traced:
+            for name, start, end in windows:
+                if began < end and ended > start:
+                    phase = name
+            settled.append((phase, began, ended, took, stages))
+        self.traced = settled
+        latencies: dict[str, list[float]] = {}
+        for phase, _, _, took, _ in settled:
+            latencies.setdefault(phase, []).append(took)
+        return latencies
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -211,6 +348,29 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def report_trace(recorder: Recorder, url: str, slowest: int) -> None:
+    """The slowest recalls of each phase with their stages (ms) and what the database waited on meanwhile; each
+    phase's mean per stage; autovacuum's times."""
+    tracer = recorder.tracer
+    assert tracer is not None
+    origin = recorder.marks.get("forget", 0.0)
+    print("  phases start (s from the forgets' start): "
+          + ", ".join(f"{p} {t - origin:+.1f}" for p, t in recorder.marks.items()), flush=True)
+    for phase in dict.fromkeys(p for p, *_ in recorder.traced):
+        mine = [t for t in recorder.traced if t[0] == phase]
+        labels = sorted({k for t in mine for k in t[4]})
+        means = {k: 1000 * sum(t[4].get(k, 0.0) for t in mine) / len(mine) for k in labels}
+        print(f"  [{phase}] n={len(mine)} mean ms per stage: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in means.items()), flush=True)
+        for _, began, ended, took, stages in sorted(mine, key=lambda t: -t[3])[:slowest]:
+            parts = ", ".join(f"{k} {1000 * v:.0f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+            print(f"    {1000 * took:7.0f} ms at {began - origin:+6.2f} s: {parts}", flush=True)
+            for line in tracer.during(began, ended):
+                print(f"        {line}", flush=True)
+    for row in autovacuum_times(url):
+        print(f"  {row}", flush=True)
+
+
 def one_run(
     url: str, mode: str, victims: list[str], queries: list[str], vectors: dict[str, np.ndarray], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -219,6 +379,8 @@ def one_run(
     backend = memory.backend
     assert isinstance(backend, PostgresBackend)
     recorder = Recorder()
+    if args.trace:
+        recorder.tracer = Tracer(backend, url)
     clients = [
         threading.Thread(target=recorder.client, args=(memory, queries, seed), daemon=True)
         for seed in range(args.clients)
@@ -229,12 +391,12 @@ def one_run(
     for c in clients:
         c.start()
     time.sleep(args.phase_s)
-    recorder.phase = "forget"
+    recorder.enter("forget")
     started = time.monotonic()
     for memory_id in victims:
         memory.forget(ids=[memory_id], namespace=NAMESPACE)
     result["forget_s"] = time.monotonic() - started
-    recorder.phase = "sweep"
+    recorder.enter("sweep")
     started = time.monotonic()
     with backend.exclusive("auto-forget") as alone:
         assert alone
@@ -243,22 +405,27 @@ def one_run(
     if mode == "after-forget":
         result["erase_locked_s"] = backend.db.read(lambda c: c.execute(
             "SELECT value FROM meta WHERE key = 'last_erase_locked_s'").fetchone()[0])
-    recorder.phase = "after"
+    recorder.enter("after")
     time.sleep(args.phase_s)
     if mode != "after-forget":
         result["on_disk_before_erase"] = backend.erasure(time.time())["forgotten_on_disk"]
-        recorder.phase = "erase"
+        recorder.enter("erase")
         report = backend.erase()
         result["erase_locked_s"] = round(report.locked_s, 3)
         result["erase_s"] = round(report.seconds, 3)
         result["erase_attempts"] = report.attempts
-        recorder.phase = "after erase"
+        recorder.enter("after erase")
         time.sleep(args.phase_s)
     recorder.stop = True
     for c in clients:
         c.join()
+    rewrites = [("erase", "after erase")] + ([("sweep", "after")] if mode == "after-forget" else [])
+    latencies = recorder.settle(rewrites)
+    if recorder.tracer is not None:
+        report_trace(recorder, url, args.trace)
+        recorder.tracer.close()
     memory.close()
-    result["phases"] = {phase: percentiles(values) for phase, values in recorder.latencies.items()}
+    result["phases"] = {phase: percentiles(values) for phase, values in latencies.items()}
     result["errors"] = len(recorder.errors)
     if recorder.errors:
         result["first_error"] = recorder.errors[0][:200]
@@ -279,6 +446,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=None, help="a SQLite store built by bench/scale.py")
     parser.add_argument("--reuse", action="store_true", help="use the database as loaded by an earlier run")
     parser.add_argument("--keep", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--trace", type=int, default=0, metavar="N",
+                        help="time each recall's stages and print each phase's N slowest with the server's waits")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     modes = args.modes.split(",")

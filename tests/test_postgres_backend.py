@@ -773,6 +773,32 @@ def test_a_repeated_keyword_search_counts_nothing_until_the_store_changes(postgr
         memory.close()
 
 
+def test_forgetting_a_few_memories_keeps_the_keyword_counts_until_a_hundredth_is_gone(postgres_url: str) -> None:
+    """Regression: every DELETE made the next recall count the namespace's keyword terms afresh, so while agents
+    forget one memory a call, nearly every concurrent recall recounted (at 100k: ~0.1 s for the namespace's size
+    and ~0.2 s for its terms, per recall, bench/pg_forget.py). Deletes now count as growth does: the counts
+    are kept until memories deleted (anywhere in the store) and added add up to a RECOUNT_SHARE-th of it."""
+    memory, _ = _keyword_budget_store(postgres_url)  # 1,000 memories: a hundredth is 10
+    try:
+        kw = memory.backend.keywords
+        where = MemoryFilter("ns", live_at=time.time())
+
+        def recall_keywords() -> list[tuple[int, float]]:
+            return kw.search("ns", kw.informative_terms("ns", ["common", "middle", "rare"]), 100, where, 0.4)
+
+        assert any("count(*)" in s for s in _statements(recall_keywords))
+        rows = memory.backend.memories.find(MemoryFilter("ns"))
+        for m in rows[:5]:  # five forgets, one call each
+            assert memory.forget(ids=[m.id], namespace="ns").deleted == [m.id]
+        again = _statements(recall_keywords)
+        assert not any("count(*)" in s for s in again), again
+        for m in rows[5:11]:  # eleven in all: past a hundredth
+            assert memory.forget(ids=[m.id], namespace="ns").deleted == [m.id]
+        assert any("count(*)" in s for s in _statements(recall_keywords))
+    finally:
+        memory.close()
+
+
 def test_the_live_filter_looks_up_a_superseding_memory_by_id_not_by_scanning_the_table(postgres_url: str) -> None:
     """Regression: NOT EXISTS let the planner hash the superseding memories, a scan of the whole table on every
     recall as soon as one candidate was superseded (55 ms at 10k memories); an index lookup per such row serves."""

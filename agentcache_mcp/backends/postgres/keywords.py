@@ -9,8 +9,9 @@ parsed as tsquery syntax) and the terms are OR-ed.
 Ranking, normalised to feed the same fusion (which divides each retriever's scores by its best): BM25-like,
 summed over the query's terms, score = sum(idf(term) * ts_rank({0, 0, context_weight, 1}, terms, term, 1)),
 idf(term) = ln(1 + (N - df + 0.5) / (df + 0.5)) with N and df counted in the namespace (df exactly up to the
-row budget, past it estimated from the namespace's newest memories; both kept until the store changes, see
-search). Deviations from the SQLite path, measured by nothing finer than the contract suite:
+row budget, past it estimated from the namespace's newest memories; both kept until the store changed by a
+hundredth of the namespace, see _namespace_counts). Deviations from the SQLite path, measured by nothing finer
+than the contract suite:
 - ts_rank is not BM25's saturation: term frequency enters as ts_rank's log-scaled proximity-free weight,
   and length normalisation is ts_rank's option 1 (1 + log(document length)), not BM25's b / avgdl;
 - IDF is counted per namespace (FTS5's is table-wide), so here another namespace's size never shifts weights;
@@ -46,7 +47,8 @@ SAMPLE_ROWS = 1_000
 """Terms in more rows than the budget get their share of the namespace from its newest this many memories."""
 
 RECOUNT_SHARE = 100
-"""Counts are kept until a delete, or until the namespace may have grown by 1/RECOUNT_SHARE (a new key each)."""
+"""Counts are kept until the namespace may have changed by 1/RECOUNT_SHARE: memories added (a new key each) and
+deleted (anywhere in the store), in all."""
 
 COUNT_CACHE_SIZE = 4096
 """Counts kept per namespace (and namespaces kept) before the cache starts afresh."""
@@ -65,30 +67,43 @@ class TsvectorKeywords:
     def __init__(self, database: Database):
         self.db = database
         self._counts: dict[str, tuple[tuple[object, ...], Counts]] = {}
-        """Per namespace: (newest key, erase generation, settings) when its counts were taken, and the counts:
+        """Per namespace: (newest key, erase generation, deletes since the last erase, erases, settings) when its
+        counts were taken, and the counts:
         ("total", ""), ("rows", term), ("own", term), ("sampled", ""), ("sample rows", term), ("sample own", term)."""
 
     def _namespace_counts(self, db: Connection, namespace: str) -> Counts:
-        """The namespace's cached counts; taken afresh after any delete (every DELETE statement raises the erase
-        generation) or once the namespace may have grown by a RECOUNT_SHARE-th (its newest key rose by that much:
-        keys increase, one per insert or more). Two index lookups."""
+        """The namespace's cached counts; taken afresh once the store may have changed by a RECOUNT_SHARE-th
+        of the namespace: its newest key rose (keys increase, one per insert or more) plus memories deleted
+        anywhere in the store (the DELETE trigger's count since the last erase), by that much in all. Deletes
+        are counted as growth is (a forget of one memory among 100k moves no IDF): a recount per delete put
+        every concurrent recall's counting in the forgets' way (bench/pg_forget.py). After an erase, or where
+        the deletes' count is unknown (a store upgraded with deletes pending), any delete recounts. One round
+        trip of index lookups."""
         row = db.execute(
             "SELECT (SELECT max(pk) FROM memories WHERE namespace = %s), "
-            "(SELECT value FROM meta WHERE key = 'erase_generation')",
+            "(SELECT value FROM meta WHERE key = 'erase_generation'), "
+            "(SELECT value FROM meta WHERE key = 'erase_pending_count'), "
+            "(SELECT value FROM meta WHERE key = 'erased_generation')",
             (namespace,),
         ).fetchone()
-        newest, generation = (row[0] or 0, row[1]) if row else (0, None)
+        newest, generation, pending, erased = (int(row[0] or 0), *row[1:]) if row else (0, None, None, None)
         settings = (KEYWORD_ROW_BUDGET, PRUNE_TERMS_FROM_ROWS, SAMPLE_ROWS, RECOUNT_SHARE)
         cached = self._counts.get(namespace)
         if cached is not None and len(cached[1]) < COUNT_CACHE_SIZE:
-            (was_newest, was_generation, was_settings), counts = cached
-            grown = int(newest) - int(was_newest)  # type: ignore[call-overload]
-            if was_generation == generation and was_settings == settings and 0 <= grown <= counts.get(("total", ""), 0) // RECOUNT_SHARE:
-                return counts
+            (was_newest, was_generation, was_pending, was_erased, was_settings), counts = cached
+            grown = newest - int(was_newest)  # type: ignore[call-overload]
+            share = counts.get(("total", ""), 0) // RECOUNT_SHARE
+            if was_settings == settings and 0 <= grown <= share:
+                if was_generation == generation:
+                    return counts
+                if erased == was_erased and pending and was_pending:  # '' : the deletes' count is unknown
+                    deleted = int(pending) - int(was_pending)  # type: ignore[call-overload]
+                    if deleted >= 0 and grown + deleted <= share:
+                        return counts
         if len(self._counts) >= COUNT_CACHE_SIZE:
             self._counts.clear()
         counts = {}
-        self._counts[namespace] = ((newest, generation, settings), counts)
+        self._counts[namespace] = ((newest, generation, pending, erased, settings), counts)
         return counts
 
     @staticmethod
@@ -164,7 +179,7 @@ class TsvectorKeywords:
         all would go; namespaces under PRUNE_TERMS_FROM_ROWS keep every term (as on SQLite). Their IDF is ~0,
         yet each would be scored on every candidate. The row budget is the search's (below). A term in more rows
         than the budget is judged by its share of the namespace's newest SAMPLE_ROWS memories; the others by
-        exact counts. Counts are kept until a delete or until the namespace grew by a RECOUNT_SHARE-th (most
+        exact counts. Counts are kept until the store changed by a RECOUNT_SHARE-th of the namespace (most
         queries share their common words)."""
         if not terms:
             return terms
