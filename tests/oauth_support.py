@@ -196,3 +196,23 @@ async def refresh(http: httpx2.AsyncClient, client_id: str, refresh_token: str, 
 
 async def call_mcp(http: httpx2.AsyncClient, access_token: str) -> httpx2.Response:
     return await http.get("/mcp", headers={"Authorization": f"Bearer {access_token}"})
+
+
+class MemoryStorage:
+    """The SDK OAuth client's token storage, in memory (a test's connector keeps nothing between runs)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
