@@ -115,8 +115,6 @@ class Refused(Exception):
     """The consent page did not approve."""
 
 
-
-
 class Server:
     """`serve --transport streamable-http` in a thread: a socket bound first (its port is the public URL's),
     the store opened, the composed app served by uvicorn."""
