@@ -149,7 +149,7 @@ class PgMemories(SqlMemories[Connection]):
     def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]:
         if not keys:
             return {}
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 r[0]: _memory(r)
                 for r in db.execute(
@@ -162,7 +162,7 @@ class PgMemories(SqlMemories[Connection]):
     def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
         if not keys:
             return {}
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 int(pk): text
                 for pk, text in db.execute(
@@ -285,7 +285,7 @@ class PgMemories(SqlMemories[Connection]):
         if not keys:
             return set()
         clause, params = filter_sql(where)
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 pk
                 for (pk,) in db.execute(
@@ -316,7 +316,7 @@ class PgMemories(SqlMemories[Connection]):
                 out[key] = list(zip(before, after, strict=True))
             return out
 
-        return self.db.read(q)
+        return self.db.query(q)
 
     def record_access(self, accesses: Mapping[int, tuple[int, float]]) -> None:
         if not accesses:

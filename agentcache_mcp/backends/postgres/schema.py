@@ -240,7 +240,50 @@ _OAUTH = [
     "CREATE INDEX oauth_tokens_expires ON oauth_tokens(expires_at) WHERE expires_at IS NOT NULL",
 ]
 
-MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH]
+_VECTOR_CHANGES = [
+    # The vector tables' change log, which a replica that keeps the vectors in memory (backends/postgres/
+    # matrix.py) reads before a search. Written by statement triggers in the writing transaction: a row per
+    # vector inserted, updated or deleted (a memory's delete cascades to its vector), with the writing
+    # transaction's id. A reader remembers the snapshot it last read in and next reads the rows of the
+    # transactions that snapshot did not see: sequence order is not commit order, transaction visibility is.
+    # Only keys: no text, no vector.
+    """
+    CREATE TABLE vector_changes (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        xid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+        table_name TEXT NOT NULL,
+        memory_pk BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX vector_changes_xid ON vector_changes(xid)",
+    # Every row of a transaction older than this was pruned: a reader whose last snapshot's xmin is below it
+    # may have missed some, and loads the vectors again.
+    "INSERT INTO meta(key, value) VALUES ('vector_changes_pruned_below', '0')",
+    """
+    CREATE FUNCTION agentcache_vectors_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO vector_changes(table_name, memory_pk) SELECT TG_TABLE_NAME, c.memory_pk FROM changed c;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    -- The log's triggers on one vector table (a transition table can serve one event only: three triggers).
+    CREATE FUNCTION agentcache_log_vector_changes(vector_table TEXT) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        event TEXT;
+    BEGIN
+        FOREACH event IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s TABLE AS changed '
+                'FOR EACH STATEMENT EXECUTE FUNCTION agentcache_vectors_changed()',
+                vector_table || '_' || lower(event), event, vector_table,
+                CASE WHEN event = 'DELETE' THEN 'OLD' ELSE 'NEW' END);
+        END LOOP;
+    END $$
+    """,
+    "SELECT agentcache_log_vector_changes(table_name) FROM vector_models",
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH, _VECTOR_CHANGES]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 
@@ -350,6 +393,7 @@ def ensure_vector_table(conn: Connection, model_id: str, dim: int, *, with_index
         conn.execute(sql.SQL("CREATE INDEX {} ON {} (namespace)").format(sql.Identifier(table + "_ns"), name))
         if with_index:
             conn.execute(hnsw_index_sql(table))
+        conn.execute("SELECT agentcache_log_vector_changes(%s::text)", (table,))
         conn.execute("INSERT INTO vector_models(model, table_name, dim) VALUES (%s, %s, %s)", (model_id, table, dim))
     return table
 
