@@ -162,6 +162,11 @@ def advisory_lock(conn: Connection, name: str) -> Iterator[bool]:
 
 
 class PostgresBackend:
+    batch_pause_s = 0.0
+    """No pause between an import's batches: a write waiting for a namespace's advisory lock is queued, and
+    granted it before the next batch's request (PostgreSQL grants conflicting lock requests in order). The
+    SQLite pause cost 24 s of a 100k import's 55 s load here."""
+
     def __init__(
         self,
         url: str,
