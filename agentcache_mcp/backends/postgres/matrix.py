@@ -114,12 +114,13 @@ class PgMatrixVectors:
     def _load(self) -> int:
         started = time.monotonic()
         with self.db.connection() as conn, conn.transaction():
-            table = self._table(conn)
             # Taken before the rows are read, so the next refresh reads again what committed meanwhile
-            # (reading a key's state twice is harmless).
+            # (reading a key's state twice is harmless); and before the table is looked up, so a table another
+            # replica creates (and writes its first vectors to) after the lookup is caught up with.
             row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
             assert row is not None
             snapshot = str(row[0])
+            table = self._table(conn)
             if table is None:
                 rows = 0
             else:
@@ -188,9 +189,13 @@ class PgMatrixVectors:
         def q(db: Connection) -> list[tuple[Any, ...]]:
             table = self._table(db)
             if table is None:
+                # The snapshot, then the table looked up again: a table created (and written) after that lookup
+                # committed after the snapshot too, so the next catch-up reads its rows.
                 row = db.execute("SELECT pg_current_snapshot()::text").fetchone()
                 assert row is not None
-                return [(row[0], False, None, None, None)]
+                table = self._table(db)
+                if table is None:
+                    return [(row[0], False, None, None, None)]
             return db.execute(
                 sql.SQL(
                     "WITH changed AS (SELECT DISTINCT c.memory_pk FROM vector_changes c "

@@ -1,0 +1,179 @@
+"""Review of the in-memory PostgreSQL vector search (backends/postgres/matrix.py): the interleavings and write
+paths tests/test_postgres_matrix.py does not cover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from agentcache_mcp.backends.postgres import PostgresBackend
+from agentcache_mcp.backends.postgres import schema as pg_schema
+from agentcache_mcp.backends.postgres.matrix import PgMatrixVectors
+from agentcache_mcp.memory.model import Memory, MemoryFilter, NewMemory, content_hash, new_id
+from agentcache_mcp.memory.service import merge_remembered
+
+MODEL = "test-matrix-review"
+DIM = 8
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def remember(backend: PostgresBackend, text: str, namespace: str = "team", vector: np.ndarray | None = None) -> int:
+    new = NewMemory(new_id(), namespace, text, content_hash(text), [], 0.5, {}, time.time(), None)
+    memory = backend.memories.remember(new, merge_remembered)[0]
+    if vector is not None:
+        assert backend.embeddings.write(MODEL, [(memory.key, memory.content_hash, vector)]) == 1
+    return memory.key
+
+
+def top(backend: PostgresBackend, query: np.ndarray, k: int = 5, namespace: str = "team") -> list[int]:
+    return [key for key, _ in backend.vectors.search(namespace, query, k, MemoryFilter(namespace, live_at=time.time()))]
+
+
+def matrix_of(backend: PostgresBackend) -> PgMatrixVectors:
+    assert isinstance(backend.vectors, PgMatrixVectors)
+    return backend.vectors
+
+
+def literal(v: np.ndarray) -> str:
+    return "[" + ",".join(map(str, v)) + "]"
+
+
+@pytest.fixture
+def replicas(postgres_url: str) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
+    a = PostgresBackend(postgres_url, MODEL, pool_size=3)
+    b = PostgresBackend(postgres_url, MODEL, pool_size=3)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_restored_vectors_reach_a_replica_that_loaded_before(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    a, b = replicas
+    remember(a, "makes the table", vector=unit(0))
+    matrix_of(b).load()
+    now = time.time()
+    restored = [
+        (
+            Memory(0, new_id(), "team", f"restored {i}", [], 0.5, {}, now, now, None, 0, None, None,
+                   content_hash(f"restored {i}")),
+            (MODEL, unit(400 + i)),
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    assert a.memories.restore(restored) == (3, 0)
+    keys = {m.text: m.key for m in a.memories.find(MemoryFilter("team"))}
+    assert top(b, unit(401), k=1) == [keys["restored 1"]]
+    with a.bulk_load(100):  # the import path that drops the HNSW index first
+        more = [
+            (
+                Memory(0, new_id(), "team", f"bulk {i}", [], 0.5, {}, now, now, None, 0, None, None,
+                       content_hash(f"bulk {i}")),
+                (MODEL, unit(500 + i)),
+            )
+            for i in range(3)
+        ]  # fmt: skip
+        a.memories.restore(more)
+        keys = {m.text: m.key for m in a.memories.find(MemoryFilter("team"))}
+        assert top(b, unit(502), k=1) == [keys["bulk 2"]]
+
+
+def test_a_vector_written_in_a_savepoint_follows_the_savepoint(
+    postgres_url: str, replicas: tuple[PostgresBackend, PostgresBackend]
+) -> None:
+    a, b = replicas
+    remember(a, "makes the table", vector=unit(0))
+    kept, dropped = remember(a, "kept"), remember(a, "dropped")
+    matrix_of(b).load()
+    table = sql.Identifier(pg_schema.vector_table_name(MODEL))
+    insert = sql.SQL("INSERT INTO {} (memory_pk, namespace, content_hash, vector) VALUES (%s, 'team', 'h', %s)").format(
+        table
+    )
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SELECT 1")
+        with conn.transaction():
+            with conn.transaction():  # a savepoint, released
+                conn.execute(insert, (kept, literal(unit(11))))
+            try:
+                with conn.transaction():  # a savepoint, rolled back
+                    conn.execute(insert, (dropped, literal(unit(12))))
+                    raise RuntimeError
+            except RuntimeError:
+                pass
+        top(b, unit(1))
+    assert top(b, unit(11), k=1) == [kept]
+    assert dropped not in top(b, unit(12), k=5)
+    assert kept in matrix_of(b).matrix  # type: ignore[operator]
+    assert dropped not in matrix_of(b).matrix  # type: ignore[operator]
+
+
+def test_a_vector_table_created_while_a_replica_reads_the_log_is_not_missed(
+    replicas: tuple[PostgresBackend, PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No vector table yet when b loads; another replica creates it and writes the first vector between b's
+    lookup of the table and its reading of the snapshot: b must still get that vector."""
+    a, b = replicas
+    key = remember(a, "the first one")
+    assert matrix_of(b).load() == 0 and matrix_of(b).in_memory
+    plain = b.embeddings.table
+    interleaved: list[bool] = []
+
+    def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
+        found = plain(db, model_id)
+        if found is None and not interleaved:
+            interleaved.append(True)
+            a.embeddings.write(MODEL, [(key, content_hash("the first one"), unit(3))])  # commits meanwhile
+        return found
+
+    monkeypatch.setattr(b.embeddings, "table", table)
+    top(b, unit(3))  # the catch-up in which the table appears
+    assert interleaved
+    monkeypatch.setattr(b.embeddings, "table", plain)
+    assert top(b, unit(3), k=1) == [key]
+
+
+def test_a_load_that_meets_the_vector_table_being_created_does_not_miss_its_vectors(
+    replicas: tuple[PostgresBackend, PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    key = remember(a, "the first one")
+    plain = b.embeddings.table
+    interleaved: list[bool] = []
+
+    def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
+        found = plain(db, model_id)
+        if found is None and not interleaved:
+            interleaved.append(True)
+            a.embeddings.write(MODEL, [(key, content_hash("the first one"), unit(3))])
+        return found
+
+    monkeypatch.setattr(b.embeddings, "table", table)
+    matrix_of(b).load()
+    assert interleaved
+    monkeypatch.setattr(b.embeddings, "table", plain)
+    assert top(b, unit(3), k=1) == [key]
+
+
+def test_a_forget_on_one_replica_leaves_no_score_on_another(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    a, b = replicas
+    keys = [remember(a, f"memory {i}", vector=unit(i)) for i in range(3)]
+    matrix_of(b).load()
+    gone = next(m for m in a.memories.find(MemoryFilter("team")) if m.key == keys[1])
+    a.memories.delete(MemoryFilter("team", ids=(gone.id,)))
+    assert keys[1] not in b.vectors.scores_for("team", unit(1), keys)
+    assert keys[1] not in matrix_of(b).vectors("team")[0].tolist()
+    assert keys[1] not in top(b, unit(1))
