@@ -166,6 +166,50 @@ def test_a_load_that_meets_the_vector_table_being_created_does_not_miss_its_vect
     assert top(b, unit(3), k=1) == [key]
 
 
+def test_a_search_while_the_first_load_ends_does_not_come_back_empty(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    """A search that found the vectors not loaded yet (another thread loading them) and goes to read them as
+    the load ends: it answers from the index or from the loaded matrix, never with nothing."""
+    a, b = replicas
+    key = remember(a, "one", vector=unit(1))
+    vectors = matrix_of(b)
+    loaded = PgMatrixVectors(b.db, b.memories, b.embeddings, b.index_vectors)
+    loaded.load()
+
+    class LoadEndsNow(PgMatrixVectors):
+        """The loading thread publishes its result (the matrix and the in-memory flag, under the lock) right
+        after a search read `matrix`: unless that search holds the lock, as the loader then cannot publish."""
+
+        @property  # type: ignore[override]
+        def matrix(self):  # type: ignore[no-untyped-def]
+            value = self.__dict__["matrix"]
+            if not self.__dict__.get("_published") and self._lock.acquire(blocking=False):
+                try:
+                    self.__dict__["_published"] = True
+                    self.__dict__["matrix"], self._snapshot = loaded.matrix, loaded._snapshot
+                    self._in_memory = self._decided = True
+                finally:
+                    self._lock.release()
+            return value
+
+        @matrix.setter
+        def matrix(self, value) -> None:  # type: ignore[no-untyped-def]
+            self.__dict__["matrix"] = value
+
+    vectors._decided = False
+    vectors._load_lock.acquire()  # "another thread" is loading: the search must not load itself
+    try:
+        vectors.__class__ = LoadEndsNow
+        assert [k for k, _ in vectors.search("team", unit(1), 1, MemoryFilter("team", live_at=time.time()))] == [key]
+        vectors.__dict__.pop("_published", None)
+        vectors.__dict__["matrix"], vectors._in_memory, vectors._decided = None, False, False
+        assert list(vectors.scores_for("team", unit(1), [key])) == [key]
+    finally:
+        vectors._load_lock.release()
+        vectors.__class__ = PgMatrixVectors
+
+
 def test_a_forget_on_one_replica_leaves_no_score_on_another(
     replicas: tuple[PostgresBackend, PostgresBackend],
 ) -> None:

@@ -98,8 +98,9 @@ class PgMatrixVectors:
         return self._in_memory
 
     def __len__(self) -> int:
-        if self._in_memory and self.matrix is not None:
-            return len(self.matrix)
+        in_memory, matrix = self._state()
+        if in_memory and matrix is not None:
+            return len(matrix)
         return len(self.index)
 
     def _table(self, db: Connection) -> str | None:
@@ -236,12 +237,18 @@ class PgMatrixVectors:
             self.matrix, self._in_memory, self._snapshot = None, False, None
         return False
 
+    def _state(self) -> tuple[bool, VectorMatrix | None]:
+        """(in memory, the matrix), read together: a load or a switch to the index sets both at once (under the
+        lock), and a search that read one before and the other after would search no matrix at all."""
+        with self._lock:
+            return self._in_memory, self.matrix
+
     def search(self, namespace: str, query: Vector, k: int, where: MemoryFilter) -> list[tuple[int, float]]:
         if where.narrows_recall:
             return self.index.search(namespace, query, k, where)
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.search(namespace, query, k, where)
         if matrix is None:
             return []
@@ -262,15 +269,15 @@ class PgMatrixVectors:
         if not keys:
             return {}
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.scores_for(namespace, query, keys)
         return {} if matrix is None else matrix.scores_for(namespace, query, list(keys))
 
     def vectors(self, namespace: str) -> tuple[npt.NDArray[np.int64], Vector]:
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.vectors(namespace)
         if matrix is None:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
