@@ -3,6 +3,7 @@ paths tests/test_postgres_matrix.py does not cover."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -221,3 +222,45 @@ def test_a_forget_on_one_replica_leaves_no_score_on_another(
     assert keys[1] not in b.vectors.scores_for("team", unit(1), keys)
     assert keys[1] not in matrix_of(b).vectors("team")[0].tolist()
     assert keys[1] not in top(b, unit(1))
+
+
+def test_a_reload_after_a_prune_runs_once_for_searches_that_wait_for_it(
+    replicas: tuple[PostgresBackend, PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several recall threads find the log pruned past their snapshot at once: one loads again, the others
+    wait for that load and use it rather than each load the whole table again in turn."""
+    a, b = replicas
+    for i in range(4):
+        remember(a, f"memory {i}", vector=unit(i))
+    matrix_of(b).load()
+    for i in range(4):
+        remember(a, f"later {i}", vector=unit(10 + i))
+    matrix_of(a).prune(keep=0)
+    vectors = matrix_of(b)
+    loads: list[int] = []
+    plain = vectors._load
+    gate = threading.Barrier(3)
+
+    def counted() -> int:
+        loads.append(1)
+        time.sleep(0.3)
+        return plain()
+
+    monkeypatch.setattr(vectors, "_load", counted)
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            gate.wait()
+            top(b, unit(11), k=1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(loads) == 1
+    assert len(b.vectors) == 8

@@ -84,6 +84,8 @@ class PgMatrixVectors:
         """The snapshot the log was last read in (pg_snapshot as text)."""
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._loads = 0
+        """Loads that ended: a thread that found it must load again skips its load if one ended meanwhile."""
 
     @property
     def model_id(self) -> str:
@@ -130,6 +132,7 @@ class PgMatrixVectors:
             if self.max_rows is not None and rows > self.max_rows:
                 with self._lock:
                     self._in_memory, self.matrix, self._snapshot, self._decided = False, None, None, True
+                    self._loads += 1
                 log.info(
                     "%d vectors: more than AGENTCACHE_PG_VECTOR_SEARCH=auto keeps in memory (%d); searching the "
                     "HNSW index",
@@ -150,6 +153,7 @@ class PgMatrixVectors:
                 cursor.close()
         with self._lock:
             self.matrix, self._snapshot, self._in_memory, self._decided = matrix, snapshot, True, True
+            self._loads += 1
         log.debug("loaded %d vectors into memory (%.2f s)", len(self), time.monotonic() - started)
         return len(self)
 
@@ -167,19 +171,24 @@ class PgMatrixVectors:
     def refresh(self) -> None:
         """Catch up with the log (one round trip when nothing changed); the first call loads."""
         self._load_unless_loading()
-        if not self._in_memory:
-            return
-        with self._lock:
-            if self._snapshot is None:
-                return
-            reload = self._catch_up()
-        if reload:
-            log.info(
-                "the vector change log was pruned past this replica's last read, or more than %d vectors changed "
-                "since: loading the vectors again",
-                CATCH_UP_MAX,
-            )
-            self.load()
+        while self._in_memory:
+            with self._lock:
+                if self._snapshot is None:
+                    return
+                loads = self._loads
+                if not self._catch_up():
+                    return
+            with self._load_lock:
+                if self._loads == loads:
+                    log.info(
+                        "the vector change log was pruned past this replica's last read, or more than %d vectors "
+                        "changed since: loading the vectors again",
+                        CATCH_UP_MAX,
+                    )
+                    self._load()
+                    return
+            # Another thread loaded while this one waited (it found the same): catch up from its snapshot
+            # rather than load the whole table once more.
 
     def _catch_up(self) -> bool:
         """Apply what the log says changed since self._snapshot; True: the log no longer reaches back that far,
