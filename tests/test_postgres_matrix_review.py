@@ -264,3 +264,34 @@ def test_a_reload_after_a_prune_runs_once_for_searches_that_wait_for_it(
     assert not errors
     assert len(loads) == 1
     assert len(b.vectors) == 8
+
+
+def test_the_change_log_is_pruned_by_a_replica_that_searches_the_index(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The triggers log every vector write whatever a replica's setting: replicas that all search the index
+    (AGENTCACHE_PG_VECTOR_SEARCH=index) must still keep the log from growing without bound."""
+    from agentcache_mcp.backends.postgres import matrix
+
+    backend = PostgresBackend(postgres_url, MODEL, pool_size=2, vector_search="index")
+    try:
+        for i in range(6):
+            remember(backend, f"memory {i}", vector=unit(i))
+        monkeypatch.setattr(matrix, "CHANGE_LOG_KEEP", 2)
+        backend.maintenance()
+        [(left,)] = backend.db.read(lambda db: db.execute("SELECT count(*) FROM vector_changes").fetchall())
+        assert left <= 3
+    finally:
+        backend.close()
+
+
+def test_a_vector_written_again_for_the_same_memory_reaches_the_other_replica(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    a, b = replicas
+    key = remember(a, "one", vector=unit(1))
+    other = remember(a, "two", vector=unit(2))
+    matrix_of(b).load()
+    assert a.embeddings.write(MODEL, [(key, content_hash("one"), unit(2))]) == 1  # ON CONFLICT DO UPDATE
+    scores = b.vectors.scores_for("team", unit(2), [key, other])
+    assert scores[key] == pytest.approx(scores[other], abs=2e-3)

@@ -52,7 +52,7 @@ from ...memory.ports import EraseReport, StoreError
 from ..auth_state import Conflict, SqlAuthState
 from .connection import Connection, Database, behind_a_pooler, connect, first_line, lock_key
 from .keywords import TsvectorKeywords
-from .matrix import MATRIX_MAX_ROWS, PgMatrixVectors
+from .matrix import MATRIX_MAX_ROWS, PgMatrixVectors, prune_vector_changes
 from .repository import PgEmbeddings, PgMemories
 from .schema import TERMS_INDEX, build_missing_indexes, migrate, vector_table_name
 from .vectors import PgVectors
@@ -472,8 +472,7 @@ class PostgresBackend:
         if self.erase_mode == "after-forget":
             self.erase()
         self.auth_state.housekeeping()
-        if isinstance(self.vectors, PgMatrixVectors):
-            self.vectors.prune()
+        prune_vector_changes(self.db)
 
     def checkpoint(self) -> None:
         """Everything committed is durable already (the server's WAL); with AGENTCACHE_PG_ERASE=after-forget,

@@ -292,28 +292,36 @@ class PgMatrixVectors:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         return matrix.vectors(namespace)
 
-    def prune(self, keep: int = CHANGE_LOG_KEEP) -> int:
-        """Delete all but about the newest `keep` log rows, never a row of a transaction some snapshot may still
-        not see (at or above the oldest running transaction); record the bound for readers."""
+    def prune(self, keep: int | None = None) -> int:
+        """prune_vector_changes (the log is the database's: any replica prunes it)."""
+        return prune_vector_changes(self.db, keep)
 
-        def txn(db: Connection) -> int:
-            row = db.execute(
-                "SELECT (SELECT xid FROM vector_changes ORDER BY seq DESC OFFSET %s LIMIT 1)::text, "
-                "pg_snapshot_xmin(pg_current_snapshot())::text",
-                (keep,),
-            ).fetchone()
-            if row is None or row[0] is None:  # no more than `keep` rows
-                return 0
-            bound = str(min(int(row[0]), int(row[1])))
-            db.execute("SELECT 1 FROM meta WHERE key = 'vector_changes_pruned_below' FOR UPDATE")
-            deleted = db.execute("DELETE FROM vector_changes WHERE xid < %s::xid8", (bound,)).rowcount
-            db.execute(
-                "UPDATE meta SET value = %s WHERE key = 'vector_changes_pruned_below' AND value::xid8 < %s::xid8",
-                (bound, bound),
-            )
-            return deleted
 
-        return self.db.write(txn)
+def prune_vector_changes(database: Database, keep: int | None = None) -> int:
+    """Delete all but about the newest `keep` (CHANGE_LOG_KEEP) vector_changes rows, never a row of a
+    transaction some snapshot may still not see (at or above the oldest running transaction); record the bound
+    for readers. Run by the store's maintenance whatever AGENTCACHE_PG_VECTOR_SEARCH says: the triggers log
+    every vector write, also where every replica searches the index."""
+    keep = CHANGE_LOG_KEEP if keep is None else keep
+
+    def txn(db: Connection) -> int:
+        row = db.execute(
+            "SELECT (SELECT xid FROM vector_changes ORDER BY seq DESC OFFSET %s LIMIT 1)::text, "
+            "pg_snapshot_xmin(pg_current_snapshot())::text",
+            (keep,),
+        ).fetchone()
+        if row is None or row[0] is None:  # no more than `keep` rows
+            return 0
+        bound = str(min(int(row[0]), int(row[1])))
+        db.execute("SELECT 1 FROM meta WHERE key = 'vector_changes_pruned_below' FOR UPDATE")
+        deleted = db.execute("DELETE FROM vector_changes WHERE xid < %s::xid8", (bound,)).rowcount
+        db.execute(
+            "UPDATE meta SET value = %s WHERE key = 'vector_changes_pruned_below' AND value::xid8 < %s::xid8",
+            (bound, bound),
+        )
+        return deleted
+
+    return database.write(txn)
 
 
 def _vector_bytes_of(value: Any) -> bytes:
