@@ -1,9 +1,10 @@
 """The PostgreSQL backend: memories, a tsvector keyword index and pgvector vectors in one database, shared by
 any number of stateless replicas (AGENTCACHE_DB=postgresql://...). Needs PostgreSQL 15+ with pgvector 0.8+.
 
-No replica keeps state that a result depends on: searches read the shared tables, the embedding backlog is
-claimed row by row with a lease (`FOR UPDATE SKIP LOCKED`), and work that must run once at a time (migrations,
-the auto-forget sweep, the erase) takes an advisory lock.
+No replica keeps state that a result depends on but a copy kept current: searches read the shared tables (the
+vectors from each replica's in-memory copy, matrix.py, caught up from the database before each search), the
+embedding backlog is claimed row by row with a lease (`FOR UPDATE SKIP LOCKED`), and work that must run once at
+a time (migrations, the auto-forget sweep, the erase) takes an advisory lock.
 
 What a forget leaves behind, measured on PostgreSQL 18.3 (tests/test_postgres_erasure.py): a DELETE only
 marks the row version dead. Its bytes stay in the table's heap page, in the GIN index's entry tree (a GIN
