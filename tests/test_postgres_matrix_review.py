@@ -11,12 +11,16 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from test_postgres_connections import running_pgbouncer
 
 from agentcache_mcp.backends.postgres import PostgresBackend
 from agentcache_mcp.backends.postgres import schema as pg_schema
 from agentcache_mcp.backends.postgres.matrix import PgMatrixVectors
 from agentcache_mcp.memory.model import Memory, MemoryFilter, NewMemory, content_hash, new_id
 from agentcache_mcp.memory.service import merge_remembered
+
+from conftest import PostgresServer
 
 MODEL = "test-matrix-review"
 DIM = 8
@@ -295,3 +299,34 @@ def test_a_vector_written_again_for_the_same_memory_reaches_the_other_replica(
     assert a.embeddings.write(MODEL, [(key, content_hash("one"), unit(2))]) == 1  # ON CONFLICT DO UPDATE
     scores = b.vectors.scores_for("team", unit(2), [key, other])
     assert scores[key] == pytest.approx(scores[other], abs=2e-3)
+
+
+@pytest.fixture
+def pooled_url(postgres_server: PostgresServer, postgres_url: str) -> Iterator[str]:
+    """The test's database through PgBouncer in transaction mode (tests/test_postgres_connections.py)."""
+    with running_pgbouncer(postgres_server, "transaction") as url:
+        yield f"{url}/{conninfo_to_dict(postgres_url)['dbname']}"
+
+
+def test_behind_a_transaction_mode_pooler_the_load_runs_with_the_timeouts(
+    pooled_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No call waits without bound: behind PgBouncer the session's timeouts are not ours, so every transaction
+    sets them itself; the load's too."""
+    backend = PostgresBackend(pooled_url, MODEL, pool_size=2)
+    try:
+        assert backend.db.pooled
+        remember(backend, "one", vector=unit(1))
+        seen: list[tuple[str, str]] = []
+        plain = backend.embeddings.table
+
+        def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
+            row = db.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").fetchone()
+            seen.append(row)  # type: ignore[arg-type]
+            return plain(db, model_id)
+
+        monkeypatch.setattr(backend.embeddings, "table", table)
+        assert matrix_of(backend).load() == 1
+        assert seen and all(s == ("1min", "10s") for s in seen)
+    finally:
+        backend.close()

@@ -32,7 +32,7 @@ from psycopg import sql
 from ...memory.model import MemoryFilter
 from ...memory.ports import Vector
 from ..matrix import VectorMatrix
-from .connection import Connection, Database
+from .connection import TRANSACTION_TIMEOUTS, Connection, Database
 from .repository import PgEmbeddings, PgMemories
 from .vectors import PgVectors
 
@@ -117,6 +117,8 @@ class PgMatrixVectors:
     def _load(self) -> int:
         started = time.monotonic()
         with self.db.connection() as conn, conn.transaction():
+            if self.db.pooled:  # behind a transaction-mode pooler the session's timeouts are not ours
+                conn.execute(TRANSACTION_TIMEOUTS)
             # Taken before the rows are read, so the next refresh reads again what committed meanwhile
             # (reading a key's state twice is harmless); and before the table is looked up, so a table another
             # replica creates (and writes its first vectors to) after the lookup is caught up with.
