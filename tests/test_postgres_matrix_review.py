@@ -330,3 +330,52 @@ def test_behind_a_transaction_mode_pooler_the_load_runs_with_the_timeouts(
         assert seen and all(s == ("1min", "10s") for s in seen)
     finally:
         backend.close()
+
+
+def test_writes_forgets_and_prunes_racing_a_reader_leave_it_with_what_the_table_holds(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    """A few seconds of one replica writing and forgetting vectors and pruning the log to nothing, while the
+    other searches from several threads: at the end the reader's matrix holds exactly the table's vectors."""
+    a, b = replicas
+    remember(a, "makes the table", vector=unit(0))
+    matrix_of(b).load()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                key = remember(a, f"racing {i}", vector=unit(1000 + i))
+                if i % 3 == 0:
+                    gone = [m.id for m in a.memories.get_by_keys("team", [key - 2]).values()]
+                    a.memories.delete(MemoryFilter("team", ids=tuple(gone)))
+                if i % 5 == 0:
+                    matrix_of(a).prune(keep=0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                top(b, unit(7), k=3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    top(b, unit(7))
+    table = sql.Identifier(pg_schema.vector_table_name(MODEL))
+    stored = set(
+        b.db.read(lambda db: [pk for (pk,) in db.execute(sql.SQL("SELECT memory_pk FROM {}").format(table))])
+    )
+    held = set(matrix_of(b).vectors("team")[0].tolist())
+    assert held == stored and len(stored) > 10
