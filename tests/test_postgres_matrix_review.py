@@ -379,3 +379,17 @@ def test_writes_forgets_and_prunes_racing_a_reader_leave_it_with_what_the_table_
     )
     held = set(matrix_of(b).vectors("team")[0].tolist())
     assert held == stored and len(stored) > 10
+
+
+def test_a_first_vector_write_that_fails_leaves_no_table_the_process_believes_in(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    """The transaction that creates the model's vector table fails (here: pgvector refuses a NaN): the table
+    was rolled back with it, so the process must not go on as if it existed (every later write and every
+    search would fail on a missing table until a restart)."""
+    a, _ = replicas
+    key = remember(a, "one")
+    with pytest.raises(psycopg.errors.DataException):
+        a.embeddings.write(MODEL, [(key, content_hash("one"), np.full(DIM, np.nan, dtype=np.float32))])
+    assert a.embeddings.write(MODEL, [(key, content_hash("one"), unit(1))]) == 1
+    assert top(a, unit(1), k=1) == [key]
