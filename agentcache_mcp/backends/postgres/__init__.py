@@ -1,9 +1,10 @@
 """The PostgreSQL backend: memories, a tsvector keyword index and pgvector vectors in one database, shared by
 any number of stateless replicas (AGENTCACHE_DB=postgresql://...). Needs PostgreSQL 15+ with pgvector 0.8+.
 
-No replica keeps state that a result depends on: searches read the shared tables, the embedding backlog is
-claimed row by row with a lease (`FOR UPDATE SKIP LOCKED`), and work that must run once at a time (migrations,
-the auto-forget sweep, the erase) takes an advisory lock.
+No replica keeps state that a result depends on but a copy kept current: searches read the shared tables (the
+vectors from each replica's in-memory copy, matrix.py, caught up from the database before each search), the
+embedding backlog is claimed row by row with a lease (`FOR UPDATE SKIP LOCKED`), and work that must run once at
+a time (migrations, the auto-forget sweep, the erase) takes an advisory lock.
 
 What a forget leaves behind, measured on PostgreSQL 18.3 (tests/test_postgres_erasure.py): a DELETE only
 marks the row version dead. Its bytes stay in the table's heap page, in the GIN index's entry tree (a GIN
@@ -52,7 +53,7 @@ from ...memory.ports import EraseReport, StoreError
 from ..auth_state import Conflict, SqlAuthState
 from .connection import Connection, Database, behind_a_pooler, connect, first_line, lock_key
 from .keywords import TsvectorKeywords
-from .matrix import MATRIX_MAX_ROWS, PgMatrixVectors
+from .matrix import MATRIX_MAX_ROWS, PgMatrixVectors, prune_vector_changes
 from .repository import PgEmbeddings, PgMemories
 from .schema import TERMS_INDEX, build_missing_indexes, migrate, vector_table_name
 from .vectors import PgVectors
@@ -477,8 +478,7 @@ class PostgresBackend:
         if self.erase_mode == "after-forget":
             self.erase()
         self.auth_state.housekeeping()
-        if isinstance(self.vectors, PgMatrixVectors):
-            self.vectors.prune()
+        prune_vector_changes(self.db)
 
     def checkpoint(self) -> None:
         """Everything committed is durable already (the server's WAL); with AGENTCACHE_PG_ERASE=after-forget,

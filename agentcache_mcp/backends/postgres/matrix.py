@@ -32,7 +32,7 @@ from psycopg import sql
 from ...memory.model import MemoryFilter
 from ...memory.ports import Vector
 from ..matrix import VectorMatrix
-from .connection import Connection, Database
+from .connection import TRANSACTION_TIMEOUTS, Connection, Database
 from .repository import PgEmbeddings, PgMemories
 from .vectors import PgVectors
 
@@ -84,6 +84,8 @@ class PgMatrixVectors:
         """The snapshot the log was last read in (pg_snapshot as text)."""
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._loads = 0
+        """Loads that ended: a thread that found it must load again skips its load if one ended meanwhile."""
 
     @property
     def model_id(self) -> str:
@@ -98,8 +100,9 @@ class PgMatrixVectors:
         return self._in_memory
 
     def __len__(self) -> int:
-        if self._in_memory and self.matrix is not None:
-            return len(self.matrix)
+        in_memory, matrix = self._state()
+        if in_memory and matrix is not None:
+            return len(matrix)
         return len(self.index)
 
     def _table(self, db: Connection) -> str | None:
@@ -114,12 +117,15 @@ class PgMatrixVectors:
     def _load(self) -> int:
         started = time.monotonic()
         with self.db.connection() as conn, conn.transaction():
-            table = self._table(conn)
+            if self.db.pooled:  # behind a transaction-mode pooler the session's timeouts are not ours
+                conn.execute(TRANSACTION_TIMEOUTS)
             # Taken before the rows are read, so the next refresh reads again what committed meanwhile
-            # (reading a key's state twice is harmless).
+            # (reading a key's state twice is harmless); and before the table is looked up, so a table another
+            # replica creates (and writes its first vectors to) after the lookup is caught up with.
             row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
             assert row is not None
             snapshot = str(row[0])
+            table = self._table(conn)
             if table is None:
                 rows = 0
             else:
@@ -128,6 +134,7 @@ class PgMatrixVectors:
             if self.max_rows is not None and rows > self.max_rows:
                 with self._lock:
                     self._in_memory, self.matrix, self._snapshot, self._decided = False, None, None, True
+                    self._loads += 1
                 log.info(
                     "%d vectors: more than AGENTCACHE_PG_VECTOR_SEARCH=auto keeps in memory (%d); searching the "
                     "HNSW index",
@@ -148,6 +155,7 @@ class PgMatrixVectors:
                 cursor.close()
         with self._lock:
             self.matrix, self._snapshot, self._in_memory, self._decided = matrix, snapshot, True, True
+            self._loads += 1
         log.debug("loaded %d vectors into memory (%.2f s)", len(self), time.monotonic() - started)
         return len(self)
 
@@ -165,19 +173,24 @@ class PgMatrixVectors:
     def refresh(self) -> None:
         """Catch up with the log (one round trip when nothing changed); the first call loads."""
         self._load_unless_loading()
-        if not self._in_memory:
-            return
-        with self._lock:
-            if self._snapshot is None:
-                return
-            reload = self._catch_up()
-        if reload:
-            log.info(
-                "the vector change log was pruned past this replica's last read, or more than %d vectors changed "
-                "since: loading the vectors again",
-                CATCH_UP_MAX,
-            )
-            self.load()
+        while self._in_memory:
+            with self._lock:
+                if self._snapshot is None:
+                    return
+                loads = self._loads
+                if not self._catch_up():
+                    return
+            with self._load_lock:
+                if self._loads == loads:
+                    log.info(
+                        "the vector change log was pruned past this replica's last read, or more than %d vectors "
+                        "changed since: loading the vectors again",
+                        CATCH_UP_MAX,
+                    )
+                    self._load()
+                    return
+            # Another thread loaded while this one waited (it found the same): catch up from its snapshot
+            # rather than load the whole table once more.
 
     def _catch_up(self) -> bool:
         """Apply what the log says changed since self._snapshot; True: the log no longer reaches back that far,
@@ -188,9 +201,13 @@ class PgMatrixVectors:
         def q(db: Connection) -> list[tuple[Any, ...]]:
             table = self._table(db)
             if table is None:
+                # The snapshot, then the table looked up again: a table created (and written) after that lookup
+                # committed after the snapshot too, so the next catch-up reads its rows.
                 row = db.execute("SELECT pg_current_snapshot()::text").fetchone()
                 assert row is not None
-                return [(row[0], False, None, None, None)]
+                table = self._table(db)
+                if table is None:
+                    return [(row[0], False, None, None, None)]
             return db.execute(
                 sql.SQL(
                     "WITH changed AS (SELECT DISTINCT c.memory_pk FROM vector_changes c "
@@ -231,12 +248,18 @@ class PgMatrixVectors:
             self.matrix, self._in_memory, self._snapshot = None, False, None
         return False
 
+    def _state(self) -> tuple[bool, VectorMatrix | None]:
+        """(in memory, the matrix), read together: a load or a switch to the index sets both at once (under the
+        lock), and a search that read one before and the other after would search no matrix at all."""
+        with self._lock:
+            return self._in_memory, self.matrix
+
     def search(self, namespace: str, query: Vector, k: int, where: MemoryFilter) -> list[tuple[int, float]]:
         if where.narrows_recall:
             return self.index.search(namespace, query, k, where)
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.search(namespace, query, k, where)
         if matrix is None:
             return []
@@ -257,42 +280,50 @@ class PgMatrixVectors:
         if not keys:
             return {}
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.scores_for(namespace, query, keys)
         return {} if matrix is None else matrix.scores_for(namespace, query, list(keys))
 
     def vectors(self, namespace: str) -> tuple[npt.NDArray[np.int64], Vector]:
         self.refresh()
-        matrix = self.matrix
-        if not self._in_memory:
+        in_memory, matrix = self._state()
+        if not in_memory:
             return self.index.vectors(namespace)
         if matrix is None:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         return matrix.vectors(namespace)
 
-    def prune(self, keep: int = CHANGE_LOG_KEEP) -> int:
-        """Delete all but about the newest `keep` log rows, never a row of a transaction some snapshot may still
-        not see (at or above the oldest running transaction); record the bound for readers."""
+    def prune(self, keep: int | None = None) -> int:
+        """prune_vector_changes (the log is the database's: any replica prunes it)."""
+        return prune_vector_changes(self.db, keep)
 
-        def txn(db: Connection) -> int:
-            row = db.execute(
-                "SELECT (SELECT xid FROM vector_changes ORDER BY seq DESC OFFSET %s LIMIT 1)::text, "
-                "pg_snapshot_xmin(pg_current_snapshot())::text",
-                (keep,),
-            ).fetchone()
-            if row is None or row[0] is None:  # no more than `keep` rows
-                return 0
-            bound = str(min(int(row[0]), int(row[1])))
-            db.execute("SELECT 1 FROM meta WHERE key = 'vector_changes_pruned_below' FOR UPDATE")
-            deleted = db.execute("DELETE FROM vector_changes WHERE xid < %s::xid8", (bound,)).rowcount
-            db.execute(
-                "UPDATE meta SET value = %s WHERE key = 'vector_changes_pruned_below' AND value::xid8 < %s::xid8",
-                (bound, bound),
-            )
-            return deleted
 
-        return self.db.write(txn)
+def prune_vector_changes(database: Database, keep: int | None = None) -> int:
+    """Delete all but about the newest `keep` (CHANGE_LOG_KEEP) vector_changes rows, never a row of a
+    transaction some snapshot may still not see (at or above the oldest running transaction); record the bound
+    for readers. Run by the store's maintenance whatever AGENTCACHE_PG_VECTOR_SEARCH says: the triggers log
+    every vector write, also where every replica searches the index."""
+    keep = CHANGE_LOG_KEEP if keep is None else keep
+
+    def txn(db: Connection) -> int:
+        row = db.execute(
+            "SELECT (SELECT xid FROM vector_changes ORDER BY seq DESC OFFSET %s LIMIT 1)::text, "
+            "pg_snapshot_xmin(pg_current_snapshot())::text",
+            (keep,),
+        ).fetchone()
+        if row is None or row[0] is None:  # no more than `keep` rows
+            return 0
+        bound = str(min(int(row[0]), int(row[1])))
+        db.execute("SELECT 1 FROM meta WHERE key = 'vector_changes_pruned_below' FOR UPDATE")
+        deleted = db.execute("DELETE FROM vector_changes WHERE xid < %s::xid8", (bound,)).rowcount
+        db.execute(
+            "UPDATE meta SET value = %s WHERE key = 'vector_changes_pruned_below' AND value::xid8 < %s::xid8",
+            (bound, bound),
+        )
+        return deleted
+
+    return database.write(txn)
 
 
 def _vector_bytes_of(value: Any) -> bytes:

@@ -433,10 +433,11 @@ class PgEmbeddings:
         keys = list(latest)
         dim = len(latest[keys[0]][1])
 
+        checked = self._dims.get(model_id) == dim
+
         def txn(db: Connection) -> int:
-            if self._dims.get(model_id) != dim:  # checked once per model and process: tables are never dropped
-                self._tables.add(ensure_vector_table(db, model_id, dim))
-                self._dims[model_id] = dim
+            if not checked:  # once per model and process: tables are never dropped
+                ensure_vector_table(db, model_id, dim)
             row = db.execute(
                 sql.SQL(
                     "WITH written AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) "
@@ -457,7 +458,11 @@ class PgEmbeddings:
             ).fetchone()
             return int(row[0]) if row else 0
 
-        return self.db.write(txn, autocommit=self._dims.get(model_id) == dim)
+        written = self.db.write(txn, autocommit=checked)
+        if not checked:  # remembered once committed: a table created by a transaction that failed is not there
+            self._tables.add(vector_table_name(model_id))
+            self._dims[model_id] = dim
+        return written
 
     def vectors_of(self, model_id: str, keys: Sequence[int]) -> dict[int, Vector]:
         if not keys:
