@@ -280,3 +280,51 @@ def test_a_replica_that_many_vectors_changed_behind_loads_again_rather_than_catc
         assert top(b, unit(52), k=1) == [keys[2]]
     assert any("loading the vectors again" in r.getMessage() for r in caplog.records)
     assert len(b.vectors) == 4
+
+
+def drop_log_triggers(url: str) -> str:
+    """Leave the model's vector table as a replica of the release before created it: without the log's triggers."""
+    table = pg_schema.vector_table_name(MODEL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for event in ("insert", "update", "delete"):
+            conn.execute(
+                sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(f"{table}_{event}"), sql.Identifier(table))
+            )
+    return table
+
+
+def test_a_start_adds_the_log_to_a_vector_table_an_earlier_version_created(postgres_url: str) -> None:
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    remember(a, "first", vector=unit(1))
+    a.close()
+    drop_log_triggers(postgres_url)
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    b = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    try:
+        assert matrix_of(b).load() == 1 and matrix_of(b).in_memory
+        added = remember(a, "second", vector=unit(2))
+        assert top(b, unit(2), k=1) == [added]  # logged again
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("when", ["at its load", "after its load"])
+def test_a_replica_searches_the_index_of_a_vector_table_without_the_log(
+    when: str, replicas: tuple[PostgresBackend, PostgresBackend], postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica of an earlier version may create a new model's table while this one runs: its changes are not
+    logged, so the in-memory copy could not follow them; the index can."""
+    a, b = replicas
+    if when == "after its load":
+        assert matrix_of(b).load() == 0 and matrix_of(b).in_memory  # no table yet
+    first = remember(a, "first", vector=unit(1))
+    table = drop_log_triggers(postgres_url)
+    with caplog.at_level(logging.WARNING, logger="agentcache_mcp.backends.postgres.matrix"):
+        if when == "at its load":
+            matrix_of(b).load()
+        assert top(b, unit(1), k=1) == [first]
+    assert not matrix_of(b).in_memory
+    assert any(table in r.getMessage() and "no change log" in r.getMessage() for r in caplog.records)
+    second = remember(a, "second", vector=unit(2))
+    assert top(b, unit(2), k=1) == [second]  # the index is current

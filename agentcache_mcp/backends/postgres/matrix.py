@@ -85,6 +85,7 @@ class PgMatrixVectors:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._loads = 0
+        self._logged_tables: set[str] = set()
         """Loads that ended: a thread that found it must load again skips its load if one ended meanwhile."""
 
     @property
@@ -107,6 +108,31 @@ class PgMatrixVectors:
 
     def _table(self, db: Connection) -> str | None:
         return self.embeddings.table(db, self.model_id)
+
+    def _logged(self, db: Connection, table: str) -> bool:
+        """Does the table have the change log's three triggers? (Checked once per table: every start adds them
+        where missing, but a replica of an earlier version may create a new model's table without them while
+        this one runs.)"""
+        if table in self._logged_tables:
+            return True
+        row = db.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident(%s)) "
+            "AND tgfoid = 'agentcache_vectors_changed'::regproc",
+            (table,),
+        ).fetchone()
+        if row is not None and int(row[0]) >= 3:
+            self._logged_tables.add(table)
+            return True
+        return False
+
+    def _use_the_index(self, table: str) -> None:
+        """The table's changes are not logged: search the index (always current) until a restart adds the log."""
+        log.warning(
+            "the vector table %s has no change log (created by an earlier version of agentcache-mcp): searching "
+            "its HNSW index; restart this replica once every replica runs this version to search it in memory",
+            table,
+        )
+        self._in_memory, self.matrix, self._snapshot, self._decided = False, None, None, True
 
     def load(self) -> int:
         """Load the model's vectors into memory (unless the table holds more than max_rows); returns how many
@@ -131,6 +157,11 @@ class PgMatrixVectors:
             else:
                 counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
                 rows = int(counted[0]) if counted else 0
+            if table is not None and not self._logged(conn, table):
+                with self._lock:
+                    self._use_the_index(table)
+                    self._loads += 1
+                return rows
             if self.max_rows is not None and rows > self.max_rows:
                 with self._lock:
                     self._in_memory, self.matrix, self._snapshot, self._decided = False, None, None, True
@@ -208,6 +239,8 @@ class PgMatrixVectors:
                 table = self._table(db)
                 if table is None:
                     return [(row[0], False, None, None, None)]
+            if not self._logged(db, table):
+                return [(None, table, None, None, None)]
             return db.execute(
                 sql.SQL(
                     "WITH changed AS (SELECT DISTINCT c.memory_pk FROM vector_changes c "
@@ -223,6 +256,9 @@ class PgMatrixVectors:
             ).fetchall()
 
         rows = self.db.query(q)
+        if rows[0][0] is None:  # the table appeared without the log's triggers
+            self._use_the_index(str(rows[0][1]))
+            return False
         snapshot, pruned = str(rows[0][0]), bool(rows[0][1])
         if pruned or len(rows) > CATCH_UP_MAX:
             return True

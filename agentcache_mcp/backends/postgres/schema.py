@@ -267,12 +267,16 @@ _VECTOR_CHANGES = [
     END $$
     """,
     """
-    -- The log's triggers on one vector table (a transition table can serve one event only: three triggers).
+    -- The log's triggers on one vector table (a transition table can serve one event only: three triggers);
+    -- those it has already are left alone, so every start can run it for every table (a replica of an earlier
+    -- version may have created a table without them).
     CREATE FUNCTION agentcache_log_vector_changes(vector_table TEXT) RETURNS void LANGUAGE plpgsql AS $$
     DECLARE
         event TEXT;
     BEGIN
         FOREACH event IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = quote_ident(vector_table)::regclass
+                AND tgname = vector_table || '_' || lower(event));
             EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s TABLE AS changed '
                 'FOR EACH STATEMENT EXECUTE FUNCTION agentcache_vectors_changed()',
                 vector_table || '_' || lower(event), event, vector_table,
@@ -346,6 +350,10 @@ def migrate(conn: Connection, location: str) -> int:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, time.time()))
             log.info("applied schema migration %d to %s", version, location)
+        # A replica of a version before the change log that created a vector table (a new model's) created it
+        # without the log's triggers: add them (a replica searching in memory would miss its changes).
+        if conn.execute("SELECT to_regprocedure('agentcache_log_vector_changes(text)') IS NOT NULL").fetchone() == (True,):
+            conn.execute("SELECT agentcache_log_vector_changes(table_name) FROM vector_models")
     return SCHEMA_VERSION
 
 
