@@ -328,3 +328,16 @@ def test_a_replica_searches_the_index_of_a_vector_table_without_the_log(
     assert any(table in r.getMessage() and "no change log" in r.getMessage() for r in caplog.records)
     second = remember(a, "second", vector=unit(2))
     assert top(b, unit(2), k=1) == [second]  # the index is current
+
+
+def test_a_command_of_the_cli_searches_the_index_rather_than_load_every_vector(postgres_url: str) -> None:
+    """A CLI command or hook serves one call: loading every vector (2-3 s and ~250 MiB at 100k) would cost more
+    than the HNSW search it replaces."""
+    from agentcache_mcp import commands
+
+    settings = Settings(database_url=postgres_url)
+    with commands._store(settings, must_exist=False) as memory:
+        assert not isinstance(memory.backend.vectors, PgMatrixVectors)
+    assert "HNSW" in commands.stats(settings)["index"]["vector_index"]
+    assert settings.for_one_command().pg_vector_search == "index"
+    assert Settings(db_path=settings.db_path).for_one_command() == Settings(db_path=settings.db_path)
