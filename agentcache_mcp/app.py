@@ -28,6 +28,7 @@ def open_backend(settings: Settings, model_id: str, *, max_page_count: int | Non
             pool_size=settings.pg_pool_size,
             erase=settings.pg_erase,
             erase_at=settings.pg_erase_at,
+            vector_search=settings.pg_vector_search,
         )
     return SqliteBackend(
         settings.db_path,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def stats(settings: Settings) -> dict[str, Any]:
     from .app import open_memory
 
-    memory = open_memory(settings)
+    memory = open_memory(settings.for_one_command())
     try:
         memory.load_vectors()
         return memory.stats()
@@ -114,7 +114,7 @@ def _store(
 
     if model is not None:
         settings = settings.model_copy(update={"embedding_model": model})
-    memory = app.open_memory(settings)
+    memory = app.open_memory(settings.for_one_command())
     try:
         yield memory
     finally:

@@ -1,6 +1,10 @@
-"""How long another process's `remember` waits while a large import runs on the same SQLite file.
+"""How long another process's `remember` waits while a large import runs on the same store.
 
     PYTHONPATH=. python bench/import_stall.py [--memories 10000] [--dim 384]
+    PYTHONPATH=. python bench/import_stall.py --database-url 'postgresql://...'   # a fresh database there
+
+On SQLite the writer remembers into its own namespace (the file has one write lock); on PostgreSQL into a
+namespace the import writes too (writes there are serialised per namespace, by an advisory lock).
 
 Writes an export of N memories (with vectors of a stand-in model), starts a second process that remembers one
 memory every 20 ms into the same database and times each call, imports the file, and prints the longest and the
@@ -39,12 +43,13 @@ class StandIn:
     def wait_ready(self, timeout): return True
     def embed(self, texts): return np.ones((len(texts), self.dim), dtype=np.float32) / self.dim ** 0.5
 
-memory = open_memory(Settings(db_path=Path(sys.argv[1]), auto_forget_enabled=False), embedder=StandIn())
+where = dict(database_url=sys.argv[1]) if sys.argv[1].startswith("postgresql") else dict(db_path=Path(sys.argv[1]))
+memory = open_memory(Settings(**where, auto_forget_enabled=False), embedder=StandIn())
 print("ready", flush=True)
 n = 0
-while not Path(sys.argv[1] + ".stop").exists():
+while not Path(sys.argv[4] + ".stop").exists():
     started = time.time()
-    memory.remember(f"written by another process while importing, number {n}", namespace="live")
+    memory.remember(f"written by another process while importing, number {n}", namespace=sys.argv[5])
     print(json.dumps([started, time.time() - started]), flush=True)
     n += 1
     time.sleep(0.02)
@@ -73,10 +78,24 @@ def write_export(path: Path, count: int, dim: int) -> None:
             out.write(json.dumps(record) + "\n")
 
 
+def fresh_database(server_url: str) -> str:
+    """A new empty database on the server named by server_url (left there: drop import_stall_* by hand)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"import_stall_{int(time.time())}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--memories", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL server whose user may CREATE DATABASE")
     args = parser.parse_args()
 
     from agentcache_mcp.app import open_memory
@@ -100,9 +119,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db, dump = Path(tmp) / "memory.db", Path(tmp) / "dump.jsonl"
         write_export(dump, args.memories, args.dim)
-        memory = open_memory(Settings(db_path=db, auto_forget_enabled=False), embedder=StandIn())
+        store, namespace = str(db), "live"
+        if args.database_url:
+            store, namespace = fresh_database(args.database_url), "ns0"
+            settings = Settings(database_url=store, auto_forget_enabled=False)
+        else:
+            settings = Settings(db_path=db, auto_forget_enabled=False)
+        memory = open_memory(settings, embedder=StandIn())
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db), MODEL, ":".join(sys.path)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", WRITER, store, MODEL, ":".join(sys.path), str(db), namespace],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert writer.stdout is not None
         assert writer.stdout.readline().strip() == "ready"
@@ -119,6 +146,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "store": "postgres" if args.database_url else "sqlite",
                 "memories": args.memories,
                 "added": report.added,
                 "import_s": round(ended - started, 2),

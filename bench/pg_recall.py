@@ -370,6 +370,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--explain", action="store_true", help="EXPLAIN (ANALYZE, BUFFERS) of one recall")
+    parser.add_argument(
+        "--vector-search",
+        default="auto",
+        choices=["auto", "memory", "index"],
+        help="AGENTCACHE_PG_VECTOR_SEARCH: vectors in the replica's memory, or the HNSW index",
+    )
     args = parser.parse_args()
     memory_model = None
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -394,7 +400,12 @@ def main() -> None:
             corpus.sentence()
         queries = [corpus.query() for _ in range(args.queries)]
         random.Random(size).shuffle(queries)
-        memory = open_memory(Settings(database_url=url, auto_forget_enabled=False))
+        memory = open_memory(
+            Settings(database_url=url, auto_forget_enabled=False, pg_vector_search=args.vector_search)
+        )
+        started = time.perf_counter()
+        vectors = memory.load_vectors()  # as a server's index sync does at start
+        load_s = time.perf_counter() - started
         memory.embedder.load()
         memory.mark_embeddings_caught_up()
         memory_model = memory.embedder.model_id
@@ -406,7 +417,8 @@ def main() -> None:
         print(f"\n### {size} memories, one namespace ({name}; model {memory_model})")
         print(
             f"{args.runs} runs x {len(queries)} recalls; load average before {' '.join(load_before)}, "
-            f"after {' '.join(load_after)}\n"
+            f"after {' '.join(load_after)}; AGENTCACHE_PG_VECTOR_SEARCH={args.vector_search}: "
+            f"{memory.backend.describe()['vector_index']}, {vectors} vectors, loaded in {load_s:.2f} s\n"
         )
         print("\n".join(summary(runs)))
         if args.explain:

@@ -72,9 +72,9 @@ def test_a_postgres_store_of_the_release_before_gains_the_oauth_tables_and_keeps
 
     store = PostgresBackend(postgres_url, MODEL, pool_size=2)
     try:
-        assert store.schema_version == pg_schema.SCHEMA_VERSION == 4
+        assert store.schema_version == pg_schema.SCHEMA_VERSION >= 4
         versions = store.db.read(lambda db: db.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall())
-        assert versions == [(1,), (2,), (3,), (4,)]
+        assert versions == [(v,) for v in range(1, pg_schema.SCHEMA_VERSION + 1)]
         assert [m.id for m in store.memories.find(MemoryFilter("home"))] == [kept]
         use_oauth_state(store)
     finally:

@@ -455,7 +455,7 @@ def test_ann_recall_at_10_against_exact_search_with_many_namespaces(postgres_url
 
 
 def test_a_small_namespace_is_searched_exactly(postgres_url: str) -> None:
-    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    memory = open_memory(Settings(database_url=postgres_url, pg_vector_search="index"), embedder=HashEmbedder(dim=DIM))
     try:
         fill(memory, namespaces=30, per_namespace=40)
         rng = np.random.default_rng(5)
@@ -484,7 +484,7 @@ def test_a_namespace_past_the_exact_limit_is_searched_through_the_index_complete
         return plain_search_sql(table, clause, exact=exact)
 
     monkeypatch.setattr(vectors, "search_sql", spy)
-    memory = open_memory(Settings(database_url=postgres_url), embedder=HashEmbedder(dim=DIM))
+    memory = open_memory(Settings(database_url=postgres_url, pg_vector_search="index"), embedder=HashEmbedder(dim=DIM))
     try:
         fill(memory, namespaces=6, per_namespace=40)
         rng = np.random.default_rng(9)

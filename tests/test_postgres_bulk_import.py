@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +171,31 @@ def test_an_import_killed_mid_load_leaves_the_indexes_to_the_next_start(store: M
         assert {HNSW, TERMS} <= indexes(url_of(store)) and len(stored_rows(reopened)) == 100
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_only_sqlite_pauses_between_an_imports_batches(
+    backend: str, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite lets go of its one write lock between batches so a waiting write goes first; PostgreSQL queues a
+    waiting write on the namespace's lock ahead of the next batch, so a pause there only slows the import."""
+    from agentcache_mcp.memory import exchange
+
+    settings = Settings(database_url=postgres_url) if backend == "postgres" else Settings(db_path=tmp_path / "m.db")
+    memory = open_memory(settings, embedder=HashEmbedder())
+    slept: list[float] = []
+    sleep = time.sleep
+
+    def recorded(seconds: float) -> None:  # the import's own pauses: time.sleep is every thread's
+        if sys._getframe(1).f_code.co_name == "_apply":
+            slept.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(exchange.time, "sleep", recorded)
+    try:
+        path = write_file(tmp_path / "three.jsonl", [record(n) for n in range(30)])
+        report = import_jsonl(memory, path, namespace=None, dry_run=False, skip_invalid=False, batch_size=10)
+        assert report.added == 30 and report.batches == 3
+    finally:
+        memory.close()
+    assert slept == ([] if backend == "postgres" else [0.12, 0.12])

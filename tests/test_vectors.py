@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agentcache_mcp.backends.sqlite.matrix import VectorMatrix
+from agentcache_mcp.backends.matrix import VectorMatrix
 from agentcache_mcp.backends.sqlite.repository import to_blob
 from agentcache_mcp.memory.fusion import FusionParams, fuse, ranked, smooth_with_neighbours
 
@@ -113,7 +113,7 @@ def test_neighbour_smoothing_adds_the_better_neighbour_at_each_distance() -> Non
 def test_top_k_is_best_first_ties_in_position_order_with_or_without_torch(
     with_torch: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agentcache_mcp.backends.sqlite import matrix
+    from agentcache_mcp.backends import matrix
 
     if not with_torch:
         monkeypatch.setattr(matrix, "_torch", lambda: None)

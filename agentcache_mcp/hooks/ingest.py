@@ -225,7 +225,7 @@ def run_hook(payload: dict[str, Any]) -> None:
     given_cwd = payload.get("cwd")
     cwd = given_cwd if isinstance(given_cwd, str) and given_cwd else os.getcwd()
     namespace = project_namespace(cwd)
-    memory = app.open_memory(settings)
+    memory = app.open_memory(settings.for_one_command())
     try:
         ingest_transcript(memory, path, namespace=namespace, session_id=session_id or None, limit=settings.capture_limit)
     finally:
@@ -261,7 +261,7 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
     store_settings = settings
     if args.dry_run and settings.database_url is None and not settings.db_path.exists():
         store_settings = settings.model_copy(update={"db_path": Path(":memory:")})  # a dry run creates nothing
-    memory = app.open_memory(store_settings)
+    memory = app.open_memory(store_settings.for_one_command())
     try:
         report = ingest_transcript(memory, path, namespace=namespace, limit=args.limit, dry_run=args.dry_run)
     finally:

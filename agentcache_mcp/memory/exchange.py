@@ -68,9 +68,7 @@ BATCH_MEMORIES = 500
 BATCH_SECONDS = 0.25
 """And at most about this long: a batch stops taking memories once it has run this long, so another process's
 write waits at most about this (plus one insert) for the write lock."""
-BATCH_PAUSE_S = 0.12
-"""Between batches the import lets go of the write lock this long: more than the longest sleep of SQLite's busy
-handler (100 ms), so a write that is waiting gets the lock before the next batch takes it."""
+# Between batches the import lets go of the write lock for the backend's batch_pause_s (SQLite: 0.12 s).
 
 
 class ImportRefused(ValueError):
@@ -886,8 +884,8 @@ def _apply(
                 pending.append(item)
         if not pending:
             return
-        if report.batches:
-            time.sleep(BATCH_PAUSE_S)
+        if report.batches and memory.backend.batch_pause_s > 0:
+            time.sleep(memory.backend.batch_pause_s)
         batch = _Batch(pending)
         added, skipped = memory.backend.memories.restore(batch)
         report.added += added

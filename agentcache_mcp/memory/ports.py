@@ -292,6 +292,12 @@ class StorageBackend(Protocol):
         """The OAuth state (clients, grants, codes, tokens) kept in this store, shared by every process on it."""
         ...
 
+    @property
+    def batch_pause_s(self) -> float:
+        """How long a writer of many batches (an import) lets go of the store between two, so that a write
+        waiting meanwhile goes first: SQLite's waiters sleep and retry, PostgreSQL's are queued in order."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """What stats show about the store: kind, location, schema version."""
         ...

@@ -265,6 +265,11 @@ class Database:
     read = write
     """A read is a transaction too (its SET LOCALs end with it); it never takes a lock a writer waits for."""
 
+    def query(self, fn: Callable[[Connection], T]) -> T:
+        """A read whose statements need no common snapshot nor SET LOCAL, in autocommit: no BEGIN and COMMIT
+        round trips (three became one for each of a recall's lookups). Retried as `write` retries."""
+        return self.write(fn, autocommit=True)
+
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
         """An advisory lock called `name`, held for the block if no other session holds it: yields whether it

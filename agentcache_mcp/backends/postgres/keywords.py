@@ -211,7 +211,7 @@ class TsvectorKeywords:
                 kept.append(term)
             return kept or terms
 
-        return self.db.read(q)
+        return self.db.query(q)
 
     def search(
         self, namespace: str, terms: list[str], limit: int, where: MemoryFilter, context_weight: float
@@ -263,7 +263,7 @@ class TsvectorKeywords:
                 if score is not None and score > 0
             ]
 
-        return self.db.read(run)
+        return self.db.query(run)
 
     def check(self) -> bool:
         """Every memory's terms are what the triggers would write: its own words and its predecessor's."""

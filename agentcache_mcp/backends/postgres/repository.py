@@ -149,7 +149,7 @@ class PgMemories(SqlMemories[Connection]):
     def get_by_keys(self, namespace: str, keys: Sequence[int]) -> dict[int, Memory]:
         if not keys:
             return {}
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 r[0]: _memory(r)
                 for r in db.execute(
@@ -162,7 +162,7 @@ class PgMemories(SqlMemories[Connection]):
     def texts(self, namespace: str, keys: Sequence[int], prefix: int | None = None) -> dict[int, str]:
         if not keys:
             return {}
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 int(pk): text
                 for pk, text in db.execute(
@@ -285,7 +285,7 @@ class PgMemories(SqlMemories[Connection]):
         if not keys:
             return set()
         clause, params = filter_sql(where)
-        return self.db.read(
+        return self.db.query(
             lambda db: {
                 pk
                 for (pk,) in db.execute(
@@ -316,7 +316,7 @@ class PgMemories(SqlMemories[Connection]):
                 out[key] = list(zip(before, after, strict=True))
             return out
 
-        return self.db.read(q)
+        return self.db.query(q)
 
     def record_access(self, accesses: Mapping[int, tuple[int, float]]) -> None:
         if not accesses:
@@ -433,10 +433,11 @@ class PgEmbeddings:
         keys = list(latest)
         dim = len(latest[keys[0]][1])
 
+        checked = self._dims.get(model_id) == dim
+
         def txn(db: Connection) -> int:
-            if self._dims.get(model_id) != dim:  # checked once per model and process: tables are never dropped
-                self._tables.add(ensure_vector_table(db, model_id, dim))
-                self._dims[model_id] = dim
+            if not checked:  # once per model and process: tables are never dropped
+                ensure_vector_table(db, model_id, dim)
             row = db.execute(
                 sql.SQL(
                     "WITH written AS (INSERT INTO {} (memory_pk, namespace, content_hash, vector) "
@@ -457,7 +458,11 @@ class PgEmbeddings:
             ).fetchone()
             return int(row[0]) if row else 0
 
-        return self.db.write(txn, autocommit=self._dims.get(model_id) == dim)
+        written = self.db.write(txn, autocommit=checked)
+        if not checked:  # remembered once committed: a table created by a transaction that failed is not there
+            self._tables.add(vector_table_name(model_id))
+            self._dims[model_id] = dim
+        return written
 
     def vectors_of(self, model_id: str, keys: Sequence[int]) -> dict[int, Vector]:
         if not keys:

@@ -240,7 +240,54 @@ _OAUTH = [
     "CREATE INDEX oauth_tokens_expires ON oauth_tokens(expires_at) WHERE expires_at IS NOT NULL",
 ]
 
-MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH]
+_VECTOR_CHANGES = [
+    # The vector tables' change log, which a replica that keeps the vectors in memory (backends/postgres/
+    # matrix.py) reads before a search. Written by statement triggers in the writing transaction: a row per
+    # vector inserted, updated or deleted (a memory's delete cascades to its vector), with the writing
+    # transaction's id. A reader remembers the snapshot it last read in and next reads the rows of the
+    # transactions that snapshot did not see: sequence order is not commit order, transaction visibility is.
+    # Only keys: no text, no vector.
+    """
+    CREATE TABLE vector_changes (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        xid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+        table_name TEXT NOT NULL,
+        memory_pk BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX vector_changes_xid ON vector_changes(xid)",
+    # Every row of a transaction older than this was pruned: a reader whose last snapshot's xmin is below it
+    # may have missed some, and loads the vectors again.
+    "INSERT INTO meta(key, value) VALUES ('vector_changes_pruned_below', '0')",
+    """
+    CREATE FUNCTION agentcache_vectors_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO vector_changes(table_name, memory_pk) SELECT TG_TABLE_NAME, c.memory_pk FROM changed c;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    -- The log's triggers on one vector table (a transition table can serve one event only: three triggers);
+    -- those it has already are left alone, so every start can run it for every table (a replica of an earlier
+    -- version may have created a table without them).
+    CREATE FUNCTION agentcache_log_vector_changes(vector_table TEXT) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        event TEXT;
+    BEGIN
+        FOREACH event IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = quote_ident(vector_table)::regclass
+                AND tgname = vector_table || '_' || lower(event));
+            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s TABLE AS changed '
+                'FOR EACH STATEMENT EXECUTE FUNCTION agentcache_vectors_changed()',
+                vector_table || '_' || lower(event), event, vector_table,
+                CASE WHEN event = 'DELETE' THEN 'OLD' ELSE 'NEW' END);
+        END LOOP;
+    END $$
+    """,
+    "SELECT agentcache_log_vector_changes(table_name) FROM vector_models",
+]
+
+MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH, _VECTOR_CHANGES]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
 
@@ -303,6 +350,10 @@ def migrate(conn: Connection, location: str) -> int:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, time.time()))
             log.info("applied schema migration %d to %s", version, location)
+        # A replica of a version before the change log that created a vector table (a new model's) created it
+        # without the log's triggers: add them (a replica searching in memory would miss its changes).
+        if conn.execute("SELECT to_regprocedure('agentcache_log_vector_changes(text)') IS NOT NULL").fetchone() == (True,):
+            conn.execute("SELECT agentcache_log_vector_changes(table_name) FROM vector_models")
     return SCHEMA_VERSION
 
 
@@ -350,6 +401,7 @@ def ensure_vector_table(conn: Connection, model_id: str, dim: int, *, with_index
         conn.execute(sql.SQL("CREATE INDEX {} ON {} (namespace)").format(sql.Identifier(table + "_ns"), name))
         if with_index:
             conn.execute(hnsw_index_sql(table))
+        conn.execute("SELECT agentcache_log_vector_changes(%s::text)", (table,))
         conn.execute("INSERT INTO vector_models(model, table_name, dim) VALUES (%s, %s, %s)", (model_id, table, dim))
     return table
 

@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from ...memory.model import MemoryFilter
 from ...memory.ports import Vector
+from ..matrix import VectorMatrix
 from .connection import Connection, Database
-from .matrix import VectorMatrix
 from .repository import SqliteEmbeddings, SqliteMemories, filter_sql, from_blob
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """In-memory vectors: one normalised float16 matrix per namespace, brute-force cosine top-k.
 
-Derived from the store (which keeps float32): loaded from the embeddings table at start and kept current
-through the change log. A brute-force scan never misses a memory, unlike an approximate index. The copy is
+Derived from the store (which keeps float32): loaded from its vectors at start and kept current through its
+change log (SQLite: the `changes` table; PostgreSQL: `vector_changes`, backends/postgres/matrix.py). A
+brute-force scan never misses a memory, unlike an approximate index. The copy is
 float16: half the memory (75 MB for 100k x 384 instead of 150), and the scan, which is memory-bound, reads
 half the bytes. torch's float16 matrix-vector product (torch is loaded with the model anyway) accumulates
 in float32: at 100k it took 5.9 ms against numpy's float32 19 ms (bench/RESULTS.md); the cosines differ
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ...memory.ports import Vector
+from ..memory.ports import Vector
 
 STORED = np.float16
 Stored = npt.NDArray[np.float16]
