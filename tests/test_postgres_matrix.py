@@ -341,3 +341,19 @@ def test_a_command_of_the_cli_searches_the_index_rather_than_load_every_vector(p
     assert "HNSW" in commands.stats(settings)["index"]["vector_index"]
     assert settings.for_one_command().pg_vector_search == "index"
     assert Settings(db_path=settings.db_path).for_one_command() == Settings(db_path=settings.db_path)
+
+
+def test_a_table_that_got_the_log_after_its_first_vectors_is_read_whole_when_a_replica_first_meets_it(
+    replicas: tuple[PostgresBackend, PostgresBackend], postgres_url: str
+) -> None:
+    """A replica of an earlier version created the table and wrote vectors the log never saw; a start then added
+    the log's triggers. A replica that loaded before the table existed meets it logged: the log alone lacks those
+    vectors."""
+    a, b = replicas
+    assert matrix_of(b).load() == 0 and matrix_of(b).in_memory  # no table yet
+    first = remember(a, "first", vector=unit(1))
+    drop_log_triggers(postgres_url)
+    unlogged = remember(a, "written by the earlier version", vector=unit(2))
+    PostgresBackend(postgres_url, MODEL, pool_size=2).close()  # a start adds the triggers
+    assert top(b, unit(2), k=1) == [unlogged]
+    assert set(top(b, unit(1))) == {first, unlogged} and len(b.vectors) == 2
