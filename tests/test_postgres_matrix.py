@@ -357,3 +357,30 @@ def test_a_table_that_got_the_log_after_its_first_vectors_is_read_whole_when_a_r
     PostgresBackend(postgres_url, MODEL, pool_size=2).close()  # a start adds the triggers
     assert top(b, unit(2), k=1) == [unlogged]
     assert set(top(b, unit(1))) == {first, unlogged} and len(b.vectors) == 2
+
+
+def test_a_start_does_not_wait_without_bound_for_a_vector_table_it_adds_the_log_to(postgres_url: str) -> None:
+    """Adding the triggers takes the table's SHARE ROW EXCLUSIVE lock, under the migration lock: behind a long
+    writer (a bulk import's index build) the start, and every other replica's, would wait for it. It gives up
+    after a moment; the replica searches the index and a later start adds the log."""
+    import threading
+
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    remember(a, "first", vector=unit(1))
+    a.close()
+    table = drop_log_triggers(postgres_url)
+    started: list[PostgresBackend] = []
+    with psycopg.connect(postgres_url) as writer:
+        writer.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier(table)))
+        thread = threading.Thread(target=lambda: started.append(PostgresBackend(postgres_url, MODEL, pool_size=2)))
+        thread.start()
+        thread.join(timeout=15)
+        blocked = thread.is_alive()
+        writer.rollback()
+    thread.join()
+    try:
+        assert not blocked
+        assert matrix_of(started[0]).load() == 1 and not matrix_of(started[0]).in_memory  # the index, for now
+    finally:
+        for backend in started:
+            backend.close()
