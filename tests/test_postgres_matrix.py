@@ -384,3 +384,38 @@ def test_a_start_does_not_wait_without_bound_for_a_vector_table_it_adds_the_log_
     finally:
         for backend in started:
             backend.close()
+
+
+def test_a_start_by_a_user_who_may_not_create_triggers_on_a_table_without_the_log_still_starts(
+    postgres_url: str,
+) -> None:
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    remember(a, "first", vector=unit(1))
+    a.close()
+    table = drop_log_triggers(postgres_url)
+    role = "limited_" + secrets.token_hex(4)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        database = admin.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        admin.execute(f"GRANT ALL ON DATABASE {database[0]} TO {role}")
+        admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        admin.execute(sql.SQL("REVOKE TRIGGER ON {} FROM {}").format(sql.Identifier(table), sql.Identifier(role)))
+    parts = urlsplit(postgres_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    limited = urlunsplit((parts.scheme, f"{role}:pw@{host}", parts.path, parts.query, parts.fragment))
+    try:
+        b = PostgresBackend(limited, MODEL, pool_size=2)
+        try:
+            assert matrix_of(b).load() == 1 and not matrix_of(b).in_memory  # the index
+        finally:
+            b.close()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
