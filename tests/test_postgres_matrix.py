@@ -341,3 +341,81 @@ def test_a_command_of_the_cli_searches_the_index_rather_than_load_every_vector(p
     assert "HNSW" in commands.stats(settings)["index"]["vector_index"]
     assert settings.for_one_command().pg_vector_search == "index"
     assert Settings(db_path=settings.db_path).for_one_command() == Settings(db_path=settings.db_path)
+
+
+def test_a_table_that_got_the_log_after_its_first_vectors_is_read_whole_when_a_replica_first_meets_it(
+    replicas: tuple[PostgresBackend, PostgresBackend], postgres_url: str
+) -> None:
+    """A replica of an earlier version created the table and wrote vectors the log never saw; a start then added
+    the log's triggers. A replica that loaded before the table existed meets it logged: the log alone lacks those
+    vectors."""
+    a, b = replicas
+    assert matrix_of(b).load() == 0 and matrix_of(b).in_memory  # no table yet
+    first = remember(a, "first", vector=unit(1))
+    drop_log_triggers(postgres_url)
+    unlogged = remember(a, "written by the earlier version", vector=unit(2))
+    PostgresBackend(postgres_url, MODEL, pool_size=2).close()  # a start adds the triggers
+    assert top(b, unit(2), k=1) == [unlogged]
+    assert set(top(b, unit(1))) == {first, unlogged} and len(b.vectors) == 2
+
+
+def test_a_start_does_not_wait_without_bound_for_a_vector_table_it_adds_the_log_to(postgres_url: str) -> None:
+    """Adding the triggers takes the table's SHARE ROW EXCLUSIVE lock, under the migration lock: behind a long
+    writer (a bulk import's index build) the start, and every other replica's, would wait for it. It gives up
+    after a moment; the replica searches the index and a later start adds the log."""
+    import threading
+
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    remember(a, "first", vector=unit(1))
+    a.close()
+    table = drop_log_triggers(postgres_url)
+    started: list[PostgresBackend] = []
+    with psycopg.connect(postgres_url) as writer:
+        writer.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier(table)))
+        thread = threading.Thread(target=lambda: started.append(PostgresBackend(postgres_url, MODEL, pool_size=2)))
+        thread.start()
+        thread.join(timeout=15)
+        blocked = thread.is_alive()
+        writer.rollback()
+    thread.join()
+    try:
+        assert not blocked
+        assert matrix_of(started[0]).load() == 1 and not matrix_of(started[0]).in_memory  # the index, for now
+    finally:
+        for backend in started:
+            backend.close()
+
+
+def test_a_start_by_a_user_who_may_not_create_triggers_on_a_table_without_the_log_still_starts(
+    postgres_url: str,
+) -> None:
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
+    remember(a, "first", vector=unit(1))
+    a.close()
+    table = drop_log_triggers(postgres_url)
+    role = "limited_" + secrets.token_hex(4)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        database = admin.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        admin.execute(f"GRANT ALL ON DATABASE {database[0]} TO {role}")
+        admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        admin.execute(sql.SQL("REVOKE TRIGGER ON {} FROM {}").format(sql.Identifier(table), sql.Identifier(role)))
+    parts = urlsplit(postgres_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    limited = urlunsplit((parts.scheme, f"{role}:pw@{host}", parts.path, parts.query, parts.fragment))
+    try:
+        b = PostgresBackend(limited, MODEL, pool_size=2)
+        try:
+            assert matrix_of(b).load() == 1 and not matrix_of(b).in_memory  # the index
+        finally:
+            b.close()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")

@@ -85,8 +85,9 @@ class PgMatrixVectors:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._loads = 0
-        self._logged_tables: set[str] = set()
         """Loads that ended: a thread that found it must load again skips its load if one ended meanwhile."""
+        self._logged_tables: set[str] = set()
+        """Tables found with the log's triggers (_logged)."""
 
     @property
     def model_id(self) -> str:
@@ -214,8 +215,8 @@ class PgMatrixVectors:
             with self._load_lock:
                 if self._loads == loads:
                     log.info(
-                        "the vector change log was pruned past this replica's last read, or more than %d vectors "
-                        "changed since: loading the vectors again",
+                        "the vector change log was pruned past this replica's last read, more than %d vectors "
+                        "changed since, or the model's vector table appeared: loading the vectors again",
                         CATCH_UP_MAX,
                     )
                     self._load()
@@ -225,7 +226,7 @@ class PgMatrixVectors:
 
     def _catch_up(self) -> bool:
         """Apply what the log says changed since self._snapshot; True: the log no longer reaches back that far,
-        or too much changed (CATCH_UP_MAX)."""
+        too much changed (CATCH_UP_MAX), or the model's table appeared: load again."""
         assert self._snapshot is not None
         previous = self._snapshot
 
@@ -239,8 +240,14 @@ class PgMatrixVectors:
                 table = self._table(db)
                 if table is None:
                     return [(row[0], False, None, None, None)]
+            met = table in self._logged_tables
             if not self._logged(db, table):
                 return [(None, table, None, None, None)]
+            if not met:
+                # A table this replica meets for the first time (created after its load): a replica of an
+                # earlier version may have created it and written vectors before a start added the triggers,
+                # and the log lacks those. Load it whole (it is new: few rows, or an import's many anyway).
+                return [(None, None, None, None, None)]
             return db.execute(
                 sql.SQL(
                     "WITH changed AS (SELECT DISTINCT c.memory_pk FROM vector_changes c "
@@ -256,8 +263,10 @@ class PgMatrixVectors:
             ).fetchall()
 
         rows = self.db.query(q)
-        if rows[0][0] is None:  # the table appeared without the log's triggers
-            self._use_the_index(str(rows[0][1]))
+        if rows[0][0] is None:
+            if rows[0][1] is None:  # a table met for the first time: load again
+                return True
+            self._use_the_index(str(rows[0][1]))  # the table appeared without the log's triggers
             return False
         snapshot, pruned = str(rows[0][0]), bool(rows[0][1])
         if pruned or len(rows) > CATCH_UP_MAX:

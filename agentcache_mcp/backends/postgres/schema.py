@@ -290,6 +290,8 @@ _VECTOR_CHANGES = [
 MIGRATIONS: list[list[str]] = [_SCHEMA_1, _ERASE_STATUS, _REMEMBER_IN_ONE_STATEMENT, _OAUTH, _VECTOR_CHANGES]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = "'schema'"
+LOG_TRIGGERS_LOCK_TIMEOUT = "2s"
+"""How long a start waits for a vector table's lock to add the change log's triggers (migrate)."""
 
 
 PGVECTOR_MINIMUM = (0, 8)
@@ -352,8 +354,27 @@ def migrate(conn: Connection, location: str) -> int:
             log.info("applied schema migration %d to %s", version, location)
         # A replica of a version before the change log that created a vector table (a new model's) created it
         # without the log's triggers: add them (a replica searching in memory would miss its changes).
+        # Each CREATE TRIGGER takes the table's SHARE ROW EXCLUSIVE lock, here under the migration lock: not
+        # waited for longer than a moment (a bulk import's index build may hold the table for minutes, and every
+        # replica's start and every new model's table would wait behind this one), nor required (a user who may
+        # not create triggers): without the log a replica searches the index (matrix.py), a later start adds it.
         if conn.execute("SELECT to_regprocedure('agentcache_log_vector_changes(text)') IS NOT NULL").fetchone() == (True,):
-            conn.execute("SELECT agentcache_log_vector_changes(table_name) FROM vector_models")
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{LOG_TRIGGERS_LOCK_TIMEOUT}'")
+                    conn.execute("SELECT agentcache_log_vector_changes(table_name) FROM vector_models")
+                    conn.execute("SET LOCAL lock_timeout = DEFAULT")
+            except (
+                psycopg.errors.LockNotAvailable,
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.InsufficientPrivilege,
+            ) as exc:
+                log.warning(
+                    "could not add the vector change log's triggers to a vector table of %s (%s): replicas search "
+                    "its HNSW index; a later start tries again",
+                    location,
+                    first_line(exc),
+                )
     return SCHEMA_VERSION
 
 
