@@ -3,8 +3,8 @@ keeps (backends/matrix.py), exact cosine, kept current through the `vector_chang
 
 Why: at 100k memories pgvector's HNSW search alone took 15-18 ms at the candidate list that finds 0.98 of the
 exact top 10, more than the database's whole share of a recall may take; the exact float16 scan in memory takes
-~6 ms at 100k and misses nothing (bench/RESULTS.md, issue 20). The cost is memory in every replica (~77 MB per
-100k vectors of 384 dimensions) and a load at start; a table larger than `max_rows` stays with the HNSW index
+~6 ms at 100k and misses nothing (bench/RESULTS.md, issue 20). The cost is memory in every replica (the matrix is
+77 MB per 100k vectors of 384 dimensions; the process's RSS grew 245 MiB) and a load at start; a table larger than `max_rows` stays with the HNSW index
 (PgVectors), which also answers every search while the load runs, and every search a filter narrows (tags,
 dates: the database filters, the index finds).
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MATRIX_MAX_ROWS = 500_000
 """A vector table with more rows than this is searched by its HNSW index (AGENTCACHE_PG_VECTOR_SEARCH=auto):
 the exact scan grows with the rows (~6 ms per 100k on this machine's CPU, so ~30 ms at 500k, against the HNSW
-search's ~49 ms at 1M) and so does every replica's memory (~385 MB at 500k)."""
+search's ~49 ms at 1M) and so does every replica's memory (RSS grew 245 MiB for 100k vectors: ~1.2 GiB at 500k)."""
 CHANGE_LOG_KEEP = 100_000
 """Log rows kept by a prune (the newest): a replica that fell further behind loads again."""
 LOAD_BATCH = 20_000
