@@ -45,6 +45,20 @@ def top(backend: PostgresBackend, query: np.ndarray, k: int = 5, namespace: str 
     return [key for key, _ in backend.vectors.search(namespace, query, k, MemoryFilter(namespace, live_at=time.time()))]
 
 
+def literal(v: np.ndarray) -> str:
+    return "[" + ",".join(map(str, v)) + "]"
+
+
+def insert_vector(conn: psycopg.Connection, key: int, vector: np.ndarray) -> None:  # type: ignore[type-arg]
+    """Write a memory's vector on `conn` (its own transaction, left open), as the embedding writer would."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (memory_pk, namespace, content_hash, vector) VALUES (%s, 'team', 'h', %s)").format(
+            sql.Identifier(pg_schema.vector_table_name(MODEL))
+        ),
+        (key, literal(vector)),
+    )
+
+
 @pytest.fixture
 def replicas(postgres_url: str) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
     a = PostgresBackend(postgres_url, MODEL, pool_size=2)
@@ -86,14 +100,8 @@ def test_a_transaction_that_commits_after_a_later_one_was_read_is_not_missed(
     slow_key = remember(a, "the slow one")
     quick_key = remember(a, "the quick one")
     matrix_of(b).load()
-    table = pg_schema.vector_table_name(MODEL)
     with psycopg.connect(postgres_url) as slow:
-        slow.execute(
-            sql.SQL("INSERT INTO {} (memory_pk, namespace, content_hash, vector) VALUES (%s, 'team', 'h', %s)").format(
-                sql.Identifier(table)
-            ),
-            (slow_key, "[" + ",".join(map(str, unit(5))) + "]"),
-        )  # its log row has the lower number, uncommitted
+        insert_vector(slow, slow_key, unit(5))  # its log row has the lower number, uncommitted
         a.embeddings.write(MODEL, [(quick_key, content_hash("the quick one"), unit(6))])
         assert top(b, unit(6), k=1) == [quick_key]  # b read past the slow row's number
         slow.commit()
@@ -128,14 +136,8 @@ def test_a_prune_keeps_what_a_running_transaction_may_still_add(
     remember(a, "makes the table", vector=unit(0))
     slow_key = remember(a, "the slow one")
     matrix_of(b).load()
-    table = pg_schema.vector_table_name(MODEL)
     with psycopg.connect(postgres_url) as slow:
-        slow.execute(
-            sql.SQL("INSERT INTO {} (memory_pk, namespace, content_hash, vector) VALUES (%s, 'team', 'h', %s)").format(
-                sql.Identifier(table)
-            ),
-            (slow_key, "[" + ",".join(map(str, unit(7))) + "]"),
-        )
+        insert_vector(slow, slow_key, unit(7))
         for i in range(4):
             remember(a, f"quick {i}", vector=unit(300 + i))
         top(b, unit(1))  # b reads past the slow transaction's row

@@ -13,43 +13,14 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from test_postgres_connections import running_pgbouncer
+from test_postgres_matrix import DIM, MODEL, literal, matrix_of, remember, top, unit
 
 from agentcache_mcp.backends.postgres import PostgresBackend
 from agentcache_mcp.backends.postgres import schema as pg_schema
 from agentcache_mcp.backends.postgres.matrix import PgMatrixVectors
-from agentcache_mcp.memory.model import Memory, MemoryFilter, NewMemory, content_hash, new_id
-from agentcache_mcp.memory.service import merge_remembered
+from agentcache_mcp.memory.model import Memory, MemoryFilter, content_hash, new_id
 
 from conftest import PostgresServer
-
-MODEL = "test-matrix-review"
-DIM = 8
-
-
-def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def remember(backend: PostgresBackend, text: str, namespace: str = "team", vector: np.ndarray | None = None) -> int:
-    new = NewMemory(new_id(), namespace, text, content_hash(text), [], 0.5, {}, time.time(), None)
-    memory = backend.memories.remember(new, merge_remembered)[0]
-    if vector is not None:
-        assert backend.embeddings.write(MODEL, [(memory.key, memory.content_hash, vector)]) == 1
-    return memory.key
-
-
-def top(backend: PostgresBackend, query: np.ndarray, k: int = 5, namespace: str = "team") -> list[int]:
-    return [key for key, _ in backend.vectors.search(namespace, query, k, MemoryFilter(namespace, live_at=time.time()))]
-
-
-def matrix_of(backend: PostgresBackend) -> PgMatrixVectors:
-    assert isinstance(backend.vectors, PgMatrixVectors)
-    return backend.vectors
-
-
-def literal(v: np.ndarray) -> str:
-    return "[" + ",".join(map(str, v)) + "]"
 
 
 @pytest.fixture
