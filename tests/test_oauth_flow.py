@@ -9,7 +9,6 @@ calls the tools. Then what the resource side must refuse, with tokens that flow 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -26,12 +25,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 from oauth_support import MemoryStorage as Storage
 
-from agentcache_mcp import serving
 from agentcache_mcp.config import Settings
-from agentcache_mcp.server import build_server
-from agentcache_mcp.workers import open_app
 
 from conftest import HashEmbedder
+from ui_support import UiServer
 
 PASSPHRASE = "correct horse battery staple"
 STATIC = "static-token-for-scripts-0123456789"
@@ -115,53 +112,11 @@ class Refused(Exception):
     """The consent page did not approve."""
 
 
-class Server:
-    """`serve --transport streamable-http` in a thread: a socket bound first (its port is the public URL's),
-    the store opened, the composed app served by uvicorn."""
+class Server(UiServer):
+    """`serve` with the OAuth settings under test, over a store of the hashed stand-in embedder."""
 
     def __init__(self, settings: Settings, transport: str = "streamable-http"):
-        self.transport = transport
-        self.endpoint = "/sse" if transport == "sse" else "/mcp"
-        self.sock = serving.listen("127.0.0.1", 0)[0]
-        self.port = self.sock.getsockname()[1]
-        self.settings = settings.model_copy(update={"port": self.port})
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        async with open_app(self.settings, embedder=HashEmbedder()) as app:
-            self.app = app
-            uv = serving.http_server(build_server(self.settings, app=app), self.settings, self.transport, app=app,
-                                     port=self.port)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: uv.serve(sockets=[self.sock]))
-                while not uv.started:
-                    await anyio.sleep(0.01)
-                self._ready.set()
-                while not self._stop.is_set():
-                    await anyio.sleep(0.05)
-                uv.should_exit = True
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        if not self._ready.wait(60) or self._error is not None:
-            raise RuntimeError(f"the test server did not start: {self._error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.sock.close()
+        super().__init__(settings, HashEmbedder(), transport)
 
 
 def builtin(tmp_path: Path) -> Settings:

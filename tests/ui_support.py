@@ -32,17 +32,21 @@ XSS_TEXTS = (
 
 
 class UiServer:
-    """The composed HTTP server (streamable HTTP + UI) on a free loopback port, served from a thread."""
+    """The composed HTTP server (`serve --transport streamable-http` or `sse`: MCP, the UI, behind the guards) on a
+    free loopback port, served from a thread over a test store. Its socket is bound first, so the settings carry
+    the real port (a public URL built from it, as the OAuth tests need) before the app is built."""
 
-    def __init__(self, settings: Settings, embedder: Embedder | None):
-        self.settings = settings.model_copy(update={"port": 0})
+    def __init__(self, settings: Settings, embedder: Embedder | None, transport: str = "streamable-http"):
+        self.transport = transport
+        self.endpoint = "/sse" if transport == "sse" else "/mcp"
+        self.sock = serving.listen("127.0.0.1", 0)[0]
+        self.port = self.sock.getsockname()[1]
+        self.settings = settings.model_copy(update={"port": self.port})
         self.embedder = embedder
         self.app: App | None = None
-        self.port = 0
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._uv: Any = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
@@ -64,13 +68,12 @@ class UiServer:
     async def _main(self) -> None:
         async with open_app(self.settings, embedder=self.embedder) as app:
             self.app = app
-            uv = serving.http_server(build_server(self.settings, app=app), self.settings, "streamable-http", app=app)
-            self._uv = uv
+            server = build_server(self.settings, app=app)
+            uv = serving.http_server(server, self.settings, self.transport, app=app, port=self.port)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(uv.serve)
+                tg.start_soon(lambda: uv.serve(sockets=[self.sock]))
                 while not uv.started:
                     await anyio.sleep(0.01)
-                self.port = uv.servers[0].sockets[0].getsockname()[1]
                 self._ready.set()
                 while not self._stop.is_set():
                     await anyio.sleep(0.05)
@@ -85,6 +88,7 @@ class UiServer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(30)
+        self.sock.close()
 
 
 def put(memory: MemoryService, namespace: str, text: str, created_at: float, **fields: Any) -> str:
