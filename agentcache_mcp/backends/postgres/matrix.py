@@ -33,7 +33,7 @@ from ...memory.model import MemoryFilter
 from ...memory.ports import Vector
 from ..matrix import VectorMatrix
 from .connection import TRANSACTION_TIMEOUTS, Connection, Database
-from .repository import PgEmbeddings, PgMemories
+from .repository import PgEmbeddings, PgMemories, as_array
 from .vectors import PgVectors
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ LOAD_BATCH = 20_000
 CATCH_UP_MAX = 20_000
 """More changed vectors than this since the last read (a bulk import meanwhile): load again, in batches, rather
 than fetch them all in one statement."""
-
-
-def _vector_bytes(value: Any) -> bytes:
-    """pgvector's binary form (int16 dim, int16 unused, dim big-endian float4) as the little-endian float32
-    blob VectorMatrix.add_batch takes."""
-    raw = bytes(value)
-    return np.frombuffer(raw, dtype=">f4", offset=4).astype("<f4").tobytes()
 
 
 class PgMatrixVectors:
@@ -180,7 +173,7 @@ class PgMatrixVectors:
                 cursor.itersize = LOAD_BATCH
                 cursor.execute(sql.SQL("SELECT memory_pk, namespace, vector FROM {}").format(sql.Identifier(table)))
                 while batch := cursor.fetchmany(LOAD_BATCH):
-                    blobs = [(int(pk), str(ns), _vector_bytes_of(v)) for pk, ns, v in batch]
+                    blobs = [(int(pk), str(ns), as_array(v).astype("<f4").tobytes()) for pk, ns, v in batch]
                     if matrix is None:
                         matrix = VectorMatrix(len(blobs[0][2]) // 4)
                     matrix.add_batch(blobs)
@@ -278,7 +271,7 @@ class PgMatrixVectors:
                 if self.matrix is not None:
                     self.matrix.remove(int(pk))
                 continue
-            values = np.frombuffer(_vector_bytes_of(vector), dtype="<f4")
+            values = as_array(vector)
             if self.matrix is None:
                 self.matrix = VectorMatrix(len(values))
             self.matrix.upsert(int(pk), str(namespace), values)
@@ -370,12 +363,3 @@ def prune_vector_changes(database: Database, keep: int | None = None) -> int:
 
     return database.write(txn)
 
-
-def _vector_bytes_of(value: Any) -> bytes:
-    """A vector fetched in binary as a little-endian float32 blob: pgvector's loader gives a numpy-backed
-    Vector; without it the raw binary form."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _vector_bytes(value)
-    to_numpy = getattr(value, "to_numpy", None)
-    array = to_numpy() if to_numpy is not None else value
-    return np.asarray(array, dtype="<f4").tobytes()
