@@ -264,7 +264,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
     queries = [np.asarray(v.to_numpy(), dtype=np.float32) for v, _ in rows]
     truth = [set(t) for _, t in rows]
     backend = PostgresBackend(url, model, pool_size=2)
-    vectors = backend.vectors
+    vectors = backend.index_vectors  # the HNSW search, whatever AGENTCACHE_PG_VECTOR_SEARCH says
     where = MemoryFilter(NAMESPACE, live_at=time.time())
     out: dict[str, Any] = {
         "database": args.database,
