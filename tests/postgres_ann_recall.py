@@ -42,7 +42,7 @@ def main(namespaces: int, per_namespace: int) -> None:
     url = server.get_uri().replace("/postgres?", "/annm?")
     with psycopg.connect(server.get_uri(), autocommit=True) as admin:
         admin.execute("CREATE DATABASE annm")
-    memory = open_memory(Settings(database_url=url), embedder=HashEmbedder(dim=DIM))
+    memory = open_memory(Settings(database_url=url, pg_vector_search="index"), embedder=HashEmbedder(dim=DIM))  # the HNSW search
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(200, DIM)).astype(np.float32)
     now = time.time()
