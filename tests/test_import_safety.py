@@ -351,6 +351,7 @@ def test_a_vector_of_another_model_is_dropped_with_a_note_and_a_damaged_one_refu
         "dim and data disagree": (vector(unit(), dim=DIM + 1), "vector.dim says 65"),
         "a vector 1000 times too long": (vector(unit() * 1000), "unit vector"),
         "a zero vector": (vector(np.zeros(DIM)), "unit vector"),
+        "values whose squares overflow a float32": (vector(np.full(DIM, 1e30)), "unit vector"),
         "a number for the base64": ({"model": MODEL, "dim": DIM, "float32_base64": 5}, "base64"),
         "a damaged vector of another model": (vector(nan, model="other-model"), "not finite"),
     }

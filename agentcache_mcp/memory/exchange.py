@@ -565,15 +565,20 @@ def _vector(raw: Any, model: StoreModel) -> tuple[tuple[str, Vector] | None, str
     if not isinstance(encoded, str):
         raise InvalidInput("vector.float32_base64 must be a base64 string")
     try:
-        data = base64.b64decode(encoded, validate=True)
+        data = binascii.a2b_base64(encoded, strict_mode=True)  # what b64decode(validate=True) calls
     except (binascii.Error, ValueError):
         raise InvalidInput("vector.float32_base64 is not base64") from None
     if len(data) != 4 * dim:
         raise InvalidInput(f"vector.float32_base64 holds {len(data) / 4:g} float32 values, vector.dim says {dim}")
     values = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.isfinite(values).all():
+    # One dot product (float32: ~1e-6 off for a unit vector, well inside the tolerance): a NaN or infinity
+    # anywhere makes it non-finite, and so does an overflow (values no unit vector holds: refused below by
+    # their length); the element-wise check runs only then, to say which.
+    with np.errstate(over="ignore", invalid="ignore"):
+        squared = float(np.dot(values, values))
+    if not math.isfinite(squared) and not np.isfinite(values).all():
         raise InvalidInput("vector has values that are not finite numbers")
-    norm = float(np.linalg.norm(values.astype(np.float64)))
+    norm = math.sqrt(squared)
     if abs(norm - 1.0) > UNIT_TOLERANCE:
         raise InvalidInput(f"vector has length {norm:.4g}; an embedding is a unit vector")
     if raw["model"] != model.model_id or model.dim is None:  # (dim: only now, for a vector of the store's model)
