@@ -5,7 +5,8 @@
 - embedding writer: a debounced, batched queue that embeds new memories after `remember` returned;
 - access stats: recalls buffer them in memory; this loop writes them every few seconds;
 - auto-forget: a first sweep shortly after start, then one every interval, with the store's maintenance after
-  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns);
+  it; on one process of a store at a time (`StorageBackend.exclusive`: PostgreSQL replicas take turns). With
+  auto-forget off, the maintenance alone runs on that schedule (its logs and expired rows must not grow forever);
 - scheduled erase: where the store has a schedule (PostgreSQL, AGENTCACHE_PG_ERASE=daily), the rewrite that
   removes forgotten memories' bytes from its files, at its time of day (and shortly after a start that finds
   one missed), on one process of the store.
@@ -80,6 +81,8 @@ class App:
     memory: MemoryService
     embed_wakeup: anyio.Event = field(default_factory=anyio.Event)
     sweeps: int = 0
+    maintenances: int = 0
+    """Store maintenance runs of the loop that stands in for the sweep when auto-forget is off."""
     last_sweep: dict[str, Any] | None = None
     stopping_since: float | None = None
     """When the shutdown began (monotonic), or None."""
@@ -264,6 +267,29 @@ class App:
             await self.sweep()
             await anyio.sleep(self.settings.auto_forget_interval_s)
 
+    async def maintenance_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """With auto-forget off, the store's upkeep still runs on the sweep's schedule
+        (`StorageBackend.maintenance`: pruning the change logs other processes read, expired OAuth rows, the
+        after-forget erase): without it those tables grow for as long as the store lives."""
+        task_status.started()
+        await anyio.sleep(self.settings.auto_forget_first_delay_s)
+        while True:
+            try:
+                if await self.run_abandonable(self._maintain_alone):
+                    self.maintenances += 1
+            except Exception:
+                log.exception("store maintenance failed; retrying next interval")
+            await anyio.sleep(self.settings.auto_forget_interval_s)
+
+    def _maintain_alone(self) -> bool:
+        """The store's maintenance under the sweep's lock (one process of the store at a time); False if another
+        process holds it (it is sweeping or maintaining)."""
+        backend = self.memory.backend
+        with backend.exclusive("auto-forget") as alone:
+            if alone:
+                backend.maintenance()
+            return alone
+
     async def erase_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the store's scheduled erase when due (`StorageBackend.scheduled_erase`); ends at once for a store
         without a schedule. A failure is logged and tried again ERASE_RETRY_S later."""
@@ -346,8 +372,7 @@ async def open_app(settings: Settings, *, embedder: Embedder | None = None) -> A
                 await tg.start(app.index_sync)
                 await tg.start(app.embedding_writer)
                 await tg.start(app.access_flush_loop)
-                if settings.auto_forget_enabled:
-                    await tg.start(app.auto_forget_loop)
+                await tg.start(app.auto_forget_loop if settings.auto_forget_enabled else app.maintenance_loop)
                 await tg.start(app.erase_loop)
                 try:
                     yield app

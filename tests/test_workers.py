@@ -86,8 +86,30 @@ async def test_auto_forget_can_be_disabled(db_path: Path) -> None:
         db_path=db_path, auto_forget_enabled=False, auto_forget_interval_s=0.01, auto_forget_first_delay_s=0
     )
     async with open_app(settings, embedder=HashEmbedder()) as app:
+        r = await app.run(app.memory.remember, "expires quickly", "ns", None, 0.5, 0.000001)
         await anyio.sleep(0.2)
-        assert app.sweeps == 0
+        assert app.sweeps == 0 and app.memory.backend.memories.get(None, [r.id]) != []  # nothing forgotten
+
+
+async def test_with_auto_forget_off_the_store_is_still_maintained(db_path: Path) -> None:
+    """The change log other processes read and the OAuth tables are pruned by the store's maintenance, which
+    the sweep runs; with the sweep off, a loop of its own runs it on the same schedule, and survives a failure."""
+    settings = Settings(
+        db_path=db_path, auto_forget_enabled=False, auto_forget_interval_s=0.02, auto_forget_first_delay_s=0
+    )
+    async with open_app(settings, embedder=HashEmbedder()) as app:
+        calls = {"n": 0}
+        real = app.memory.backend.maintenance
+
+        def flaky() -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("disk hiccup")
+            real()
+
+        app.memory.backend.maintenance = flaky  # type: ignore[method-assign]
+        await wait_for(lambda: app.maintenances >= 2)
+        assert calls["n"] >= 3 and app.sweeps == 0
 
 
 async def test_a_window_embedded_shortest_first_stores_each_memory_its_own_vector(db_path: Path) -> None:
