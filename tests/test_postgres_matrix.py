@@ -421,3 +421,42 @@ def test_a_start_by_a_user_who_may_not_create_triggers_on_a_table_without_the_lo
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_inside_one_read_a_thread_catches_up_once_and_the_next_block_sees_what_changed(
+    replicas: tuple[PostgresBackend, PostgresBackend],
+) -> None:
+    """A recall's search and scorings read the change log once (service.recall_outcome's one_read); a forget by
+    another replica shows from the next recall on, and other threads are not held to the block's state."""
+    import threading
+
+    a, b = replicas
+    kept = remember(a, "kept", vector=unit(1))
+    gone = remember(a, "forgotten by the other replica", vector=unit(2))
+    vectors = matrix_of(b)
+    reads = {"n": 0}
+    catch_up = vectors._catch_up
+
+    def counted() -> bool:
+        reads["n"] += 1
+        return catch_up()
+
+    vectors._catch_up = counted  # type: ignore[method-assign]
+    assert set(top(b, unit(2))) == {kept, gone}
+    reads["n"] = 0
+    with vectors.one_read():
+        assert top(b, unit(2))[0] == gone
+        a.memories.delete(MemoryFilter("team", ids=(a.memories.get_by_keys("team", [gone])[gone].id,)))
+        assert set(vectors.scores_for("team", unit(2), [kept, gone])) == {kept, gone}  # not caught up again
+        other: list[int] = []
+        thread = threading.Thread(target=lambda: other.extend(top(b, unit(2))))
+        thread.start()
+        thread.join()
+        assert other == [kept]  # another thread catches up as usual
+        assert top(b, unit(2)) == [kept]  # the shared matrix, caught up by the other thread
+    assert reads["n"] == 2  # the block's first search, and the other thread's
+    assert top(b, unit(2)) == [kept]  # after the block: caught up
+    with vectors.one_read(), vectors.one_read():  # nested: one block
+        top(b, unit(1))
+        vectors.scores_for("team", unit(1), [kept])
+    assert reads["n"] == 4

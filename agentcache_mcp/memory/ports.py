@@ -211,6 +211,13 @@ class VectorIndex(Protocol):
         """Catch up with writes and deletes made since the last call (by any process)."""
         ...
 
+    def one_read(self) -> AbstractContextManager[None]:
+        """Within the block, this thread catches up (refresh) once, at its first search or score: one recall's
+        several reads of the vectors cost one catch-up; what is written meanwhile may show only from the next
+        block on (never older than the block's start). A backend whose catch-up costs nothing when nothing
+        changed may ignore it."""
+        ...
+
     def search(self, namespace: str, query: Vector, k: int, where: MemoryFilter) -> list[tuple[int, float]]:
         """Top-k (key, cosine) in namespace among memories matching `where`, best first."""
         ...

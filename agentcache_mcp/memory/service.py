@@ -259,12 +259,13 @@ class MemoryService:
         note: str | None = "keyword-only ranking was asked for"
         if fusion.method != "keyword":
             query_vector, note = self._query_vector(dense_query_text(query, fusion))
-        ranked = run_recall(self.backend, request, query_vector, fusion, self._vectors_for_recall)
+        # Calibrated: relevance reads cosines only of the model it was fitted for (another's are on another scale).
+        calibrated = self.embedder.model_id.startswith(f"{DEFAULT_MODEL}@")
+        with self.backend.vectors.one_read():
+            ranked = run_recall(self.backend, request, query_vector, fusion, self._vectors_for_recall)
+            signals = match_signals(self.backend, request, query_vector if calibrated else None, ranked)
         if touch and ranked:
             self._record_access([m.key for m, _ in ranked], now)
-        # Relevance reads cosines only of the model it was fitted for; another model's are on another scale.
-        calibrated = self.embedder.model_id.startswith(f"{DEFAULT_MODEL}@")
-        signals = match_signals(self.backend, request, query_vector if calibrated else None, ranked)
         judged = [relevance_of(cosine, coverage) for cosine, coverage in signals]
         return RecallOutcome(
             [_hit(m, score, value) for (m, score), (value, _) in zip(ranked, judged, strict=True)],

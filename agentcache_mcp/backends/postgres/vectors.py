@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import numpy.typing as npt
@@ -160,6 +161,9 @@ class PgVectors:
 
     def refresh(self) -> None:
         """Nothing to catch up with: every search reads the shared tables."""
+
+    def one_read(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def search(self, namespace: str, query: Vector, k: int, where: MemoryFilter) -> list[tuple[int, float]]:
         q_vec = np.asarray(query, dtype=np.float32).reshape(-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import numpy.typing as npt
@@ -149,6 +150,10 @@ class MatrixVectors:
         found = self.matrix.search(namespace, query, k * 2)
         live = self.memories.live_keys(namespace, [key for key, _ in found], where)
         return [(key, s) for key, s in found if key in live][:k]
+
+    def one_read(self) -> AbstractContextManager[None]:
+        """Nothing to spare: a refresh when nothing was committed is one pragma (data_version)."""
+        return nullcontext()
 
     def scores_for(self, namespace: str, query: Vector, keys: Sequence[int]) -> dict[int, float]:
         if not keys:
