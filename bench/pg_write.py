@@ -9,7 +9,9 @@ only read). Each run:
   service's import into a fresh database); memories per second of the import alone;
 - remember: into that database (the corpus plus what earlier runs added), `--remember` new memories through the
   MCP tools with the SDK's in-process client (as bench/scale.py's measure_tools, with the model loaded), and as
-  many through the repository alone (`PgMemories.remember`: the database's part, no MCP, no validation).
+  many through the repository alone (`PgMemories.remember`: the database's part, no MCP, no validation); the
+  tools are timed back to back and again with `--gap-ms` between calls (see measure_tools);
+- `--sqlite`: the same two tools timings on a copy of the corpus's SQLite store, to compare.
 Prints median and spread over the runs, and the load average, as JSON and as a table. The databases it creates
 (`--prefix`_...) are dropped at the end. `--what import` or `--what remember` runs one half (remember then
 loads the corpus once by the import).
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -114,9 +117,12 @@ def measure_repository(url: str, n: int, rng: random.Random) -> list[float]:
         memory.close()
 
 
-async def measure_tools(url: str, n: int, rng: random.Random) -> list[float]:
-    """Through the MCP tools, model loaded (its background embedding of the new memories runs meanwhile)."""
-    server = build_server(Settings(database_url=url, auto_forget_enabled=False))
+async def measure_tools(url: str, n: int, rng: random.Random, gap_s: float = 0.0) -> list[float]:
+    """Through the MCP tools, model loaded. Back to back (gap_s 0) the background embedding of the memories
+    before runs on the CPU meanwhile (on 2 cores, torch's two threads and the call share them); with a gap
+    (`--gap-ms`: an agent's pace, a remember now and then) each call finds that embedding done."""
+    where = {"database_url": url} if url.startswith("postgres") else {"db_path": Path(url)}
+    server = build_server(Settings(**where, auto_forget_enabled=False))
     async with Client(server) as client:
         deadline = time.monotonic() + 600
         while True:
@@ -133,6 +139,8 @@ async def measure_tools(url: str, n: int, rng: random.Random) -> list[float]:
             if i >= 20:
                 ms.append(1000 * (time.perf_counter() - t))
             assert not result.is_error, result
+            if gap_s > 0:
+                await anyio.sleep(gap_s)
     return ms
 
 
@@ -147,7 +155,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--remember", type=int, default=300, help="remember calls per run, each way")
     parser.add_argument("--what", choices=["all", "import", "remember"], default="all")
+    parser.add_argument(
+        "--gap-ms", type=float, default=250.0, help="also time the tools' remember with this pause between calls (0: not)"
+    )
     parser.add_argument("--prefix", default="pgwrite_bench")
+    parser.add_argument("--sqlite", action="store_true", help="also time the tools' remember on SQLite (a copy)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--keep-index", action="store_true", help="import into the HNSW index (no bulk load), to compare"
@@ -184,6 +196,21 @@ def main() -> None:
                         tools_p50_ms=statistics.median(tools),
                         tools_p95_ms=percentile(tools, 95),
                     )
+                    if args.gap_ms > 0:
+                        spaced = anyio.run(measure_tools, url, args.remember, rng, args.gap_ms / 1000)
+                        row.update(
+                            tools_spaced_p50_ms=statistics.median(spaced), tools_spaced_p95_ms=percentile(spaced, 95)
+                        )
+                if args.sqlite and args.what != "import":
+                    copy = Path(tmp) / "sqlite-copy.db"
+                    if not copy.exists():  # SQLite's backup: the store's -wal, if any, comes along
+                        with sqlite3.connect(f"file:{args.corpus}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+                            src.backup(dst)
+                    for name, gap in (("sqlite_tools", 0.0), ("sqlite_tools_spaced", args.gap_ms / 1000)):
+                        if name.endswith("spaced") and gap <= 0:
+                            continue
+                        timed = anyio.run(measure_tools, str(copy), args.remember, rng, gap)
+                        row[f"{name}_p50_ms"], row[f"{name}_p95_ms"] = statistics.median(timed), percentile(timed, 95)
                 row["load_after"] = os.getloadavg()[0]
                 runs.append(row)
                 print(json.dumps({"run": run + 1, **row}), file=sys.stderr, flush=True)
