@@ -47,6 +47,19 @@ def test_the_bundled_model_gives_the_vectors_sentence_transformers_gives() -> No
     assert np.allclose(np.linalg.norm(ours.embed(TEXTS), axis=1), 1.0, atol=1e-5)
 
 
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """The script in a fresh interpreter (nothing imported yet), with the agentcache_mcp under test."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PACKAGE_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+
+
 def test_loading_the_bundled_model_does_not_import_sentence_transformers() -> None:
     """Importing it took 4.5-5.3 s of the 6.5-8 s load on a quiet 2-core machine."""
     script = (
@@ -57,15 +70,7 @@ def test_loading_the_bundled_model_does_not_import_sentence_transformers() -> No
         "assert model.embed(['hello']).shape == (1, 384)\n"
         "print(sorted(m for m in ('sentence_transformers', 'sklearn') if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PACKAGE_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    out = run_python(script)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
 
 
@@ -81,15 +86,7 @@ def test_the_bundled_model_says_its_dimension_without_loading() -> None:
         "model.load()\n"
         "print(model.dim, model.embed(['hello']).shape[1])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PACKAGE_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    out = run_python(script)
     unloaded, loaded = out.stdout.strip().splitlines()[-2:]
     assert unloaded == "384 False False", out.stderr[-2000:]
     assert loaded == "384 384"
