@@ -460,3 +460,41 @@ def test_inside_one_read_a_thread_catches_up_once_and_the_next_block_sees_what_c
         top(b, unit(1))
         vectors.scores_for("team", unit(1), [kept])
     assert reads["n"] == 4
+
+
+def test_a_block_whose_first_read_found_the_vectors_loading_catches_up_at_its_next_read(
+    replicas: tuple[PostgresBackend, PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another thread loads (the server's index sync at start), the block's first search goes to the index
+    and catches up with nothing: the block's next read must catch up, not score on the load's older rows."""
+    import threading
+
+    from agentcache_mcp.backends import matrix as matrix_module
+
+    a, b = replicas
+    first = remember(a, "in the table before the load", vector=unit(1))
+    vectors = matrix_of(b)
+    read, publish = threading.Event(), threading.Event()
+    add_batch = matrix_module.VectorMatrix.add_batch
+
+    def held(self: matrix_module.VectorMatrix, *args: object) -> None:
+        if threading.current_thread().name == "loader":  # its rows are read: wait before publishing them
+            read.set()
+            assert publish.wait(30)
+        add_batch(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(matrix_module.VectorMatrix, "add_batch", held)
+    loader = threading.Thread(target=vectors.load, name="loader")
+    loader.start()
+    try:
+        assert read.wait(30)
+        second = remember(a, "embedded after the load read its rows, before the recall", vector=unit(2))
+        with vectors.one_read():
+            assert top(b, unit(2))[0] == second  # the index answers while the load runs
+            publish.set()
+            loader.join(30)
+            assert vectors.in_memory
+            assert set(vectors.scores_for("team", unit(2), [first, second])) == {first, second}
+    finally:
+        publish.set()
+        loader.join(30)

@@ -187,16 +187,20 @@ class PgMatrixVectors:
         log.debug("loaded %d vectors into memory (%.2f s)", len(self), time.monotonic() - started)
         return len(self)
 
-    def _load_unless_loading(self) -> None:
+    def _load_unless_loading(self) -> bool:
         """The first search of a process whose start did not load the vectors (a CLI command, a test) loads
-        them; while another thread loads (the server's index sync at start), searches go to the index."""
-        if self._decided or not self._load_lock.acquire(blocking=False):
-            return
+        them; while another thread loads (the server's index sync at start), searches go to the index. False:
+        that other thread's load had not ended (what it publishes may be older than this call)."""
+        if self._decided:
+            return True
+        if not self._load_lock.acquire(blocking=False):
+            return False
         try:
             if not self._decided:
                 self._load()
         finally:
             self._load_lock.release()
+        return True
 
     @contextmanager
     def one_read(self) -> Iterator[None]:
@@ -222,19 +226,21 @@ class PgMatrixVectors:
         inside = getattr(state, "inside", False)
         if inside and state.read:
             return
-        self._refresh()
-        if inside:
+        # Not while another thread's first load runs: the block's reads go to the index until it ends, then
+        # its next read catches up with what committed since the load's snapshot (older than the block).
+        if self._refresh() and inside:
             state.read = True
 
-    def _refresh(self) -> None:
-        self._load_unless_loading()
+    def _refresh(self) -> bool:
+        """False if another thread's first load was still running (nothing was caught up with)."""
+        decided = self._load_unless_loading()
         while self._in_memory:
             with self._lock:
                 if self._snapshot is None:
-                    return
+                    return True
                 loads = self._loads
                 if not self._catch_up():
-                    return
+                    return True
             with self._load_lock:
                 if self._loads == loads:
                     log.info(
@@ -243,9 +249,10 @@ class PgMatrixVectors:
                         CATCH_UP_MAX,
                     )
                     self._load()
-                    return
+                    return True
             # Another thread loaded while this one waited (it found the same): catch up from its snapshot
             # rather than load the whole table once more.
+        return decided
 
     def _catch_up(self) -> bool:
         """Apply what the log says changed since self._snapshot; True: the log no longer reaches back that far,
