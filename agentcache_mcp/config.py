@@ -376,8 +376,9 @@ class Settings(BaseModel):
     is taken again by another after this (PostgreSQL replicas share one backlog)."""
     pg_erase: str = "daily"
     """PostgreSQL only: when the table rewrite that removes forgotten memories' bytes from the database files
-    runs (PG_ERASE_MODES): `daily` at pg_erase_at, `after-forget` after each auto-forget sweep and at shutdown
-    (every call waits while it runs), `manual` only by `agentcache-mcp erase`. A forget deletes at once in all."""
+    runs (PG_ERASE_MODES): `daily` at pg_erase_at, `after-forget` after each auto-forget sweep (or maintenance
+    run, with auto-forget off) and at shutdown (every call waits while it runs), `manual` only by
+    `agentcache-mcp erase`. A forget deletes at once in all."""
     pg_erase_at: str = "03:00"
     """PostgreSQL, pg_erase=daily: the time of day (HH:MM, UTC) of the erase."""
     pg_vector_search: str = "auto"

@@ -22,8 +22,8 @@ overwrite them.
 VACUUM FULL holds an ACCESS EXCLUSIVE lock on the table while it runs: every replica's calls wait for it. So
 it does not run on every delete: AGENTCACHE_PG_ERASE says when (`daily`, the default: once a day at
 AGENTCACHE_PG_ERASE_AT UTC, by one replica, if anything was deleted since the last erase, and at the first
-check after a start when a day's erase was missed; `after-forget`: after each auto-forget sweep and at
-shutdown; `manual`: only `agentcache-mcp erase`). It asks for the lock with a short lock_timeout
+check after a start when a day's erase was missed; `after-forget`: after each auto-forget sweep (with it off, each
+maintenance run on its schedule) and at shutdown; `manual`: only `agentcache-mcp erase`). It asks for the lock with a short lock_timeout
 (ERASE_LOCK_TIMEOUT_S, doubled at each try up to ERASE_LOCK_TIMEOUT_MAX_S) and retries: while it waits, calls
 queue behind its request, so it never waits long behind a long statement. What no backend can erase: the WAL (pg_wal) keeps the text until its segment is
 recycled and overwritten, and so does any WAL archive, streaming replica or backup taken meanwhile; the
@@ -253,8 +253,8 @@ class PostgresBackend:
                 if not status.pending:
                     next_erase += " (if anything is forgotten by then)"
         elif self.erase_mode == "after-forget":
-            setting = "after each auto-forget sweep, and at shutdown"
-            next_erase = "after the next auto-forget sweep, or a server's shutdown"
+            setting = "after each auto-forget sweep (or, with auto-forget off, each maintenance run), and at shutdown"
+            next_erase = "after the next auto-forget sweep (or maintenance run), or a server's shutdown"
         else:
             setting = "manual"
             next_erase = "only when `agentcache-mcp erase` is run"
