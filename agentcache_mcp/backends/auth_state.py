@@ -441,8 +441,9 @@ class SqlAuthState:
         return self.db.write(run)
 
     def housekeeping(self) -> None:
-        """purge_expired now, for a backend's maintenance (after each auto-forget sweep, or on its schedule with auto-forget off): a store that is busy
-        or failing is logged and left to the next sweep, so the sweep's other work is not lost."""
+        """purge_expired now, for a backend's maintenance (after each auto-forget sweep, or on its schedule with
+        auto-forget off): a store that is busy or failing is logged and left to the next run, so the sweep's
+        other work is not lost."""
         try:
             purged = self.purge_expired(time.time())
         except StoreError as exc:
