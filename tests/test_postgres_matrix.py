@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import psycopg
@@ -59,15 +60,22 @@ def insert_vector(conn: psycopg.Connection, key: int, vector: np.ndarray) -> Non
     )
 
 
-@pytest.fixture
-def replicas(postgres_url: str) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
-    a = PostgresBackend(postgres_url, MODEL, pool_size=2)
-    b = PostgresBackend(postgres_url, MODEL, pool_size=2)
+@contextmanager
+def two_replicas(url: str, pool_size: int) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
+    """Two backends on one database, as two replicas of the server are."""
+    a = PostgresBackend(url, MODEL, pool_size=pool_size)
+    b = PostgresBackend(url, MODEL, pool_size=pool_size)
     try:
         yield a, b
     finally:
         a.close()
         b.close()
+
+
+@pytest.fixture
+def replicas(postgres_url: str) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
+    with two_replicas(postgres_url, 2) as pair:
+        yield pair
 
 
 def matrix_of(backend: PostgresBackend) -> PgMatrixVectors:

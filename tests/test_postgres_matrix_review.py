@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from test_postgres_connections import running_pgbouncer
-from test_postgres_matrix import DIM, MODEL, literal, matrix_of, remember, top, unit
+from test_postgres_matrix import DIM, MODEL, literal, matrix_of, remember, top, two_replicas, unit
 
 from agentcache_mcp.backends.postgres import PostgresBackend
 from agentcache_mcp.backends.postgres import schema as pg_schema
@@ -25,13 +25,34 @@ from conftest import PostgresServer
 
 @pytest.fixture
 def replicas(postgres_url: str) -> Iterator[tuple[PostgresBackend, PostgresBackend]]:
-    a = PostgresBackend(postgres_url, MODEL, pool_size=3)
-    b = PostgresBackend(postgres_url, MODEL, pool_size=3)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with two_replicas(postgres_url, 3) as pair:
+        yield pair
+
+
+def restored(text: str, seed: int, now: float) -> tuple[Memory, tuple[str, np.ndarray]]:
+    """A memory as an import hands it to restore, with its vector."""
+    memory = Memory(0, new_id(), "team", text, [], 0.5, {}, now, now, None, 0, None, None, content_hash(text))
+    return memory, (MODEL, unit(seed))
+
+
+def table_created_when_looked_up(
+    a: PostgresBackend, b: PostgresBackend, key: int, monkeypatch: pytest.MonkeyPatch
+) -> list[bool]:
+    """b's first lookup that finds no vector table lets `a` create it (writing `key`'s first vector, committed)
+    before it returns: the interleaving a replica meets while another writes the model's first vector. The
+    list gets True once that happened."""
+    plain = b.embeddings.table
+    interleaved: list[bool] = []
+
+    def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
+        found = plain(db, model_id)
+        if found is None and not interleaved:
+            interleaved.append(True)
+            a.embeddings.write(MODEL, [(key, content_hash("the first one"), unit(3))])  # commits meanwhile
+        return found
+
+    monkeypatch.setattr(b.embeddings, "table", table)
+    return interleaved
 
 
 def test_restored_vectors_reach_a_replica_that_loaded_before(
@@ -41,27 +62,11 @@ def test_restored_vectors_reach_a_replica_that_loaded_before(
     remember(a, "makes the table", vector=unit(0))
     matrix_of(b).load()
     now = time.time()
-    restored = [
-        (
-            Memory(0, new_id(), "team", f"restored {i}", [], 0.5, {}, now, now, None, 0, None, None,
-                   content_hash(f"restored {i}")),
-            (MODEL, unit(400 + i)),
-        )
-        for i in range(3)
-    ]  # fmt: skip
-    assert a.memories.restore(restored) == (3, 0)
+    assert a.memories.restore([restored(f"restored {i}", 400 + i, now) for i in range(3)]) == (3, 0)
     keys = {m.text: m.key for m in a.memories.find(MemoryFilter("team"))}
     assert top(b, unit(401), k=1) == [keys["restored 1"]]
     with a.bulk_load(100):  # the import path that drops the HNSW index first
-        more = [
-            (
-                Memory(0, new_id(), "team", f"bulk {i}", [], 0.5, {}, now, now, None, 0, None, None,
-                       content_hash(f"bulk {i}")),
-                (MODEL, unit(500 + i)),
-            )
-            for i in range(3)
-        ]  # fmt: skip
-        a.memories.restore(more)
+        a.memories.restore([restored(f"bulk {i}", 500 + i, now) for i in range(3)])
         keys = {m.text: m.key for m in a.memories.find(MemoryFilter("team"))}
         assert top(b, unit(502), k=1) == [keys["bulk 2"]]
 
@@ -104,16 +109,7 @@ def test_a_vector_table_created_while_a_replica_reads_the_log_is_not_missed(
     key = remember(a, "the first one")
     assert matrix_of(b).load() == 0 and matrix_of(b).in_memory
     plain = b.embeddings.table
-    interleaved: list[bool] = []
-
-    def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
-        found = plain(db, model_id)
-        if found is None and not interleaved:
-            interleaved.append(True)
-            a.embeddings.write(MODEL, [(key, content_hash("the first one"), unit(3))])  # commits meanwhile
-        return found
-
-    monkeypatch.setattr(b.embeddings, "table", table)
+    interleaved = table_created_when_looked_up(a, b, key, monkeypatch)
     top(b, unit(3))  # the catch-up in which the table appears
     assert interleaved
     monkeypatch.setattr(b.embeddings, "table", plain)
@@ -126,16 +122,7 @@ def test_a_load_that_meets_the_vector_table_being_created_does_not_miss_its_vect
     a, b = replicas
     key = remember(a, "the first one")
     plain = b.embeddings.table
-    interleaved: list[bool] = []
-
-    def table(db: psycopg.Connection[tuple], model_id: str) -> str | None:
-        found = plain(db, model_id)
-        if found is None and not interleaved:
-            interleaved.append(True)
-            a.embeddings.write(MODEL, [(key, content_hash("the first one"), unit(3))])
-        return found
-
-    monkeypatch.setattr(b.embeddings, "table", table)
+    interleaved = table_created_when_looked_up(a, b, key, monkeypatch)
     matrix_of(b).load()
     assert interleaved
     monkeypatch.setattr(b.embeddings, "table", plain)
