@@ -204,8 +204,13 @@ def main() -> None:
                 if args.sqlite and args.what != "import":
                     copy = Path(tmp) / "sqlite-copy.db"
                     if not copy.exists():  # SQLite's backup: the store's -wal, if any, comes along
-                        with sqlite3.connect(f"file:{args.corpus}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+                        src = sqlite3.connect(f"file:{args.corpus}?mode=ro", uri=True)
+                        dst = sqlite3.connect(copy)
+                        try:
                             src.backup(dst)
+                        finally:
+                            src.close()
+                            dst.close()
                     for name, gap in (("sqlite_tools", 0.0), ("sqlite_tools_spaced", args.gap_ms / 1000)):
                         if name.endswith("spaced") and gap <= 0:
                             continue
